@@ -1,0 +1,69 @@
+#define _GNU_SOURCE
+#include "proteus/util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+int pt_err_set(pt_err *err, int code, const char *fmt, ...) {
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+static void *check_alloc(void *p) {
+    if (!p) {
+        fputs("proteus: out of memory\n", stderr);
+        abort();
+    }
+    return p;
+}
+
+void *pt_xcalloc(size_t n, size_t size) { return check_alloc(calloc(n ? n : 1, size ? size : 1)); }
+void *pt_xmalloc(size_t size) { return check_alloc(malloc(size ? size : 1)); }
+char *pt_xstrdup(const char *s) { return check_alloc(strdup(s)); }
+
+void *pt_aligned_alloc(size_t size) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, size ? size : 64) != 0) return NULL;
+    return p;
+}
+void pt_aligned_free(void *p) { free(p); }
+
+double pt_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static pt_log_level log_level = PT_LOG_INFO;
+void pt_log_set_level(pt_log_level level) { log_level = level; }
+
+void pt_log(pt_log_level level, const char *fmt, ...) {
+    if (level < log_level) return;
+    static const char *names[] = {"debug", "info", "warn", "error"};
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    /* One write per line so that lines from several threads do not interleave. */
+    fprintf(stderr, "proteus %s: %s\n", names[level], line);
+}
+
+void pt_rng_seed(pt_rng *rng, uint64_t seed) { rng->state = seed; }
+
+uint64_t pt_rng_next(pt_rng *rng) {
+    /* splitmix64: tiny, fast, and the same on every platform. */
+    uint64_t z = (rng->state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+float pt_rng_uniform(pt_rng *rng) { return (float)(pt_rng_next(rng) >> 40) * (1.0f / 16777216.0f); }
