@@ -1,0 +1,63 @@
+/* The CPU inference engine: a model's weights arranged in TP chunks, a
+ * head-centric paged KV cache, and a step function that runs one batch of
+ * token chunks from several sequences through the forward pass.
+ *
+ * One engine is one instance (DESIGN.md section 2). At tp > 1 it runs its
+ * ranks as threads, each owning a contiguous range of KV-head groups and MLP
+ * chunks, with row-parallel reductions folded in chunk order; results are
+ * bit-identical to tp == 1. */
+#ifndef PROTEUS_ENGINE_H
+#define PROTEUS_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proteus/model_file.h"
+#include "proteus/util.h"
+
+typedef struct pt_engine pt_engine;
+
+typedef struct {
+    int n_threads;        /* worker threads per rank (>= 1) */
+    int tp;               /* tensor-parallel degree (>= 1) */
+    uint32_t page_size;   /* tokens per KV head page (default 16) */
+    uint64_t kv_pages;    /* head pages per rank; 0 = enough for max_seqs full contexts */
+    uint32_t max_ctx;     /* context limit (0 = the model's) */
+    uint32_t max_seqs;    /* concurrent sequences (default 64) */
+    uint32_t max_batch_tokens; /* tokens per step (default 512) */
+} pt_engine_opts;
+
+void pt_engine_opts_default(pt_engine_opts *o);
+
+/* Builds the engine over an open model file (which must outlive it). */
+int pt_engine_create(pt_engine **out, const pt_model_file *mf, const pt_engine_opts *opts, pt_err *err);
+void pt_engine_free(pt_engine *e);
+
+const pt_model_config *pt_engine_config(const pt_engine *e);
+
+/* A sequence holds KV cache; ids are small non-negative integers. */
+int pt_engine_seq_new(pt_engine *e);            /* < 0 when no slot is free */
+void pt_engine_seq_free(pt_engine *e, int seq); /* returns its pages */
+uint32_t pt_engine_seq_len(const pt_engine *e, int seq);
+
+/* One entry of a step: append `n_tokens` tokens to sequence `seq` (positions
+ * continue from its current length) and optionally receive logits. */
+typedef struct {
+    int seq;
+    const int32_t *tokens;
+    uint32_t n_tokens;
+    float *logits;        /* NULL, or vocab floats for the last token, or
+                             n_tokens * vocab floats when all_logits */
+    bool all_logits;
+} pt_batch_entry;
+
+/* Runs one forward step over all entries together. Fails without changing any
+ * sequence when pages or context run out (PT_ERR_NOMEM / PT_ERR_INVALID). */
+int pt_engine_step(pt_engine *e, const pt_batch_entry *entries, size_t n_entries, pt_err *err);
+
+/* Convenience for tests: a fresh sequence, prefill `tokens`, logits of every
+ * position into logits[n * vocab], sequence freed. */
+int pt_engine_eval_logits(pt_engine *e, const int32_t *tokens, uint32_t n, float *logits, pt_err *err);
+
+#endif
