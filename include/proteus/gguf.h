@@ -70,5 +70,7 @@ char *pt_gguf_get_str(const pt_gguf *g, const char *key);
 /* Array of strings / floats / int32s: pointer to the kv, or NULL if absent or
  * of another element type. */
 const pt_gguf_kv *pt_gguf_get_arr(const pt_gguf *g, const char *key, pt_gguf_type elem_type);
+/* Tensor info by name, or NULL. Its data is at base + data_offset + offset. */
+const pt_gguf_tensor *pt_gguf_find_tensor(const pt_gguf *g, const char *name);
 
 #endif

@@ -73,8 +73,14 @@ typedef struct {
 
 /* Open `path`: a .gguf file, a Hugging Face model directory, or
  * "synthetic:<shape>" (shapes: smollm2-135m, llama3-8b, tiny-llama, tiny-qwen2;
- * weights of synthetic models are Q8_0 unless the shape says otherwise). */
+ * optionally followed by ":<dtype>" with dtype one of f32, f16, bf16, q4_0,
+ * q4_1, q8_0; the default is q4_0). On failure mf is left zeroed and the
+ * message begins with the path. */
 int pt_model_file_open(pt_model_file *mf, const char *path, pt_err *err);
+/* Open a GGUF image held in memory (borrowed: buf must outlive mf); `name`
+ * stands in for the path in messages. Used by tests and fuzzing. */
+int pt_model_file_open_gguf_memory(pt_model_file *mf, const char *name, const void *buf,
+                                   size_t size, pt_err *err);
 void pt_model_file_close(pt_model_file *mf);
 
 /* Tensor by GGUF name, or NULL. */
@@ -83,5 +89,10 @@ const pt_tensor *pt_model_file_find(const pt_model_file *mf, const char *name);
 /* Check that every tensor the architecture needs is present with the right
  * shape; the message names the first missing or misshapen tensor. */
 int pt_model_file_validate(const pt_model_file *mf, pt_err *err);
+
+/* Hugging Face tensor name -> GGUF name ("model.layers.3.self_attn.q_proj.weight"
+ * -> "blk.3.attn_q.weight"). False for names with no GGUF counterpart or when
+ * the result does not fit in cap bytes. */
+bool pt_model_hf_name_to_gguf(const char *hf_name, char *out, size_t cap);
 
 #endif

@@ -1,0 +1,225 @@
+/* synthetic:<shape>[:<dtype>] models: the tensors of a named architecture
+ * filled with deterministic random weights, for benchmarks and tests without
+ * weight files.
+ *
+ * Weights have a standard deviation of about 0.02; norm weights are 1 plus
+ * small noise, biases small. Quantized tensors are generated block by block
+ * (random quants, a small random f16 scale) so that no float copy of a large
+ * model is ever made. Every tensor lives in one heap block, 64-byte aligned.
+ * The random stream is seeded from the shape name, so a shape means the same
+ * numbers on every machine. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/loader.h"
+
+typedef struct {
+    const char *name;
+    pt_arch arch;
+    uint32_t n_layers, d_model, n_heads, n_kv_heads, d_ff, vocab, max_ctx;
+    float rope_theta;
+    float scale_factor, low_freq, high_freq;
+    uint32_t orig_ctx;
+    bool tied, qkv_bias;
+} shape;
+
+static const shape shapes[] = {
+    {"smollm2-135m", PT_ARCH_LLAMA, 30, 576, 9, 3, 1536, 49152, 8192, 100000.0f, 0, 0, 0, 0, true, false},
+    {"llama3-8b", PT_ARCH_LLAMA, 32, 4096, 32, 8, 14336, 128256, 131072, 500000.0f, 8.0f, 1.0f, 4.0f, 8192,
+     false, false},
+    {"tiny-llama", PT_ARCH_LLAMA, 2, 64, 4, 2, 128, 256, 2048, 10000.0f, 0, 0, 0, 0, false, false},
+    {"tiny-qwen2", PT_ARCH_QWEN2, 2, 64, 4, 2, 128, 256, 2048, 10000.0f, 0, 0, 0, 0, false, true},
+};
+
+static const struct {
+    const char *name;
+    pt_dtype type;
+} dtypes[] = {
+    {"f32", PT_DTYPE_F32}, {"f16", PT_DTYPE_F16}, {"bf16", PT_DTYPE_BF16},
+    {"q4_0", PT_DTYPE_Q4_0}, {"q4_1", PT_DTYPE_Q4_1}, {"q8_0", PT_DTYPE_Q8_0},
+};
+
+typedef enum { FILL_WEIGHT, FILL_NORM, FILL_BIAS } fill_kind;
+
+#define WEIGHT_STD 0.02f
+#define UNIFORM_HALF_WIDTH 0.034641f /* uniform on [-a, a] has std a / sqrt(3) = 0.02 */
+
+static float rand_sym(pt_rng *r, float a) { return (2.0f * pt_rng_uniform(r) - 1.0f) * a; }
+
+static float sample(pt_rng *r, fill_kind kind) {
+    switch (kind) {
+    case FILL_NORM: return 1.0f + rand_sym(r, 0.01f);
+    case FILL_BIAS: return rand_sym(r, 0.01f);
+    default: return rand_sym(r, UNIFORM_HALF_WIDTH);
+    }
+}
+
+/* A block scale near `base`, jittered by +-25% so blocks differ. */
+static pt_f16 block_scale(pt_rng *r, float base) {
+    return pt_f32_to_f16(base * (0.75f + 0.5f * pt_rng_uniform(r)));
+}
+
+static void fill_bytes(pt_rng *r, uint8_t *p, size_t n) {
+    for (size_t i = 0; i < n; i += 8) {
+        uint64_t v = pt_rng_next(r);
+        memcpy(p + i, &v, n - i < 8 ? n - i : 8);
+    }
+}
+
+static void fill(pt_rng *r, pt_tensor *t, void *data, fill_kind kind) {
+    uint64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+    switch (t->type) {
+    case PT_DTYPE_F32:
+        for (uint64_t i = 0; i < n; i++) ((float *)data)[i] = sample(r, kind);
+        break;
+    case PT_DTYPE_F16:
+        for (uint64_t i = 0; i < n; i++) ((pt_f16 *)data)[i] = pt_f32_to_f16(sample(r, kind));
+        break;
+    case PT_DTYPE_BF16:
+        for (uint64_t i = 0; i < n; i++) ((pt_bf16 *)data)[i] = pt_f32_to_bf16(sample(r, kind));
+        break;
+    /* Uniform 4-bit quants q - 8 have std 4.6; uniform int8 quants std 73.6. */
+    case PT_DTYPE_Q4_0:
+        for (uint64_t b = 0; b < n / PT_QK; b++) {
+            pt_block_q4_0 *blk = (pt_block_q4_0 *)data + b;
+            blk->d = block_scale(r, WEIGHT_STD / 4.6f);
+            fill_bytes(r, blk->qs, sizeof blk->qs);
+        }
+        break;
+    case PT_DTYPE_Q4_1:
+        for (uint64_t b = 0; b < n / PT_QK; b++) {
+            pt_block_q4_1 *blk = (pt_block_q4_1 *)data + b;
+            blk->d = block_scale(r, WEIGHT_STD / 4.6f);
+            blk->m = pt_f32_to_f16(-7.5f * pt_f16_to_f32(blk->d));
+            fill_bytes(r, blk->qs, sizeof blk->qs);
+        }
+        break;
+    case PT_DTYPE_Q8_0:
+        for (uint64_t b = 0; b < n / PT_QK; b++) {
+            pt_block_q8_0 *blk = (pt_block_q8_0 *)data + b;
+            blk->d = block_scale(r, WEIGHT_STD / 73.6f);
+            fill_bytes(r, (uint8_t *)blk->qs, sizeof blk->qs);
+        }
+        break;
+    default:
+        break; /* not offered by parse_spec */
+    }
+}
+
+typedef struct {
+    pt_tensor *t;
+    size_t n;
+} tensor_list;
+
+static void add(tensor_list *l, pt_dtype type, uint64_t ne0, uint64_t ne1, const char *fmt, int layer) {
+    char name[96];
+    snprintf(name, sizeof name, fmt, layer);
+    pt_tensor *t = &l->t[l->n++];
+    t->name = pt_xstrdup(name);
+    t->type = type;
+    t->n_dims = ne1 > 1 ? 2 : 1;
+    t->ne[0] = ne0;
+    t->ne[1] = ne1;
+    t->ne[2] = t->ne[3] = 1;
+    pt_dtype_row_bytes(type, ne0, &t->nbytes); /* sizes of the fixed shapes cannot overflow */
+    t->nbytes *= ne1;
+}
+
+int pt_synthetic_open(pt_model_file *mf, const char *spec, pt_err *err) {
+    const shape *s = NULL;
+    size_t name_len = strcspn(spec, ":");
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        if (strlen(shapes[i].name) == name_len && !strncmp(spec, shapes[i].name, name_len)) s = &shapes[i];
+    if (!s)
+        return pt_err_set(err, PT_ERR_INVALID,
+                          "%s: unknown synthetic shape (smollm2-135m, llama3-8b, tiny-llama, tiny-qwen2)",
+                          mf->path);
+    pt_dtype wt = PT_DTYPE_Q4_0;
+    if (spec[name_len] == ':') {
+        const char *dn = spec + name_len + 1;
+        bool found = false;
+        for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++)
+            if (!strcmp(dn, dtypes[i].name)) {
+                wt = dtypes[i].type;
+                found = true;
+            }
+        if (!found)
+            return pt_err_set(err, PT_ERR_INVALID,
+                              "%s: unknown synthetic dtype '%.32s' (f32, f16, bf16, q4_0, q4_1, q8_0)",
+                              mf->path, dn);
+    }
+
+    pt_model_config *c = &mf->config;
+    c->arch = s->arch;
+    c->n_layers = s->n_layers;
+    c->d_model = s->d_model;
+    c->n_heads = s->n_heads;
+    c->n_kv_heads = s->n_kv_heads;
+    c->head_dim = s->d_model / s->n_heads;
+    c->d_ff = s->d_ff;
+    c->vocab_size = s->vocab;
+    c->max_ctx = s->max_ctx;
+    c->rms_eps = 1e-5f;
+    c->rope_theta = s->rope_theta;
+    c->rope_dim = c->head_dim;
+    c->rope_style = PT_ROPE_NEOX;
+    c->rope_scale_factor = s->scale_factor;
+    c->rope_low_freq_factor = s->low_freq;
+    c->rope_high_freq_factor = s->high_freq;
+    c->rope_orig_ctx = s->orig_ctx;
+    c->tied_embeddings = s->tied;
+    c->qkv_bias = s->qkv_bias;
+
+    uint64_t d = c->d_model, q = (uint64_t)c->n_heads * c->head_dim,
+             kv = (uint64_t)c->n_kv_heads * c->head_dim, ff = c->d_ff;
+    size_t per_layer = 9 + (s->qkv_bias ? 3 : 0);
+    tensor_list l = {pt_xcalloc(3 + c->n_layers * per_layer, sizeof(pt_tensor)), 0};
+    mf->tensors = l.t; /* owned by mf from here, so close() frees partial lists */
+    add(&l, wt, d, c->vocab_size, "token_embd.weight", 0);
+    for (uint32_t i = 0; i < c->n_layers; i++) {
+        add(&l, PT_DTYPE_F32, d, 1, "blk.%d.attn_norm.weight", (int)i);
+        add(&l, wt, d, q, "blk.%d.attn_q.weight", (int)i);
+        add(&l, wt, d, kv, "blk.%d.attn_k.weight", (int)i);
+        add(&l, wt, d, kv, "blk.%d.attn_v.weight", (int)i);
+        if (s->qkv_bias) {
+            add(&l, PT_DTYPE_F32, q, 1, "blk.%d.attn_q.bias", (int)i);
+            add(&l, PT_DTYPE_F32, kv, 1, "blk.%d.attn_k.bias", (int)i);
+            add(&l, PT_DTYPE_F32, kv, 1, "blk.%d.attn_v.bias", (int)i);
+        }
+        add(&l, wt, q, d, "blk.%d.attn_output.weight", (int)i);
+        add(&l, PT_DTYPE_F32, d, 1, "blk.%d.ffn_norm.weight", (int)i);
+        add(&l, wt, d, ff, "blk.%d.ffn_gate.weight", (int)i);
+        add(&l, wt, d, ff, "blk.%d.ffn_up.weight", (int)i);
+        add(&l, wt, ff, d, "blk.%d.ffn_down.weight", (int)i);
+        mf->n_tensors = l.n;
+    }
+    add(&l, PT_DTYPE_F32, d, 1, "output_norm.weight", 0);
+    if (!s->tied) add(&l, wt, d, c->vocab_size, "output.weight", 0);
+    mf->n_tensors = l.n;
+
+    uint64_t total = 0;
+    for (size_t i = 0; i < l.n; i++) total += (l.t[i].nbytes + 63) & ~(uint64_t)63;
+    uint8_t *buf = total <= SIZE_MAX ? pt_aligned_alloc((size_t)total) : NULL;
+    if (!buf)
+        return pt_err_set(err, PT_ERR_NOMEM, "%s: cannot allocate %llu bytes of weights", mf->path,
+                          (unsigned long long)total);
+    ((pt_model_priv *)mf->priv)->owned = buf;
+
+    uint64_t seed = 0xcbf29ce484222325ull; /* FNV-1a of the shape name */
+    for (const char *p = s->name; *p; p++) seed = (seed ^ (uint8_t)*p) * 0x100000001b3ull;
+    pt_rng rng;
+    pt_rng_seed(&rng, seed);
+    uint64_t off = 0;
+    for (size_t i = 0; i < l.n; i++) {
+        pt_tensor *t = &l.t[i];
+        const char *nm = t->name;
+        size_t nl = strlen(nm);
+        fill_kind kind = strstr(nm, "norm") ? FILL_NORM
+                         : (nl > 5 && !strcmp(nm + nl - 5, ".bias")) ? FILL_BIAS : FILL_WEIGHT;
+        t->data = buf + off;
+        fill(&rng, t, buf + off, kind);
+        off += (t->nbytes + 63) & ~(uint64_t)63;
+    }
+    return PT_OK;
+}
