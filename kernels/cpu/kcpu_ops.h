@@ -1,0 +1,37 @@
+/* Element-wise and attention kernels of the forward pass, CPU.
+ *
+ * Every function computes each output row with a fixed operation order that
+ * does not depend on how many rows are processed together (see the
+ * determinism contract in kcpu_matmul.h). Reductions run over 8 interleaved
+ * lanes, then a fixed pairwise tree: vectorizable without -ffast-math and the
+ * same on every call. */
+#ifndef PROTEUS_KCPU_OPS_H
+#define PROTEUS_KCPU_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* sum(a[i] * b[i]) in the fixed 8-lane order. */
+float kcpu_dot_f32(const float *a, const float *b, size_t n);
+/* y[i] += a * x[i] */
+void kcpu_axpy_f32(float *y, float a, const float *x, size_t n);
+
+/* out = x / rms(x) * w, with rms = sqrt(mean(x^2) + eps). */
+void kcpu_rmsnorm(float *out, const float *x, const float *w, size_t n, float eps);
+
+/* Rotates n_heads heads of head_dim floats at position pos. inv_freq has
+ * rot_dim / 2 entries. neox = 0: channel pairs (2i, 2i+1); neox = 1: pairs
+ * (i, i + rot_dim / 2). */
+void kcpu_rope(float *x, size_t n_heads, size_t head_dim, size_t rot_dim, uint32_t pos,
+               const float *inv_freq, int neox);
+
+/* out[i] = silu(gate[i]) * up[i] */
+void kcpu_swiglu(float *out, const float *gate, const float *up, size_t n);
+
+/* In-place softmax; returns nothing. */
+void kcpu_softmax(float *x, size_t n);
+
+/* y[i] += x[i] */
+void kcpu_add(float *y, const float *x, size_t n);
+
+#endif

@@ -1,0 +1,317 @@
+/* Engine lifetime, sequences and the step driver. The forward pass itself is
+ * in forward.c; weight arrangement in weights.c. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine_internal.h"
+
+#define DEFAULT_KV_BUDGET (1ull << 30) /* bytes of KV per rank when kv_pages is 0 */
+
+void pt_engine_opts_default(pt_engine_opts *o) {
+    memset(o, 0, sizeof(*o));
+    o->n_threads = 1;
+    o->tp = 1;
+    o->page_size = 16;
+    o->max_seqs = 64;
+    o->max_batch_tokens = 512;
+}
+
+const pt_model_config *pt_engine_config(const pt_engine *e) { return &e->w.cfg; }
+
+static void *alloc_or_null(size_t n, size_t size, bool *ok) {
+    void *p = pt_aligned_alloc(n * size);
+    if (!p) *ok = false;
+    return p;
+}
+
+static void rank_free(pt_rank *r) {
+    pt_pool_free(r->pool);
+    pt_kv_pool_free(&r->kv);
+    free(r->xn);
+    for (int i = 0; i < 3; i++) free(r->act[i]);
+    free(r->q);
+    free(r->k);
+    free(r->v);
+    free(r->att);
+    free(r->att_act);
+    free(r->gate);
+    free(r->up);
+    free(r->h_act);
+    free(r->scores);
+}
+
+void pt_engine_free(pt_engine *e) {
+    if (!e) return;
+    if (e->ranks)
+        for (int i = 0; i < e->tp; i++) rank_free(&e->ranks[i]);
+    free(e->ranks);
+    if (e->seqs)
+        for (uint32_t s = 0; s < e->opts.max_seqs; s++)
+            for (uint32_t g = 0; g < PT_MAX_GROUPS; g++) free(e->seqs[s].pages[g]);
+    free(e->seqs);
+    if (e->x)
+        for (int i = 0; i < e->tp; i++) free(e->x[i]);
+    free(e->x);
+    free(e->part_attn);
+    free(e->part_mlp);
+    free(e->final_act);
+    free(e->out_scratch);
+    free(e->stage_tok);
+    free(e->stage_seq);
+    free(e->stage_pos);
+    free(e->stage_out);
+    if (e->tp > 1) {
+        pt_pool_free(e->rank_pool);
+        pthread_barrier_destroy(&e->barrier);
+    }
+    pt_weights_free(&e->w);
+    free(e);
+}
+
+static int rank_of_group(const pt_engine *e, uint32_t g) {
+    for (int i = 0; i < e->tp; i++)
+        if (g >= e->ranks[i].g0 && g < e->ranks[i].g1) return i;
+    return 0;
+}
+
+int pt_engine_create(pt_engine **out, const pt_model_file *mf, const pt_engine_opts *opts, pt_err *err) {
+    *out = NULL;
+    int rc = pt_model_file_validate(mf, err);
+    if (rc) return rc;
+    pt_engine *e = pt_xcalloc(1, sizeof(*e));
+    e->mf = mf;
+    e->opts = *opts;
+    pt_engine_opts *o = &e->opts;
+    if ((rc = pt_weights_build(&e->w, mf, err))) {
+        pt_engine_free(e);
+        return rc;
+    }
+    const pt_model_config *c = &e->w.cfg;
+    if (o->n_threads < 1) o->n_threads = 1;
+    if (o->page_size == 0) o->page_size = 16;
+    if (o->max_seqs == 0) o->max_seqs = 64;
+    if (o->max_batch_tokens == 0) o->max_batch_tokens = 512;
+    if (o->max_ctx == 0 || o->max_ctx > c->max_ctx) o->max_ctx = c->max_ctx ? c->max_ctx : 4096;
+    e->tp = o->tp < 1 ? 1 : o->tp;
+    if ((uint32_t)e->tp > e->w.n_groups || (uint32_t)e->tp > e->w.n_mlp_chunks) {
+        rc = pt_err_set(err, PT_ERR_INVALID, "tp=%d exceeds the model's %u KV heads or %u MLP chunks", e->tp,
+                        e->w.n_groups, e->w.n_mlp_chunks);
+        e->tp = 1;
+        pt_engine_free(e);
+        return rc;
+    }
+    size_t d = c->d_model, hd = c->head_dim, Tm = o->max_batch_tokens, V = c->vocab_size;
+    size_t qld = (size_t)c->n_heads * hd, kld = (size_t)c->n_kv_heads * hd, ff = c->d_ff;
+    e->scratch_len = o->max_ctx > d ? o->max_ctx : d;
+    e->max_out = o->max_seqs > 64 ? o->max_seqs : 64;
+    uint32_t pages_per_seq = (o->max_ctx + o->page_size - 1) / o->page_size;
+
+    bool ok = true;
+    e->ranks = pt_xcalloc((size_t)e->tp, sizeof(pt_rank));
+    e->x = pt_xcalloc((size_t)e->tp, sizeof(float *));
+    for (int i = 0; i < e->tp; i++) {
+        pt_rank *r = &e->ranks[i];
+        r->rank = i;
+        r->g0 = e->w.n_groups * i / e->tp;
+        r->g1 = e->w.n_groups * (i + 1) / e->tp;
+        r->c0 = e->w.n_mlp_chunks * i / e->tp;
+        r->c1 = e->w.n_mlp_chunks * (i + 1) / e->tp;
+        r->pool = pt_pool_create(o->n_threads);
+        uint64_t kv_pages = o->kv_pages;
+        if (kv_pages == 0) {
+            uint64_t want = (uint64_t)o->max_seqs * pages_per_seq * (r->g1 - r->g0);
+            uint64_t fit = DEFAULT_KV_BUDGET / pt_kv_page_bytes(c->n_layers, c->head_dim, o->page_size);
+            kv_pages = want < fit ? want : fit;
+        }
+        if (kv_pages > UINT32_MAX - 1) kv_pages = UINT32_MAX - 1;
+        if ((rc = pt_kv_pool_init(&r->kv, c->n_layers, c->head_dim, o->page_size, (uint32_t)kv_pages, err))) {
+            pt_engine_free(e);
+            return rc;
+        }
+        r->xn = alloc_or_null(Tm * d, sizeof(float), &ok);
+        for (int a = 0; a < 3; a++) r->act[a] = alloc_or_null(Tm * d, sizeof(float), &ok);
+        r->q = alloc_or_null(Tm * qld, sizeof(float), &ok);
+        r->k = alloc_or_null(Tm * kld, sizeof(float), &ok);
+        r->v = alloc_or_null(Tm * kld, sizeof(float), &ok);
+        r->att = alloc_or_null(Tm * qld, sizeof(float), &ok);
+        r->att_act = alloc_or_null(Tm * qld, sizeof(float), &ok);
+        r->gate = alloc_or_null(Tm * ff, sizeof(float), &ok);
+        r->up = alloc_or_null(Tm * ff, sizeof(float), &ok);
+        r->h_act = alloc_or_null(Tm * ff, sizeof(float), &ok);
+        r->scores = alloc_or_null((size_t)o->n_threads * e->scratch_len, sizeof(float), &ok);
+        e->x[i] = alloc_or_null(Tm * d, sizeof(float), &ok);
+    }
+    e->part_attn = alloc_or_null(e->w.n_groups * Tm * d, sizeof(float), &ok);
+    e->part_mlp = alloc_or_null(e->w.n_mlp_chunks * Tm * d, sizeof(float), &ok);
+    e->final_act = alloc_or_null(e->max_out * d, sizeof(float), &ok);
+    e->out_scratch = alloc_or_null(e->max_out * V, sizeof(float), &ok);
+    e->stage_tok = alloc_or_null(Tm, sizeof(int32_t), &ok);
+    e->stage_seq = alloc_or_null(Tm, sizeof(int), &ok);
+    e->stage_pos = alloc_or_null(Tm, sizeof(uint32_t), &ok);
+    e->stage_out = alloc_or_null(e->max_out, sizeof(uint32_t), &ok);
+    e->seqs = pt_xcalloc(o->max_seqs, sizeof(pt_seq));
+    for (uint32_t s = 0; s < o->max_seqs && ok; s++) {
+        e->seqs[s].cap_pages = pages_per_seq;
+        for (uint32_t g = 0; g < e->w.n_groups; g++)
+            e->seqs[s].pages[g] = alloc_or_null(pages_per_seq, sizeof(uint32_t), &ok);
+    }
+    if (!ok) {
+        pt_engine_free(e);
+        return pt_err_set(err, PT_ERR_NOMEM, "out of memory allocating engine buffers");
+    }
+    if (e->tp > 1) {
+        pthread_barrier_init(&e->barrier, NULL, (unsigned)e->tp);
+        e->rank_pool = pt_pool_create(e->tp);
+    }
+    *out = e;
+    return PT_OK;
+}
+
+int pt_engine_seq_new(pt_engine *e) {
+    for (uint32_t s = 0; s < e->opts.max_seqs; s++) {
+        if (!e->seqs[s].used) {
+            e->seqs[s].used = true;
+            e->seqs[s].len = 0;
+            e->seqs[s].n_pages = 0;
+            return (int)s;
+        }
+    }
+    return -1;
+}
+
+static void seq_trim_pages(pt_engine *e, pt_seq *s, uint32_t keep) {
+    for (uint32_t g = 0; g < e->w.n_groups; g++) {
+        pt_kv_pool *kv = &e->ranks[rank_of_group(e, g)].kv;
+        for (uint32_t p = keep; p < s->n_pages; p++) pt_kv_page_release(kv, s->pages[g][p]);
+    }
+    s->n_pages = keep;
+}
+
+void pt_engine_seq_free(pt_engine *e, int seq) {
+    if (seq < 0 || (uint32_t)seq >= e->opts.max_seqs || !e->seqs[seq].used) return;
+    pt_seq *s = &e->seqs[seq];
+    seq_trim_pages(e, s, 0);
+    s->used = false;
+    s->len = 0;
+}
+
+uint32_t pt_engine_seq_len(const pt_engine *e, int seq) {
+    if (seq < 0 || (uint32_t)seq >= e->opts.max_seqs || !e->seqs[seq].used) return 0;
+    return e->seqs[seq].len;
+}
+
+/* Makes sequence s hold pages for `len` tokens on every KV head; all or nothing. */
+static bool seq_reserve(pt_engine *e, pt_seq *s, uint32_t len) {
+    uint32_t need = (len + e->opts.page_size - 1) / e->opts.page_size;
+    uint32_t have = s->n_pages;
+    for (uint32_t p = have; p < need; p++) {
+        for (uint32_t g = 0; g < e->w.n_groups; g++) {
+            int64_t slot = pt_kv_page_alloc(&e->ranks[rank_of_group(e, g)].kv);
+            if (slot < 0) {
+                /* Undo this page index's partial allocation, then the earlier ones. */
+                for (uint32_t h = 0; h < g; h++)
+                    pt_kv_page_release(&e->ranks[rank_of_group(e, h)].kv, s->pages[h][p]);
+                seq_trim_pages(e, s, have);
+                return false;
+            }
+            s->pages[g][p] = (uint32_t)slot;
+        }
+        s->n_pages = p + 1;
+    }
+    return true;
+}
+
+static void rank_main(void *arg, int tid, int nth) {
+    pt_engine *e = arg;
+    pt_forward_rank(e, &e->ranks[tid]);
+}
+
+int pt_engine_step(pt_engine *e, const pt_batch_entry *entries, size_t n_entries, pt_err *err) {
+    const pt_model_config *c = &e->w.cfg;
+    uint32_t T = 0, n_out = 0;
+    for (size_t i = 0; i < n_entries; i++) {
+        const pt_batch_entry *b = &entries[i];
+        if (b->seq < 0 || (uint32_t)b->seq >= e->opts.max_seqs || !e->seqs[b->seq].used)
+            return pt_err_set(err, PT_ERR_INVALID, "entry %zu: no such sequence %d", i, b->seq);
+        for (size_t j = 0; j < i; j++)
+            if (entries[j].seq == b->seq)
+                return pt_err_set(err, PT_ERR_INVALID, "sequence %d appears twice in one step", b->seq);
+        if (b->n_tokens == 0) return pt_err_set(err, PT_ERR_INVALID, "entry %zu has no tokens", i);
+        if ((uint64_t)e->seqs[b->seq].len + b->n_tokens > e->opts.max_ctx)
+            return pt_err_set(err, PT_ERR_INVALID, "sequence %d would exceed the context of %u tokens", b->seq,
+                              e->opts.max_ctx);
+        for (uint32_t j = 0; j < b->n_tokens; j++)
+            if (b->tokens[j] < 0 || (uint32_t)b->tokens[j] >= c->vocab_size)
+                return pt_err_set(err, PT_ERR_INVALID, "token id %d out of range [0, %u)", b->tokens[j],
+                                  c->vocab_size);
+        T += b->n_tokens;
+        if (b->logits) n_out += b->all_logits ? b->n_tokens : 1;
+    }
+    if (T == 0) return PT_OK;
+    if (T > e->opts.max_batch_tokens)
+        return pt_err_set(err, PT_ERR_INVALID, "%u tokens exceed the step budget of %u", T,
+                          e->opts.max_batch_tokens);
+    if (n_out > e->max_out)
+        return pt_err_set(err, PT_ERR_INVALID, "%u logit rows exceed the step limit of %u", n_out, e->max_out);
+
+    /* Reserve pages for every entry first, so that a failure changes nothing. */
+    uint32_t *old_pages = pt_xmalloc(n_entries * sizeof(uint32_t));
+    for (size_t i = 0; i < n_entries; i++) {
+        pt_seq *s = &e->seqs[entries[i].seq];
+        old_pages[i] = s->n_pages;
+        if (!seq_reserve(e, s, s->len + entries[i].n_tokens)) {
+            for (size_t j = 0; j < i; j++) seq_trim_pages(e, &e->seqs[entries[j].seq], old_pages[j]);
+            free(old_pages);
+            return pt_err_set(err, PT_ERR_NOMEM, "out of KV pages for sequence %d", entries[i].seq);
+        }
+    }
+    free(old_pages);
+
+    uint32_t t = 0, o = 0;
+    for (size_t i = 0; i < n_entries; i++) {
+        const pt_batch_entry *b = &entries[i];
+        uint32_t len = e->seqs[b->seq].len;
+        for (uint32_t j = 0; j < b->n_tokens; j++, t++) {
+            e->stage_tok[t] = b->tokens[j];
+            e->stage_seq[t] = b->seq;
+            e->stage_pos[t] = len + j;
+            if (b->logits && (b->all_logits || j + 1 == b->n_tokens)) e->stage_out[o++] = t;
+        }
+    }
+    e->T = T;
+    e->tok = e->stage_tok;
+    e->tok_seq = e->stage_seq;
+    e->tok_pos = e->stage_pos;
+    e->n_out = n_out;
+    e->out_row = e->stage_out;
+
+    if (e->tp == 1)
+        pt_forward_rank(e, &e->ranks[0]);
+    else
+        pt_pool_run(e->rank_pool, rank_main, e);
+
+    o = 0;
+    for (size_t i = 0; i < n_entries; i++) {
+        const pt_batch_entry *b = &entries[i];
+        e->seqs[b->seq].len += b->n_tokens;
+        if (!b->logits) continue;
+        uint32_t rows = b->all_logits ? b->n_tokens : 1;
+        memcpy(b->logits, e->out_scratch + (size_t)o * c->vocab_size, (size_t)rows * c->vocab_size * sizeof(float));
+        o += rows;
+    }
+    return PT_OK;
+}
+
+int pt_engine_eval_logits(pt_engine *e, const int32_t *tokens, uint32_t n, float *logits, pt_err *err) {
+    int seq = pt_engine_seq_new(e);
+    if (seq < 0) return pt_err_set(err, PT_ERR_NOMEM, "no free sequence slot");
+    uint32_t chunk = e->opts.max_batch_tokens < e->max_out ? e->opts.max_batch_tokens : e->max_out;
+    int rc = PT_OK;
+    for (uint32_t i = 0; i < n && rc == PT_OK; i += chunk) {
+        uint32_t m = n - i < chunk ? n - i : chunk;
+        pt_batch_entry b = {seq, tokens + i, m, logits + (size_t)i * e->w.cfg.vocab_size, true};
+        rc = pt_engine_step(e, &b, 1, err);
+    }
+    pt_engine_seq_free(e, seq);
+    return rc;
+}

@@ -1,0 +1,128 @@
+/* Engine internals shared by weights.c, forward.c and engine.c.
+ *
+ * Conventions: T = tokens in the step, d = d_model, hd = head_dim,
+ * G = KV-head groups (= n_kv_heads; a group is one KV head and its
+ * q_per_kv query heads), M = MLP chunks. A rank owns groups [g0, g1) and
+ * MLP chunks [c0, c1). */
+#ifndef PROTEUS_ENGINE_INTERNAL_H
+#define PROTEUS_ENGINE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "kv/kv_pool.h"
+#include "proteus/engine.h"
+#include "proteus/threadpool.h"
+
+/* A weight matrix (or a chunk of one): rows of `cols` elements, `stride`
+ * bytes apart. Column-parallel chunks point into the model file; row-parallel
+ * chunks are repacked so that each chunk is contiguous. */
+typedef struct {
+    const void *data;
+    pt_dtype type;
+    size_t stride;
+    uint32_t rows;
+    uint32_t cols;
+} pt_wmat;
+
+#define PT_MAX_GROUPS 64
+#define PT_MAX_MLP_CHUNKS 16
+
+typedef struct {
+    float *attn_norm;              /* (d) */
+    float *ffn_norm;               /* (d) */
+    pt_wmat q[PT_MAX_GROUPS];      /* (q_per_kv * hd, d) per group */
+    pt_wmat k[PT_MAX_GROUPS];      /* (hd, d) */
+    pt_wmat v[PT_MAX_GROUPS];      /* (hd, d) */
+    float *bq, *bk, *bv;           /* (n_heads * hd), (n_kv * hd) x2, or NULL */
+    pt_wmat o[PT_MAX_GROUPS];      /* (d, q_per_kv * hd): row-parallel chunk */
+    pt_wmat gate[PT_MAX_MLP_CHUNKS]; /* (ff / M, d) */
+    pt_wmat up[PT_MAX_MLP_CHUNKS];
+    pt_wmat down[PT_MAX_MLP_CHUNKS]; /* (d, ff / M): row-parallel chunk */
+} pt_layer_weights;
+
+typedef struct {
+    pt_model_config cfg;
+    uint32_t n_groups;    /* G */
+    uint32_t q_per_kv;
+    uint32_t n_mlp_chunks; /* M */
+    uint32_t mlp_chunk;    /* ff / M */
+    pt_wmat tok_embd;      /* (vocab, d) */
+    pt_wmat output;        /* (vocab, d); = tok_embd when tied */
+    float *output_norm;    /* (d) */
+    pt_layer_weights *layers;
+    float *inv_freq;       /* (rope_dim / 2), Llama-3 scaling applied */
+    void **owned;          /* buffers to free */
+    size_t n_owned;
+} pt_weights;
+
+int pt_weights_build(pt_weights *w, const pt_model_file *mf, pt_err *err);
+void pt_weights_free(pt_weights *w);
+
+/* Per-rank state: its share of the model, its KV pool, its threads, scratch. */
+typedef struct {
+    int rank;
+    uint32_t g0, g1, c0, c1;
+    pt_pool *pool;
+    pt_kv_pool kv;
+    /* Scratch, sized for max_batch_tokens rows. */
+    float *xn;        /* (T, d) normed input of the current sub-layer */
+    uint8_t *act[3];  /* (T, row bytes) quantized activations, one per act type in use */
+    pt_dtype act_type[3];
+    float *q;         /* (T, n_heads * hd)  only the rank's groups are written */
+    float *k;         /* (T, n_kv * hd) */
+    float *v;         /* (T, n_kv * hd) */
+    float *att;       /* (T, n_heads * hd) attention output */
+    uint8_t *att_act; /* (T, G, row bytes of an O chunk) */
+    float *gate;      /* (T, ff) */
+    float *up;        /* (T, ff) */
+    uint8_t *h_act;   /* (T, M, row bytes of a down chunk) */
+    float *scores;    /* (nth, max_ctx) attention scores */
+} pt_rank;
+
+typedef struct {
+    bool used;
+    uint32_t len;
+    uint32_t *pages[PT_MAX_GROUPS]; /* block table per KV head: slot ids in its rank's pool */
+    uint32_t n_pages;               /* pages per KV head in use */
+    uint32_t cap_pages;
+} pt_seq;
+
+struct pt_engine {
+    const pt_model_file *mf;
+    pt_engine_opts opts;
+    pt_weights w;
+    pt_rank *ranks;
+    int tp;
+    pt_seq *seqs;
+    pthread_barrier_t barrier;  /* across ranks, tp > 1 */
+    pt_pool *rank_pool;         /* one thread per rank, tp > 1 */
+    /* Shared across ranks: the residual stream (each rank keeps its own copy,
+     * identical by construction) and the per-chunk partial sums of the
+     * row-parallel products, gathered by all ranks and folded in chunk order. */
+    float **x;            /* per rank (T, d) */
+    float *part_attn;     /* (G, T, d) */
+    float *part_mlp;      /* (M, T, d) */
+    /* The step being run. */
+    uint32_t T;
+    const int32_t *tok;   /* (T) */
+    const int *tok_seq;   /* (T) */
+    const uint32_t *tok_pos; /* (T) */
+    uint32_t n_out;       /* rows that want logits */
+    const uint32_t *out_row; /* (n_out) token row index */
+    uint8_t *final_act;   /* (max_out, row bytes) quantized final norm */
+    float *out_scratch;   /* (max_out, vocab) logits */
+    uint32_t max_out;     /* logit rows one step can return */
+    size_t scratch_len;   /* floats of per-thread scratch: max(max_ctx, d_model) */
+    /* Step staging, sized max_batch_tokens. */
+    int32_t *stage_tok;
+    int *stage_seq;
+    uint32_t *stage_pos;
+    uint32_t *stage_out;
+};
+
+/* Runs the forward pass of the current step on one rank. */
+void pt_forward_rank(pt_engine *e, pt_rank *r);
+
+#endif

@@ -1,0 +1,354 @@
+/* The forward pass of one rank over one step's tokens, top to bottom as the
+ * math: embed; per layer rmsnorm, QKV, bias, RoPE, KV append, attention, O
+ * (row-parallel partials), fold + residual, rmsnorm, gate/up, SwiGLU, down
+ * (row-parallel partials), fold + residual; final rmsnorm, LM head.
+ *
+ * Row-parallel products leave one partial sum per chunk; every rank reads all
+ * chunks' partials and folds them left to right in chunk order, so the sum is
+ * the same bits at any TP degree (DESIGN.md section 3). Each parallel phase is
+ * one pt_pool_run whose items never depend on the batch's composition. */
+#include <math.h>
+#include <string.h>
+
+#include "cpu/kcpu_matmul.h"
+#include "cpu/kcpu_ops.h"
+#include "engine/engine_internal.h"
+
+typedef struct {
+    pt_engine *e;
+    pt_rank *r;
+    uint32_t layer;
+} phase_ctx;
+
+static size_t act_row_bytes(pt_dtype wtype, size_t K) {
+    uint64_t rb = 0;
+    pt_dtype_row_bytes(kcpu_act_type(wtype), K, &rb);
+    return (size_t)rb;
+}
+
+/* ---- matmul jobs: several matrices split by rows across threads ---- */
+
+typedef struct {
+    const pt_wmat *m;
+    const uint8_t *X;
+    size_t x_stride;
+    float *Y;
+    size_t ldy;
+} mm_job;
+
+typedef struct {
+    mm_job jobs[3 * PT_MAX_GROUPS + 2 * PT_MAX_MLP_CHUNKS];
+    int n;
+    uint32_t T;
+    uint64_t total_rows;
+} mm_list;
+
+static void mm_add(mm_list *l, const pt_wmat *m, const uint8_t *X, size_t x_stride, float *Y, size_t ldy) {
+    l->jobs[l->n++] = (mm_job){m, X, x_stride, Y, ldy};
+    l->total_rows += m->rows;
+}
+
+static void mm_phase(void *arg, int tid, int nth) {
+    mm_list *l = arg;
+    long lo, hi;
+    pt_pool_split((long)l->total_rows, tid, nth, &lo, &hi);
+    long base = 0;
+    for (int j = 0; j < l->n && lo < hi; j++) {
+        const mm_job *jb = &l->jobs[j];
+        long end = base + jb->m->rows;
+        if (lo < end) {
+            long r1 = hi < end ? hi : end;
+            kcpu_matmul(jb->m->type, jb->m->data, jb->m->stride, (size_t)(lo - base), (size_t)(r1 - base),
+                        jb->X, jb->x_stride, l->T, jb->m->cols, jb->Y, jb->ldy);
+            lo = r1;
+        }
+        base = end;
+    }
+}
+
+/* ---- activation slots: one quantized copy of xn per weight type in use ---- */
+
+static int act_slot(pt_rank *r, pt_dtype wtype) {
+    pt_dtype at = kcpu_act_type(wtype);
+    for (int i = 0; i < 3; i++) {
+        if (r->act_type[i] == at) return i;
+        if (r->act_type[i] == PT_DTYPE_COUNT) {
+            r->act_type[i] = at;
+            return i;
+        }
+    }
+    return -1; /* three slots cover every combination the models use */
+}
+
+/* ---- phase: fold partials into the residual, rmsnorm, quantize ---- */
+
+typedef struct {
+    pt_engine *e;
+    pt_rank *r;
+    const float *part;   /* (n_chunks, T, d) or NULL */
+    uint32_t n_chunks;
+    const float *norm_w;
+    pt_dtype wtypes[3];  /* weight types whose activations are needed */
+    int n_wtypes;
+} norm_ctx;
+
+static void fold_into(float *x, const float *part, uint32_t n_chunks, size_t T, size_t t, size_t d,
+                      float *acc) {
+    memcpy(acc, part + t * d, d * sizeof(float));
+    for (uint32_t c = 1; c < n_chunks; c++) kcpu_add(acc, part + ((size_t)c * T + t) * d, d);
+    kcpu_add(x, acc, d);
+}
+
+static void norm_phase(void *arg, int tid, int nth) {
+    norm_ctx *c = arg;
+    pt_engine *e = c->e;
+    pt_rank *r = c->r;
+    size_t d = e->w.cfg.d_model, T = e->T;
+    float *x = e->x[r->rank];
+    long lo, hi;
+    pt_pool_split((long)T, tid, nth, &lo, &hi);
+    float *acc = r->scores + (size_t)tid * e->scratch_len; /* scratch, max_ctx >= d */
+    for (long t = lo; t < hi; t++) {
+        if (c->part) fold_into(x + t * d, c->part, c->n_chunks, T, (size_t)t, d, acc);
+        float *xn = r->xn + t * d;
+        kcpu_rmsnorm(xn, x + t * d, c->norm_w, d, e->w.cfg.rms_eps);
+        for (int i = 0; i < c->n_wtypes; i++) {
+            int s = act_slot(r, c->wtypes[i]);
+            size_t rb = act_row_bytes(c->wtypes[i], d);
+            kcpu_quantize_act(c->wtypes[i], r->act[s] + t * rb, xn, d);
+        }
+    }
+}
+
+static void run_norm(pt_engine *e, pt_rank *r, const float *part, uint32_t n_chunks, const float *norm_w,
+                     const pt_dtype *wtypes, int n_wtypes) {
+    norm_ctx c = {e, r, part, n_chunks, norm_w, {0}, n_wtypes};
+    for (int i = 0; i < n_wtypes; i++) {
+        c.wtypes[i] = wtypes[i];
+        act_slot(r, wtypes[i]); /* assign slots before threads look them up */
+    }
+    pt_pool_run(r->pool, norm_phase, &c);
+}
+
+static const uint8_t *act_of(pt_rank *r, pt_dtype wtype) { return r->act[act_slot(r, wtype)]; }
+
+/* ---- phase: embedding ---- */
+
+static void embed_phase(void *arg, int tid, int nth) {
+    phase_ctx *c = arg;
+    pt_engine *e = c->e;
+    const pt_wmat *te = &e->w.tok_embd;
+    size_t d = e->w.cfg.d_model;
+    long lo, hi;
+    pt_pool_split((long)e->T, tid, nth, &lo, &hi);
+    for (long t = lo; t < hi; t++)
+        kcpu_dequantize_row(te->type, e->x[c->r->rank] + t * d,
+                            (const uint8_t *)te->data + (size_t)e->tok[t] * te->stride, d);
+}
+
+/* ---- phase: bias and RoPE per (token, group) ---- */
+
+static void rope_phase(void *arg, int tid, int nth) {
+    phase_ctx *c = arg;
+    pt_engine *e = c->e;
+    pt_rank *r = c->r;
+    const pt_weights *w = &e->w;
+    const pt_layer_weights *L = &w->layers[c->layer];
+    size_t hd = w->cfg.head_dim, qw = (size_t)w->q_per_kv * hd;
+    size_t qld = (size_t)w->cfg.n_heads * hd, kld = (size_t)w->cfg.n_kv_heads * hd;
+    uint32_t ng = r->g1 - r->g0;
+    long lo, hi;
+    pt_pool_split((long)e->T * ng, tid, nth, &lo, &hi);
+    for (long it = lo; it < hi; it++) {
+        size_t t = (size_t)it / ng, g = r->g0 + (size_t)it % ng;
+        float *q = r->q + t * qld + g * qw, *k = r->k + t * kld + g * hd, *v = r->v + t * kld + g * hd;
+        if (L->bq) {
+            kcpu_add(q, L->bq + g * qw, qw);
+            kcpu_add(k, L->bk + g * hd, hd);
+            kcpu_add(v, L->bv + g * hd, hd);
+        }
+        int neox = w->cfg.rope_style == PT_ROPE_NEOX;
+        kcpu_rope(q, w->q_per_kv, hd, w->cfg.rope_dim, e->tok_pos[t], w->inv_freq, neox);
+        kcpu_rope(k, 1, hd, w->cfg.rope_dim, e->tok_pos[t], w->inv_freq, neox);
+    }
+}
+
+/* ---- phase: KV append per (sequence run, group) ----
+ * Tokens of one sequence are appended by one thread, in order, because they
+ * share pages and their bounding boxes. */
+
+static void append_phase(void *arg, int tid, int nth) {
+    phase_ctx *c = arg;
+    pt_engine *e = c->e;
+    pt_rank *r = c->r;
+    size_t hd = e->w.cfg.head_dim, kld = (size_t)e->w.cfg.n_kv_heads * hd;
+    uint32_t P = e->opts.page_size;
+    for (uint32_t g = r->g0 + tid; g < r->g1; g += nth) {
+        for (size_t t = 0; t < e->T; t++) {
+            const pt_seq *s = &e->seqs[e->tok_seq[t]];
+            uint32_t pos = e->tok_pos[t];
+            pt_kv_append(&r->kv, c->layer, s->pages[g][pos / P], pos % P, r->k + t * kld + g * hd,
+                         r->v + t * kld + g * hd);
+        }
+    }
+}
+
+/* ---- phase: attention per (token, group), then quantize for O ---- */
+
+static void attn_phase(void *arg, int tid, int nth) {
+    phase_ctx *c = arg;
+    pt_engine *e = c->e;
+    pt_rank *r = c->r;
+    const pt_weights *w = &e->w;
+    const pt_layer_weights *L = &w->layers[c->layer];
+    size_t hd = w->cfg.head_dim, qw = (size_t)w->q_per_kv * hd, qld = (size_t)w->cfg.n_heads * hd;
+    uint32_t ng = r->g1 - r->g0, P = e->opts.page_size;
+    float scale = 1.0f / sqrtf((float)hd);
+    float *sc = r->scores + (size_t)tid * e->scratch_len;
+    long lo, hi;
+    pt_pool_split((long)e->T * ng, tid, nth, &lo, &hi);
+    for (long it = lo; it < hi; it++) {
+        size_t t = (size_t)it / ng, g = r->g0 + (size_t)it % ng;
+        const pt_seq *s = &e->seqs[e->tok_seq[t]];
+        uint32_t n_ctx = e->tok_pos[t] + 1;
+        for (uint32_t j = 0; j < w->q_per_kv; j++) {
+            const float *q = r->q + t * qld + g * qw + j * hd;
+            float *out = r->att + t * qld + g * qw + j * hd;
+            for (uint32_t p = 0; p < n_ctx; p++) {
+                const float *kp = pt_kv_k(&r->kv, c->layer, s->pages[g][p / P]) + (size_t)(p % P) * hd;
+                sc[p] = kcpu_dot_f32(q, kp, hd) * scale;
+            }
+            kcpu_softmax(sc, n_ctx);
+            memset(out, 0, hd * sizeof(float));
+            for (uint32_t p = 0; p < n_ctx; p++) {
+                const float *vp = pt_kv_v(&r->kv, c->layer, s->pages[g][p / P]) + (size_t)(p % P) * hd;
+                kcpu_axpy_f32(out, sc[p], vp, hd);
+            }
+        }
+        size_t rb = act_row_bytes(L->o[g].type, qw);
+        kcpu_quantize_act(L->o[g].type, r->att_act + (t * w->n_groups + g) * rb, r->att + t * qld + g * qw, qw);
+    }
+}
+
+/* ---- phase: SwiGLU per (token, chunk), then quantize for down ---- */
+
+static void swiglu_phase(void *arg, int tid, int nth) {
+    phase_ctx *c = arg;
+    pt_engine *e = c->e;
+    pt_rank *r = c->r;
+    const pt_weights *w = &e->w;
+    const pt_layer_weights *L = &w->layers[c->layer];
+    size_t ff = w->cfg.d_ff, mc = w->mlp_chunk;
+    uint32_t nc = r->c1 - r->c0;
+    long lo, hi;
+    pt_pool_split((long)e->T * nc, tid, nth, &lo, &hi);
+    for (long it = lo; it < hi; it++) {
+        size_t t = (size_t)it / nc, m = r->c0 + (size_t)it % nc;
+        float *gt = r->gate + t * ff + m * mc;
+        kcpu_swiglu(gt, gt, r->up + t * ff + m * mc, mc);
+        size_t rb = act_row_bytes(L->down[m].type, mc);
+        kcpu_quantize_act(L->down[m].type, r->h_act + (t * w->n_mlp_chunks + m) * rb, gt, mc);
+    }
+}
+
+/* ---- phase: final norm of the rows that want logits ---- */
+
+static void final_phase(void *arg, int tid, int nth) {
+    phase_ctx *c = arg;
+    pt_engine *e = c->e;
+    pt_rank *r = c->r;
+    const pt_weights *w = &e->w;
+    size_t d = w->cfg.d_model, T = e->T;
+    float *x = e->x[r->rank];
+    float *acc = r->scores + (size_t)tid * e->scratch_len;
+    size_t rb = act_row_bytes(w->output.type, d);
+    long lo, hi;
+    pt_pool_split((long)e->n_out, tid, nth, &lo, &hi);
+    for (long i = lo; i < hi; i++) {
+        size_t t = e->out_row[i];
+        fold_into(x + t * d, e->part_mlp, w->n_mlp_chunks, T, t, d, acc);
+        /* Only rank 0 writes the shared buffers; every rank computes the same values. */
+        float *xn = r->xn + t * d;
+        kcpu_rmsnorm(xn, x + t * d, w->output_norm, d, w->cfg.rms_eps);
+        if (r->rank == 0) kcpu_quantize_act(w->output.type, e->final_act + (size_t)i * rb, xn, d);
+    }
+}
+
+static void rank_barrier(pt_engine *e) {
+    if (e->tp > 1) pthread_barrier_wait(&e->barrier);
+}
+
+void pt_forward_rank(pt_engine *e, pt_rank *r) {
+    const pt_weights *w = &e->w;
+    const pt_model_config *cfg = &w->cfg;
+    size_t d = cfg->d_model, hd = cfg->head_dim, T = e->T;
+    size_t qw = (size_t)w->q_per_kv * hd, mc = w->mlp_chunk;
+    phase_ctx pc = {e, r, 0};
+
+    pt_pool_run(r->pool, embed_phase, &pc);
+    for (uint32_t l = 0; l < cfg->n_layers; l++) {
+        const pt_layer_weights *L = &w->layers[l];
+        pc.layer = l;
+        for (int i = 0; i < 3; i++) r->act_type[i] = PT_DTYPE_COUNT;
+
+        /* Attention block. */
+        pt_dtype qkv_types[3] = {L->q[0].type, L->k[0].type, L->v[0].type};
+        run_norm(e, r, l ? e->part_mlp : NULL, w->n_mlp_chunks, L->attn_norm, qkv_types, 3);
+        mm_list ml = {.T = (uint32_t)T};
+        for (uint32_t g = r->g0; g < r->g1; g++) {
+            mm_add(&ml, &L->q[g], act_of(r, L->q[g].type), act_row_bytes(L->q[g].type, d), r->q + g * qw,
+                   (size_t)cfg->n_heads * hd);
+            mm_add(&ml, &L->k[g], act_of(r, L->k[g].type), act_row_bytes(L->k[g].type, d), r->k + g * hd,
+                   (size_t)cfg->n_kv_heads * hd);
+            mm_add(&ml, &L->v[g], act_of(r, L->v[g].type), act_row_bytes(L->v[g].type, d), r->v + g * hd,
+                   (size_t)cfg->n_kv_heads * hd);
+        }
+        pt_pool_run(r->pool, mm_phase, &ml);
+        pt_pool_run(r->pool, rope_phase, &pc);
+        pt_pool_run(r->pool, append_phase, &pc);
+        pt_pool_run(r->pool, attn_phase, &pc);
+        ml = (mm_list){.T = (uint32_t)T};
+        for (uint32_t g = r->g0; g < r->g1; g++) {
+            size_t rb = act_row_bytes(L->o[g].type, qw);
+            mm_add(&ml, &L->o[g], r->att_act + g * rb, rb * w->n_groups, e->part_attn + (size_t)g * T * d, d);
+        }
+        pt_pool_run(r->pool, mm_phase, &ml);
+        rank_barrier(e);
+
+        /* MLP block. */
+        for (int i = 0; i < 3; i++) r->act_type[i] = PT_DTYPE_COUNT;
+        pt_dtype gu_types[2] = {L->gate[0].type, L->up[0].type};
+        run_norm(e, r, e->part_attn, w->n_groups, L->ffn_norm, gu_types, 2);
+        ml = (mm_list){.T = (uint32_t)T};
+        for (uint32_t m = r->c0; m < r->c1; m++) {
+            mm_add(&ml, &L->gate[m], act_of(r, L->gate[m].type), act_row_bytes(L->gate[m].type, d),
+                   r->gate + m * mc, cfg->d_ff);
+            mm_add(&ml, &L->up[m], act_of(r, L->up[m].type), act_row_bytes(L->up[m].type, d), r->up + m * mc,
+                   cfg->d_ff);
+        }
+        pt_pool_run(r->pool, mm_phase, &ml);
+        pt_pool_run(r->pool, swiglu_phase, &pc);
+        ml = (mm_list){.T = (uint32_t)T};
+        for (uint32_t m = r->c0; m < r->c1; m++) {
+            size_t rb = act_row_bytes(L->down[m].type, mc);
+            mm_add(&ml, &L->down[m], r->h_act + m * rb, rb * w->n_mlp_chunks, e->part_mlp + (size_t)m * T * d,
+                   d);
+        }
+        pt_pool_run(r->pool, mm_phase, &ml);
+        rank_barrier(e);
+    }
+
+    /* Final norm and LM head: the vocabulary is split across ranks; each
+     * logit is one whole dot product, so the split changes no bits. */
+    if (e->n_out == 0) return;
+    pt_pool_run(r->pool, final_phase, &pc);
+    rank_barrier(e);
+    uint32_t V = cfg->vocab_size;
+    uint32_t v0 = (uint32_t)((uint64_t)V * r->rank / e->tp), v1 = (uint32_t)((uint64_t)V * (r->rank + 1) / e->tp);
+    pt_wmat head = w->output;
+    head.data = (const uint8_t *)head.data + (size_t)v0 * head.stride;
+    head.rows = v1 - v0;
+    mm_list ml = {.T = e->n_out};
+    mm_add(&ml, &head, e->final_act, act_row_bytes(head.type, d), e->out_scratch + v0, V);
+    pt_pool_run(r->pool, mm_phase, &ml);
+}

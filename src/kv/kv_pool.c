@@ -1,0 +1,66 @@
+#include "kv/kv_pool.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+uint64_t pt_kv_page_bytes(uint32_t n_layers, uint32_t head_dim, uint32_t page_size) {
+    return (uint64_t)n_layers * ((uint64_t)2 * page_size * head_dim + 2 * head_dim) * sizeof(float);
+}
+
+int pt_kv_pool_init(pt_kv_pool *kv, uint32_t n_layers, uint32_t head_dim, uint32_t page_size,
+                    uint32_t n_slots, pt_err *err) {
+    memset(kv, 0, sizeof(*kv));
+    uint64_t n_data, n_mm;
+    if (!pt_mul_size((uint64_t)n_layers * n_slots, (uint64_t)2 * page_size * head_dim, &n_data) ||
+        !pt_mul_size((uint64_t)n_layers * n_slots, (uint64_t)2 * head_dim, &n_mm) ||
+        n_data > SIZE_MAX / sizeof(float))
+        return pt_err_set(err, PT_ERR_INVALID, "KV pool of %u pages is too large", n_slots);
+    kv->n_layers = n_layers;
+    kv->head_dim = head_dim;
+    kv->page_size = page_size;
+    kv->n_slots = n_slots;
+    /* calloc of a large size maps fresh zero pages: memory is committed only
+     * as pages are first written. */
+    kv->data = calloc(n_data ? n_data : 1, sizeof(float));
+    kv->minmax = calloc(n_mm ? n_mm : 1, sizeof(float));
+    kv->free_slots = malloc(((size_t)n_slots + 1) * sizeof(uint32_t));
+    if (!kv->data || !kv->minmax || !kv->free_slots) {
+        pt_kv_pool_free(kv);
+        return pt_err_set(err, PT_ERR_NOMEM, "cannot allocate a KV pool of %u pages", n_slots);
+    }
+    /* Stack with slot 0 on top, so that allocation order is 0, 1, 2, ... */
+    for (uint32_t i = 0; i < n_slots; i++) kv->free_slots[i] = n_slots - 1 - i;
+    kv->n_free = n_slots;
+    return PT_OK;
+}
+
+void pt_kv_pool_free(pt_kv_pool *kv) {
+    free(kv->data);
+    free(kv->minmax);
+    free(kv->free_slots);
+    memset(kv, 0, sizeof(*kv));
+}
+
+int64_t pt_kv_page_alloc(pt_kv_pool *kv) {
+    if (kv->n_free == 0) return -1;
+    return kv->free_slots[--kv->n_free];
+}
+
+void pt_kv_page_release(pt_kv_pool *kv, uint32_t slot) { kv->free_slots[kv->n_free++] = slot; }
+
+void pt_kv_append(pt_kv_pool *kv, uint32_t layer, uint32_t slot, uint32_t off, const float *k,
+                  const float *v) {
+    size_t hd = kv->head_dim;
+    memcpy(pt_kv_k(kv, layer, slot) + off * hd, k, hd * sizeof(float));
+    memcpy(pt_kv_v(kv, layer, slot) + off * hd, v, hd * sizeof(float));
+    float *mn = pt_kv_kmin(kv, layer, slot), *mx = pt_kv_kmax(kv, layer, slot);
+    if (off == 0) {
+        memcpy(mn, k, hd * sizeof(float));
+        memcpy(mx, k, hd * sizeof(float));
+        return;
+    }
+    for (size_t i = 0; i < hd; i++) {
+        mn[i] = k[i] < mn[i] ? k[i] : mn[i];
+        mx[i] = k[i] > mx[i] ? k[i] : mx[i];
+    }
+}

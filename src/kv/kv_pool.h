@@ -1,0 +1,60 @@
+/* Head-centric paged KV cache of one device (DESIGN.md section 4).
+ *
+ * The unit of allocation is a head page: the K and V of one KV head for
+ * page_size tokens, in every layer. A slot id names the same position in every
+ * layer's array, so one id in a block table serves all layers. Beside each
+ * head page, per layer, the per-channel min and max of its keys (post-RoPE)
+ * over the valid tokens: the page's bounding box for query-aware selection.
+ *
+ * Layout: data    (layer, slot, {K, V}, page_size, head_dim) floats
+ *         minmax  (layer, slot, {min, max}, head_dim)        floats */
+#ifndef PROTEUS_KV_POOL_H
+#define PROTEUS_KV_POOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proteus/util.h"
+
+typedef struct {
+    uint32_t n_layers;
+    uint32_t head_dim;
+    uint32_t page_size;
+    uint32_t n_slots;
+    float *data;
+    float *minmax;
+    uint32_t *free_slots; /* stack of free slot ids */
+    uint32_t n_free;
+} pt_kv_pool;
+
+int pt_kv_pool_init(pt_kv_pool *kv, uint32_t n_layers, uint32_t head_dim, uint32_t page_size,
+                    uint32_t n_slots, pt_err *err);
+void pt_kv_pool_free(pt_kv_pool *kv);
+
+/* Bytes one head page takes across all layers, min/max included. */
+uint64_t pt_kv_page_bytes(uint32_t n_layers, uint32_t head_dim, uint32_t page_size);
+
+/* A free slot, or -1 when the pool is exhausted. */
+int64_t pt_kv_page_alloc(pt_kv_pool *kv);
+void pt_kv_page_release(pt_kv_pool *kv, uint32_t slot);
+
+static inline float *pt_kv_k(const pt_kv_pool *kv, uint32_t layer, uint32_t slot) {
+    size_t page = (size_t)kv->page_size * kv->head_dim;
+    return kv->data + ((size_t)layer * kv->n_slots + slot) * 2 * page;
+}
+static inline float *pt_kv_v(const pt_kv_pool *kv, uint32_t layer, uint32_t slot) {
+    return pt_kv_k(kv, layer, slot) + (size_t)kv->page_size * kv->head_dim;
+}
+static inline float *pt_kv_kmin(const pt_kv_pool *kv, uint32_t layer, uint32_t slot) {
+    return kv->minmax + ((size_t)layer * kv->n_slots + slot) * 2 * kv->head_dim;
+}
+static inline float *pt_kv_kmax(const pt_kv_pool *kv, uint32_t layer, uint32_t slot) {
+    return pt_kv_kmin(kv, layer, slot) + kv->head_dim;
+}
+
+/* Writes one token's K and V at offset `off` of a page and widens the page's
+ * key bounding box; off == 0 starts a fresh box. */
+void pt_kv_append(pt_kv_pool *kv, uint32_t layer, uint32_t slot, uint32_t off, const float *k,
+                  const float *v);
+
+#endif
