@@ -1,0 +1,98 @@
+/* Internal interface between the CPU matmul dispatcher (matmul.c), the
+ * reference definitions (quant_ref.c) and the ISA-specific kernels
+ * (matmul_avx2.c, matmul_avx512.c). Not part of the public kernel API. */
+#ifndef PROTEUS_KCPU_INTERNAL_H
+#define PROTEUS_KCPU_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "proteus/dtype.h"
+
+/* Reference dot product of one weight row (type wtype) with one activation
+ * row already in kcpu_act_type(wtype). This is the definition every fast
+ * path must agree with: integer sums per block are exact, each block's term
+ * is formed in float, and blocks are accumulated in double. */
+float kcpu_ref_dot(pt_dtype wtype, const void *w, const void *x, size_t K);
+
+/* Reference activation quantizers (deterministic per row). */
+void kcpu_ref_quantize_q8_0(pt_block_q8_0 *dst, const float *x, size_t K);
+void kcpu_ref_quantize_q8_1(pt_block_q8_1 *dst, const float *x, size_t K);
+void kcpu_ref_quantize_q8_k(pt_block_q8_k *dst, const float *x, size_t K);
+
+/* Fast paths. Each returns false, computing nothing, when it has no kernel
+ * for wtype, so the dispatcher can fall back to a lower ISA. Arguments are
+ * those of kcpu_matmul. */
+bool kcpu_matmul_avx2(pt_dtype wtype, const void *W, size_t w_stride, size_t n0, size_t n1,
+                      const void *X, size_t x_stride, size_t T, size_t K, float *Y, size_t ldy);
+bool kcpu_matmul_avx512(pt_dtype wtype, const void *W, size_t w_stride, size_t n0, size_t n1,
+                        const void *X, size_t x_stride, size_t T, size_t K, float *Y,
+                        size_t ldy);
+
+/* Unaligned little-endian loads of block fields: blocks sit at any byte
+ * offset a model file gives them, so fields are never read through casts. */
+static inline uint16_t kcpu_load_u16(const void *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+static inline float kcpu_load_f32(const void *p) {
+    float v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* Row/token tiling shared by the fast paths. TILE(w, x, y, nr, nt) computes
+ * nr <= MR rows by nt <= MT tokens; rows are the outer loop so a strip of
+ * weight rows stays in L1 while the tokens stream past it. Any n0/n1 works:
+ * a short last tile just runs with a smaller nr, and every (row, token) pair
+ * executes the same operations whatever nr and nt are. */
+#define KCPU_DRIVE(TILE, MR, MT)                                                       \
+    do {                                                                               \
+        for (size_t n_ = n0; n_ < n1; n_ += (MR)) {                                    \
+            size_t nr_ = n1 - n_ < (MR) ? n1 - n_ : (MR);                              \
+            const uint8_t *w_ = (const uint8_t *)W + n_ * w_stride;                    \
+            for (size_t t_ = 0; t_ < T; t_ += (MT)) {                                  \
+                size_t nt_ = T - t_ < (MT) ? T - t_ : (MT);                            \
+                TILE(w_, w_stride, (const uint8_t *)X + t_ * x_stride, x_stride, K,    \
+                     Y + t_ * ldy + n_, ldy, nr_, nt_);                                \
+            }                                                                          \
+        }                                                                              \
+    } while (0)
+
+/* Expands to a switch calling FN(args..., NR, NT) with NR, NT compile-time
+ * constants, so each tile shape gets a fully unrolled instance. */
+#define KCPU_CASE(FN, NR, NT, ...) \
+    case (NR) * 8 + (NT):          \
+        FN(__VA_ARGS__, NR, NT);   \
+        break;
+#define KCPU_SWITCH_4x4(FN, nr, nt, ...)                                              \
+    switch ((nr) * 8 + (nt)) {                                                         \
+        KCPU_CASE(FN, 1, 1, __VA_ARGS__) KCPU_CASE(FN, 1, 2, __VA_ARGS__)              \
+        KCPU_CASE(FN, 1, 3, __VA_ARGS__) KCPU_CASE(FN, 1, 4, __VA_ARGS__)              \
+        KCPU_CASE(FN, 2, 1, __VA_ARGS__) KCPU_CASE(FN, 2, 2, __VA_ARGS__)              \
+        KCPU_CASE(FN, 2, 3, __VA_ARGS__) KCPU_CASE(FN, 2, 4, __VA_ARGS__)              \
+        KCPU_CASE(FN, 3, 1, __VA_ARGS__) KCPU_CASE(FN, 3, 2, __VA_ARGS__)              \
+        KCPU_CASE(FN, 3, 3, __VA_ARGS__) KCPU_CASE(FN, 3, 4, __VA_ARGS__)              \
+        KCPU_CASE(FN, 4, 1, __VA_ARGS__) KCPU_CASE(FN, 4, 2, __VA_ARGS__)              \
+        KCPU_CASE(FN, 4, 3, __VA_ARGS__) KCPU_CASE(FN, 4, 4, __VA_ARGS__)              \
+        default: break;                                                                \
+    }
+#define KCPU_SWITCH_4x2(FN, nr, nt, ...)                                              \
+    switch ((nr) * 8 + (nt)) {                                                         \
+        KCPU_CASE(FN, 1, 1, __VA_ARGS__) KCPU_CASE(FN, 1, 2, __VA_ARGS__)              \
+        KCPU_CASE(FN, 2, 1, __VA_ARGS__) KCPU_CASE(FN, 2, 2, __VA_ARGS__)              \
+        KCPU_CASE(FN, 3, 1, __VA_ARGS__) KCPU_CASE(FN, 3, 2, __VA_ARGS__)              \
+        KCPU_CASE(FN, 4, 1, __VA_ARGS__) KCPU_CASE(FN, 4, 2, __VA_ARGS__)              \
+        default: break;                                                                \
+    }
+#define KCPU_SWITCH_2x2(FN, nr, nt, ...)                                              \
+    switch ((nr) * 8 + (nt)) {                                                         \
+        KCPU_CASE(FN, 1, 1, __VA_ARGS__) KCPU_CASE(FN, 1, 2, __VA_ARGS__)              \
+        KCPU_CASE(FN, 2, 1, __VA_ARGS__) KCPU_CASE(FN, 2, 2, __VA_ARGS__)              \
+        default: break;                                                                \
+    }
+
+#endif

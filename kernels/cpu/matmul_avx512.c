@@ -1,0 +1,102 @@
+/* AVX-512 (F/BW/VL/DQ + VNNI) matmul kernels for the 32-element block types
+ * Q4_0, Q4_1 and Q8_0; the other weight types fall back to the AVX2 file.
+ *
+ * The kernels work on 256-bit vectors through AVX-512VL: on Zen 4 a 512-bit
+ * op runs as two 256-bit halves, so ymm loses no throughput, a 32-byte quant
+ * block fits one register exactly, and EVEX encoding still gives 32 vector
+ * registers, enough for a 4 rows x 4 tokens tile with 16 accumulators.
+ *
+ * vpdpbusd multiplies unsigned weight bytes by signed activation bytes and
+ * adds groups of 4 into int32 lanes, starting from an accumulator we choose:
+ *   Q4_1: p = dpbusd(0, q, a)                       q in 0..15
+ *   Q4_0: p = dpbusd(-8 * sum4(a), q, a)            = sum4((q - 8) * a)
+ *   Q8_0: p = dpbusd(-128 * sum4(a), w ^ 0x80, a)   = sum4(w * a)
+ * where sum4(a) is per-lane and computed once per token, shared by all rows
+ * of the tile. Then acc += p * (dw * da) and, for Q4_1, acc += (m / 8) * s.
+ * As in the AVX2 file, a pair's operations are the same in every tile shape. */
+#include <immintrin.h>
+
+#include "cpu/kcpu_internal.h"
+#include "cpu/kcpu_matmul.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+INLINE float ld_f16(const uint8_t *p) { return _cvtsh_ss(kcpu_load_u16(p)); }
+
+/* WT: 0 = Q4_0 x Q8_0, 1 = Q4_1 x Q8_1, 2 = Q8_0 x Q8_0. */
+INLINE void tile_b32(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, size_t K,
+                     float *Y, size_t ldy, const int WT, const int NR, const int NT) {
+    const size_t wb = WT == 0 ? sizeof(pt_block_q4_0) : WT == 1 ? sizeof(pt_block_q4_1) : sizeof(pt_block_q8_0);
+    const size_t xb = WT == 1 ? sizeof(pt_block_q8_1) : sizeof(pt_block_q8_0);
+    const size_t wq = WT == 1 ? 4 : 2, xq = WT == 1 ? 4 : 2;
+    const size_t nb = K / PT_QK;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i off = _mm256_set1_epi8(WT == 0 ? 8 : (char)0x80);
+    __m256 acc[4][4];
+    for (int r = 0; r < NR; r++)
+        for (int t = 0; t < NT; t++) acc[r][t] = _mm256_setzero_ps();
+    for (size_t b = 0; b < nb; b++) {
+        __m256i q[4];
+        __m256 dw[4], mw[4];
+        for (int r = 0; r < NR; r++) {
+            const uint8_t *w = W + r * ws + b * wb;
+            if (WT == 2) {
+                q[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w + wq)), off);
+            } else {
+                __m128i raw = _mm_loadu_si128((const __m128i *)(w + wq));
+                q[r] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), m4);
+            }
+            dw[r] = _mm256_set1_ps(ld_f16(w));
+            if (WT == 1) mw[r] = _mm256_set1_ps(ld_f16(w + 2) * 0.125f);
+        }
+        for (int t = 0; t < NT; t++) {
+            const uint8_t *x = X + t * xs + b * xb;
+            __m256i a = _mm256_loadu_si256((const __m256i *)(x + xq));
+            __m256 da = _mm256_set1_ps(ld_f16(x)), sa = _mm256_setzero_ps();
+            __m256i init = _mm256_setzero_si256();
+            if (WT == 1) sa = _mm256_set1_ps(ld_f16(x + 2));
+            if (WT != 1)
+                init = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                        _mm256_dpbusd_epi32(_mm256_setzero_si256(), off, a));
+            for (int r = 0; r < NR; r++) {
+                __m256i p = _mm256_dpbusd_epi32(init, q[r], a);
+                __m256 dd = _mm256_mul_ps(dw[r], da);
+                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), dd, acc[r][t]);
+                if (WT == 1) acc[r][t] = _mm256_fmadd_ps(mw[r], sa, acc[r][t]);
+            }
+        }
+    }
+    for (int r = 0; r < NR; r++)
+        for (int t = 0; t < NT; t++) Y[t * ldy + r] = hsum8(acc[r][t]);
+}
+
+static void tile_q4_0(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, size_t K, float *Y,
+                      size_t ldy, size_t nr, size_t nt) {
+    KCPU_SWITCH_4x4(tile_b32, nr, nt, W, ws, X, xs, K, Y, ldy, 0)
+}
+static void tile_q4_1(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, size_t K, float *Y,
+                      size_t ldy, size_t nr, size_t nt) {
+    KCPU_SWITCH_4x4(tile_b32, nr, nt, W, ws, X, xs, K, Y, ldy, 1)
+}
+static void tile_q8_0(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, size_t K, float *Y,
+                      size_t ldy, size_t nr, size_t nt) {
+    KCPU_SWITCH_4x4(tile_b32, nr, nt, W, ws, X, xs, K, Y, ldy, 2)
+}
+
+bool kcpu_matmul_avx512(pt_dtype wtype, const void *W, size_t w_stride, size_t n0, size_t n1,
+                        const void *X, size_t x_stride, size_t T, size_t K, float *Y,
+                        size_t ldy) {
+    switch (wtype) {
+    case PT_DTYPE_Q4_0: KCPU_DRIVE(tile_q4_0, 4, 4); return true;
+    case PT_DTYPE_Q4_1: KCPU_DRIVE(tile_q4_1, 4, 4); return true;
+    case PT_DTYPE_Q8_0: KCPU_DRIVE(tile_q8_0, 4, 4); return true;
+    default: return false;
+    }
+}
