@@ -1,0 +1,97 @@
+/* CUDA kernels, callable from C11.
+ *
+ * Conventions: all tensors are device pointers to row-major fp32 unless a name
+ * says otherwise; T = tokens (rows), D = width of a row. Every launcher takes
+ * the stream it enqueues on and returns without synchronizing: cudaSuccess
+ * when the launch was accepted, cudaErrorInvalidValue for bad arguments
+ * (nothing is launched), or the launch error. Zero-sized work is a no-op that
+ * returns cudaSuccess. Errors of the kernel's execution appear at the caller's
+ * next synchronization.
+ *
+ * Each kernel's math is defined by the plain C function of the same name in
+ * ref/kcuda_ref.h; tests/test_cuda_kernels.c holds them to it. Results match
+ * the reference within float rounding (the reduction order and the device's
+ * sin/cos/exp/rsqrt differ), and bit for bit where noted. Each row is computed
+ * with a fixed sequence of operations that depends only on D, never on T, so a
+ * row's result does not depend on the batch it is in (DESIGN.md section 3). */
+#ifndef PROTEUS_KCUDA_H
+#define PROTEUS_KCUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Number of usable CUDA devices; 0 when the runtime reports an error (no
+ * driver, no device). Clears the error so later calls start clean. */
+int kcuda_device_count(void);
+
+/* out[t][i] = x[t][i] * (1 / sqrt(mean_i(x[t][i]^2) + eps)) * w[i].
+ * x, out: (T, D); w: (D). out may equal x (in place). One block per row. */
+cudaError_t kcuda_rmsnorm(float *out, const float *x, const float *w, size_t T, size_t D,
+                          float eps, cudaStream_t stream);
+
+/* How RoPE pairs the dimensions of a head (values equal GGML's rope modes). */
+typedef enum {
+    KCUDA_ROPE_NORM = 0, /* adjacent pairs (2i, 2i+1): GGUF Llama layout */
+    KCUDA_ROPE_NEOX = 2, /* rotate-half pairs (i, i + n_rot/2): HF, Qwen2, GPT-NeoX */
+} kcuda_rope_style;
+
+/* Rotary embedding in place. x holds T tokens of H heads of head_dim floats,
+ * heads contiguous within a token and tokens token_stride floats apart (so x
+ * may be the Q or K part of a fused QKV row). The first n_rot dims of each head
+ * rotate, pair i by angle pos[t] * inv_freq[i]; the rest are left alone.
+ * pos: (T) int32 device array; inv_freq: (n_rot / 2) device array, built on the
+ * host by kcuda_rope_inv_freq. n_rot must be even and <= head_dim. */
+cudaError_t kcuda_rope(float *x, const int32_t *pos, const float *inv_freq, size_t T, size_t H,
+                       size_t head_dim, size_t token_stride, size_t n_rot,
+                       kcuda_rope_style style, cudaStream_t stream);
+
+/* Llama-3 frequency scaling (rope_scaling with rope_type "llama3"). */
+typedef struct {
+    float factor;           /* long wavelengths: frequency divided by this */
+    float low_freq_factor;  /* wavelengths above orig_ctx / low_freq_factor get the full factor */
+    float high_freq_factor; /* wavelengths below orig_ctx / high_freq_factor are kept */
+    float orig_ctx;         /* original_max_position_embeddings */
+} kcuda_rope_llama3;
+
+/* Host function: inv_freq[i] = theta^(-2i / n_rot) for i in [0, n_rot / 2),
+ * computed in double and rounded once, then, when llama3 is not NULL, scaled
+ * as Llama 3.1 does: frequencies whose wavelength 2*pi/f exceeds
+ * orig_ctx / low_freq_factor are divided by factor, those below
+ * orig_ctx / high_freq_factor are kept, and those in between blend the two
+ * linearly in orig_ctx / wavelength. Returns 0, or -1 for bad arguments (n_rot
+ * zero or odd, theta <= 0, or a scaling with factor <= 0, orig_ctx <= 0,
+ * low_freq_factor <= 0 or high_freq_factor <= low_freq_factor). */
+int kcuda_rope_inv_freq(float *inv_freq, size_t n_rot, float theta,
+                        const kcuda_rope_llama3 *llama3);
+
+/* out[t][i] = silu(gate[t][i]) * up[t][i], silu(g) = g / (1 + exp(-g)), for T rows
+ * of D columns; row t of out, gate and up starts at t * ld_out, t * ld_gate,
+ * t * ld_up floats (a fused gate|up matmul output is gate = y, up = y + D,
+ * ld_gate = ld_up = 2 * D). out may equal gate or up when its layout matches. */
+cudaError_t kcuda_swiglu(float *out, const float *gate, const float *up, size_t T, size_t D,
+                         size_t ld_out, size_t ld_gate, size_t ld_up, cudaStream_t stream);
+
+/* out[i] = a[i] + b[i] for n elements; bit-identical to the reference. out may
+ * equal a or b (the residual stream: kcuda_add(x, x, y, n, s)). */
+cudaError_t kcuda_add(float *out, const float *a, const float *b, size_t n, cudaStream_t stream);
+
+/* Embedding gather: out[t][:] = table[ids[t]][:] as fp32, bit-identical to the
+ * reference (bf16 -> fp32 is exact). table: (n_vocab, D); ids: (T) int32 device
+ * array; out: (T, D). The device cannot report bad ids without a sync, so an id
+ * outside [0, n_vocab) gives a row of zeros instead of an out-of-bounds read;
+ * validating token ids is the caller's job. */
+cudaError_t kcuda_embed_f32(float *out, const float *table, const int32_t *ids, size_t T,
+                            size_t D, size_t n_vocab, cudaStream_t stream);
+cudaError_t kcuda_embed_bf16(float *out, const uint16_t *table, const int32_t *ids, size_t T,
+                             size_t D, size_t n_vocab, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
