@@ -12,7 +12,7 @@
  *   Q4_0: p = dpbusd(-8 * sum4(a), q, a)            = sum4((q - 8) * a)
  *   Q8_0: p = dpbusd(-128 * sum4(a), w ^ 0x80, a)   = sum4(w * a)
  * where sum4(a) is per-lane and computed once per token, shared by all rows
- * of the tile. Then acc += p * (dw * da) and, for Q4_1, acc += (m / 8) * s.
+ * of the tile. Then acc += p * (dw * da), and Q4_1 adds its m * s terms.
  * As in the AVX2 file, a pair's operations are the same in every tile shape. */
 #include <immintrin.h>
 
@@ -28,9 +28,27 @@ INLINE float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-INLINE float ld_f16(const uint8_t *p) { return _cvtsh_ss(kcpu_load_u16(p)); }
+/* Scales of up to 8 consecutive blocks (the f16 at byte offset off of each
+ * block, blocks stride bytes apart) as floats; lanes past n are zero. One
+ * masked gather of 32-bit words (each stays inside its block), truncated to
+ * 16 bits: no narrow stores followed by a wide load, which would stall
+ * store-to-load forwarding. */
+INLINE __m256 scales8(const uint8_t *p, size_t stride, size_t off, size_t n) {
+    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                           _mm256_set1_epi32((int)stride));
+    __m256i v = _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), (__mmask8)((1u << n) - 1), idx,
+                                             p + off, 1);
+    return _mm256_cvtph_ps(_mm256_cvtepi32_epi16(v));
+}
 
-/* WT: 0 = Q4_0 x Q8_0, 1 = Q4_1 x Q8_1, 2 = Q8_0 x Q8_0. */
+/* WT: 0 = Q4_0 x Q8_0, 1 = Q4_1 x Q8_1, 2 = Q8_0 x Q8_0.
+ * Blocks go in groups of 8: the scales of a group are converted for all rows
+ * and tokens at once and the products dw * da go to a small table, so the
+ * per-block work of a pair is one dpbusd, one convert and one fma with a
+ * broadcast from that table. Q4_1's minimum term m * s is added for the whole
+ * group with one fma of the 8 m's by the 8 s's (into the same accumulator:
+ * its lanes are only partial sums). Groups depend on K alone, never on the
+ * tile, so each pair still sees one fixed sequence. */
 INLINE void tile_b32(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, size_t K,
                      float *Y, size_t ldy, const int WT, const int NR, const int NT) {
     const size_t wb = WT == 0 ? sizeof(pt_block_q4_0) : WT == 1 ? sizeof(pt_block_q4_1) : sizeof(pt_block_q8_0);
@@ -40,36 +58,46 @@ INLINE void tile_b32(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, s
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     const __m256i off = _mm256_set1_epi8(WT == 0 ? 8 : (char)0x80);
     __m256 acc[4][4];
+    float dd[4][4][8];
     for (int r = 0; r < NR; r++)
         for (int t = 0; t < NT; t++) acc[r][t] = _mm256_setzero_ps();
-    for (size_t b = 0; b < nb; b++) {
-        __m256i q[4];
+    for (size_t g = 0; g < nb; g += 8) {
+        const size_t ng = nb - g < 8 ? nb - g : 8;
         __m256 dw[4], mw[4];
         for (int r = 0; r < NR; r++) {
-            const uint8_t *w = W + r * ws + b * wb;
-            if (WT == 2) {
-                q[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w + wq)), off);
-            } else {
-                __m128i raw = _mm_loadu_si128((const __m128i *)(w + wq));
-                q[r] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), m4);
-            }
-            dw[r] = _mm256_set1_ps(ld_f16(w));
-            if (WT == 1) mw[r] = _mm256_set1_ps(ld_f16(w + 2) * 0.125f);
+            dw[r] = scales8(W + r * ws + g * wb, wb, 0, ng);
+            if (WT == 1) mw[r] = scales8(W + r * ws + g * wb, wb, 2, ng);
         }
         for (int t = 0; t < NT; t++) {
-            const uint8_t *x = X + t * xs + b * xb;
-            __m256i a = _mm256_loadu_si256((const __m256i *)(x + xq));
-            __m256 da = _mm256_set1_ps(ld_f16(x)), sa = _mm256_setzero_ps();
-            __m256i init = _mm256_setzero_si256();
-            if (WT == 1) sa = _mm256_set1_ps(ld_f16(x + 2));
-            if (WT != 1)
-                init = _mm256_sub_epi32(_mm256_setzero_si256(),
-                                        _mm256_dpbusd_epi32(_mm256_setzero_si256(), off, a));
+            __m256 da = scales8(X + t * xs + g * xb, xb, 0, ng);
+            for (int r = 0; r < NR; r++) _mm256_storeu_ps(dd[r][t], _mm256_mul_ps(dw[r], da));
+            if (WT == 1) {
+                __m256 sa = scales8(X + t * xs + g * xb, xb, 2, ng);
+                for (int r = 0; r < NR; r++) acc[r][t] = _mm256_fmadd_ps(mw[r], sa, acc[r][t]);
+            }
+        }
+        for (size_t i = 0; i < ng; i++) {
+            const size_t b = g + i;
+            __m256i q[4];
             for (int r = 0; r < NR; r++) {
-                __m256i p = _mm256_dpbusd_epi32(init, q[r], a);
-                __m256 dd = _mm256_mul_ps(dw[r], da);
-                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), dd, acc[r][t]);
-                if (WT == 1) acc[r][t] = _mm256_fmadd_ps(mw[r], sa, acc[r][t]);
+                const uint8_t *w = W + r * ws + b * wb + wq;
+                if (WT == 2) {
+                    q[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)w), off);
+                } else {
+                    __m128i raw = _mm_loadu_si128((const __m128i *)w);
+                    q[r] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), m4);
+                }
+            }
+            for (int t = 0; t < NT; t++) {
+                __m256i a = _mm256_loadu_si256((const __m256i *)(X + t * xs + b * xb + xq));
+                __m256i init = _mm256_setzero_si256();
+                if (WT != 1)
+                    init = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                            _mm256_dpbusd_epi32(_mm256_setzero_si256(), off, a));
+                for (int r = 0; r < NR; r++) {
+                    __m256i p = _mm256_dpbusd_epi32(init, q[r], a);
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dd[r][t][i]), acc[r][t]);
+                }
             }
         }
     }
