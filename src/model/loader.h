@@ -16,8 +16,10 @@ typedef struct {
         size_t len;
     } *maps;
     size_t n_maps;
-    void *owned; /* one heap block holding synthetic weights, or NULL */
 } pt_model_priv;
+
+/* Register a mapping (file or anonymous) for munmap at close. */
+int pt_model_add_mapping(pt_model_file *mf, void *addr, size_t len);
 
 /* Map `path` read-only into mf's mappings. Empty files map to an empty range. */
 int pt_model_map_file(pt_model_file *mf, const char *path, const uint8_t **data, uint64_t *size,

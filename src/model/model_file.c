@@ -31,7 +31,6 @@
 
 int pt_model_map_file(pt_model_file *mf, const char *path, const uint8_t **data, uint64_t *size,
                       pt_err *err) {
-    pt_model_priv *p = mf->priv;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return pt_err_set(err, PT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
@@ -49,16 +48,22 @@ int pt_model_map_file(pt_model_file *mf, const char *path, const uint8_t **data,
     int e = errno;
     close(fd);
     if (addr == MAP_FAILED) return pt_err_set(err, PT_ERR_IO, "%s: mmap failed: %s", path, strerror(e));
-    struct pt_mapping *m = realloc(p->maps, (p->n_maps + 1) * sizeof *m);
-    if (!m) {
+    if (pt_model_add_mapping(mf, addr, (size_t)st.st_size) != PT_OK) {
         munmap(addr, (size_t)st.st_size);
         return pt_err_set(err, PT_ERR_NOMEM, "%s: out of memory", path);
     }
+    *data = addr;
+    return PT_OK;
+}
+
+int pt_model_add_mapping(pt_model_file *mf, void *addr, size_t len) {
+    pt_model_priv *p = mf->priv;
+    struct pt_mapping *m = realloc(p->maps, (p->n_maps + 1) * sizeof *m);
+    if (!m) return PT_ERR_NOMEM;
     p->maps = m;
     p->maps[p->n_maps].addr = addr;
-    p->maps[p->n_maps].len = (size_t)st.st_size;
+    p->maps[p->n_maps].len = len;
     p->n_maps++;
-    *data = addr;
     return PT_OK;
 }
 
@@ -74,7 +79,6 @@ void pt_model_file_close(pt_model_file *mf) {
     if (p) {
         for (size_t i = 0; i < p->n_maps; i++) munmap(p->maps[i].addr, p->maps[i].len);
         free(p->maps);
-        pt_aligned_free(p->owned);
         free(p);
     }
     memset(mf, 0, sizeof *mf);
