@@ -1,7 +1,33 @@
+/* proteus: one binary, sub-commands. */
 #include <stdio.h>
 #include <string.h>
 
+#include "cli/cli.h"
+
+static void usage(FILE *f) {
+    fputs("usage: proteus <command> [options]\n"
+          "\n"
+          "commands:\n"
+          "  generate   generate text from a prompt or a chat message, streamed\n"
+          "  perf       measure prompt processing and generation speed\n"
+          "\n"
+          "Run 'proteus <command> --help' for a command's options.\n",
+          f);
+}
+
 int main(int argc, char **argv) {
-    fprintf(stderr, "usage: proteus generate ...\n");
-    return 2;
+    if (argc < 2) {
+        usage(stderr);
+        return CLI_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "perf")) return cmd_perf(argc - 1, argv + 1);
+    if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return CLI_OK;
+    }
+    fprintf(stderr, "proteus: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return CLI_USAGE;
 }

@@ -1,0 +1,127 @@
+/* proteus perf: prompt processing and generation speed on one model, as the
+ * side-by-side benchmark in bench/ reads it. Prompt processing evaluates
+ * --pp tokens in one step (logits of the last only); generation runs --tg
+ * single-token steps, each feeding back the argmax. Prints one JSON line. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "cpu/kcpu_matmul.h"
+#include "proteus/engine.h"
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void usage(FILE *f) {
+    fputs("usage: proteus perf [-m MODEL] [-t THREADS] [--tp N] [--pp N] [--tg N] [--reps N]\n"
+          "  -m MODEL     GGUF file, Hugging Face directory or synthetic:<shape> (default: the default model)\n"
+          "  -t THREADS   threads per rank (default: all cores)\n"
+          "  --tp N       tensor-parallel ranks (default 1)\n"
+          "  --pp N       prompt tokens evaluated in one step (default 512)\n"
+          "  --tg N       generated tokens, one step each (default 128)\n"
+          "  --reps N     repetitions; the median is reported (default 3)\n",
+          f);
+}
+
+int cmd_perf(int argc, char **argv) {
+    const char *model = NULL;
+    long threads = cli_default_threads(), tp = 1, pp = 512, tg = 128, reps = 3;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return CLI_OK;
+        } else if (!strcmp(a, "-m") && v) {
+            model = v, i++;
+        } else if (!strcmp(a, "-t") && v) {
+            if (!cli_parse_long(a, v, 1, 1024, &threads)) return CLI_USAGE;
+            i++;
+        } else if (!strcmp(a, "--tp") && v) {
+            if (!cli_parse_long(a, v, 1, 64, &tp)) return CLI_USAGE;
+            i++;
+        } else if (!strcmp(a, "--pp") && v) {
+            if (!cli_parse_long(a, v, 1, 1 << 16, &pp)) return CLI_USAGE;
+            i++;
+        } else if (!strcmp(a, "--tg") && v) {
+            if (!cli_parse_long(a, v, 0, 1 << 16, &tg)) return CLI_USAGE;
+            i++;
+        } else if (!strcmp(a, "--reps") && v) {
+            if (!cli_parse_long(a, v, 1, 1000, &reps)) return CLI_USAGE;
+            i++;
+        } else {
+            fprintf(stderr, "proteus perf: unknown or incomplete option '%s'\n", a);
+            usage(stderr);
+            return CLI_USAGE;
+        }
+    }
+    const char *path = cli_model_path(model);
+    pt_model_file mf;
+    pt_err err = {{0}};
+    if (pt_model_file_open(&mf, path, &err) != 0) {
+        fprintf(stderr, "proteus: %s\n", err.msg);
+        return CLI_FAIL;
+    }
+    pt_engine_opts o;
+    pt_engine_opts_default(&o);
+    o.n_threads = (int)threads;
+    o.tp = (int)tp;
+    o.max_seqs = 1;
+    o.max_batch_tokens = (uint32_t)pp;
+    o.max_ctx = (uint32_t)(pp + tg + 1);
+    pt_engine *e = NULL;
+    if (pt_engine_create(&e, &mf, &o, &err) != 0) {
+        fprintf(stderr, "proteus: %s\n", err.msg);
+        pt_model_file_close(&mf);
+        return CLI_FAIL;
+    }
+    uint32_t V = mf.config.vocab_size;
+    int32_t *prompt = malloc((size_t)pp * sizeof(int32_t));
+    float *logits = malloc((size_t)V * sizeof(float));
+    double *pp_s = calloc((size_t)reps, sizeof(double)), *tg_s = calloc((size_t)reps, sizeof(double));
+    pt_rng rng;
+    pt_rng_seed(&rng, 42);
+    for (long i = 0; i < pp; i++) prompt[i] = (int32_t)(pt_rng_next(&rng) % V);
+    int rc = CLI_OK;
+    /* One warm-up round (page faults of the mapping, thread start-up), then reps. */
+    for (long r = -1; r < reps && rc == CLI_OK; r++) {
+        int s = pt_engine_seq_new(e);
+        double t0 = pt_now();
+        pt_batch_entry b = {s, prompt, (uint32_t)pp, logits, false};
+        if (pt_engine_step(e, &b, 1, &err) != 0) rc = CLI_FAIL;
+        double t1 = pt_now();
+        for (long g = 0; g < tg && rc == CLI_OK; g++) {
+            int32_t best = 0;
+            for (uint32_t v = 1; v < V; v++)
+                if (logits[v] > logits[best]) best = (int32_t)v;
+            pt_batch_entry d = {s, &best, 1, logits, false};
+            if (pt_engine_step(e, &d, 1, &err) != 0) rc = CLI_FAIL;
+        }
+        double t2 = pt_now();
+        pt_engine_seq_free(e, s);
+        if (r >= 0) {
+            pp_s[r] = t1 - t0;
+            tg_s[r] = t2 - t1;
+        }
+    }
+    if (rc != CLI_OK) {
+        fprintf(stderr, "proteus: %s\n", err.msg);
+    } else {
+        qsort(pp_s, (size_t)reps, sizeof(double), cmp_double);
+        qsort(tg_s, (size_t)reps, sizeof(double), cmp_double);
+        double pps = pp_s[reps / 2], tgs = tg_s[reps / 2];
+        printf("{\"model\":\"%s\",\"threads\":%ld,\"tp\":%ld,\"isa\":\"%s\",\"pp_tokens\":%ld,\"pp_tok_s\":%.2f,"
+               "\"tg_tokens\":%ld,\"tg_tok_s\":%.2f}\n",
+               path, threads, tp, kcpu_isa_name(kcpu_isa_active()), pp, pp / pps, tg, tg ? tg / tgs : 0.0);
+    }
+    free(prompt);
+    free(logits);
+    free(pp_s);
+    free(tg_s);
+    pt_engine_free(e);
+    pt_model_file_close(&mf);
+    return rc;
+}
