@@ -18,7 +18,7 @@ typedef struct {
     size_t n, cap;
 } gb_buf;
 
-static void gb_put(gb_buf *b, const void *src, size_t n) {
+static inline void gb_put(gb_buf *b, const void *src, size_t n) {
     if (b->n + n > b->cap) {
         b->cap = (b->n + n) * 2 + 256;
         b->p = realloc(b->p, b->cap);
@@ -27,34 +27,34 @@ static void gb_put(gb_buf *b, const void *src, size_t n) {
     if (n) memcpy(b->p + b->n, src, n);
     b->n += n;
 }
-static void gb_u32(gb_buf *b, uint32_t v) { gb_put(b, &v, 4); }
-static void gb_u64(gb_buf *b, uint64_t v) { gb_put(b, &v, 8); }
-static void gb_str(gb_buf *b, const char *s) {
+static inline void gb_u32(gb_buf *b, uint32_t v) { gb_put(b, &v, 4); }
+static inline void gb_u64(gb_buf *b, uint64_t v) { gb_put(b, &v, 8); }
+static inline void gb_str(gb_buf *b, const char *s) {
     gb_u64(b, strlen(s));
     gb_put(b, s, strlen(s));
 }
-static void gb_header(gb_buf *b, uint32_t version, uint64_t n_tensors, uint64_t n_kv) {
+static inline void gb_header(gb_buf *b, uint32_t version, uint64_t n_tensors, uint64_t n_kv) {
     gb_put(b, "GGUF", 4);
     gb_u32(b, version);
     gb_u64(b, n_tensors);
     gb_u64(b, n_kv);
 }
-static void gb_kv_u32(gb_buf *b, const char *key, uint32_t v) {
+static inline void gb_kv_u32(gb_buf *b, const char *key, uint32_t v) {
     gb_str(b, key);
     gb_u32(b, PT_GGUF_UINT32);
     gb_u32(b, v);
 }
-static void gb_kv_f32(gb_buf *b, const char *key, float v) {
+static inline void gb_kv_f32(gb_buf *b, const char *key, float v) {
     gb_str(b, key);
     gb_u32(b, PT_GGUF_FLOAT32);
     gb_put(b, &v, 4);
 }
-static void gb_kv_str(gb_buf *b, const char *key, const char *v) {
+static inline void gb_kv_str(gb_buf *b, const char *key, const char *v) {
     gb_str(b, key);
     gb_u32(b, PT_GGUF_STRING);
     gb_str(b, v);
 }
-static void gb_tensor_info(gb_buf *b, const char *name, uint32_t n_dims, const uint64_t *ne,
+static inline void gb_tensor_info(gb_buf *b, const char *name, uint32_t n_dims, const uint64_t *ne,
                            uint32_t type, uint64_t offset) {
     gb_str(b, name);
     gb_u32(b, n_dims);
@@ -62,7 +62,7 @@ static void gb_tensor_info(gb_buf *b, const char *name, uint32_t n_dims, const u
     gb_u32(b, type);
     gb_u64(b, offset);
 }
-static void gb_align(gb_buf *b, size_t a) {
+static inline void gb_align(gb_buf *b, size_t a) {
     static const uint8_t zero[64];
     while (b->n % a) gb_put(b, zero, 1);
 }
@@ -73,7 +73,7 @@ static void gb_align(gb_buf *b, size_t a) {
 #define GB_TINY_FF 128
 #define GB_TINY_VOCAB 256
 #define GB_TINY_LAYERS 2
-static void gb_build_tiny_llama(gb_buf *b, pt_dtype wt, size_t *data_offset) {
+static inline void gb_build_tiny_llama(gb_buf *b, pt_dtype wt, size_t *data_offset) {
     struct {
         char name[48];
         uint32_t type, n_dims;
@@ -158,7 +158,7 @@ static void gb_build_tiny_llama(gb_buf *b, pt_dtype wt, size_t *data_offset) {
             }
 }
 
-static int gb_write_file(const char *path, const void *p, size_t n) {
+static inline int gb_write_file(const char *path, const void *p, size_t n) {
     FILE *f = fopen(path, "wb");
     if (!f) return -1;
     size_t w = fwrite(p, 1, n, f);
