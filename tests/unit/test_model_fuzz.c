@@ -90,7 +90,10 @@ static void test_fuzz_gguf_no_crash(void) {
         switch (iter % 4) {
         case 0: { /* 1 to 4 random byte flips in the header */
             int k = 1 + (int)(pt_rng_next(&rng) % 4);
-            for (int i = 0; i < k; i++) m[pt_rng_next(&rng) % hdr] ^= (uint8_t)(1 + pt_rng_next(&rng) % 255);
+            for (int i = 0; i < k; i++) {
+                size_t at = (size_t)(pt_rng_next(&rng) % hdr); /* one call per statement: a fixed order */
+                m[at] ^= (uint8_t)(1 + pt_rng_next(&rng) % 255);
+            }
             break;
         }
         case 1: /* truncation anywhere */
@@ -194,7 +197,10 @@ static void test_fuzz_safetensors_no_crash(void) {
         switch (iter % 3) {
         case 0: { /* flip bytes of the header length and the JSON */
             int k = 1 + (int)(pt_rng_next(&rng) % 3);
-            for (int i = 0; i < k; i++) m[pt_rng_next(&rng) % (n - 128)] ^= (uint8_t)(1 + pt_rng_next(&rng) % 255);
+            for (int i = 0; i < k; i++) {
+                size_t at = (size_t)(pt_rng_next(&rng) % (n - 128));
+                m[at] ^= (uint8_t)(1 + pt_rng_next(&rng) % 255);
+            }
             break;
         }
         case 1:
@@ -205,7 +211,8 @@ static void test_fuzz_safetensors_no_crash(void) {
             const char *lm = digits_at[pt_rng_next(&rng) % (sizeof digits_at / sizeof digits_at[0])];
             size_t k = find_all(m, n - 128, lm, hits, 8);
             if (k) {
-                size_t at = hits[pt_rng_next(&rng) % k] + pt_rng_next(&rng) % strlen(lm);
+                size_t at = hits[pt_rng_next(&rng) % k];
+                at += pt_rng_next(&rng) % strlen(lm);
                 static const char alphabet[] = "0123456789-.e,[]\"{}: 9999999999999999999";
                 m[at] = (uint8_t)alphabet[pt_rng_next(&rng) % (sizeof alphabet - 1)];
             }
