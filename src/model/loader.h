@@ -31,6 +31,9 @@ int pt_hf_config_parse(pt_model_config *cfg, const char *path, const char *json,
 /* "chat_template" of a tokenizer_config.json text if it is a string, else NULL. */
 char *pt_hf_chat_template(const char *json, size_t len);
 
+/* Replace control characters in a message with '?'. */
+void pt_model_err_sanitize(pt_err *err);
+
 /* Sanity limits on any config, whatever its source. `path` prefixes messages. */
 int pt_model_config_check(const pt_model_config *c, const char *path, pt_err *err);
 

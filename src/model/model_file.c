@@ -219,7 +219,8 @@ static int gguf_config(pt_model_file *mf, pt_err *err) {
     snprintf(key, sizeof key, "%s.rope.scaling.type", arch);
     char *stype = pt_gguf_get_str(g, key);
     float factor = 1.0f;
-    gguf_f32(g, path, arch, "rope.scaling.factor", &factor, err);
+    pt_err ignored;
+    gguf_f32(g, path, arch, "rope.scaling.factor", &factor, &ignored);
     if (stype && strcmp(stype, "none") != 0 && factor != 1.0f && factor != 0.0f) {
         rc = pt_err_set(err, PT_ERR_UNSUPPORTED, "%s: rope scaling type '%.32s' not supported", path, stype);
         free(stype);
@@ -499,8 +500,19 @@ static int open_begin(pt_model_file *mf, const char *path) {
     return PT_OK;
 }
 
-static int open_end(pt_model_file *mf, int rc) {
-    if (rc) pt_model_file_close(mf);
+void pt_model_err_sanitize(pt_err *err) {
+    if (!err) return;
+    for (char *p = err->msg; *p; p++)
+        if ((unsigned char)*p < 32 || *p == 127) *p = '?';
+}
+
+/* Names and strings quoted from a file may hold control characters; the
+ * message stays one printable line whatever the file says. */
+static int open_end(pt_model_file *mf, int rc, pt_err *err) {
+    if (rc) {
+        pt_model_file_close(mf);
+        pt_model_err_sanitize(err);
+    }
     return rc;
 }
 
@@ -510,20 +522,21 @@ int pt_model_file_open(pt_model_file *mf, const char *path, pt_err *err) {
     static const char synth[] = "synthetic:";
     if (!strncmp(path, synth, sizeof synth - 1)) {
         mf->source = PT_SOURCE_SYNTHETIC;
-        return open_end(mf, pt_synthetic_open(mf, path + sizeof synth - 1, err));
+        return open_end(mf, pt_synthetic_open(mf, path + sizeof synth - 1, err), err);
     }
     struct stat st;
     if (stat(path, &st) != 0)
-        return open_end(mf, pt_err_set(err, PT_ERR_IO, "%s: cannot open: %s", path, strerror(errno)));
-    if (S_ISDIR(st.st_mode)) return open_end(mf, open_hf_dir(mf, err));
+        return open_end(mf, pt_err_set(err, PT_ERR_IO, "%s: cannot open: %s", path, strerror(errno)), err);
+    if (S_ISDIR(st.st_mode)) return open_end(mf, open_hf_dir(mf, err), err);
     const uint8_t *data;
     uint64_t size;
     int rc = pt_model_map_file(mf, path, &data, &size, err);
-    if (rc) return open_end(mf, rc);
+    if (rc) return open_end(mf, rc, err);
     if (size < 4 || memcmp(data, "GGUF", 4) != 0)
         return open_end(mf, pt_err_set(err, PT_ERR_FORMAT,
-                                       "%s: not a GGUF file (bad magic) and not a model directory", path));
-    return open_end(mf, open_gguf(mf, data, size, err));
+                                       "%s: not a GGUF file (bad magic) and not a model directory", path),
+                        err);
+    return open_end(mf, open_gguf(mf, data, size, err), err);
 }
 
 int pt_model_file_open_gguf_memory(pt_model_file *mf, const char *name, const void *buf, size_t size,
@@ -531,7 +544,7 @@ int pt_model_file_open_gguf_memory(pt_model_file *mf, const char *name, const vo
     if (!mf || !name || (!buf && size))
         return pt_err_set(err, PT_ERR_INVALID, "pt_model_file_open_gguf_memory: NULL argument");
     open_begin(mf, name);
-    return open_end(mf, open_gguf(mf, buf, size, err));
+    return open_end(mf, open_gguf(mf, buf, size, err), err);
 }
 
 /* ---- validate ---- */

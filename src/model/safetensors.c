@@ -1,6 +1,8 @@
 /* safetensors reader; see safetensors.h for the layout. */
 #include "model/safetensors.h"
 
+#include "model/loader.h"
+
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
@@ -122,7 +124,10 @@ int pt_safetensors_parse(pt_safetensors *st, const uint8_t *buf, uint64_t size, 
     cJSON *root = NULL;
     int rc = parse(st, buf, size, &root, err);
     cJSON_Delete(root);
-    if (rc) pt_safetensors_free(st);
+    if (rc) {
+        pt_safetensors_free(st);
+        pt_model_err_sanitize(err);
+    }
     return rc;
 }
 

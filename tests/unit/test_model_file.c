@@ -118,7 +118,8 @@ typedef struct {
     uint64_t shape[2]; /* HF order: [out, in] */
 } hf_tensor;
 
-static size_t hf_tensors(hf_tensor *t, int layer_lo, int layer_hi, bool first, bool last) {
+static size_t hf_tensors(hf_tensor *t, int layer_lo, int layer_hi, bool first, bool last, bool bias,
+                         bool lm_head) {
     size_t n = 0;
 #define ADD(nd, a, b, ...) \
     (snprintf(t[n].name, sizeof t[n].name, __VA_ARGS__), t[n].n_dims = nd, t[n].shape[0] = a, t[n].shape[1] = b, n++)
@@ -128,6 +129,11 @@ static size_t hf_tensors(hf_tensor *t, int layer_lo, int layer_hi, bool first, b
         ADD(2, 64, 64, "model.layers.%d.self_attn.q_proj.weight", l);
         ADD(2, 32, 64, "model.layers.%d.self_attn.k_proj.weight", l);
         ADD(2, 32, 64, "model.layers.%d.self_attn.v_proj.weight", l);
+        if (bias) {
+            ADD(1, 64, 1, "model.layers.%d.self_attn.q_proj.bias", l);
+            ADD(1, 32, 1, "model.layers.%d.self_attn.k_proj.bias", l);
+            ADD(1, 32, 1, "model.layers.%d.self_attn.v_proj.bias", l);
+        }
         ADD(2, 64, 64, "model.layers.%d.self_attn.o_proj.weight", l);
         ADD(1, 64, 1, "model.layers.%d.post_attention_layernorm.weight", l);
         ADD(2, 128, 64, "model.layers.%d.mlp.gate_proj.weight", l);
@@ -136,7 +142,7 @@ static size_t hf_tensors(hf_tensor *t, int layer_lo, int layer_hi, bool first, b
     }
     if (last) {
         ADD(1, 64, 1, "model.norm.weight");
-        ADD(2, 256, 64, "lm_head.weight");
+        if (lm_head) ADD(2, 256, 64, "lm_head.weight");
     }
 #undef ADD
     return n;
@@ -214,7 +220,7 @@ static void test_hf_dir(void) {
     write_text(dir, "tokenizer_config.json", "{\"chat_template\":\"{% for m in messages %}{% endfor %}\"}");
     hf_tensor t[64];
     char path[512];
-    size_t n1 = hf_tensors(t, 0, 1, true, false);
+    size_t n1 = hf_tensors(t, 0, 1, true, false, false, true);
     snprintf(path, sizeof path, "%s/model-00001-of-00002.safetensors", dir);
     CHECK_EQ_INT(write_shard(path, t, n1), 0);
     char index[8192];
@@ -222,7 +228,7 @@ static void test_hf_dir(void) {
     for (size_t i = 0; i < n1; i++)
         il += (size_t)snprintf(index + il, sizeof index - il, "%s\"%s\":\"model-00001-of-00002.safetensors\"",
                                i ? "," : "", t[i].name);
-    size_t n2 = hf_tensors(t, 1, 2, false, true);
+    size_t n2 = hf_tensors(t, 1, 2, false, true, false, true);
     snprintf(path, sizeof path, "%s/model-00002-of-00002.safetensors", dir);
     CHECK_EQ_INT(write_shard(path, t, n2), 0);
     for (size_t i = 0; i < n2; i++)
@@ -271,6 +277,47 @@ static void test_hf_dir(void) {
                            "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
                            "model.safetensors.index.json"};
     rm_dir(dir, names, sizeof names / sizeof names[0]);
+}
+
+/* Qwen2: one unsharded file, QKV biases, tied embeddings (no lm_head). */
+static void test_hf_dir_qwen2(void) {
+    char dir[] = "/tmp/pt_test_hfq_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    write_text(dir, "config.json",
+               "{\"model_type\":\"qwen2\",\"hidden_size\":64,\"intermediate_size\":128,"
+               "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"num_key_value_heads\":2,"
+               "\"rms_norm_eps\":1e-06,\"rope_theta\":1000000.0,\"max_position_embeddings\":32768,"
+               "\"vocab_size\":256,\"tie_word_embeddings\":true,\"rope_scaling\":null}");
+    hf_tensor t[64];
+    size_t n = hf_tensors(t, 0, 2, true, true, true, false);
+    char path[512];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    CHECK_EQ_INT(write_shard(path, t, n), 0);
+    pt_model_file mf;
+    pt_err err = {{0}};
+    int rc = pt_model_file_open(&mf, dir, &err);
+    CHECK_MSG(rc == PT_OK, "%s", err.msg);
+    if (rc == PT_OK) {
+        CHECK_EQ_INT(mf.config.arch, PT_ARCH_QWEN2);
+        CHECK(mf.config.qkv_bias && mf.config.tied_embeddings);
+        CHECK(mf.tokenizer_json == NULL && mf.chat_template == NULL);
+        CHECK_NEAR(mf.config.rms_eps, 1e-6, 1e-12);
+        const pt_tensor *b = pt_model_file_find(&mf, "blk.1.attn_k.bias");
+        CHECK(b && b->n_dims == 1 && b->ne[0] == 32 && b->ne[1] == 1 && b->type == PT_DTYPE_BF16);
+        CHECK_MSG(pt_model_file_validate(&mf, &err) == PT_OK, "%s", err.msg);
+        pt_model_file_close(&mf);
+    }
+    /* Config says 3 layers: validation names the first missing tensor. */
+    write_text(dir, "config.json",
+               "{\"model_type\":\"qwen2\",\"hidden_size\":64,\"intermediate_size\":128,"
+               "\"num_hidden_layers\":3,\"num_attention_heads\":4,\"num_key_value_heads\":2,"
+               "\"vocab_size\":256,\"tie_word_embeddings\":true}");
+    CHECK_EQ_INT(pt_model_file_open(&mf, dir, &err), PT_OK);
+    CHECK_EQ_INT(pt_model_file_validate(&mf, &err), PT_ERR_FORMAT);
+    CHECK_MSG(strstr(err.msg, ": tensor 'blk.2.attn_norm.weight' missing"), "%s", err.msg);
+    pt_model_file_close(&mf);
+    const char *names[] = {"config.json", "model.safetensors"};
+    rm_dir(dir, names, 2);
 }
 
 static void test_hf_names(void) {
@@ -323,7 +370,7 @@ static void test_safetensors_errors(void) {
 /* The other tests need no files, so they run either way; a missing default
  * model then turns a clean pass into exit 77 so that ctest shows the skip. */
 int main(void) {
-    static const test_case tests[] = {TEST(test_default_model), TEST(test_synthetic), TEST(test_hf_dir),
+    static const test_case tests[] = {TEST(test_default_model), TEST(test_synthetic), TEST(test_hf_dir), TEST(test_hf_dir_qwen2),
                                       TEST(test_hf_names), TEST(test_safetensors_errors)};
     int rc = test_run_all(tests, sizeof tests / sizeof tests[0]);
     if (rc == 0 && default_model_absent) {
