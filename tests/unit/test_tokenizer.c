@@ -149,6 +149,12 @@ static void invalid_utf8(const pt_tokenizer *t) {
         check_roundtrip(t, INVALID[i], strlen(INVALID[i]));
     const char nul[] = {'a', 0, 'b'};
     check_roundtrip(t, nul, 3);
+    /* Random bytes, mostly invalid UTF-8. */
+    pt_rng rng;
+    pt_rng_seed(&rng, 42);
+    char rnd[2000];
+    for (size_t i = 0; i < sizeof(rnd); i++) rnd[i] = (char)(pt_rng_next(&rng) >> 56);
+    check_roundtrip(t, rnd, sizeof(rnd));
 }
 
 static pt_tokenizer *load_json(const char *name) {
