@@ -8,6 +8,7 @@
  * matrix is dequantized to F32 first (logged), which costs memory, not
  * correctness. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
