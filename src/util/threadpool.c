@@ -2,13 +2,19 @@
 #include "proteus/threadpool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
 #include "proteus/util.h"
 
-/* Spin iterations before a worker falls back to the condition variable. */
-#define POOL_SPIN 200000
+/* Spin iterations before a worker falls back to the condition variable, and
+ * before the caller starts yielding its core while it waits for workers. A
+ * spinning thread is only cheap when every thread has a core of its own; when
+ * the machine is oversubscribed it must give its core to the thread it waits
+ * for. */
+#define POOL_SPIN 20000
+#define POOL_WAIT_SPIN 2000
 
 struct pt_pool {
     int n;
@@ -89,10 +95,14 @@ void pt_pool_run(pt_pool *p, pt_pool_fn fn, void *ctx) {
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     fn(ctx, 0, p->n);
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) {
+    for (int spins = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; spins++) {
+        if (spins < POOL_WAIT_SPIN) {
 #if defined(__x86_64__)
-        __builtin_ia32_pause();
+            __builtin_ia32_pause();
 #endif
+        } else {
+            sched_yield();
+        }
     }
 }
 
