@@ -61,7 +61,7 @@ INLINE void scales8_pair(const uint8_t *p, size_t stride, size_t n, __m256 *lo, 
  * its lanes are only partial sums). Groups depend on K alone, never on the
  * tile, so each pair still sees one fixed sequence. */
 INLINE void tile_b32(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, size_t K,
-                     float *Y, size_t ldy, const int WT, const int NR, const int NT) {
+                     float *Y, size_t ldy, size_t pf, const int WT, const int NR, const int NT) {
     const size_t wb = WT == 0 ? sizeof(pt_block_q4_0) : WT == 1 ? sizeof(pt_block_q4_1) : sizeof(pt_block_q8_0);
     const size_t xb = WT == 1 ? sizeof(pt_block_q8_1) : sizeof(pt_block_q8_0);
     const size_t wq = WT == 1 ? 4 : 2, xq = WT == 1 ? 4 : 2;
@@ -92,6 +92,7 @@ INLINE void tile_b32(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, s
             __m256i q[4];
             for (int r = 0; r < NR; r++) {
                 const uint8_t *w = W + r * ws + b * wb + wq;
+                _mm_prefetch((const char *)(w + pf), _MM_HINT_T0);
                 if (WT == 2) {
                     q[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)w), off);
                 } else {
@@ -117,25 +118,50 @@ INLINE void tile_b32(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, s
 }
 
 static void tile_q4_0(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, size_t K, float *Y,
-                      size_t ldy, size_t nr, size_t nt) {
-    KCPU_SWITCH_4x4(tile_b32, nr, nt, W, ws, X, xs, K, Y, ldy, 0)
+                      size_t ldy, size_t pf, size_t nr, size_t nt) {
+    KCPU_SWITCH_4x4(tile_b32, nr, nt, W, ws, X, xs, K, Y, ldy, pf, 0)
 }
 static void tile_q4_1(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, size_t K, float *Y,
-                      size_t ldy, size_t nr, size_t nt) {
-    KCPU_SWITCH_4x4(tile_b32, nr, nt, W, ws, X, xs, K, Y, ldy, 1)
+                      size_t ldy, size_t pf, size_t nr, size_t nt) {
+    KCPU_SWITCH_4x4(tile_b32, nr, nt, W, ws, X, xs, K, Y, ldy, pf, 1)
 }
 static void tile_q8_0(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, size_t K, float *Y,
-                      size_t ldy, size_t nr, size_t nt) {
-    KCPU_SWITCH_4x4(tile_b32, nr, nt, W, ws, X, xs, K, Y, ldy, 2)
+                      size_t ldy, size_t pf, size_t nr, size_t nt) {
+    KCPU_SWITCH_4x4(tile_b32, nr, nt, W, ws, X, xs, K, Y, ldy, pf, 2)
+}
+
+/* Weight rows stream from DRAM (or L3) once per call: the first token tile
+ * of each strip of 4 rows prefetches the strip about PF_BYTES ahead, the same
+ * offsets it is reading now, so misses overlap instead of stalling the
+ * loads one group at a time. Later token tiles of the strip find it in L1
+ * and prefetch their own lines (offset 0: a no-op). Prefetches only move
+ * data, so results do not depend on them. */
+#ifndef PF_BYTES
+#define PF_BYTES 10240
+#endif
+typedef void (*tile_fn)(const uint8_t *, size_t, const uint8_t *, size_t, size_t, float *, size_t,
+                        size_t, size_t, size_t);
+static void drive(tile_fn tile, const void *W, size_t ws, size_t n0, size_t n1, const void *X,
+                  size_t xs, size_t T, size_t K, float *Y, size_t ldy) {
+    const size_t pf = (PF_BYTES + 4 * ws - 1) / (4 * ws) * 4 * ws;
+    for (size_t n = n0; n < n1; n += 4) {
+        size_t nr = n1 - n < 4 ? n1 - n : 4;
+        const uint8_t *w = (const uint8_t *)W + n * ws;
+        for (size_t t = 0; t < T; t += 4) {
+            size_t nt = T - t < 4 ? T - t : 4;
+            tile(w, ws, (const uint8_t *)X + t * xs, xs, K, Y + t * ldy + n, ldy,
+                 t == 0 ? pf : 0, nr, nt);
+        }
+    }
 }
 
 bool kcpu_matmul_avx512(pt_dtype wtype, const void *W, size_t w_stride, size_t n0, size_t n1,
                         const void *X, size_t x_stride, size_t T, size_t K, float *Y,
                         size_t ldy) {
     switch (wtype) {
-    case PT_DTYPE_Q4_0: KCPU_DRIVE(tile_q4_0, 4, 4); return true;
-    case PT_DTYPE_Q4_1: KCPU_DRIVE(tile_q4_1, 4, 4); return true;
-    case PT_DTYPE_Q8_0: KCPU_DRIVE(tile_q8_0, 4, 4); return true;
+    case PT_DTYPE_Q4_0: drive(tile_q4_0, W, w_stride, n0, n1, X, x_stride, T, K, Y, ldy); return true;
+    case PT_DTYPE_Q4_1: drive(tile_q4_1, W, w_stride, n0, n1, X, x_stride, T, K, Y, ldy); return true;
+    case PT_DTYPE_Q8_0: drive(tile_q8_0, W, w_stride, n0, n1, X, x_stride, T, K, Y, ldy); return true;
     default: return false;
     }
 }
