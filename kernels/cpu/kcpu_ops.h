@@ -34,4 +34,14 @@ void kcpu_softmax(float *x, size_t n);
 /* y[i] += x[i] */
 void kcpu_add(float *y, const float *x, size_t n);
 
+/* Attention of n_q query heads that share one KV head, over positions
+ * [0, n_ctx) held in head pages (DESIGN.md section 4): position p lives in
+ * page pages[p / page_size] at row p % page_size; the K rows of slot s start
+ * at kv + s * slot_stride and its V rows v_offset floats later. q and out are
+ * (n_q, hd). scores needs n_ctx floats. The result for each head does not
+ * depend on the other heads or on anything but q and the cache contents. */
+void kcpu_attn_paged(float *out, const float *q, size_t n_q, size_t hd, const float *kv, size_t slot_stride,
+                     size_t v_offset, const uint32_t *pages, uint32_t page_size, uint32_t n_ctx, float scale,
+                     float *scores);
+
 #endif

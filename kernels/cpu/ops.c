@@ -71,3 +71,23 @@ void kcpu_softmax(float *x, size_t n) {
     float inv = 1.0f / sum;
     for (size_t i = 0; i < n; i++) x[i] *= inv;
 }
+
+void kcpu_attn_paged(float *out, const float *q, size_t n_q, size_t hd, const float *kv, size_t slot_stride,
+                     size_t v_offset, const uint32_t *pages, uint32_t page_size, uint32_t n_ctx, float scale,
+                     float *scores) {
+    for (size_t h = 0; h < n_q; h++) {
+        const float *qh = q + h * hd;
+        float *oh = out + h * hd;
+        for (uint32_t p = 0; p < n_ctx; p++) {
+            const float *k = kv + (size_t)pages[p / page_size] * slot_stride + (size_t)(p % page_size) * hd;
+            scores[p] = kcpu_dot_f32(qh, k, hd) * scale;
+        }
+        kcpu_softmax(scores, n_ctx);
+        memset(oh, 0, hd * sizeof(float));
+        for (uint32_t p = 0; p < n_ctx; p++) {
+            const float *v = kv + (size_t)pages[p / page_size] * slot_stride + v_offset +
+                             (size_t)(p % page_size) * hd;
+            kcpu_axpy_f32(oh, scores[p], v, hd);
+        }
+    }
+}

@@ -210,21 +210,10 @@ static void attn_phase(void *arg, int tid, int nth) {
     for (long it = lo; it < hi; it++) {
         size_t t = (size_t)it / ng, g = r->g0 + (size_t)it % ng;
         const pt_seq *s = &e->seqs[e->tok_seq[t]];
-        uint32_t n_ctx = e->tok_pos[t] + 1;
-        for (uint32_t j = 0; j < w->q_per_kv; j++) {
-            const float *q = r->q + t * qld + g * qw + j * hd;
-            float *out = r->att + t * qld + g * qw + j * hd;
-            for (uint32_t p = 0; p < n_ctx; p++) {
-                const float *kp = pt_kv_k(&r->kv, c->layer, s->pages[g][p / P]) + (size_t)(p % P) * hd;
-                sc[p] = kcpu_dot_f32(q, kp, hd) * scale;
-            }
-            kcpu_softmax(sc, n_ctx);
-            memset(out, 0, hd * sizeof(float));
-            for (uint32_t p = 0; p < n_ctx; p++) {
-                const float *vp = pt_kv_v(&r->kv, c->layer, s->pages[g][p / P]) + (size_t)(p % P) * hd;
-                kcpu_axpy_f32(out, sc[p], vp, hd);
-            }
-        }
+        const pt_kv_pool *kv = &r->kv;
+        size_t page = (size_t)P * hd;
+        kcpu_attn_paged(r->att + t * qld + g * qw, r->q + t * qld + g * qw, w->q_per_kv, hd,
+                        pt_kv_k(kv, c->layer, 0), 2 * page, page, s->pages[g], P, e->tok_pos[t] + 1, scale, sc);
         size_t rb = act_row_bytes(L->o[g].type, qw);
         kcpu_quantize_act(L->o[g].type, r->att_act + (t * w->n_groups + g) * rb, r->att + t * qld + g * qw, qw);
     }

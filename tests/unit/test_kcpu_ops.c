@@ -73,4 +73,37 @@ static void test_swiglu_softmax(void) {
     CHECK(s[3] == 0.0f);
 }
 
-TEST_MAIN(TEST(test_dot_and_rmsnorm), TEST(test_rope_styles), TEST(test_swiglu_softmax))
+/* Paged attention against a contiguous double-precision softmax(qK)V, with
+ * pages scattered out of order in the slot array and a partial last page. */
+static void test_attn_paged(void) {
+    enum { HD = 16, P = 4, NQ = 3, SLOTS = 7 };
+    uint32_t n_ctxs[] = {1, 4, 5, 13};
+    uint32_t pages[4] = {5, 0, 3, 6};
+    float *kv = calloc(SLOTS * 2 * P * HD, sizeof(float));
+    for (size_t i = 0; i < SLOTS * 2 * P * HD; i++) kv[i] = frand();
+    float q[NQ * HD], out[NQ * HD], sc[16];
+    for (int i = 0; i < NQ * HD; i++) q[i] = frand();
+    for (int c = 0; c < 4; c++) {
+        uint32_t n = n_ctxs[c];
+        kcpu_attn_paged(out, q, NQ, HD, kv, 2 * P * HD, P * HD, pages, P, n, 0.25f, sc);
+        for (int h = 0; h < NQ; h++) {
+            double s[16], mx = -1e30, z = 0;
+            for (uint32_t p = 0; p < n; p++) {
+                const float *k = kv + pages[p / P] * 2 * P * HD + (p % P) * HD;
+                s[p] = 0;
+                for (int d = 0; d < HD; d++) s[p] += (double)q[h * HD + d] * k[d];
+                s[p] *= 0.25;
+                mx = s[p] > mx ? s[p] : mx;
+            }
+            for (uint32_t p = 0; p < n; p++) z += (s[p] = exp(s[p] - mx));
+            for (int d = 0; d < HD; d++) {
+                double ref = 0;
+                for (uint32_t p = 0; p < n; p++) ref += s[p] / z * kv[pages[p / P] * 2 * P * HD + P * HD + (p % P) * HD + d];
+                CHECK_NEAR(out[h * HD + d], ref, 1e-5);
+            }
+        }
+    }
+    free(kv);
+}
+
+TEST_MAIN(TEST(test_dot_and_rmsnorm), TEST(test_rope_styles), TEST(test_swiglu_softmax), TEST(test_attn_paged))
