@@ -84,12 +84,25 @@ static pt_wmat wmat_cols(pt_weights *w, pt_wmat m, uint32_t c0, uint32_t n) {
 /* Llama-3 RoPE frequency scaling: long wavelengths are slowed by `factor`,
  * short ones kept, and the band between blended smoothly. Computed the way
  * the reference implementation does, in float. */
-static void build_inv_freq(pt_weights *w) {
+/* GGUF files of Llama 3.1+ carry the same scaling precomputed as the tensor
+ * rope_freqs.weight: one divisor per frequency. */
+static int build_inv_freq(pt_weights *w, const pt_model_file *mf, pt_err *err) {
     const pt_model_config *c = &w->cfg;
     uint32_t half = c->rope_dim / 2;
+    const pt_tensor *rf = pt_model_file_find(mf, "rope_freqs.weight");
+    if (rf && (rf->type != PT_DTYPE_F32 || rf->n_dims != 1 || rf->ne[0] != half))
+        return pt_err_set(err, PT_ERR_FORMAT, "%s: tensor 'rope_freqs.weight' must be F32 [%u]", mf->path, half);
     w->inv_freq = own(w, pt_xmalloc(half * sizeof(float)));
     for (uint32_t i = 0; i < half; i++) {
         float f = (float)(1.0 / pow((double)c->rope_theta, (double)(2 * i) / (double)c->rope_dim));
+        if (rf) {
+            float div;
+            memcpy(&div, (const uint8_t *)rf->data + (size_t)i * 4, 4);
+            if (!(div > 0.0f))
+                return pt_err_set(err, PT_ERR_FORMAT, "%s: rope_freqs.weight[%u] = %g is not positive", mf->path, i,
+                                  div);
+            f /= div;
+        }
         if (c->rope_scale_factor > 0) {
             float lo_wl = (float)c->rope_orig_ctx / c->rope_low_freq_factor;
             float hi_wl = (float)c->rope_orig_ctx / c->rope_high_freq_factor;
@@ -104,6 +117,7 @@ static void build_inv_freq(pt_weights *w) {
         }
         w->inv_freq[i] = f;
     }
+    return PT_OK;
 }
 
 int pt_weights_build(pt_weights *w, const pt_model_file *mf, pt_err *err) {
@@ -174,8 +188,7 @@ int pt_weights_build(pt_weights *w, const pt_model_file *mf, pt_err *err) {
             pt_log(PT_LOG_WARN, "%s: O/down chunks are not block-aligned for %s; kept as F32",
                    mf->path, pt_dtype_name(o.type));
     }
-    build_inv_freq(w);
-    return PT_OK;
+    return build_inv_freq(w, mf, err);
 }
 
 void pt_weights_free(pt_weights *w) {

@@ -214,7 +214,8 @@ static int gguf_config(pt_model_file *mf, pt_err *err) {
     }
 
     /* RoPE scaling keys: only "none" (or a factor of 1) can be honoured;
-     * Llama-3 GGUFs carry their scaling as the rope_freqs tensor instead. */
+     * Llama-3 GGUFs carry their scaling as the rope_freqs tensor instead,
+     * which the engine applies (src/engine/weights.c). */
     char key[128];
     snprintf(key, sizeof key, "%s.rope.scaling.type", arch);
     char *stype = pt_gguf_get_str(g, key);
@@ -228,8 +229,6 @@ static int gguf_config(pt_model_file *mf, pt_err *err) {
     }
     free(stype);
 
-    if (pt_gguf_find_tensor(g, "rope_freqs.weight"))
-        pt_log(PT_LOG_WARN, "%s: rope_freqs.weight (Llama-3 RoPE scaling as a tensor) is not applied", path);
     c->tied_embeddings = pt_gguf_find_tensor(g, "output.weight") == NULL;
     c->qkv_bias = pt_gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL;
     rc = pt_model_config_check(c, path, err);
