@@ -77,6 +77,10 @@ int pt_tokenizer_load_gguf(pt_tokenizer **out, const pt_gguf *g, pt_err *err) {
         bool known;
         sp.pretok = tok_pretok_from_name(pre, &known);
         if (!known) pt_log(PT_LOG_WARN, "tokenizer: pre-tokenizer \"%s\" unknown, using GPT-2's", pre);
+        /* Llama 3's tokenizer.json sets ignore_merges (a pre-token found whole
+         * in the vocabulary is one token); GGUF has no key for it, so it
+         * follows from the pre-tokenizer name, as the conversion implies. */
+        sp.ignore_merges = pre && (!strcmp(pre, "llama-bpe") || !strcmp(pre, "llama3") || !strcmp(pre, "llama-v3"));
     }
     bool b;
     if (pt_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &b)) sp.add_space_prefix = b;
