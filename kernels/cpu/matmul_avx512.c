@@ -28,26 +28,53 @@ INLINE float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* Scales of up to 8 consecutive blocks (the f16 at byte offset off of each
- * block, blocks stride bytes apart) as floats; lanes past n are zero. One
- * masked gather of 32-bit words (each stays inside its block), truncated to
- * 16 bits: no narrow stores followed by a wide load, which would stall
- * store-to-load forwarding. */
-INLINE __m256 scales8(const uint8_t *p, size_t stride, size_t off, size_t n) {
+/* The 32-bit words at p + i * stride for i < 8 (stride even, 16..60): the
+ * f16 scale fields of a full group of 8 blocks, read with plain wide loads
+ * that stay inside the group's 8 * stride bytes, and moved into place with
+ * 16-bit permutes. Gathers are slow on Zen (and issue their misses one by
+ * one); this is a handful of ordinary loads and shuffles. */
+INLINE __m256i strided8(const uint8_t *p, const size_t stride) {
+    const uint16_t h = (uint16_t)(stride / 2); /* stride in 16-bit words */
+    if (stride <= 20) {
+        /* Blocks 0..3 from [p, p + 64), blocks 4..7 from [p + 4s, p + 4s + 64). */
+        const uint16_t ix[32] = {0, 1, h, h + 1, 2 * h, 2 * h + 1, 3 * h, 3 * h + 1,
+                                 32, 33, 32 + h, 33 + h, 32 + 2 * h, 33 + 2 * h, 32 + 3 * h, 33 + 3 * h};
+        const __m512i idx = _mm512_loadu_si512((const void *)ix);
+        __m512i l0 = _mm512_loadu_si512((const void *)p);
+        __m512i l1 = _mm512_loadu_si512((const void *)(p + 4 * stride));
+        return _mm512_castsi512_si256(_mm512_permutex2var_epi16(l0, idx, l1));
+    }
+    /* Two blocks per 64-byte load. */
+    const uint16_t ix[32] = {0, 1, h, h + 1, 32, 33, 32 + h, 33 + h};
+    const __m512i idx = _mm512_loadu_si512((const void *)ix);
+    __m512i l0 = _mm512_loadu_si512((const void *)p);
+    __m512i l1 = _mm512_loadu_si512((const void *)(p + 2 * stride));
+    __m512i l2 = _mm512_loadu_si512((const void *)(p + 4 * stride));
+    __m512i l3 = _mm512_loadu_si512((const void *)(p + 6 * stride));
+    __m128i lo = _mm512_castsi512_si128(_mm512_permutex2var_epi16(l0, idx, l1));
+    __m128i hi = _mm512_castsi512_si128(_mm512_permutex2var_epi16(l2, idx, l3));
+    return _mm256_set_m128i(hi, lo);
+}
+
+/* The 32-bit words at p + i * stride for i < n <= 8; lanes past n are zero. */
+INLINE __m256i words8(const uint8_t *p, size_t stride, size_t n) {
+    if (n == 8) return strided8(p, stride);
+    /* Short last group: one masked gather (each word stays inside its block). */
     const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
                                            _mm256_set1_epi32((int)stride));
-    __m256i v = _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), (__mmask8)((1u << n) - 1), idx,
-                                             p + off, 1);
-    return _mm256_cvtph_ps(_mm256_cvtepi32_epi16(v));
+    return _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), (__mmask8)((1u << n) - 1), idx, p, 1);
+}
+
+/* Scales of up to 8 consecutive blocks (the f16 at the start of each block,
+ * blocks stride bytes apart) as floats; lanes past n are zero. */
+INLINE __m256 scales8(const uint8_t *p, size_t stride, size_t n) {
+    return _mm256_cvtph_ps(_mm256_cvtepi32_epi16(words8(p, stride, n)));
 }
 
 /* The two f16 at offsets 0 and 2 of up to 8 blocks (Q4_1's d and m, Q8_1's
- * d and s) from one gather: gathers are slow on Zen 4, one per pair of
- * fields halves their count. */
+ * d and s). */
 INLINE void scales8_pair(const uint8_t *p, size_t stride, size_t n, __m256 *lo, __m256 *hi) {
-    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                           _mm256_set1_epi32((int)stride));
-    __m256i v = _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), (__mmask8)((1u << n) - 1), idx, p, 1);
+    __m256i v = words8(p, stride, n);
     *lo = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(v));
     *hi = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(v, 16)));
 }
@@ -77,12 +104,12 @@ INLINE void tile_b32(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, s
         __m256 dw[4], mw[4];
         for (int r = 0; r < NR; r++) {
             if (WT == 1) scales8_pair(W + r * ws + g * wb, wb, ng, &dw[r], &mw[r]);
-            else dw[r] = scales8(W + r * ws + g * wb, wb, 0, ng);
+            else dw[r] = scales8(W + r * ws + g * wb, wb, ng);
         }
         for (int t = 0; t < NT; t++) {
             __m256 da, sa;
             if (WT == 1) scales8_pair(X + t * xs + g * xb, xb, ng, &da, &sa);
-            else da = scales8(X + t * xs + g * xb, xb, 0, ng);
+            else da = scales8(X + t * xs + g * xb, xb, ng);
             for (int r = 0; r < NR; r++) _mm256_storeu_ps(dd[r][t], _mm256_mul_ps(dw[r], da));
             if (WT == 1)
                 for (int r = 0; r < NR; r++) acc[r][t] = _mm256_fmadd_ps(mw[r], sa, acc[r][t]);
