@@ -31,6 +31,10 @@ bool kcpu_matmul_avx512(pt_dtype wtype, const void *W, size_t w_stride, size_t n
                         const void *X, size_t x_stride, size_t T, size_t K, float *Y,
                         size_t ldy);
 
+/* Fast Q8_0 / Q8_1 activation quantization (atype is the activation type):
+ * the same bytes as kcpu_ref_quantize_q8_0 / _q8_1. */
+void kcpu_quantize_act_avx512(pt_dtype atype, void *dst, const float *x, size_t K);
+
 /* Unaligned little-endian loads of block fields: blocks sit at any byte
  * offset a model file gives them, so fields are never read through casts. */
 static inline uint16_t kcpu_load_u16(const void *p) {

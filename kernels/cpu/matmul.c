@@ -95,7 +95,12 @@ bool kcpu_weight_type_supported(pt_dtype wtype) {
 }
 
 void kcpu_quantize_act(pt_dtype wtype, void *dst, const float *x, size_t K) {
-    switch (kcpu_act_type(wtype)) {
+    pt_dtype at = kcpu_act_type(wtype);
+    if ((at == PT_DTYPE_Q8_0 || at == PT_DTYPE_Q8_1) && kcpu_isa_active() >= KCPU_ISA_AVX512) {
+        kcpu_quantize_act_avx512(at, dst, x, K); /* same bytes as the reference */
+        return;
+    }
+    switch (at) {
     case PT_DTYPE_Q8_0: kcpu_ref_quantize_q8_0(dst, x, K); break;
     case PT_DTYPE_Q8_1: kcpu_ref_quantize_q8_1(dst, x, K); break;
     case PT_DTYPE_Q8_K: kcpu_ref_quantize_q8_k(dst, x, K); break;

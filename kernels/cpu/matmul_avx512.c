@@ -192,3 +192,44 @@ bool kcpu_matmul_avx512(pt_dtype wtype, const void *W, size_t w_stride, size_t n
     default: return false;
     }
 }
+
+/* Q8_0 / Q8_1 activation quantization (atype), byte for byte the reference's
+ * (quant_ref.c): the same absmax (NaN lanes ignored, as fmaxf does), the
+ * same scalar d = amax / 127 and id = 1 / d, the same product x * id, then
+ * roundf's ties-away-from-zero done exactly as trunc(y) stepped by one where
+ * |y - trunc(y)| >= 0.5 (y - trunc(y) is exact), truncating conversion
+ * (cvtt, as (int) compiles to) and the clamp to [-127, 127]. */
+void kcpu_quantize_act_avx512(pt_dtype atype, void *dst, const float *x, size_t K) {
+    const int S = atype == PT_DTYPE_Q8_1;
+    const size_t bs = S ? sizeof(pt_block_q8_1) : sizeof(pt_block_q8_0), qo = S ? 4 : 2;
+    const __m512i absm = _mm512_set1_epi32(0x7fffffff);
+    const __m512 half = _mm512_set1_ps(0.5f), mhalf = _mm512_set1_ps(-0.5f), one = _mm512_set1_ps(1.0f);
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    uint8_t *o = dst;
+    for (size_t b = 0; b < K / PT_QK; b++, o += bs, x += PT_QK) {
+        __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+        __m512 a0 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v0), absm));
+        __m512 a1 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v1), absm));
+        /* vmaxps returns its second operand when either is NaN. */
+        __m512 m = _mm512_max_ps(a1, _mm512_max_ps(a0, _mm512_setzero_ps()));
+        float amax = _mm512_reduce_max_ps(m);
+        float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+        __m512i q[2];
+        for (int h = 0; h < 2; h++) {
+            __m512 y = _mm512_mul_ps(h ? v1 : v0, _mm512_set1_ps(id));
+            __m512 t = _mm512_roundscale_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            __m512 f = _mm512_sub_ps(y, t);
+            t = _mm512_mask_add_ps(t, _mm512_cmp_ps_mask(f, half, _CMP_GE_OQ), t, one);
+            t = _mm512_mask_sub_ps(t, _mm512_cmp_ps_mask(f, mhalf, _CMP_LE_OQ), t, one);
+            q[h] = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvttps_epi32(t), lo), hi);
+            _mm_storeu_si128((__m128i *)(o + qo + 16 * h), _mm512_cvtepi32_epi8(q[h]));
+        }
+        pt_f16 d16 = pt_f32_to_f16(d);
+        memcpy(o, &d16, 2);
+        if (S) {
+            int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q[0], q[1]));
+            pt_f16 s16 = pt_f32_to_f16(pt_f16_to_f32(d16) * (float)sum);
+            memcpy(o + 2, &s16, 2);
+        }
+    }
+}

@@ -8,7 +8,9 @@
  *                             each Q8_1 block sum s (2^-11 * |m| * |s| per block)
  *   fast ISA vs reference:    1e-6 * scale (observed <= 6e-8)
  *   ISA vs itself across T, n0/n1 and tiles: bitwise equal. */
+#include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "cpu/kcpu_matmul.h"
 #include "test.h"
@@ -177,6 +179,51 @@ static void test_quantize_act_deterministic(void) {
     }
 }
 
+/* kcpu_quantize_act (whatever fast path it takes) writes exactly the bytes
+ * of the reference quantizers (kcpu_quantize_row), including exact rounding
+ * ties (a block whose absmax is 127 has d = 1, so x.5 values are ties),
+ * all-zero blocks, tiny scales, and non-finite inputs. */
+static void test_quantize_act_matches_reference(void) {
+    const pt_dtype wts[] = {PT_DTYPE_Q4_0, PT_DTYPE_Q4_1, PT_DTYPE_Q8_0};
+    const size_t K = 32 * 40;
+    float *x = malloc(K * sizeof(float));
+    for (int rep = 0; rep < 50; rep++) {
+        rand_row(x, K);
+        for (size_t b = 0; b < K / 32; b++) {
+            float *v = x + 32 * b;
+            switch ((b + (size_t)rep) % 8) {
+            case 0: /* ties */
+                for (int i = 0; i < 32; i++) v[i] = (float)((int)(frand() * 120.0f)) + 0.5f;
+                v[(size_t)rep % 32] = rep & 1 ? -127.0f : 127.0f;
+                break;
+            case 1: memset(v, 0, 32 * sizeof(float)); break;
+            case 2:
+                for (int i = 0; i < 32; i++) v[i] *= 1e-40f;
+                break;
+            case 3:
+                for (int i = 0; i < 32; i++) v[i] *= 1e30f;
+                break;
+            case 4: v[(size_t)rep % 32] = rep & 1 ? -0.0f : 0.0f; v[5] = -v[5]; break;
+            default: break;
+            }
+        }
+        if (rep == 7) x[3] = NAN;
+        if (rep == 8) x[40] = INFINITY;
+        if (rep == 9) x[70] = -INFINITY;
+        for (size_t i = 0; i < sizeof wts / sizeof wts[0]; i++) {
+            pt_dtype at = kcpu_act_type(wts[i]);
+            size_t rb = row_bytes(at, K);
+            uint8_t *a = malloc(rb + 1), *r = malloc(rb);
+            kcpu_quantize_act(wts[i], a + 1, x, K);
+            kcpu_quantize_row(at, r, x, K);
+            CHECK_MSG(memcmp(a + 1, r, rb) == 0, "%s rep %d", pt_dtype_name(at), rep);
+            free(a);
+            free(r);
+        }
+    }
+    free(x);
+}
+
 /* The reference matmul against a double dot of the dequantized operands. */
 static void test_reference_vs_double(void) {
     const size_t Ns[] = {1, 7, 67}, Ts[] = {1, 3, 17};
@@ -329,5 +376,6 @@ static void test_isa_names(void) {
 }
 
 TEST_MAIN(TEST(test_isa_names), TEST(test_quantize_roundtrip), TEST(test_quantize_act_deterministic),
+          TEST(test_quantize_act_matches_reference),
           TEST(test_reference_vs_double), TEST(test_isa_vs_reference), TEST(test_bitwise_invariance),
           TEST(test_float_odd_k))
