@@ -81,67 +81,106 @@ INLINE void scales8_pair(const uint8_t *p, size_t stride, size_t n, __m256 *lo, 
 
 /* WT: 0 = Q4_0 x Q8_0, 1 = Q4_1 x Q8_1, 2 = Q8_0 x Q8_0.
  * Blocks go in groups of 8: the scales of a group are converted for all rows
- * and tokens at once and the products dw * da go to a small table, so the
- * per-block work of a pair is one dpbusd, one convert and one fma with a
- * broadcast from that table. Q4_1's minimum term m * s is added for the whole
- * group with one fma of the 8 m's by the 8 s's (into the same accumulator:
- * its lanes are only partial sums). Groups depend on K alone, never on the
- * tile, so each pair still sees one fixed sequence. */
+ * and tokens at once into dw * da products, so the per-block work of a pair
+ * is one dpbusd, one convert and one fma. Q4_1's minimum term m * s is added
+ * for the whole group with one fma of the 8 m's by the 8 s's (into the same
+ * accumulator: its lanes are only partial sums). Groups depend on K alone,
+ * never on the tile, so each pair still sees one fixed sequence.
+ *
+ * Rows go in pairs through 512-bit registers: the low 256-bit half holds row
+ * 2p's vector, the high half row 2p+1's, and every 256-bit half runs exactly
+ * the operation sequence of a single ymm accumulator (per-lane dpbusd, cvt,
+ * fma by that row's dw * da; Zen 5 executes zmm at full width). An odd last
+ * row is paired with itself and its duplicate discarded. */
 INLINE void tile_b32(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, size_t K,
                      float *Y, size_t ldy, size_t pf, const int WT, const int NR, const int NT) {
     const size_t wb = WT == 0 ? sizeof(pt_block_q4_0) : WT == 1 ? sizeof(pt_block_q4_1) : sizeof(pt_block_q8_0);
     const size_t xb = WT == 1 ? sizeof(pt_block_q8_1) : sizeof(pt_block_q8_0);
     const size_t wq = WT == 1 ? 4 : 2, xq = WT == 1 ? 4 : 2;
     const size_t nb = K / PT_QK;
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    const __m256i off = _mm256_set1_epi8(WT == 0 ? 8 : (char)0x80);
-    __m256 acc[4][4];
-    float dd[4][4][8];
-    for (int r = 0; r < NR; r++)
-        for (int t = 0; t < NT; t++) acc[r][t] = _mm256_setzero_ps();
+    const int NP = (NR + 1) / 2;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i off = _mm512_set1_epi8(WT == 0 ? 8 : (char)0x80);
+    /* Per 16-bit word: shift 0 in the low 128 bits of each half (low
+     * nibbles, elements 0..15), 4 in the high 128 bits (elements 16..31). */
+    const __m512i nsh = _mm512_setr_epi64(0, 0, 0x0004000400040004ll, 0x0004000400040004ll, 0, 0,
+                                          0x0004000400040004ll, 0x0004000400040004ll);
+    const __m512i hsel = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8);
+    size_t ro[4];
+    for (int p = 0; p < NP; p++) {
+        ro[2 * p] = 2 * p * ws;
+        ro[2 * p + 1] = (2 * p + 1 < NR ? 2 * p + 1 : 2 * p) * ws;
+    }
+    __m512 acc[2][4];
+    for (int p = 0; p < NP; p++)
+        for (int t = 0; t < NT; t++) acc[p][t] = _mm512_setzero_ps();
     for (size_t g = 0; g < nb; g += 8) {
         const size_t ng = nb - g < 8 ? nb - g : 8;
-        __m256 dw[4], mw[4];
         for (int r = 0; r < NR; r++) {
-            if (WT == 1) scales8_pair(W + r * ws + g * wb, wb, ng, &dw[r], &mw[r]);
-            else dw[r] = scales8(W + r * ws + g * wb, wb, ng);
+            const uint8_t *pw = W + r * ws + g * wb + pf;
+            for (size_t o = 0; o < 8 * wb; o += 64) _mm_prefetch((const char *)(pw + o), _MM_HINT_T0);
+            _mm_prefetch((const char *)(pw + 8 * wb - 1), _MM_HINT_T0);
+        }
+        __m512 dw[2], mw[2], dd[2][4];
+        for (int p = 0; p < NP; p++) {
+            __m256 d0, d1, m0, m1;
+            if (WT == 1) {
+                scales8_pair(W + ro[2 * p] + g * wb, wb, ng, &d0, &m0);
+                if (2 * p + 1 < NR) scales8_pair(W + ro[2 * p + 1] + g * wb, wb, ng, &d1, &m1);
+                else d1 = d0, m1 = m0;
+                mw[p] = _mm512_insertf32x8(_mm512_castps256_ps512(m0), m1, 1);
+            } else {
+                d0 = scales8(W + ro[2 * p] + g * wb, wb, ng);
+                d1 = 2 * p + 1 < NR ? scales8(W + ro[2 * p + 1] + g * wb, wb, ng) : d0;
+            }
+            dw[p] = _mm512_insertf32x8(_mm512_castps256_ps512(d0), d1, 1);
         }
         for (int t = 0; t < NT; t++) {
             __m256 da, sa;
             if (WT == 1) scales8_pair(X + t * xs + g * xb, xb, ng, &da, &sa);
             else da = scales8(X + t * xs + g * xb, xb, ng);
-            for (int r = 0; r < NR; r++) _mm256_storeu_ps(dd[r][t], _mm256_mul_ps(dw[r], da));
-            if (WT == 1)
-                for (int r = 0; r < NR; r++) acc[r][t] = _mm256_fmadd_ps(mw[r], sa, acc[r][t]);
+            const __m512 daz = _mm512_insertf32x8(_mm512_castps256_ps512(da), da, 1);
+            for (int p = 0; p < NP; p++) dd[p][t] = _mm512_mul_ps(dw[p], daz);
+            if (WT == 1) {
+                const __m512 saz = _mm512_insertf32x8(_mm512_castps256_ps512(sa), sa, 1);
+                for (int p = 0; p < NP; p++) acc[p][t] = _mm512_fmadd_ps(mw[p], saz, acc[p][t]);
+            }
         }
         for (size_t i = 0; i < ng; i++) {
             const size_t b = g + i;
-            __m256i q[4];
-            for (int r = 0; r < NR; r++) {
-                const uint8_t *w = W + r * ws + b * wb + wq;
-                _mm_prefetch((const char *)(w + pf), _MM_HINT_T0);
+            const __m512i sel = _mm512_add_epi32(hsel, _mm512_set1_epi32((int)i));
+            __m512i q[2];
+            for (int p = 0; p < NP; p++) {
+                const uint8_t *w0 = W + ro[2 * p] + b * wb + wq, *w1 = W + ro[2 * p + 1] + b * wb + wq;
                 if (WT == 2) {
-                    q[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)w), off);
+                    __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)w0)),
+                                                   _mm256_loadu_si256((const __m256i *)w1), 1);
+                    q[p] = _mm512_xor_si512(v, off);
                 } else {
-                    __m128i raw = _mm_loadu_si128((const __m128i *)w);
-                    q[r] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), m4);
+                    __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)w0));
+                    v = _mm512_mask_broadcast_i32x4(v, 0xFF00, _mm_loadu_si128((const __m128i *)w1));
+                    q[p] = _mm512_and_si512(_mm512_srlv_epi16(v, nsh), m4);
                 }
             }
             for (int t = 0; t < NT; t++) {
-                __m256i a = _mm256_loadu_si256((const __m256i *)(X + t * xs + b * xb + xq));
-                __m256i init = _mm256_setzero_si256();
+                __m512i a = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(X + t * xs + b * xb + xq)));
+                __m512i init = _mm512_setzero_si512();
                 if (WT != 1)
-                    init = _mm256_sub_epi32(_mm256_setzero_si256(),
-                                            _mm256_dpbusd_epi32(_mm256_setzero_si256(), off, a));
-                for (int r = 0; r < NR; r++) {
-                    __m256i p = _mm256_dpbusd_epi32(init, q[r], a);
-                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dd[r][t][i]), acc[r][t]);
+                    init = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                            _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, a));
+                for (int p = 0; p < NP; p++) {
+                    __m512i pr = _mm512_dpbusd_epi32(init, q[p], a);
+                    acc[p][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pr), _mm512_permutexvar_ps(sel, dd[p][t]),
+                                                acc[p][t]);
                 }
             }
         }
     }
-    for (int r = 0; r < NR; r++)
-        for (int t = 0; t < NT; t++) Y[t * ldy + r] = hsum8(acc[r][t]);
+    for (int p = 0; p < NP; p++)
+        for (int t = 0; t < NT; t++) {
+            Y[t * ldy + 2 * p] = hsum8(_mm512_castps512_ps256(acc[p][t]));
+            if (2 * p + 1 < NR) Y[t * ldy + 2 * p + 1] = hsum8(_mm512_extractf32x8_ps(acc[p][t], 1));
+        }
 }
 
 static void tile_q4_0(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, size_t K, float *Y,
