@@ -28,41 +28,38 @@ INLINE float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* The 32-bit words at p + i * stride for i < 8 (stride even, 16..60): the
- * f16 scale fields of a full group of 8 blocks, read with plain wide loads
- * that stay inside the group's 8 * stride bytes, and moved into place with
- * 16-bit permutes. Gathers are slow on Zen (and issue their misses one by
- * one); this is a handful of ordinary loads and shuffles. */
-INLINE __m256i strided8(const uint8_t *p, const size_t stride) {
+/* 64 bytes at p + o, masked to the first lim bytes past p (whole 16-bit
+ * words): masked-off lanes read as zero and never fault. */
+INLINE __m512i load_lim(const uint8_t *p, size_t o, size_t lim) {
+    if (lim >= o + 64) return _mm512_loadu_si512((const void *)(p + o));
+    __mmask32 k = lim <= o ? 0 : (__mmask32)((1ull << ((lim - o) / 2)) - 1);
+    return _mm512_maskz_loadu_epi16(k, p + o);
+}
+
+/* The 32-bit words at p + i * stride for i < n <= 8 (stride even, 16..60),
+ * lanes past n zero: the f16 scale fields of a group of blocks, read with
+ * wide loads that stay inside the group's n * stride bytes and moved into
+ * place with 16-bit permutes. Gathers are slow on Zen (and issue their
+ * misses one by one); this is a few ordinary loads and shuffles. */
+INLINE __m256i words8(const uint8_t *p, const size_t stride, size_t n) {
     const uint16_t h = (uint16_t)(stride / 2); /* stride in 16-bit words */
+    const size_t lim = n * stride;
     if (stride <= 20) {
         /* Blocks 0..3 from [p, p + 64), blocks 4..7 from [p + 4s, p + 4s + 64). */
         const uint16_t ix[32] = {0, 1, h, h + 1, 2 * h, 2 * h + 1, 3 * h, 3 * h + 1,
                                  32, 33, 32 + h, 33 + h, 32 + 2 * h, 33 + 2 * h, 32 + 3 * h, 33 + 3 * h};
         const __m512i idx = _mm512_loadu_si512((const void *)ix);
-        __m512i l0 = _mm512_loadu_si512((const void *)p);
-        __m512i l1 = _mm512_loadu_si512((const void *)(p + 4 * stride));
-        return _mm512_castsi512_si256(_mm512_permutex2var_epi16(l0, idx, l1));
+        return _mm512_castsi512_si256(
+            _mm512_permutex2var_epi16(load_lim(p, 0, lim), idx, load_lim(p, 4 * stride, lim)));
     }
     /* Two blocks per 64-byte load. */
     const uint16_t ix[32] = {0, 1, h, h + 1, 32, 33, 32 + h, 33 + h};
     const __m512i idx = _mm512_loadu_si512((const void *)ix);
-    __m512i l0 = _mm512_loadu_si512((const void *)p);
-    __m512i l1 = _mm512_loadu_si512((const void *)(p + 2 * stride));
-    __m512i l2 = _mm512_loadu_si512((const void *)(p + 4 * stride));
-    __m512i l3 = _mm512_loadu_si512((const void *)(p + 6 * stride));
-    __m128i lo = _mm512_castsi512_si128(_mm512_permutex2var_epi16(l0, idx, l1));
-    __m128i hi = _mm512_castsi512_si128(_mm512_permutex2var_epi16(l2, idx, l3));
+    __m128i lo = _mm512_castsi512_si128(
+        _mm512_permutex2var_epi16(load_lim(p, 0, lim), idx, load_lim(p, 2 * stride, lim)));
+    __m128i hi = _mm512_castsi512_si128(
+        _mm512_permutex2var_epi16(load_lim(p, 4 * stride, lim), idx, load_lim(p, 6 * stride, lim)));
     return _mm256_set_m128i(hi, lo);
-}
-
-/* The 32-bit words at p + i * stride for i < n <= 8; lanes past n are zero. */
-INLINE __m256i words8(const uint8_t *p, size_t stride, size_t n) {
-    if (n == 8) return strided8(p, stride);
-    /* Short last group: one masked gather (each word stays inside its block). */
-    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                           _mm256_set1_epi32((int)stride));
-    return _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), (__mmask8)((1u << n) - 1), idx, p, 1);
 }
 
 /* Scales of up to 8 consecutive blocks (the f16 at the start of each block,
