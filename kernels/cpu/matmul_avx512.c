@@ -36,44 +36,52 @@ INLINE __m512i load_lim(const uint8_t *p, size_t o, size_t lim) {
     return _mm512_maskz_loadu_epi16(k, p + o);
 }
 
-/* The 32-bit words at p + i * stride for i < n <= 8 (stride even, 16..60),
- * lanes past n zero: the f16 scale fields of a group of blocks, read with
- * wide loads that stay inside the group's n * stride bytes and moved into
- * place with 16-bit permutes. Gathers are slow on Zen (and issue their
- * misses one by one); this is a few ordinary loads and shuffles. */
-INLINE __m256i words8(const uint8_t *p, const size_t stride, size_t n) {
+/* The f16 fields at p + i * stride (words 0..7) and p + i * stride + 2
+ * (words 8..15) for blocks i < n <= 8 (stride even, 16..60), lanes past n
+ * zero: the scales of a group of blocks, read with wide loads that stay
+ * inside the group's n * stride bytes and moved into place with 16-bit
+ * permutes. Gathers are slow on Zen (and issue their misses one by one);
+ * this is a few ordinary loads and shuffles. */
+INLINE __m256i halves8(const uint8_t *p, const size_t stride, size_t n) {
     const uint16_t h = (uint16_t)(stride / 2); /* stride in 16-bit words */
     const size_t lim = n * stride;
     if (stride <= 20) {
         /* Blocks 0..3 from [p, p + 64), blocks 4..7 from [p + 4s, p + 4s + 64). */
-        const uint16_t ix[32] = {0, 1, h, h + 1, 2 * h, 2 * h + 1, 3 * h, 3 * h + 1,
-                                 32, 33, 32 + h, 33 + h, 32 + 2 * h, 33 + 2 * h, 32 + 3 * h, 33 + 3 * h};
+        const uint16_t ix[32] = {0,  h,      2 * h,      3 * h,      32, 32 + h, 32 + 2 * h, 32 + 3 * h,
+                                 1,  1 + h,  1 + 2 * h,  1 + 3 * h,  33, 33 + h, 33 + 2 * h, 33 + 3 * h};
         const __m512i idx = _mm512_loadu_si512((const void *)ix);
         return _mm512_castsi512_si256(
             _mm512_permutex2var_epi16(load_lim(p, 0, lim), idx, load_lim(p, 4 * stride, lim)));
     }
-    /* Two blocks per 64-byte load. */
-    const uint16_t ix[32] = {0, 1, h, h + 1, 32, 33, 32 + h, 33 + h};
-    const __m512i idx = _mm512_loadu_si512((const void *)ix);
-    __m128i lo = _mm512_castsi512_si128(
-        _mm512_permutex2var_epi16(load_lim(p, 0, lim), idx, load_lim(p, 2 * stride, lim)));
-    __m128i hi = _mm512_castsi512_si128(
-        _mm512_permutex2var_epi16(load_lim(p, 4 * stride, lim), idx, load_lim(p, 6 * stride, lim)));
-    return _mm256_set_m128i(hi, lo);
+    /* Two blocks per 64-byte load: blocks 0..3 into words 0..3 / 8..11,
+     * blocks 4..7 into words 4..7 / 12..15, then one blend. */
+    const uint16_t ia[32] = {0, h, 32, 32 + h, 0, 0, 0, 0, 1, 1 + h, 33, 33 + h};
+    const uint16_t ib[32] = {0, 0, 0, 0, 0, h, 32, 32 + h, 0, 0, 0, 0, 1, 1 + h, 33, 33 + h};
+    const __m512i idxa = _mm512_loadu_si512((const void *)ia), idxb = _mm512_loadu_si512((const void *)ib);
+    __m256i lo = _mm512_castsi512_si256(
+        _mm512_permutex2var_epi16(load_lim(p, 0, lim), idxa, load_lim(p, 2 * stride, lim)));
+    __m256i hi = _mm512_castsi512_si256(
+        _mm512_permutex2var_epi16(load_lim(p, 4 * stride, lim), idxb, load_lim(p, 6 * stride, lim)));
+    return _mm256_mask_blend_epi16(0xF0F0, lo, hi);
 }
 
-/* Scales of up to 8 consecutive blocks (the f16 at the start of each block,
- * blocks stride bytes apart) as floats; lanes past n are zero. */
-INLINE __m256 scales8(const uint8_t *p, size_t stride, size_t n) {
-    return _mm256_cvtph_ps(_mm256_cvtepi32_epi16(words8(p, stride, n)));
-}
-
-/* The two f16 at offsets 0 and 2 of up to 8 blocks (Q4_1's d and m, Q8_1's
- * d and s). */
-INLINE void scales8_pair(const uint8_t *p, size_t stride, size_t n, __m256 *lo, __m256 *hi) {
-    __m256i v = words8(p, stride, n);
-    *lo = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(v));
-    *hi = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(v, 16)));
+/* Y[0..NR) of one token from NP = (NR + 1) / 2 pair accumulators: each
+ * 256-bit half reduced exactly as hsum8 does (lo128 + hi128, then lanes
+ * 0 + 2 and 1 + 3, then those two), all halves in the same instructions. */
+INLINE void store_rows(float *y, const __m512 *acc, const int NR) {
+    const __m512 z = acc[0], w = NR > 2 ? acc[1] : acc[0];
+    /* [z.l0 z.l2 w.l0 w.l2] + [z.l1 z.l3 w.l1 w.l3]: 128-bit lanes of rows 0..3. */
+    __m512 s = _mm512_add_ps(_mm512_shuffle_f32x4(z, w, 0x88), _mm512_shuffle_f32x4(z, w, 0xDD));
+    s = _mm512_add_ps(s, _mm512_permute_ps(s, 0xEE));
+    s = _mm512_add_ps(s, _mm512_movehdup_ps(s));
+    __m128 r = _mm512_castps512_ps128(
+        _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), s));
+    if (NR == 4) _mm_storeu_ps(y, r);
+    else {
+        float t[4];
+        _mm_storeu_ps(t, r);
+        for (int i = 0; i < NR; i++) y[i] = t[i];
+    }
 }
 
 /* WT: 0 = Q4_0 x Q8_0, 1 = Q4_1 x Q8_1, 2 = Q8_0 x Q8_0.
@@ -120,28 +128,29 @@ INLINE void tile_b32(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, s
         }
         __m512 dw[2], mw[2], dd[2][4];
         for (int p = 0; p < NP; p++) {
-            __m256 d0, d1, m0, m1;
+            __m256i h0 = halves8(W + ro[2 * p] + g * wb, wb, ng);
+            __m256i h1 = 2 * p + 1 < NR ? halves8(W + ro[2 * p + 1] + g * wb, wb, ng) : h0;
             if (WT == 1) {
-                scales8_pair(W + ro[2 * p] + g * wb, wb, ng, &d0, &m0);
-                if (2 * p + 1 < NR) scales8_pair(W + ro[2 * p + 1] + g * wb, wb, ng, &d1, &m1);
-                else d1 = d0, m1 = m0;
-                mw[p] = _mm512_insertf32x8(_mm512_castps256_ps512(m0), m1, 1);
+                /* [d | m] of each row -> [d0 | d1] and [m0 | m1]. */
+                __m512 f0 = _mm512_cvtph_ps(h0), f1 = _mm512_cvtph_ps(h1);
+                dw[p] = _mm512_shuffle_f32x4(f0, f1, 0x44);
+                mw[p] = _mm512_shuffle_f32x4(f0, f1, 0xEE);
             } else {
-                d0 = scales8(W + ro[2 * p] + g * wb, wb, ng);
-                d1 = 2 * p + 1 < NR ? scales8(W + ro[2 * p + 1] + g * wb, wb, ng) : d0;
+                dw[p] = _mm512_cvtph_ps(_mm256_set_m128i(_mm256_castsi256_si128(h1), _mm256_castsi256_si128(h0)));
             }
-            dw[p] = _mm512_insertf32x8(_mm512_castps256_ps512(d0), d1, 1);
         }
         for (int t = 0; t < NT; t++) {
-            __m256 da, sa;
-            if (WT == 1) scales8_pair(X + t * xs + g * xb, xb, ng, &da, &sa);
-            else da = scales8(X + t * xs + g * xb, xb, ng);
-            const __m512 daz = _mm512_insertf32x8(_mm512_castps256_ps512(da), da, 1);
-            for (int p = 0; p < NP; p++) dd[p][t] = _mm512_mul_ps(dw[p], daz);
+            __m256i hx = halves8(X + t * xs + g * xb, xb, ng);
+            __m512 daz;
             if (WT == 1) {
-                const __m512 saz = _mm512_insertf32x8(_mm512_castps256_ps512(sa), sa, 1);
+                __m512 fx = _mm512_cvtph_ps(hx);
+                daz = _mm512_shuffle_f32x4(fx, fx, 0x44);
+                const __m512 saz = _mm512_shuffle_f32x4(fx, fx, 0xEE);
                 for (int p = 0; p < NP; p++) acc[p][t] = _mm512_fmadd_ps(mw[p], saz, acc[p][t]);
+            } else {
+                daz = _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm256_castsi256_si128(hx)));
             }
+            for (int p = 0; p < NP; p++) dd[p][t] = _mm512_mul_ps(dw[p], daz);
         }
         for (size_t i = 0; i < ng; i++) {
             const size_t b = g + i;
@@ -173,11 +182,11 @@ INLINE void tile_b32(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, s
             }
         }
     }
-    for (int p = 0; p < NP; p++)
-        for (int t = 0; t < NT; t++) {
-            Y[t * ldy + 2 * p] = hsum8(_mm512_castps512_ps256(acc[p][t]));
-            if (2 * p + 1 < NR) Y[t * ldy + 2 * p + 1] = hsum8(_mm512_extractf32x8_ps(acc[p][t], 1));
-        }
+    for (int t = 0; t < NT; t++) {
+        __m512 a[2];
+        for (int p = 0; p < NP; p++) a[p] = acc[p][t];
+        store_rows(Y + t * ldy, a, NR);
+    }
 }
 
 static void tile_q4_0(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, size_t K, float *Y,
