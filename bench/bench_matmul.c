@@ -77,5 +77,7 @@ int main(int argc, char **argv) {
         }
     }
     run(isa, PT_DTYPE_Q8_0, 576, 49152, 1, 0.5); /* SmolLM2 LM head: from DRAM */
+    run(isa, PT_DTYPE_Q4_1, 576, 2 * 49152, 1, 0.5); /* Q4_1 streamed from DRAM (35 MB) */
+    run(isa, PT_DTYPE_Q4_1, 576, 49152, 16, 0.5);   /* small-T decode batch from DRAM */
     return 0;
 }
