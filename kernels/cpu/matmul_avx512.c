@@ -203,19 +203,16 @@ static void tile_q8_0(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, 
 }
 
 /* Weight rows stream from DRAM (or L3) once per call: the first token tile
- * of each strip of 4 rows prefetches the strip about PF_BYTES ahead, the same
+ * of each strip of 4 rows prefetches the strip about KCPU_PF_BYTES ahead, the same
  * offsets it is reading now, so misses overlap instead of stalling the
  * loads one group at a time. Later token tiles of the strip find it in L1
  * and prefetch their own lines (offset 0: a no-op). Prefetches only move
  * data, so results do not depend on them. */
-#ifndef PF_BYTES
-#define PF_BYTES 10240
-#endif
 typedef void (*tile_fn)(const uint8_t *, size_t, const uint8_t *, size_t, size_t, float *, size_t,
                         size_t, size_t, size_t);
 static void drive(tile_fn tile, const void *W, size_t ws, size_t n0, size_t n1, const void *X,
                   size_t xs, size_t T, size_t K, float *Y, size_t ldy) {
-    const size_t pf = (PF_BYTES + 4 * ws - 1) / (4 * ws) * 4 * ws;
+    const size_t pf = (KCPU_PF_BYTES + 4 * ws - 1) / (4 * ws) * 4 * ws;
     /* The tiles prefetch pf bytes ahead of themselves: start the first pf
      * bytes of the range now, all at once, instead of meeting them as misses. */
     const uint8_t *w0 = (const uint8_t *)W + n0 * ws;
