@@ -111,12 +111,12 @@ INLINE void tile_b32(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, s
     const __m512i nsh = _mm512_setr_epi64(0, 0, 0x0004000400040004ll, 0x0004000400040004ll, 0, 0,
                                           0x0004000400040004ll, 0x0004000400040004ll);
     const __m512i hsel = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8);
-    size_t ro[4];
+    size_t ro[8];
     for (int p = 0; p < NP; p++) {
         ro[2 * p] = 2 * p * ws;
         ro[2 * p + 1] = (2 * p + 1 < NR ? 2 * p + 1 : 2 * p) * ws;
     }
-    __m512 acc[2][4];
+    __m512 acc[4][4];
     for (int p = 0; p < NP; p++)
         for (int t = 0; t < NT; t++) acc[p][t] = _mm512_setzero_ps();
     for (size_t g = 0; g < nb; g += 8) {
@@ -126,7 +126,7 @@ INLINE void tile_b32(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, s
             for (size_t o = 0; o < 8 * wb; o += 64) _mm_prefetch((const char *)(pw + o), _MM_HINT_T0);
             _mm_prefetch((const char *)(pw + 8 * wb - 1), _MM_HINT_T0);
         }
-        __m512 dw[2], mw[2], dd[2][4];
+        __m512 dw[4], mw[4], dd[4][4];
         for (int p = 0; p < NP; p++) {
             __m256i h0 = halves8(W + ro[2 * p] + g * wb, wb, ng);
             __m256i h1 = 2 * p + 1 < NR ? halves8(W + ro[2 * p + 1] + g * wb, wb, ng) : h0;
@@ -155,7 +155,7 @@ INLINE void tile_b32(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, s
         for (size_t i = 0; i < ng; i++) {
             const size_t b = g + i;
             const __m512i sel = _mm512_add_epi32(hsel, _mm512_set1_epi32((int)i));
-            __m512i q[2];
+            __m512i q[4];
             for (int p = 0; p < NP; p++) {
                 const uint8_t *w0 = W + ro[2 * p] + b * wb + wq, *w1 = W + ro[2 * p + 1] + b * wb + wq;
                 if (WT == 2) {
@@ -183,43 +183,76 @@ INLINE void tile_b32(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, s
         }
     }
     for (int t = 0; t < NT; t++) {
-        __m512 a[2];
+        __m512 a[4];
         for (int p = 0; p < NP; p++) a[p] = acc[p][t];
-        store_rows(Y + t * ldy, a, NR);
+        store_rows(Y + t * ldy, a, NR < 4 ? NR : 4);
+        if (NR > 4) store_rows(Y + t * ldy + 4, a + 2, NR - 4);
     }
 }
 
 static void tile_q4_0(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, size_t K, float *Y,
                       size_t ldy, size_t pf, size_t nr, size_t nt) {
+    if (nr > 4) { /* one token, up to 8 rows (see drive) */
+        switch (nr) {
+        case 5: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 0, 5, 1); break;
+        case 6: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 0, 6, 1); break;
+        case 7: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 0, 7, 1); break;
+        default: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 0, 8, 1); break;
+        }
+        return;
+    }
     KCPU_SWITCH_4x4(tile_b32, nr, nt, W, ws, X, xs, K, Y, ldy, pf, 0)
 }
 static void tile_q4_1(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, size_t K, float *Y,
                       size_t ldy, size_t pf, size_t nr, size_t nt) {
+    if (nr > 4) { /* one token, up to 8 rows (see drive) */
+        switch (nr) {
+        case 5: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 1, 5, 1); break;
+        case 6: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 1, 6, 1); break;
+        case 7: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 1, 7, 1); break;
+        default: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 1, 8, 1); break;
+        }
+        return;
+    }
     KCPU_SWITCH_4x4(tile_b32, nr, nt, W, ws, X, xs, K, Y, ldy, pf, 1)
 }
 static void tile_q8_0(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, size_t K, float *Y,
                       size_t ldy, size_t pf, size_t nr, size_t nt) {
+    if (nr > 4) { /* one token, up to 8 rows (see drive) */
+        switch (nr) {
+        case 5: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 2, 5, 1); break;
+        case 6: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 2, 6, 1); break;
+        case 7: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 2, 7, 1); break;
+        default: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 2, 8, 1); break;
+        }
+        return;
+    }
     KCPU_SWITCH_4x4(tile_b32, nr, nt, W, ws, X, xs, K, Y, ldy, pf, 2)
 }
 
 /* Weight rows stream from DRAM (or L3) once per call: the first token tile
- * of each strip of 4 rows prefetches the strip about KCPU_PF_BYTES ahead, the same
- * offsets it is reading now, so misses overlap instead of stalling the
+ * of each strip of rows prefetches the strip about KCPU_PF_BYTES ahead, the
+ * same offsets it is reading now, so misses overlap instead of stalling the
  * loads one group at a time. Later token tiles of the strip find it in L1
  * and prefetch their own lines (offset 0: a no-op). Prefetches only move
- * data, so results do not depend on them. */
+ * data, so results do not depend on them.
+ * Strips are 4 rows, or mr1 (8 for the 4-bit types) when there is a single
+ * token (decode): more independent accumulators and one activation load for
+ * 8 rows (Q8_0 runs out of registers there and keeps 4). A row's
+ * operations are the same in every tile shape. */
 typedef void (*tile_fn)(const uint8_t *, size_t, const uint8_t *, size_t, size_t, float *, size_t,
                         size_t, size_t, size_t);
-static void drive(tile_fn tile, const void *W, size_t ws, size_t n0, size_t n1, const void *X,
-                  size_t xs, size_t T, size_t K, float *Y, size_t ldy) {
-    const size_t pf = (KCPU_PF_BYTES + 4 * ws - 1) / (4 * ws) * 4 * ws;
+static void drive(tile_fn tile, size_t mr1, const void *W, size_t ws, size_t n0, size_t n1,
+                  const void *X, size_t xs, size_t T, size_t K, float *Y, size_t ldy) {
+    const size_t mr = T == 1 ? mr1 : 4;
+    const size_t pf = (KCPU_PF_BYTES + mr * ws - 1) / (mr * ws) * mr * ws;
     /* The tiles prefetch pf bytes ahead of themselves: start the first pf
      * bytes of the range now, all at once, instead of meeting them as misses. */
     const uint8_t *w0 = (const uint8_t *)W + n0 * ws;
     const size_t head = pf < (n1 - n0) * ws ? pf : (n1 - n0) * ws;
     for (size_t o = 0; o < head; o += 64) _mm_prefetch((const char *)(w0 + o), _MM_HINT_T0);
-    for (size_t n = n0; n < n1; n += 4) {
-        size_t nr = n1 - n < 4 ? n1 - n : 4;
+    for (size_t n = n0; n < n1; n += mr) {
+        size_t nr = n1 - n < mr ? n1 - n : mr;
         const uint8_t *w = (const uint8_t *)W + n * ws;
         for (size_t t = 0; t < T; t += 4) {
             size_t nt = T - t < 4 ? T - t : 4;
@@ -233,9 +266,9 @@ bool kcpu_matmul_avx512(pt_dtype wtype, const void *W, size_t w_stride, size_t n
                         const void *X, size_t x_stride, size_t T, size_t K, float *Y,
                         size_t ldy) {
     switch (wtype) {
-    case PT_DTYPE_Q4_0: drive(tile_q4_0, W, w_stride, n0, n1, X, x_stride, T, K, Y, ldy); return true;
-    case PT_DTYPE_Q4_1: drive(tile_q4_1, W, w_stride, n0, n1, X, x_stride, T, K, Y, ldy); return true;
-    case PT_DTYPE_Q8_0: drive(tile_q8_0, W, w_stride, n0, n1, X, x_stride, T, K, Y, ldy); return true;
+    case PT_DTYPE_Q4_0: drive(tile_q4_0, 8, W, w_stride, n0, n1, X, x_stride, T, K, Y, ldy); return true;
+    case PT_DTYPE_Q4_1: drive(tile_q4_1, 8, W, w_stride, n0, n1, X, x_stride, T, K, Y, ldy); return true;
+    case PT_DTYPE_Q8_0: drive(tile_q8_0, 4, W, w_stride, n0, n1, X, x_stride, T, K, Y, ldy); return true;
     default: return false;
     }
 }
