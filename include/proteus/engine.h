@@ -35,6 +35,10 @@ int pt_engine_create(pt_engine **out, const pt_model_file *mf, const pt_engine_o
 void pt_engine_free(pt_engine *e);
 
 const pt_model_config *pt_engine_config(const pt_engine *e);
+/* The options in force (defaults filled in, max_ctx resolved). */
+const pt_engine_opts *pt_engine_get_opts(const pt_engine *e);
+/* Head pages of rank `rank`'s KV pool: total and free. */
+void pt_engine_kv_pages(const pt_engine *e, int rank, uint64_t *total, uint64_t *free_pages);
 
 /* A sequence holds KV cache; ids are small non-negative integers. */
 int pt_engine_seq_new(pt_engine *e);            /* < 0 when no slot is free */

@@ -17,6 +17,14 @@ void pt_engine_opts_default(pt_engine_opts *o) {
 }
 
 const pt_model_config *pt_engine_config(const pt_engine *e) { return &e->w.cfg; }
+const pt_engine_opts *pt_engine_get_opts(const pt_engine *e) { return &e->opts; }
+
+void pt_engine_kv_pages(const pt_engine *e, int rank, uint64_t *total, uint64_t *free_pages) {
+    *total = *free_pages = 0;
+    if (rank < 0 || rank >= e->tp) return;
+    *total = e->ranks[rank].kv.n_slots;
+    *free_pages = e->ranks[rank].kv.n_free;
+}
 
 static void *alloc_or_null(size_t n, size_t size, bool *ok) {
     void *p = pt_aligned_alloc(n * size);
@@ -93,6 +101,7 @@ int pt_engine_create(pt_engine **out, const pt_model_file *mf, const pt_engine_o
     if (o->max_batch_tokens == 0) o->max_batch_tokens = 512;
     if (o->max_ctx == 0 || o->max_ctx > c->max_ctx) o->max_ctx = c->max_ctx ? c->max_ctx : 4096;
     e->tp = o->tp < 1 ? 1 : o->tp;
+    o->tp = e->tp;
     if ((uint32_t)e->tp > e->w.n_groups || (uint32_t)e->tp > e->w.n_mlp_chunks) {
         rc = pt_err_set(err, PT_ERR_INVALID, "tp=%d exceeds the model's %u KV heads or %u MLP chunks", e->tp,
                         e->w.n_groups, e->w.n_mlp_chunks);
