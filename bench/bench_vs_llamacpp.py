@@ -102,6 +102,46 @@ def loadavg():
         return None
 
 
+class OtherCpu:
+    """Measures CPU time used by *other* processes while a measurement runs:
+    busy time of the whole machine (/proc/stat) minus this process's and its
+    children's CPU time (getrusage). Reported in cores (other CPU s / wall s);
+    ~0 on an idle machine. Also reports hypervisor steal time the same way."""
+
+    @staticmethod
+    def _snap():
+        import resource
+        busy = steal = None
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+            hz = os.sysconf("SC_CLK_TCK")
+            # user nice system idle iowait irq softirq steal ...
+            busy = (v[0] + v[1] + v[2] + v[5] + v[6]) / hz
+            steal = (v[7] if len(v) > 7 else 0) / hz
+        except (OSError, ValueError, IndexError):
+            pass
+        own = 0.0
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+            ru = resource.getrusage(who)
+            own += ru.ru_utime + ru.ru_stime
+        return time.perf_counter(), busy, steal, own
+
+    def __enter__(self):
+        self.a = self._snap()
+        return self
+
+    def __exit__(self, *exc):
+        b = self._snap()
+        wall = b[0] - self.a[0]
+        self.result = {"wall_s": round(wall, 3), "other_cpu_cores": None, "steal_cores": None}
+        if self.a[1] is not None and b[1] is not None and wall >= 0.5:  # jiffy resolution
+            other = (b[1] - self.a[1]) - (b[3] - self.a[3])
+            self.result["other_cpu_cores"] = round(max(other, 0.0) / wall, 3)
+            self.result["steal_cores"] = round((b[2] - self.a[2]) / wall, 3)
+        return False
+
+
 def machine_info():
     info = {
         "cpu_model": None,
@@ -209,11 +249,12 @@ def bench_llamacpp(model, threads, n_pp, n_tg, reps):
     load_before = loadavg()
     llamacpp_one_run(llm, np, llama_cpp, prompt, n_tg)  # warm-up, discarded
     pp_runs, tg_runs, outs = [], [], []
-    for _ in range(reps):
-        pp_s, tg_s, out = llamacpp_one_run(llm, np, llama_cpp, prompt, n_tg)
-        pp_runs.append(n_pp / pp_s)
-        tg_runs.append(n_tg / tg_s)
-        outs.append(out)
+    with OtherCpu() as oc:
+        for _ in range(reps):
+            pp_s, tg_s, out = llamacpp_one_run(llm, np, llama_cpp, prompt, n_tg)
+            pp_runs.append(n_pp / pp_s)
+            tg_runs.append(n_tg / tg_s)
+            outs.append(out)
     load_after = loadavg()
     deterministic = all(o == outs[0] for o in outs)
     sample = llm.detokenize(outs[0][:24]).decode("utf-8", "replace")
@@ -231,6 +272,9 @@ def bench_llamacpp(model, threads, n_pp, n_tg, reps):
         "greedy_sample": sample,
         "loadavg_before": load_before,
         "loadavg_after": load_after,
+        "interference": oc.result,
+        "settings": {"n_ctx": n_ctx, "n_batch": n_pp, "n_ubatch": n_pp, "flash_attn": False,
+                     "kv_cache_type": "f16 (default)", "use_mmap": True},
     }
 
 
@@ -250,8 +294,9 @@ def bench_proteus(binary, model, threads, n_pp, n_tg, reps, timeout):
            "--tg", str(n_tg), "--reps", str(reps)]
     load_before = loadavg()
     try:
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, timeout=timeout)
+        with OtherCpu() as oc:
+            p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"engine": "proteus", "threads": threads, "error": f"timed out after {timeout}s",
                 "cmd": " ".join(cmd)}
@@ -277,7 +322,8 @@ def bench_proteus(binary, model, threads, n_pp, n_tg, reps, timeout):
            "pp_tokens": res.get("pp_tokens"), "tg_tokens": res.get("tg_tokens"),
            "pp_tok_s": float(res["pp_tok_s"]), "tg_tok_s": float(res["tg_tok_s"]),
            "isa": res.get("isa"), "raw": res, "cmd": " ".join(cmd),
-           "loadavg_before": load_before, "loadavg_after": load_after}
+           "loadavg_before": load_before, "loadavg_after": load_after,
+           "interference": oc.result}
     if res.get("threads") not in (None, threads):
         out["warning"] = f"proteus reported threads={res.get('threads')}, asked for {threads}"
     if res.get("pp_tokens") not in (None, n_pp) or res.get("tg_tokens") not in (None, n_tg):
@@ -384,11 +430,25 @@ def main():
                            "tg_ratio": p["tg_tok_s"] / l["tg_tok_s"]})
 
     print()
-    print(f"{'threads':>7} | {'engine':<9} | {'pp tok/s':>10} | {'tg tok/s':>10}")
-    print(f"{'-' * 7}-+-{'-' * 9}-+-{'-' * 10}-+-{'-' * 10}")
+    print(f"{'threads':>7} | {'engine':<9} | {'pp tok/s':>10} | {'tg tok/s':>10} | {'other cpu':>9}")
+    print(f"{'-' * 7}-+-{'-' * 9}-+-{'-' * 10}-+-{'-' * 10}-+-{'-' * 9}")
+    noisy = False
     for r in results:
-        print(f"{r['threads']:>7} | {r['engine']:<9} | {fmt(r.get('pp_tok_s'))} | {fmt(r.get('tg_tok_s'))}"
-              + ("   (error: see above)" if "error" in r else ""))
+        oc = (r.get("interference") or {}).get("other_cpu_cores")
+        ocs = f"{oc:9.2f}" if isinstance(oc, (int, float)) else f"{'n/a':>9}"
+        extra = ""
+        if "error" in r:
+            extra = "   (error: see above)"
+        elif r.get("pp_tok_s_runs"):
+            sp = [(max(v) - min(v)) / statistics.median(v) for v in (r["pp_tok_s_runs"], r["tg_tok_s_runs"])]
+            extra = f"   spread pp {sp[0]:.0%} tg {sp[1]:.0%}"
+        if isinstance(oc, (int, float)) and oc > 0.1:
+            noisy = True
+        print(f"{r['threads']:>7} | {r['engine']:<9} | {fmt(r.get('pp_tok_s'))} | {fmt(r.get('tg_tok_s'))} | {ocs}"
+              + extra)
+    if noisy:
+        print("# WARNING: other processes used > 0.1 core during some measurement ('other cpu' column);"
+              " those numbers are not trustworthy -- rerun on an idle machine")
     if ratios:
         print()
         print(f"{'threads':>7} | {'pp proteus/llama.cpp':>21} | {'tg proteus/llama.cpp':>21}")
