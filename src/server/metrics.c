@@ -1,0 +1,123 @@
+#include "proteus/metrics.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proteus/util.h"
+
+static void hist_init(pt_histogram *h, const char *name, const char *help, const double *b, size_t n) {
+    memset(h, 0, sizeof(*h));
+    h->name = name;
+    h->help = help;
+    h->n_bounds = n;
+    memcpy(h->bounds, b, n * sizeof(double));
+}
+
+void pt_metrics_init(pt_metrics *m) {
+    /* Bucket edges as vLLM's, so dashboards built for it read these too. */
+    static const double ttft[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5,
+                                  0.75,  1.0,   2.5,  5.0,  7.5,  10.0, 20.0, 40.0, 80.0};
+    static const double itl[] = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5};
+    static const double e2e[] = {0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+                                 120.0, 240.0};
+    memset(m, 0, sizeof(*m));
+    hist_init(&m->ttft, "proteus_time_to_first_token_seconds", "Time from request arrival to its first token.", ttft,
+              sizeof(ttft) / sizeof(ttft[0]));
+    hist_init(&m->itl, "proteus_inter_token_latency_seconds", "Time between consecutive tokens of a request.", itl,
+              sizeof(itl) / sizeof(itl[0]));
+    hist_init(&m->e2e, "proteus_e2e_request_latency_seconds", "Time from request arrival to its end.", e2e,
+              sizeof(e2e) / sizeof(e2e[0]));
+    hist_init(&m->queue, "proteus_request_queue_time_seconds", "Time a request waited before admission.", e2e,
+              sizeof(e2e) / sizeof(e2e[0]));
+}
+
+void pt_histogram_observe(pt_histogram *h, double v) {
+    size_t i = 0;
+    while (i < h->n_bounds && v > h->bounds[i]) i++;
+    h->counts[i]++;
+    h->sum += v;
+    h->count++;
+}
+
+typedef struct {
+    char *s;
+    size_t len, cap;
+} sbuf;
+
+static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(sbuf *b, const char *fmt, ...) {
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->s + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n >= 0 && (size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        b->cap = b->cap * 2 + (size_t)(n > 0 ? n : 64);
+        b->s = realloc(b->s, b->cap);
+        if (!b->s) abort();
+    }
+}
+
+static void render_hist(sbuf *b, const pt_histogram *h, const char *model) {
+    sb_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", h->name, h->help, h->name);
+    uint64_t cum = 0;
+    for (size_t i = 0; i < h->n_bounds; i++) {
+        cum += h->counts[i];
+        sb_printf(b, "%s_bucket{model_name=\"%s\",le=\"%g\"} %llu\n", h->name, model, h->bounds[i],
+                  (unsigned long long)cum);
+    }
+    cum += h->counts[h->n_bounds];
+    sb_printf(b, "%s_bucket{model_name=\"%s\",le=\"+Inf\"} %llu\n", h->name, model, (unsigned long long)cum);
+    sb_printf(b, "%s_sum{model_name=\"%s\"} %.9g\n", h->name, model, h->sum);
+    sb_printf(b, "%s_count{model_name=\"%s\"} %llu\n", h->name, model, (unsigned long long)h->count);
+}
+
+char *pt_metrics_render(const pt_metrics *m, const pt_batcher_stats *s, const char *model) {
+    sbuf b = {pt_xmalloc(4096), 0, 4096};
+    b.s[0] = 0;
+    render_hist(&b, &m->ttft, model);
+    render_hist(&b, &m->itl, model);
+    render_hist(&b, &m->e2e, model);
+    render_hist(&b, &m->queue, model);
+    sb_printf(&b, "# HELP proteus_num_requests_running Requests prefilling or decoding.\n"
+                  "# TYPE proteus_num_requests_running gauge\nproteus_num_requests_running{model_name=\"%s\"} %u\n",
+              model, s->running);
+    sb_printf(&b, "# HELP proteus_num_requests_waiting Requests queued for admission.\n"
+                  "# TYPE proteus_num_requests_waiting gauge\nproteus_num_requests_waiting{model_name=\"%s\"} %u\n",
+              model, s->waiting);
+    sb_printf(&b, "# HELP proteus_kv_pages_used KV head pages in use per device.\n"
+                  "# TYPE proteus_kv_pages_used gauge\n");
+    for (int i = 0; i < s->n_ranks && i < 8; i++)
+        sb_printf(&b, "proteus_kv_pages_used{model_name=\"%s\",device=\"cpu%d\"} %llu\n", model, i,
+                  (unsigned long long)(s->kv_pages_total[i] - s->kv_pages_free[i]));
+    sb_printf(&b, "# HELP proteus_kv_pages_free KV head pages free per device.\n"
+                  "# TYPE proteus_kv_pages_free gauge\n");
+    for (int i = 0; i < s->n_ranks && i < 8; i++)
+        sb_printf(&b, "proteus_kv_pages_free{model_name=\"%s\",device=\"cpu%d\"} %llu\n", model, i,
+                  (unsigned long long)s->kv_pages_free[i]);
+    sb_printf(&b, "# HELP proteus_prompt_tokens_total Prompt tokens processed.\n"
+                  "# TYPE proteus_prompt_tokens_total counter\nproteus_prompt_tokens_total{model_name=\"%s\"} %llu\n",
+              model, (unsigned long long)m->prompt_tokens);
+    sb_printf(&b,
+              "# HELP proteus_generation_tokens_total Tokens generated.\n"
+              "# TYPE proteus_generation_tokens_total counter\nproteus_generation_tokens_total{model_name=\"%s\"} %llu\n",
+              model, (unsigned long long)m->generation_tokens);
+    static const char *reasons[PT_REASON_COUNT] = {"stop", "length", "abort", "error"};
+    sb_printf(&b, "# HELP proteus_request_success_total Finished requests by finish reason.\n"
+                  "# TYPE proteus_request_success_total counter\n");
+    for (int i = 0; i < PT_REASON_COUNT; i++)
+        sb_printf(&b, "proteus_request_success_total{model_name=\"%s\",finished_reason=\"%s\"} %llu\n", model,
+                  reasons[i], (unsigned long long)m->finished[i]);
+    sb_printf(&b, "# HELP proteus_requests_rejected_total Requests refused because the queue was full.\n"
+                  "# TYPE proteus_requests_rejected_total counter\nproteus_requests_rejected_total{model_name=\"%s\"} %llu\n",
+              model, (unsigned long long)m->rejected_busy);
+    sb_printf(&b, "# HELP proteus_preemptions_total Sequences preempted for lack of KV pages.\n"
+                  "# TYPE proteus_preemptions_total counter\nproteus_preemptions_total{model_name=\"%s\"} %llu\n",
+              model, (unsigned long long)s->preemptions);
+    return b.s;
+}
