@@ -1,0 +1,479 @@
+/* `proteus serve` configuration: defaults, a full file, file < flag < (env
+ * only when unset), derived served names, cross-key checks, and a table of
+ * bad files and flags, each with the words its message must contain. */
+#define _GNU_SOURCE
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "proteus/config.h"
+#include "test.h"
+
+static char tmpdir[64];
+
+/* Writes `text` (len bytes, or strlen when len is 0) to tmpdir/name; returns
+ * the path in static storage that the next call reuses. */
+static const char *write_file(const char *name, const char *text, size_t len) {
+    static char path[128];
+    snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        perror(path);
+        exit(1);
+    }
+    fwrite(text, 1, len ? len : strlen(text), f);
+    fclose(f);
+    return path;
+}
+
+/* Splits "a b c" on spaces into argv (argv[0] = "serve"); static storage. */
+static int split_args(const char *line, char **argv, int max) {
+    static char buf[1024];
+    snprintf(buf, sizeof(buf), "%s", line);
+    int argc = 0;
+    argv[argc++] = "serve";
+    for (char *save, *t = strtok_r(buf, " ", &save); t && argc < max; t = strtok_r(NULL, " ", &save)) argv[argc++] = t;
+    return argc;
+}
+
+static bool contains(const char *s, const char *sub) { return s && strstr(s, sub) != NULL; }
+
+static void test_defaults(void) {
+    pt_server_config c;
+    pt_server_config_default(&c);
+    CHECK(!strcmp(c.host, "127.0.0.1"));
+    CHECK_EQ_INT(c.port, 8000);
+    CHECK(c.api_key == NULL);
+    CHECK(!c.auth_health_metrics);
+    CHECK(!strcmp(c.model, "default"));
+    CHECK(c.served_model_name == NULL);
+    CHECK(c.chat_template == NULL);
+    CHECK_EQ_INT(c.max_model_len, 0);
+    CHECK(c.threads >= 1);
+    CHECK(c.threads <= sysconf(_SC_NPROCESSORS_CONF)); /* the cores this process may use */
+    CHECK_EQ_INT(c.tp, 1);
+    CHECK(!strcmp(c.devices, "cpu"));
+    CHECK_EQ_INT(c.page_size, 16);
+    CHECK_EQ_INT(c.kv_dtype, PT_DTYPE_F32);
+    CHECK_EQ_INT(c.kv_memory_mb, 1024);
+    CHECK_EQ_INT(c.max_running, 32);
+    CHECK_EQ_INT(c.max_batch_tokens, 512);
+    CHECK_EQ_INT(c.prefill_chunk, 256);
+    CHECK_EQ_INT(c.max_waiting, 256);
+    CHECK(c.request_timeout_s == 0);
+    CHECK(c.shutdown_grace_s == 30);
+    CHECK_EQ_INT(c.max_body_bytes, 8 << 20);
+    CHECK_EQ_INT(c.max_header_bytes, 16 << 10);
+    CHECK(c.idle_timeout_s == 60);
+    CHECK_EQ_INT(c.log_level, PT_LOG_INFO);
+    CHECK(c.config_path == NULL);
+    pt_server_config_free(&c);
+}
+
+/* Every key set to a value other than its default. */
+static const char *FULL =
+    "{\n"
+    "  \"server\": {\"host\": \"0.0.0.0\", \"port\": 9123, \"api_key\": \"sk-file\", \"auth_health_metrics\": true},\n"
+    "  \"model\": {\"path\": \"/models/Llama-3-8B-Instruct-Q4_K_M.gguf\", \"served_name\": \"llama\",\n"
+    "            \"chat_template\": \"llama3\", \"max_model_len\": 4096},\n"
+    "  \"engine\": {\"threads\": 6, \"tp\": 2, \"devices\": \"cpu\", \"page_size\": 32, \"kv_dtype\": \"f16\",\n"
+    "             \"kv_memory_mb\": 2048},\n"
+    "  \"scheduler\": {\"max_running\": 64, \"max_batch_tokens\": 1024, \"prefill_chunk\": 128, \"max_waiting\": 10,\n"
+    "                \"request_timeout_s\": 120.5, \"shutdown_grace_s\": 5},\n"
+    "  \"http\": {\"max_body_bytes\": 1048576, \"max_header_bytes\": 8192, \"idle_timeout_s\": 0},\n"
+    "  \"log_level\": \"debug\"\n"
+    "}\n";
+
+static void check_full(const pt_server_config *c) {
+    CHECK(!strcmp(c->host, "0.0.0.0"));
+    CHECK_EQ_INT(c->port, 9123);
+    CHECK(c->api_key && !strcmp(c->api_key, "sk-file"));
+    CHECK(c->auth_health_metrics);
+    CHECK(!strcmp(c->model, "/models/Llama-3-8B-Instruct-Q4_K_M.gguf"));
+    CHECK(c->served_model_name && !strcmp(c->served_model_name, "llama"));
+    CHECK(c->chat_template && !strcmp(c->chat_template, "llama3"));
+    CHECK_EQ_INT(c->max_model_len, 4096);
+    CHECK_EQ_INT(c->threads, 6);
+    CHECK_EQ_INT(c->tp, 2);
+    CHECK(!strcmp(c->devices, "cpu"));
+    CHECK_EQ_INT(c->page_size, 32);
+    CHECK_EQ_INT(c->kv_dtype, PT_DTYPE_F16);
+    CHECK_EQ_INT(c->kv_memory_mb, 2048);
+    CHECK_EQ_INT(c->max_running, 64);
+    CHECK_EQ_INT(c->max_batch_tokens, 1024);
+    CHECK_EQ_INT(c->prefill_chunk, 128);
+    CHECK_EQ_INT(c->max_waiting, 10);
+    CHECK(c->request_timeout_s == 120.5);
+    CHECK(c->shutdown_grace_s == 5);
+    CHECK_EQ_INT(c->max_body_bytes, 1048576);
+    CHECK_EQ_INT(c->max_header_bytes, 8192);
+    CHECK(c->idle_timeout_s == 0);
+    CHECK_EQ_INT(c->log_level, PT_LOG_DEBUG);
+}
+
+static void test_full_file(void) {
+    pt_server_config c;
+    pt_err err = {{0}};
+    pt_server_config_default(&c);
+    const char *path = write_file("full.json", FULL, 0);
+    int rc = pt_config_load_file(&c, path, &err);
+    CHECK_MSG(rc == PT_OK, "%s", err.msg);
+    check_full(&c);
+    CHECK(c.config_path && !strcmp(c.config_path, path));
+    CHECK(pt_config_finalize(&c, &err) == PT_OK);
+    CHECK(!strcmp(c.served_model_name, "llama")); /* set in the file: not derived */
+    pt_server_config_free(&c);
+}
+
+/* A file that sets a few keys leaves the others as they were. */
+static void test_partial_file_keeps_rest(void) {
+    pt_server_config c;
+    pt_err err = {{0}};
+    pt_server_config_default(&c);
+    c.max_running = 7; /* as if set by an earlier layer */
+    const char *path = write_file("partial.json", "{\"engine\": {\"page_size\": 64}, \"server\": {}}", 0);
+    CHECK_MSG(pt_config_load_file(&c, path, &err) == PT_OK, "%s", err.msg);
+    CHECK_EQ_INT(c.page_size, 64);
+    CHECK_EQ_INT(c.max_running, 7);
+    CHECK_EQ_INT(c.port, 8000);
+    pt_server_config_free(&c);
+}
+
+/* Dumping the full configuration and loading the dump gives it back. */
+static void test_dump_round_trip(void) {
+    pt_server_config a, b;
+    pt_err err = {{0}};
+    pt_server_config_default(&a);
+    CHECK(pt_config_load_file(&a, write_file("full.json", FULL, 0), &err) == PT_OK);
+    char *json = pt_config_to_json(&a, false);
+    pt_server_config_default(&b);
+    CHECK_MSG(pt_config_load_file(&b, write_file("dump.json", json, 0), &err) == PT_OK, "%s", err.msg);
+    check_full(&b);
+    char *red = pt_config_to_json(&a, true);
+    CHECK(!contains(red, "sk-file") && contains(red, "<redacted>"));
+    free(json);
+    free(red);
+    pt_server_config_free(&a);
+    pt_server_config_free(&b);
+}
+
+static void test_flags_over_file(void) {
+    pt_server_config c;
+    pt_err err = {{0}};
+    write_file("prec.json", "{\"server\": {\"port\": 9001, \"host\": \"10.0.0.1\"}, \"engine\": {\"threads\": 3}}", 0);
+    char line[256], *argv[32];
+    /* The flag comes before --config and still wins. */
+    snprintf(line, sizeof(line), "--port 9000 --config %s/prec.json -m synthetic:tiny-llama --kv-dtype=f16", tmpdir);
+    int argc = split_args(line, argv, 32);
+    pt_server_config_default(&c);
+    int rc = pt_config_apply_flags(&c, argc, argv, &err);
+    CHECK_MSG(rc == PT_OK, "%s", err.msg);
+    CHECK_EQ_INT(c.port, 9000);                  /* flag */
+    CHECK(!strcmp(c.host, "10.0.0.1"));          /* file */
+    CHECK_EQ_INT(c.threads, 3);                  /* file */
+    CHECK(!strcmp(c.model, "synthetic:tiny-llama")); /* flag */
+    CHECK_EQ_INT(c.kv_dtype, PT_DTYPE_F16);      /* --flag=value */
+    CHECK_EQ_INT(c.page_size, 16);               /* default */
+    CHECK(pt_config_finalize(&c, &err) == PT_OK);
+    CHECK(!strcmp(c.served_model_name, "synthetic:tiny-llama"));
+    pt_server_config_free(&c);
+
+    /* Repeated flags: the last one wins; a bare boolean flag means true. */
+    argc = split_args("--port 1 --port 2 -t 2 --threads 5 --auth-health-metrics", argv, 32);
+    pt_server_config_default(&c);
+    CHECK_MSG(pt_config_apply_flags(&c, argc, argv, &err) == PT_OK, "%s", err.msg);
+    CHECK_EQ_INT(c.port, 2);
+    CHECK_EQ_INT(c.threads, 5);
+    CHECK(c.auth_health_metrics);
+    argc = split_args("--auth-health-metrics=false", argv, 32);
+    CHECK(pt_config_apply_flags(&c, argc, argv, &err) == PT_OK);
+    CHECK(!c.auth_health_metrics);
+    pt_server_config_free(&c);
+}
+
+static void test_help(void) {
+    pt_server_config c;
+    pt_err err = {{0}};
+    char *argv[8];
+    int argc = split_args("--port 80a --help", argv, 8);
+    pt_server_config_default(&c);
+    CHECK_EQ_INT(pt_config_apply_flags(&c, argc, argv, &err), PT_CONFIG_HELP);
+    CHECK_EQ_INT(c.port, 8000);
+    pt_server_config_free(&c);
+
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    pt_config_usage(f);
+    fclose(f);
+    static const char *flags[] = {"--config", "--host", "--port", "-m, --model", "--served-model-name",
+                                  "--chat-template", "--api-key", "-t, --threads", "--tp", "--page-size",
+                                  "--kv-dtype", "--kv-memory-mb", "--max-model-len", "--max-running",
+                                  "--max-batch-tokens", "--max-waiting", "--log-level", "--help"};
+    for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
+        CHECK_MSG(contains(text, flags[i]), "usage lacks %s", flags[i]);
+    CHECK(contains(text, "default 8000"));
+    free(text);
+}
+
+static void test_env_api_key(void) {
+    pt_server_config c;
+    pt_err err = {{0}};
+    char *argv[8];
+    setenv("PROTEUS_API_KEY", "sk-env", 1);
+
+    pt_server_config_default(&c); /* nothing set: the environment's */
+    CHECK(pt_config_finalize(&c, &err) == PT_OK);
+    CHECK(c.api_key && !strcmp(c.api_key, "sk-env"));
+    pt_server_config_free(&c);
+
+    pt_server_config_default(&c); /* the file's wins */
+    CHECK(pt_config_load_file(&c, write_file("key.json", "{\"server\": {\"api_key\": \"sk-file\"}}", 0), &err) == 0);
+    CHECK(pt_config_finalize(&c, &err) == PT_OK);
+    CHECK(c.api_key && !strcmp(c.api_key, "sk-file"));
+    pt_server_config_free(&c);
+
+    pt_server_config_default(&c); /* the flag's wins */
+    int argc = split_args("--api-key sk-flag", argv, 8);
+    CHECK(pt_config_apply_flags(&c, argc, argv, &err) == PT_OK);
+    CHECK(pt_config_finalize(&c, &err) == PT_OK);
+    CHECK(c.api_key && !strcmp(c.api_key, "sk-flag"));
+    pt_server_config_free(&c);
+
+    setenv("PROTEUS_API_KEY", "", 1); /* empty: no authentication */
+    pt_server_config_default(&c);
+    CHECK(pt_config_finalize(&c, &err) == PT_OK);
+    CHECK(c.api_key == NULL);
+    pt_server_config_free(&c);
+    unsetenv("PROTEUS_API_KEY");
+    pt_server_config_default(&c);
+    CHECK(pt_config_finalize(&c, &err) == PT_OK);
+    CHECK(c.api_key == NULL);
+    pt_server_config_free(&c);
+}
+
+static void test_served_name(void) {
+    static const struct {
+        const char *model, *name;
+    } cases[] = {
+        {"default", "SmolLM2-135M-Instruct"},
+        {"/home/u/.cache/proteus/models/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct"},
+        {"Llama-3-8B-Instruct-Q4_K_M.gguf", "Llama-3-8B-Instruct"},
+        {"qwen2-0.5b.IQ3_XXS.GGUF", "qwen2-0.5b"},
+        {"phi-2.f16.gguf", "phi-2"},
+        {"tinyllama-1.1b.gguf", "tinyllama-1.1b"}, /* no tag: "1b" is not one */
+        {"/m/Qwen2.5-0.5B-Instruct/", "Qwen2.5-0.5B-Instruct"},
+        {"/m/Qwen2.5-0.5B-Instruct/model.safetensors", "Qwen2.5-0.5B-Instruct"},
+        {"/m/Llama/model-00001-of-00004.safetensors", "Llama"},
+        {"/m/weights.safetensors", "weights"},
+        {"synthetic:tiny-qwen2", "synthetic:tiny-qwen2"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *n = pt_config_derive_served_name(cases[i].model);
+        CHECK_MSG(!strcmp(n, cases[i].name), "%s -> %s, want %s", cases[i].model, n, cases[i].name);
+        free(n);
+    }
+}
+
+static void test_finalize_cross_checks(void) {
+    pt_server_config c;
+    pt_err err = {{0}};
+    char *argv[16];
+    int argc = split_args("--prefill-chunk 1024 --max-batch-tokens 512", argv, 16);
+    pt_server_config_default(&c);
+    CHECK(pt_config_apply_flags(&c, argc, argv, &err) == PT_OK);
+    CHECK(pt_config_finalize(&c, &err) < 0);
+    CHECK_MSG(contains(err.msg, "'scheduler.prefill_chunk' (1024) must not exceed 'scheduler.max_batch_tokens' (512)"),
+              "%s", err.msg);
+    pt_server_config_free(&c);
+
+    argc = split_args("--tp 4 --threads 2", argv, 16);
+    pt_server_config_default(&c);
+    CHECK(pt_config_apply_flags(&c, argc, argv, &err) == PT_OK);
+    CHECK(pt_config_finalize(&c, &err) < 0);
+    CHECK_MSG(contains(err.msg, "'engine.tp' (4) must not exceed 'engine.threads' (2)"), "%s", err.msg);
+    pt_server_config_free(&c);
+}
+
+/* Each bad input: a file body (NULL: only flags), extra flags, and the
+ * substring the message must contain. File messages must also begin with
+ * the file's path; the configuration must be left as it was. */
+static const struct {
+    const char *file;
+    const char *flags;
+    const char *want;
+} BAD[] = {
+    {"{\"engine\": {\"thread\": 4}}", NULL, "unknown key 'engine.thread' (did you mean 'engine.threads'?)"},
+    {"{\"server\": {\"threads\": 4}}", NULL, "unknown key 'server.threads' (did you mean 'engine.threads'?)"},
+    {"{\"bogus\": 1}", NULL, "unknown key 'bogus'"},
+    {"{\"server\": {\"port\": \"80a\"}}", NULL, "'server.port' must be an integer in [1, 65535], got \"80a\""},
+    {"{\"server\": {\"port\": 70000}}", NULL, "'server.port' must be an integer in [1, 65535], got 70000"},
+    {"{\"server\": {\"port\": 80.5}}", NULL, "'server.port' must be an integer in [1, 65535], got 80.5"},
+    {"{\"server\": {\"port\": 0}}", NULL, "'server.port' must be an integer in [1, 65535], got 0"},
+    {"{\"engine\": {\"page_size\": 24}}", NULL, "'engine.page_size' must be a power of two in [1, 256], got 24"},
+    {"{\"engine\": {\"page_size\": 512}}", NULL, "'engine.page_size' must be a power of two in [1, 256], got 512"},
+    {"{\"engine\": {\"kv_dtype\": \"bf16\"}}", NULL, "'engine.kv_dtype' must be one of \"f32\" or \"f16\", got \"bf16\""},
+    {"{\"engine\": {\"devices\": \"cuda\"}}", NULL, "'engine.devices' must be \"cpu\" (CUDA devices are not supported"},
+    {"{\"engine\": {\"tp\": 0}}", NULL, "'engine.tp' must be an integer in [1, 64], got 0"},
+    {"{\"model\": {\"chat_template\": \"vicuna\"}}", NULL,
+     "'model.chat_template' must be one of \"chatml\", \"llama3\", \"llama2\", \"mistral\" or null, got \"vicuna\""},
+    {"{\"model\": {\"path\": \"\"}}", NULL, "'model.path' must be a non-empty string, got \"\""},
+    {"{\"model\": {\"path\": null}}", NULL, "'model.path' must be a non-empty string, got null"},
+    {"{\"server\": {\"api_key\": 42}}", NULL, "'server.api_key' must be a non-empty string or null, got 42"},
+    {"{\"server\": {\"auth_health_metrics\": \"yes\"}}", NULL, "'server.auth_health_metrics' must be true or false"},
+    {"{\"scheduler\": {\"request_timeout_s\": -1}}", NULL, "'scheduler.request_timeout_s' must be a number in [0, 604800], got -1"},
+    {"{\"http\": {\"max_body_bytes\": 10}}", NULL, "'http.max_body_bytes' must be an integer in [1024, 1073741824], got 10"},
+    {"{\"log_level\": \"verbose\"}", NULL, "'log_level' must be one of \"debug\", \"info\", \"warn\" or \"error\""},
+    {"{\"server\": 5}", NULL, "'server' must be an object, got a number"},
+    {"[1, 2]", NULL, "the top level must be a JSON object, got an array"},
+    {"\"x\"", NULL, "the top level must be a JSON object, got a string"},
+    {"{\"server\": {\"port\": 1, \"port\": 2}}", NULL, "duplicate key 'server.port'"},
+    {"{\"log_level\": \"info\", \"log_level\": \"info\"}", NULL, "duplicate key 'log_level'"},
+    {"{\"server\": {\"port\": 1}, \"server\": {}}", NULL, "duplicate key 'server'"},
+    {"{\n  \"server\": {\"port\": }\n}\n", NULL, ":2:22: malformed JSON at byte 23, near 'rver\": {\"port\": }'"},
+    {"{\"server\": {\"port\": 8000,}}", NULL, ":1:27: malformed JSON at byte 26, near ' {\"port\": 8000,}}'"},
+    {"{\"server\": {\"port\": 8000}", NULL, ":1:26: malformed JSON at byte 25: unexpected end of file"},
+    {"{\"a\": 1} trailing", NULL, ":1:10: malformed JSON at byte 9, near '{\"a\": 1} trailing'"},
+    {"", NULL, "empty file (expected a JSON object)"},
+    {" \n\t\n", NULL, "empty file (expected a JSON object)"},
+    {"{\"Server\": {}}", NULL, "unknown key 'Server' (did you mean 'server'?)"}, /* keys are case-sensitive */
+    /* flags */
+    {NULL, "--port 80a", "--port: must be an integer in [1, 65535], got \"80a\""},
+    {NULL, "--port=", "--port: must be an integer in [1, 65535], got \"\""},
+    {NULL, "--port", "--port: missing value"},
+    {NULL, "--page-size 3", "--page-size: must be a power of two in [1, 256], got \"3\""},
+    {NULL, "-t 0", "-t: must be an integer in [1, 1024], got \"0\""},
+    {NULL, "--threads 4x", "--threads: must be an integer in [1, 1024], got \"4x\""},
+    {NULL, "--kv-dtype q8", "--kv-dtype: must be one of \"f32\" or \"f16\", got \"q8\""},
+    {NULL, "--prot 9000", "unknown option '--prot' (did you mean '--port'?)"},
+    {NULL, "--devices cuda", "--devices: must be \"cpu\""},
+    {NULL, "--api-key=", "--api-key: must be a non-empty string or null, got \"\""},
+    {NULL, "--request-timeout nan", "--request-timeout: must be a number in [0, 604800], got \"nan\""},
+    {NULL, "--auth-health-metrics=maybe", "--auth-health-metrics: must be true or false, got \"maybe\""},
+    {NULL, "serve.json", "unexpected argument 'serve.json'"},
+    {NULL, "--config a.json --config b.json", "--config: given more than once"},
+    {NULL, "--config /nonexistent/proteus.json", "/nonexistent/proteus.json: cannot open config file: No such file"},
+    {NULL, "--config /tmp", "/tmp: not a regular file"},
+    /* a bad file is reported even when a flag would override the key */
+    {"{\"server\": {\"port\": -1}}", "--port 9000", "'server.port' must be an integer in [1, 65535], got -1"},
+};
+
+static void test_bad_inputs(void) {
+    for (size_t i = 0; i < sizeof(BAD) / sizeof(BAD[0]); i++) {
+        pt_server_config c;
+        pt_err err = {{0}};
+        pt_server_config_default(&c);
+        char *before = pt_config_to_json(&c, false);
+        int rc;
+        const char *path = NULL;
+        if (BAD[i].file) {
+            path = write_file("config.json", BAD[i].file, 0);
+            if (BAD[i].flags) {
+                char line[512], *argv[16];
+                snprintf(line, sizeof(line), "--config %s %s", path, BAD[i].flags);
+                rc = pt_config_apply_flags(&c, split_args(line, argv, 16), argv, &err);
+            } else {
+                rc = pt_config_load_file(&c, path, &err);
+            }
+        } else {
+            char *argv[16];
+            rc = pt_config_apply_flags(&c, split_args(BAD[i].flags, argv, 16), argv, &err);
+        }
+        CHECK_MSG(rc < 0, "case %zu accepted", i);
+        CHECK_MSG(contains(err.msg, BAD[i].want), "case %zu: got '%s', want '%s'", i, err.msg, BAD[i].want);
+        if (path) CHECK_MSG(!strncmp(err.msg, path, strlen(path)), "case %zu: '%s' does not begin with the path", i,
+                            err.msg);
+        char *after = pt_config_to_json(&c, false);
+        CHECK_MSG(!strcmp(before, after), "case %zu changed the configuration", i);
+        free(before);
+        free(after);
+        pt_server_config_free(&c);
+    }
+}
+
+/* Files that are not JSON text at all. */
+static void test_bad_file_bytes(void) {
+    pt_server_config c;
+    pt_err err = {{0}};
+    pt_server_config_default(&c);
+    const char *path = write_file("nul.json", "{\"a\"\0: 1}", 9);
+    CHECK(pt_config_load_file(&c, path, &err) == PT_ERR_FORMAT);
+    CHECK_MSG(contains(err.msg, "NUL byte at byte 4"), "%s", err.msg);
+    path = write_file("ctl.json", "{\"serv\x01" "er\": 1}", 0);
+    CHECK(pt_config_load_file(&c, path, &err) == PT_ERR_FORMAT);
+    CHECK_MSG(contains(err.msg, "unknown key 'serv?er'"), "%s", err.msg); /* control byte not echoed */
+    CHECK(pt_config_load_file(&c, tmpdir, &err) == PT_ERR_IO);
+    CHECK_MSG(contains(err.msg, "not a regular file"), "%s", err.msg);
+    pt_server_config_free(&c);
+}
+
+/* README.md documents every key (the list here is written independently of
+ * the table in config.c, and the dump must have exactly these keys). */
+static void test_every_key_documented(void) {
+    static const char *keys[] = {
+        "server.host", "server.port", "server.api_key", "server.auth_health_metrics", "model.path",
+        "model.served_name", "model.chat_template", "model.max_model_len", "engine.threads", "engine.tp",
+        "engine.devices", "engine.page_size", "engine.kv_dtype", "engine.kv_memory_mb", "scheduler.max_running",
+        "scheduler.max_batch_tokens", "scheduler.prefill_chunk", "scheduler.max_waiting",
+        "scheduler.request_timeout_s", "scheduler.shutdown_grace_s", "http.max_body_bytes", "http.max_header_bytes",
+        "http.idle_timeout_s", "log_level"};
+    const size_t n = sizeof(keys) / sizeof(keys[0]);
+    pt_server_config c;
+    pt_server_config_default(&c);
+    char *json = pt_config_to_json(&c, false);
+    size_t leaves = 0;
+    for (const char *p = json; (p = strstr(p, "\":")); p++) leaves++;
+    CHECK_EQ_INT(leaves, n + 5); /* keys + the five section objects */
+    for (size_t i = 0; i < n; i++) {
+        const char *leaf = strrchr(keys[i], '.');
+        char q[64];
+        snprintf(q, sizeof(q), "\"%s\":", leaf ? leaf + 1 : keys[i]);
+        CHECK_MSG(contains(json, q), "dump lacks %s", keys[i]);
+    }
+    free(json);
+    pt_server_config_free(&c);
+
+    const char *src = getenv("PROTEUS_SOURCE_DIR");
+    char path[512];
+    snprintf(path, sizeof(path), "%s/README.md", src ? src : ".");
+    FILE *f = fopen(path, "rb");
+    CHECK_MSG(f != NULL, "cannot open %s", path);
+    if (!f) return;
+    static char text[1 << 20];
+    size_t len = fread(text, 1, sizeof(text) - 1, f);
+    text[len] = '\0';
+    fclose(f);
+    const char *sec = strstr(text, "## Configuration (`proteus serve`)");
+    CHECK_MSG(sec != NULL, "README.md has no configuration section");
+    for (size_t i = 0; sec && i < n; i++) {
+        char q[64];
+        snprintf(q, sizeof(q), "`%s`", keys[i]);
+        CHECK_MSG(contains(sec, q), "README.md does not document %s", keys[i]);
+    }
+}
+
+static void setup(void) {
+    const char *t = getenv("TMPDIR");
+    snprintf(tmpdir, sizeof(tmpdir), "%s/pt_config_XXXXXX", t && strlen(t) < 40 ? t : "/tmp");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        exit(1);
+    }
+    unsetenv("PROTEUS_API_KEY");
+}
+
+static void teardown(void) {
+    static const char *files[] = {"full.json", "partial.json", "dump.json", "prec.json", "key.json",
+                                  "config.json", "nul.json", "ctl.json"};
+    char path[128];
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", tmpdir, files[i]);
+        unlink(path);
+    }
+    CHECK_MSG(rmdir(tmpdir) == 0, "leftover files in %s", tmpdir);
+}
+
+TEST_MAIN(TEST(setup), TEST(test_defaults), TEST(test_full_file), TEST(test_partial_file_keeps_rest),
+          TEST(test_dump_round_trip), TEST(test_flags_over_file), TEST(test_help), TEST(test_env_api_key),
+          TEST(test_served_name), TEST(test_finalize_cross_checks), TEST(test_bad_inputs), TEST(test_bad_file_bytes),
+          TEST(test_every_key_documented), TEST(teardown))
