@@ -8,6 +8,7 @@ static void usage(FILE *f) {
     fputs("usage: proteus <command> [options]\n"
           "\n"
           "commands:\n"
+          "  serve      OpenAI-compatible HTTP server (see README: Configuration)\n"
           "  generate   generate text from a prompt or a chat message, streamed\n"
           "  perf       measure prompt processing and generation speed\n"
           "\n"
@@ -21,6 +22,7 @@ int main(int argc, char **argv) {
         return CLI_USAGE;
     }
     const char *cmd = argv[1];
+    if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
     if (!strcmp(cmd, "perf")) return cmd_perf(argc - 1, argv + 1);
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {

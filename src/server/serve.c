@@ -1,0 +1,783 @@
+/* The server: routes, authentication, generation calls and their events.
+ *
+ * A generation call (one HTTP request) fans out into n_choices batcher
+ * requests (prompts x n). The batcher thread reports events through
+ * on_batch_event, which copies them into a queue; the loop thread drains it in
+ * on_async and writes SSE chunks or, at the end, one JSON body. A call lives
+ * until every choice has sent its final event AND the HTTP side is done
+ * (answered, or released after the client went away). */
+#define _GNU_SOURCE
+#include "proteus/serve.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <uv.h>
+
+#include "proteus/batcher.h"
+#include "proteus/chat_template.h"
+#include "proteus/engine.h"
+#include "proteus/http.h"
+#include "proteus/metrics.h"
+#include "proteus/model_file.h"
+#include "proteus/openai_api.h"
+#include "proteus/tokenizer.h"
+
+typedef struct serve serve;
+typedef struct call call;
+
+typedef struct {
+    call *c;
+    uint32_t index;
+    uint64_t batch_id;
+    bool submitted, done;
+    pt_oai_finish finish;
+    uint32_t prompt_tokens, completion_tokens;
+    char *text;           /* non-streaming: accumulated text */
+    size_t text_len, text_cap;
+    pt_oai_token_lp *lps; /* non-streaming logprobs, one per token */
+    pt_oai_lp_entry *lp_top;
+    size_t n_lps, cap_lps;
+    bool sent_role;
+    double t_last;
+} choice;
+
+struct call {
+    serve *s;
+    pt_http_request *req; /* NULL once the HTTP side is finished */
+    pt_oai_kind kind;
+    bool stream, include_usage, logprobs;
+    int top_logprobs;
+    char id[PT_OAI_ID_MAX];
+    int64_t created;
+    char *model;
+    choice *choices;
+    uint32_t n_choices, n_done;
+    bool failed;          /* an error was reported to the client */
+    double t_submit;
+    uint64_t tokens_in, tokens_out;
+    call *prev, *next;    /* serve's list of live calls */
+};
+
+/* One batcher event copied for the loop thread. */
+typedef struct event {
+    struct event *next;
+    choice *ch;
+    char *text;
+    size_t text_len;
+    int32_t token;
+    float logprob;
+    pt_token_logprob top[PT_LOGPROBS_MAX];
+    size_t n_top;
+    pt_finish_reason finish;
+    uint32_t prompt_tokens, completion_tokens;
+    double t_admitted;
+    char *error;
+} event;
+
+struct serve {
+    const pt_server_config *cfg;
+    uv_loop_t loop;
+    uv_async_t async;
+    uv_signal_t sigint, sigterm;
+    uv_timer_t grace;
+    pt_http_server *http;
+    pt_model_file mf;
+    pt_tokenizer *tok;
+    pt_engine *engine;
+    pt_batcher *batcher;
+    pt_chat_template ct;
+    bool have_ct;
+    pt_metrics metrics;
+    const char *model_name;
+    uint32_t max_ctx;
+    pthread_mutex_t mu;
+    event *ev_head, *ev_tail;
+    call *calls;
+    bool shutting_down;
+    pt_rng rng;
+    char *piece;
+    size_t piece_cap;
+};
+
+/* ---- helpers ---- */
+
+static void send_error(pt_http_request *req, int status, const char *type, const char *code, const char *param,
+                       const char *msg, const char *extra_headers) {
+    pt_oai_error e;
+    pt_oai_error_set(&e, status, type, code, param, "%s", msg);
+    char *body = pt_oai_error_json(&e);
+    pt_http_respond(req, status, "application/json", body, strlen(body), extra_headers);
+    free(body);
+}
+
+static void send_oai_error(pt_http_request *req, const pt_oai_error *e) {
+    char *body = pt_oai_error_json(e);
+    pt_http_respond(req, e->status, "application/json", body, strlen(body), NULL);
+    free(body);
+}
+
+static void send_json(pt_http_request *req, int status, char *body) {
+    pt_http_respond(req, status, "application/json", body, strlen(body), NULL);
+    free(body);
+}
+
+static bool authorized(serve *s, pt_http_request *req) {
+    const char *key = s->cfg->api_key;
+    if (!key) return true;
+    const char *h = pt_http_header(req, "authorization");
+    static const char bearer[] = "Bearer ";
+    if (!h || strncasecmp(h, bearer, sizeof(bearer) - 1) != 0) return false;
+    h += sizeof(bearer) - 1;
+    return pt_http_const_time_eq(h, strlen(h), key, strlen(key));
+}
+
+static pt_oai_finish oai_finish(pt_finish_reason f) {
+    return f == PT_FINISH_LENGTH ? PT_OAI_FINISH_LENGTH : PT_OAI_FINISH_STOP;
+}
+
+static pt_oai_limits limits_of(serve *s) {
+    pt_oai_limits lim = {&s->model_name, 1, s->max_ctx, pt_engine_config(s->engine)->vocab_size};
+    return lim;
+}
+
+/* ---- call lifetime ---- */
+
+static void call_free(call *c) {
+    serve *s = c->s;
+    if (c->prev) c->prev->next = c->next;
+    else s->calls = c->next;
+    if (c->next) c->next->prev = c->prev;
+    for (uint32_t i = 0; i < c->n_choices; i++) {
+        choice *ch = &c->choices[i];
+        free(ch->text);
+        for (size_t k = 0; k < ch->n_lps; k++) free((char *)ch->lps[k].chosen.text);
+        for (size_t k = 0; k < ch->n_lps * (size_t)c->top_logprobs; k++) free((char *)ch->lp_top[k].text);
+        free(ch->lps);
+        free(ch->lp_top);
+    }
+    free(c->choices);
+    free(c->model);
+    free(c);
+}
+
+/* Frees the call once nothing refers to it any more. */
+static void call_maybe_free(call *c) {
+    if (!c->req && c->n_done == c->n_choices) call_free(c);
+}
+
+static void call_cancel_all(call *c) {
+    for (uint32_t i = 0; i < c->n_choices; i++)
+        if (c->choices[i].submitted && !c->choices[i].done) pt_batcher_cancel(c->s->batcher, c->choices[i].batch_id);
+}
+
+/* The client went away: stop generating, give the request back. */
+static void on_abort(void *ctx) {
+    call *c = ctx;
+    call_cancel_all(c);
+    if (c->req) {
+        pt_http_request_release(c->req);
+        c->req = NULL;
+    }
+    call_maybe_free(c);
+}
+
+static void set_log_extra(call *c) {
+    char extra[96];
+    snprintf(extra, sizeof(extra), "tokens_in=%llu tokens_out=%llu", (unsigned long long)c->tokens_in,
+             (unsigned long long)c->tokens_out);
+    pt_http_request_set_log_extra(c->req, extra);
+}
+
+/* ---- events: batcher thread -> loop thread ---- */
+
+static void on_batch_event(void *user, const pt_gen_event *ev) {
+    choice *ch = user;
+    serve *s = ch->c->s;
+    event *e = pt_xcalloc(1, sizeof(*e));
+    e->ch = ch;
+    if (ev->text_len) {
+        e->text = pt_xmalloc(ev->text_len);
+        memcpy(e->text, ev->text, ev->text_len);
+        e->text_len = ev->text_len;
+    }
+    e->token = ev->token;
+    e->logprob = ev->logprob;
+    e->n_top = ev->n_top;
+    if (ev->n_top) memcpy(e->top, ev->top, ev->n_top * sizeof(pt_token_logprob));
+    e->finish = ev->finish;
+    e->prompt_tokens = ev->prompt_tokens;
+    e->completion_tokens = ev->completion_tokens;
+    e->t_admitted = ev->t_admitted;
+    if (ev->error) e->error = pt_xstrdup(ev->error);
+    pthread_mutex_lock(&s->mu);
+    if (s->ev_tail) s->ev_tail->next = e;
+    else s->ev_head = e;
+    s->ev_tail = e;
+    pthread_mutex_unlock(&s->mu);
+    uv_async_send(&s->async);
+}
+
+static char *piece_of(serve *s, int32_t tok, size_t *len) {
+    size_t n = pt_tokenizer_piece(s->tok, tok, NULL, 0);
+    char *p = pt_xmalloc(n + 1);
+    pt_tokenizer_piece(s->tok, tok, p, n);
+    p[n] = 0;
+    *len = n;
+    return p;
+}
+
+static void fill_lp(serve *s, const event *e, int top_n, pt_oai_token_lp *lp, pt_oai_lp_entry *top) {
+    size_t len;
+    char *t = piece_of(s, e->token, &len);
+    lp->chosen = (pt_oai_lp_entry){t, len, e->logprob};
+    size_t n = e->n_top < (size_t)top_n ? e->n_top : (size_t)top_n;
+    for (size_t k = 0; k < n; k++) {
+        char *tt = piece_of(s, e->top[k].token, &len);
+        top[k] = (pt_oai_lp_entry){tt, len, e->top[k].logprob};
+    }
+    for (size_t k = n; k < (size_t)top_n; k++) top[k] = (pt_oai_lp_entry){pt_xstrdup(""), 0, -9999.0f};
+    lp->top = top;
+    lp->n_top = (size_t)top_n;
+}
+
+static void stream_write(call *c, char *json) {
+    size_t len;
+    char *frame = pt_oai_sse_frame(json, &len);
+    free(json);
+    if (c->req) pt_http_stream_write(c->req, frame, len);
+    free(frame);
+}
+
+/* All choices done: the usage chunk, [DONE], or the whole JSON body. */
+static void call_complete(call *c) {
+    serve *s = c->s;
+    pt_oai_usage u = {0, 0};
+    for (uint32_t i = 0; i < c->n_choices; i++) {
+        /* Each prompt counts once, whatever n is. */
+        u.completion_tokens += c->choices[i].completion_tokens;
+    }
+    uint32_t n_per_prompt = c->n_choices;
+    (void)n_per_prompt;
+    for (uint32_t i = 0; i < c->n_choices; i++) u.prompt_tokens += c->choices[i].prompt_tokens;
+    pt_oai_meta meta = {c->id, c->created, c->model};
+    if (!c->req) return;
+    set_log_extra(c);
+    if (c->stream) {
+        if (c->include_usage && !c->failed) stream_write(c, pt_oai_usage_chunk_json(&meta, c->kind, &u));
+        pt_http_stream_write(c->req, PT_OAI_SSE_DONE, strlen(PT_OAI_SSE_DONE));
+        pt_http_stream_end(c->req);
+        c->req = NULL;
+        return;
+    }
+    if (c->failed) return;
+    pt_oai_choice *oc = pt_xcalloc(c->n_choices, sizeof(*oc));
+    for (uint32_t i = 0; i < c->n_choices; i++) {
+        choice *ch = &c->choices[i];
+        oc[i] = (pt_oai_choice){.index = i, .text = ch->text ? ch->text : "", .len = ch->text_len,
+                                .finish = ch->finish, .has_logprobs = c->logprobs, .lp = ch->lps, .n_lp = ch->n_lps};
+    }
+    char *body = c->kind == PT_OAI_CHAT ? pt_oai_chat_completion_json(&meta, oc, c->n_choices, &u)
+                                        : pt_oai_text_completion_json(&meta, oc, c->n_choices, &u);
+    free(oc);
+    send_json(c->req, 200, body);
+    c->req = NULL;
+    (void)s;
+}
+
+static void handle_event(serve *s, event *e) {
+    choice *ch = e->ch;
+    call *c = ch->c;
+    double now = pt_now();
+    bool final = e->finish != PT_FINISH_NONE;
+    if (e->token >= 0) {
+        if (ch->t_last == 0) pt_histogram_observe(&s->metrics.ttft, now - c->t_submit);
+        else pt_histogram_observe(&s->metrics.itl, now - ch->t_last);
+        ch->t_last = now;
+        s->metrics.generation_tokens++;
+        c->tokens_out++;
+    }
+    if (final) {
+        ch->done = true;
+        c->n_done++;
+        ch->finish = oai_finish(e->finish);
+        ch->prompt_tokens = e->prompt_tokens;
+        ch->completion_tokens = e->completion_tokens;
+        pt_histogram_observe(&s->metrics.e2e, now - c->t_submit);
+        if (e->t_admitted > 0) pt_histogram_observe(&s->metrics.queue, e->t_admitted - c->t_submit);
+        pt_finish_class fc = e->finish == PT_FINISH_STOP     ? PT_REASON_STOP
+                             : e->finish == PT_FINISH_LENGTH ? PT_REASON_LENGTH
+                             : e->finish == PT_FINISH_ERROR  ? PT_REASON_ERROR
+                                                             : PT_REASON_ABORT;
+        s->metrics.finished[fc]++;
+    }
+    if (c->req && !c->failed && (e->finish == PT_FINISH_ERROR || e->finish == PT_FINISH_CANCELLED)) {
+        /* The engine could not finish it (or the server is stopping): tell the client once. */
+        c->failed = true;
+        call_cancel_all(c);
+        const char *msg = e->finish == PT_FINISH_ERROR ? (e->error ? e->error : "generation failed")
+                                                       : "the request was cancelled: the server is shutting down";
+        if (c->stream) {
+            pt_oai_error err;
+            pt_oai_error_set(&err, 500, "server_error", NULL, NULL, "%s", msg);
+            stream_write(c, pt_oai_error_json(&err));
+        } else {
+            send_error(c->req, e->finish == PT_FINISH_ERROR ? 500 : 503, "server_error", NULL, NULL, msg, NULL);
+            c->req = NULL;
+        }
+    } else if (c->req && !c->failed) {
+        pt_oai_token_lp lp;
+        pt_oai_lp_entry top[PT_LOGPROBS_MAX];
+        bool has_lp = c->logprobs && e->token >= 0;
+        if (c->stream) {
+            if (e->text_len || final || has_lp || !ch->sent_role) {
+                if (has_lp) fill_lp(s, e, c->top_logprobs, &lp, top);
+                pt_oai_choice oc = {.index = ch->index, .text = e->text ? e->text : "", .len = e->text_len,
+                                    .role = c->kind == PT_OAI_CHAT && !ch->sent_role,
+                                    .finish = final ? oai_finish(e->finish) : PT_OAI_FINISH_NONE,
+                                    .has_logprobs = has_lp, .lp = has_lp ? &lp : NULL, .n_lp = has_lp ? 1 : 0};
+                ch->sent_role = true;
+                pt_oai_meta meta = {c->id, c->created, c->model};
+                stream_write(c, pt_oai_chunk_json(&meta, c->kind, &oc, c->include_usage));
+                if (has_lp) {
+                    free((char *)lp.chosen.text);
+                    for (size_t k = 0; k < lp.n_top; k++) free((char *)top[k].text);
+                }
+            }
+        } else {
+            if (e->text_len) {
+                if (ch->text_len + e->text_len + 1 > ch->text_cap) {
+                    ch->text_cap = (ch->text_len + e->text_len + 1) * 2;
+                    ch->text = realloc(ch->text, ch->text_cap);
+                    if (!ch->text) abort();
+                }
+                memcpy(ch->text + ch->text_len, e->text, e->text_len);
+                ch->text_len += e->text_len;
+                ch->text[ch->text_len] = 0;
+            }
+            if (has_lp) {
+                if (ch->n_lps == ch->cap_lps) {
+                    ch->cap_lps = ch->cap_lps ? ch->cap_lps * 2 : 16;
+                    ch->lps = realloc(ch->lps, ch->cap_lps * sizeof(*ch->lps));
+                    ch->lp_top = realloc(ch->lp_top, ch->cap_lps * (size_t)(c->top_logprobs + 1) * sizeof(*ch->lp_top));
+                    if (!ch->lps || !ch->lp_top) abort();
+                    /* lp_top moved: re-point every entry's top list. */
+                    for (size_t k = 0; k < ch->n_lps; k++) ch->lps[k].top = ch->lp_top + k * (size_t)c->top_logprobs;
+                }
+                fill_lp(s, e, c->top_logprobs, &ch->lps[ch->n_lps], ch->lp_top + ch->n_lps * (size_t)c->top_logprobs);
+                ch->n_lps++;
+            }
+        }
+    }
+    if (final && c->n_done == c->n_choices) call_complete(c);
+    call_maybe_free(c);
+}
+
+static void on_async(uv_async_t *h) {
+    serve *s = h->data;
+    pthread_mutex_lock(&s->mu);
+    event *e = s->ev_head;
+    s->ev_head = s->ev_tail = NULL;
+    pthread_mutex_unlock(&s->mu);
+    while (e) {
+        event *next = e->next;
+        handle_event(s, e);
+        free(e->text);
+        free(e->error);
+        free(e);
+        e = next;
+    }
+}
+
+/* ---- generation requests ---- */
+
+static int tokenize_text(serve *s, const char *text, bool add_bos, int32_t **ids, size_t *n, pt_oai_error *oe) {
+    pt_err err;
+    /* Special-token strings become special tokens, as Hugging Face's tokenizer does by default. */
+    if (pt_tokenizer_encode(s->tok, text, strlen(text), add_bos, true, ids, n, &err) != 0)
+        return pt_oai_error_set(oe, 400, "invalid_request_error", NULL, "prompt", "%s", err.msg);
+    return 0;
+}
+
+static void handle_generate(serve *s, pt_http_request *req, pt_oai_kind kind) {
+    size_t blen;
+    const char *body = pt_http_body(req, &blen);
+    pt_oai_limits lim = limits_of(s);
+    pt_oai_request r;
+    pt_oai_error oe;
+    if (pt_oai_parse(&r, kind, body, blen, &lim, &oe) != 0) {
+        send_oai_error(req, &oe);
+        return;
+    }
+    /* Prompts as token ids: one per completion prompt, or the rendered chat. */
+    size_t n_prompts = kind == PT_OAI_CHAT ? 1 : r.n_prompts;
+    int32_t **ids = pt_xcalloc(n_prompts, sizeof(int32_t *));
+    size_t *lens = pt_xcalloc(n_prompts, sizeof(size_t));
+    bool owned_ids = true;
+    int rc = 0;
+    if (kind == PT_OAI_CHAT) {
+        char *text = NULL;
+        if (!s->have_ct) {
+            rc = pt_oai_error_set(&oe, 400, "invalid_request_error", NULL, "messages",
+                                  "this model has no chat template; use /v1/completions or start the server "
+                                  "with --chat-template");
+        } else if ((rc = pt_oai_render_chat(&r, &s->ct, &text, &oe)) == 0) {
+            rc = tokenize_text(s, text, false, &ids[0], &lens[0], &oe);
+        }
+        free(text);
+    } else {
+        for (size_t i = 0; i < n_prompts && rc == 0; i++) {
+            if (r.prompts[i].text) {
+                rc = tokenize_text(s, r.prompts[i].text, pt_tokenizer_add_bos(s->tok), &ids[i], &lens[i], &oe);
+            } else {
+                ids[i] = pt_xmalloc(r.prompts[i].n_tokens * sizeof(int32_t));
+                memcpy(ids[i], r.prompts[i].tokens, r.prompts[i].n_tokens * sizeof(int32_t));
+                lens[i] = r.prompts[i].n_tokens;
+            }
+        }
+    }
+    (void)owned_ids;
+    for (size_t i = 0; i < n_prompts && rc == 0; i++) {
+        if (lens[i] == 0) {
+            rc = pt_oai_error_set(&oe, 400, "invalid_request_error", NULL, kind == PT_OAI_CHAT ? "messages" : "prompt",
+                                  "the prompt is empty after tokenization");
+        } else if (lens[i] >= s->max_ctx ||
+                   (r.max_tokens > 0 && lens[i] + (uint64_t)r.max_tokens > s->max_ctx)) {
+            rc = pt_oai_error_set(&oe, 400, "invalid_request_error", NULL, "max_tokens",
+                                  "This model's maximum context length is %u tokens. However, you requested %llu "
+                                  "tokens (%zu in the messages, %lld in the completion). Please reduce the length of "
+                                  "the messages or completion.",
+                                  s->max_ctx, (unsigned long long)(lens[i] + (r.max_tokens > 0 ? r.max_tokens : 0)),
+                                  lens[i], (long long)(r.max_tokens > 0 ? r.max_tokens : 0));
+        }
+    }
+    if (rc != 0) {
+        send_oai_error(req, &oe);
+        goto out;
+    }
+
+    call *c = pt_xcalloc(1, sizeof(*c));
+    c->s = s;
+    c->req = req;
+    c->kind = kind;
+    c->stream = r.stream;
+    c->include_usage = r.include_usage;
+    c->logprobs = r.logprobs;
+    c->top_logprobs = r.logprobs ? r.top_logprobs : 0;
+    c->model = pt_xstrdup(r.model ? r.model : s->model_name);
+    c->created = (int64_t)time(NULL);
+    c->t_submit = pt_now();
+    pt_oai_make_id(c->id, kind, pt_rng_next(&s->rng), pt_rng_next(&s->rng));
+    c->n_choices = (uint32_t)(n_prompts * (size_t)r.n);
+    c->choices = pt_xcalloc(c->n_choices, sizeof(choice));
+    c->next = s->calls;
+    if (s->calls) s->calls->prev = c;
+    s->calls = c;
+    pt_http_request_set_callbacks(req, NULL, on_abort, c);
+
+    uint64_t seed = r.has_seed ? r.sampling.seed : pt_rng_next(&s->rng);
+    int busy = 0;
+    pt_err err = {{0}};
+    for (uint32_t i = 0; i < c->n_choices; i++) {
+        choice *ch = &c->choices[i];
+        size_t pi = i / (uint32_t)r.n;
+        ch->c = c;
+        ch->index = i;
+        pt_gen_params p = {0};
+        p.prompt = ids[pi];
+        p.n_prompt = lens[pi];
+        p.sampling = r.sampling;
+        /* Choices of one prompt draw from different streams of the same seed. */
+        p.sampling.seed = seed + i;
+        p.max_tokens = (uint32_t)(r.max_tokens > 0 ? (uint64_t)r.max_tokens : s->max_ctx - lens[pi]);
+        p.stops = (const char *const *)r.stop;
+        p.n_stops = r.n_stop;
+        p.include_stop = r.include_stop;
+        p.ignore_eos = r.ignore_eos;
+        p.top_logprobs = r.logprobs ? r.top_logprobs : -1;
+        p.cb = on_batch_event;
+        p.user = ch;
+        int src = pt_batcher_submit(s->batcher, &p, &ch->batch_id, &err);
+        if (src != 0) {
+            busy = src;
+            break;
+        }
+        ch->submitted = true;
+        c->tokens_in += lens[pi];
+        if (i % (uint32_t)r.n == 0) s->metrics.prompt_tokens += lens[pi];
+    }
+    if (busy) {
+        /* Take back what was queued; the call frees itself when those report. */
+        for (uint32_t i = 0; i < c->n_choices; i++) {
+            if (!c->choices[i].submitted) {
+                c->choices[i].done = true;
+                c->n_done++;
+            }
+        }
+        call_cancel_all(c);
+        c->failed = true;
+        if (busy == PT_ERR_BUSY) {
+            s->metrics.rejected_busy++;
+            send_error(req, 429, "rate_limit_error", NULL, NULL, err.msg, "Retry-After: 1\r\n");
+        } else {
+            send_error(req, 400, "invalid_request_error", NULL, NULL, err.msg, NULL);
+        }
+        c->req = NULL;
+        call_maybe_free(c);
+        goto out;
+    }
+    if (c->stream) pt_http_stream_begin(req, 200, "text/event-stream", "Cache-Control: no-cache\r\n");
+out:
+    for (size_t i = 0; i < n_prompts; i++) free(ids[i]);
+    free(ids);
+    free(lens);
+    pt_oai_request_free(&r);
+}
+
+/* ---- other routes ---- */
+
+static void handle_tokenize(serve *s, pt_http_request *req) {
+    size_t blen;
+    const char *body = pt_http_body(req, &blen);
+    pt_oai_limits lim = limits_of(s);
+    pt_oai_tokenize_request r;
+    pt_oai_error oe;
+    if (pt_oai_parse_tokenize(&r, body, blen, &lim, &oe) != 0) {
+        send_oai_error(req, &oe);
+        return;
+    }
+    char *text = NULL;
+    int rc = 0;
+    bool add_bos = r.add_special_tokens && pt_tokenizer_add_bos(s->tok);
+    if (r.messages) {
+        if (!s->have_ct)
+            rc = pt_oai_error_set(&oe, 400, "invalid_request_error", NULL, "messages", "this model has no chat template");
+        else
+            rc = pt_oai_render_messages(r.messages, r.n_messages, r.add_generation_prompt, &s->ct, &text, &oe);
+        add_bos = false; /* the template writes its own */
+    } else {
+        text = pt_xstrdup(r.prompt ? r.prompt : "");
+    }
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (rc == 0) rc = tokenize_text(s, text, add_bos, &ids, &n, &oe);
+    if (rc == 0) send_json(req, 200, pt_oai_tokenize_json(ids, n, s->max_ctx));
+    else send_oai_error(req, &oe);
+    free(ids);
+    free(text);
+    pt_oai_tokenize_request_free(&r);
+}
+
+static void handle_detokenize(serve *s, pt_http_request *req) {
+    size_t blen;
+    const char *body = pt_http_body(req, &blen);
+    pt_oai_limits lim = limits_of(s);
+    pt_oai_detokenize_request r;
+    pt_oai_error oe;
+    if (pt_oai_parse_detokenize(&r, body, blen, &lim, &oe) != 0) {
+        send_oai_error(req, &oe);
+        return;
+    }
+    char *text = NULL;
+    size_t len = 0;
+    if (pt_tokenizer_decode(s->tok, r.tokens, r.n_tokens, false, &text, &len) != 0) {
+        send_error(req, 500, "server_error", NULL, NULL, "decoding failed", NULL);
+    } else {
+        send_json(req, 200, pt_oai_detokenize_json(text, len));
+    }
+    free(text);
+    pt_oai_detokenize_request_free(&r);
+}
+
+static void handle_request(void *user, pt_http_request *req) {
+    serve *s = user;
+    const char *m = pt_http_method(req), *path = pt_http_path(req);
+    bool get = !strcmp(m, "GET"), post = !strcmp(m, "POST");
+    bool open_route = !strcmp(path, "/health") || !strcmp(path, "/metrics");
+    if ((!open_route || s->cfg->auth_health_metrics) && !authorized(s, req)) {
+        send_error(req, 401, "authentication_error", "invalid_api_key", NULL,
+                   "missing or invalid API key: send 'Authorization: Bearer <key>'", "WWW-Authenticate: Bearer\r\n");
+        return;
+    }
+    s->metrics.http_requests++;
+    struct {
+        const char *path;
+        bool post;
+    } routes[] = {{"/health", false},  {"/metrics", false},  {"/v1/models", false},   {"/v1/chat/completions", true},
+                  {"/v1/completions", true}, {"/tokenize", true}, {"/detokenize", true}};
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+        if (strcmp(path, routes[i].path) != 0) continue;
+        if (routes[i].post ? !post : !get) {
+            char allow[64];
+            snprintf(allow, sizeof(allow), "Allow: %s\r\n", routes[i].post ? "POST" : "GET");
+            send_error(req, 405, "invalid_request_error", NULL, NULL, "method not allowed for this route", allow);
+            return;
+        }
+        if (s->shutting_down && routes[i].post) {
+            send_error(req, 503, "server_error", NULL, NULL, "the server is shutting down", "Retry-After: 5\r\n");
+            return;
+        }
+        switch (i) {
+        case 0:
+            pt_http_respond(req, 200, "application/json", "{}", 2, NULL);
+            return;
+        case 1: {
+            pt_batcher_stats st;
+            pt_batcher_get_stats(s->batcher, &st);
+            char *t = pt_metrics_render(&s->metrics, &st, s->model_name);
+            pt_http_respond(req, 200, "text/plain; version=0.0.4", t, strlen(t), NULL);
+            free(t);
+            return;
+        }
+        case 2:
+            send_json(req, 200, pt_oai_models_json(&s->model_name, 1, (int64_t)time(NULL), s->max_ctx));
+            return;
+        case 3:
+            handle_generate(s, req, PT_OAI_CHAT);
+            return;
+        case 4:
+            handle_generate(s, req, PT_OAI_COMPLETION);
+            return;
+        case 5:
+            handle_tokenize(s, req);
+            return;
+        case 6:
+            handle_detokenize(s, req);
+            return;
+        }
+    }
+    send_error(req, 404, "not_found_error", NULL, NULL, "no such route", NULL);
+}
+
+/* ---- start-up and shutdown ---- */
+
+static void on_http_closed(void *arg) {
+    serve *s = arg;
+    s->http = NULL;
+    uv_close((uv_handle_t *)&s->async, NULL);
+    uv_close((uv_handle_t *)&s->sigint, NULL);
+    uv_close((uv_handle_t *)&s->sigterm, NULL);
+    uv_close((uv_handle_t *)&s->grace, NULL);
+}
+
+static void on_grace_expired(uv_timer_t *t) {
+    serve *s = t->data;
+    pt_log(PT_LOG_WARN, "shutdown grace period over: cancelling the requests still running");
+    pt_batcher_cancel_all(s->batcher);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+    serve *s = h->data;
+    if (s->shutting_down) {
+        pt_log(PT_LOG_WARN, "second signal: cancelling everything now");
+        pt_batcher_cancel_all(s->batcher);
+        return;
+    }
+    s->shutting_down = true;
+    pt_log(PT_LOG_INFO, "signal %d: no new connections; finishing running requests (up to %.0f s)", signum,
+           s->cfg->shutdown_grace_s);
+    uint64_t grace_ms = (uint64_t)(s->cfg->shutdown_grace_s * 1000);
+    uv_timer_start(&s->grace, on_grace_expired, grace_ms, 0);
+    pt_http_server_close(s->http, on_http_closed, s);
+}
+
+static int serve_open(serve *s, const pt_server_config *cfg, pt_err *err) {
+    int rc;
+    s->cfg = cfg;
+    pt_metrics_init(&s->metrics);
+    pt_rng_seed(&s->rng, (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32));
+    if ((rc = pt_model_file_open(&s->mf, cfg->model, err))) return rc;
+    if ((rc = pt_tokenizer_load(&s->tok, &s->mf, err))) return rc;
+    if (cfg->kv_dtype != PT_DTYPE_F32)
+        return pt_err_set(err, PT_ERR_UNSUPPORTED, "engine.kv_dtype: only f32 is implemented so far");
+    pt_engine_opts eo;
+    pt_engine_opts_default(&eo);
+    eo.tp = cfg->tp;
+    eo.n_threads = cfg->threads / cfg->tp > 0 ? cfg->threads / cfg->tp : 1;
+    eo.page_size = (uint32_t)cfg->page_size;
+    eo.max_ctx = (uint32_t)cfg->max_model_len;
+    eo.max_seqs = (uint32_t)cfg->max_running;
+    eo.max_batch_tokens = (uint32_t)cfg->max_batch_tokens;
+    eo.kv_bytes = (uint64_t)cfg->kv_memory_mb << 20;
+    if ((rc = pt_engine_create(&s->engine, &s->mf, &eo, err))) return rc;
+    s->max_ctx = pt_engine_get_opts(s->engine)->max_ctx;
+    pt_batcher_opts bo = {(uint32_t)cfg->max_running, (uint32_t)cfg->max_waiting, (uint32_t)cfg->max_batch_tokens,
+                          (uint32_t)cfg->prefill_chunk};
+    if ((rc = pt_batcher_create(&s->batcher, s->engine, s->tok, &bo, err))) return rc;
+    s->model_name = cfg->served_model_name;
+    /* Chat template: the model's (or the configured one); without one, chat requests get a 400. */
+    char *bos = NULL, *eos = NULL;
+    size_t len;
+    if (pt_tokenizer_bos(s->tok) >= 0) bos = piece_of(s, pt_tokenizer_bos(s->tok), &len);
+    if (pt_tokenizer_eos(s->tok) >= 0) eos = piece_of(s, pt_tokenizer_eos(s->tok), &len);
+    pt_err terr;
+    s->have_ct = pt_chat_template_init(&s->ct, s->mf.chat_template, cfg->chat_template, bos, eos, &terr) == 0;
+    free(bos);
+    free(eos);
+    if (!s->have_ct && cfg->chat_template) return pt_err_set(err, PT_ERR_INVALID, "chat template: %s", terr.msg);
+    if (!s->have_ct) pt_log(PT_LOG_WARN, "no chat template: /v1/chat/completions will refuse requests");
+
+    if ((rc = uv_loop_init(&s->loop)))
+        return pt_err_set(err, PT_ERR_IO, "uv_loop_init: %s", uv_strerror(rc));
+    pthread_mutex_init(&s->mu, NULL);
+    uv_async_init(&s->loop, &s->async, on_async);
+    s->async.data = s;
+    uv_signal_init(&s->loop, &s->sigint);
+    uv_signal_init(&s->loop, &s->sigterm);
+    uv_timer_init(&s->loop, &s->grace);
+    s->sigint.data = s->sigterm.data = s->grace.data = s;
+    uv_signal_start(&s->sigint, on_signal, SIGINT);
+    uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+    pt_http_limits lim = pt_http_limits_default();
+    lim.max_body_bytes = cfg->max_body_bytes;
+    lim.max_header_bytes = cfg->max_header_bytes;
+    lim.idle_timeout_ms = (uint64_t)(cfg->idle_timeout_s * 1000);
+    if ((rc = pt_http_server_start(&s->http, &s->loop, cfg->host, cfg->port, &lim, handle_request, s, err))) {
+        on_http_closed(s);
+        uv_run(&s->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&s->loop);
+        return rc;
+    }
+    return PT_OK;
+}
+
+static void serve_close(serve *s) {
+    pt_batcher_free(s->batcher);
+    /* Events the batcher sent while stopping. */
+    for (event *e = s->ev_head; e;) {
+        event *n = e->next;
+        free(e->text);
+        free(e->error);
+        free(e);
+        e = n;
+    }
+    while (s->calls) call_free(s->calls);
+    if (s->have_ct) pt_chat_template_free(&s->ct);
+    pt_engine_free(s->engine);
+    pt_tokenizer_free(s->tok);
+    pt_model_file_close(&s->mf);
+}
+
+int pt_serve_run(const pt_server_config *cfg) {
+    serve *s = pt_xcalloc(1, sizeof(*s));
+    pt_err err = {{0}};
+    int rc = serve_open(s, cfg, &err);
+    if (rc) {
+        fprintf(stderr, "proteus: %s\n", err.msg);
+        serve_close(s);
+        free(s);
+        return rc;
+    }
+    pt_log(PT_LOG_INFO, "serving %s on http://%s:%d (context %u tokens, %d rank(s) x %d thread(s))", s->model_name,
+           cfg->host, pt_http_server_port(s->http), s->max_ctx, cfg->tp,
+           cfg->threads / cfg->tp > 0 ? cfg->threads / cfg->tp : 1);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    int lc = uv_loop_close(&s->loop);
+    if (lc) pt_log(PT_LOG_WARN, "loop closed with handles open: %s", uv_strerror(lc));
+    pthread_mutex_destroy(&s->mu);
+    serve_close(s);
+    free(s);
+    pt_log(PT_LOG_INFO, "stopped");
+    return 0;
+}
