@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
-# Set-up, then the main job on the default model. Arguments go to
-# `proteus generate`; without any, it answers one chat message.
+# Set-up, then the main job: the OpenAI-compatible server on the default
+# model (http://127.0.0.1:8000/v1). Arguments go to `proteus serve`
+# (e.g. --port 9000, --config FILE, --api-key KEY); see README: Configuration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-if (($# == 0)); then
-    set -- --chat "What is the capital of France? Answer in one sentence." -n 64
-fi
-exec build/proteus generate -m default "$@"
+exec build/proteus serve -m default "$@"

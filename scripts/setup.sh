@@ -53,7 +53,17 @@ PY
 fi
 export PROTEUS_DEFAULT_MODEL="$MODEL_DIR/$MODEL_FILE"
 
-# ---- 3. Build -----------------------------------------------------------
+# ---- 3. Test-only Python packages ---------------------------------------
+# The end-to-end tests drive the server with the official OpenAI client.
+if [ "${WITH_TEST_DEPS:-0}" = 1 ] && ! python3 -c "import openai" 2>/dev/null; then
+    log "installing the openai Python client (tests only)"
+    # Debian's own python3 refuses system-wide installs (PEP 668): fall back to --user.
+    python3 -m pip install --quiet openai 2>/dev/null ||
+        python3 -m pip install --quiet --user --break-system-packages openai ||
+        log "could not install openai: the end-to-end tests will report themselves skipped"
+fi
+
+# ---- 4. Build -----------------------------------------------------------
 JOBS="${JOBS:-$(nproc)}"
 build() { # dir, extra cmake args...
     local dir=$1

@@ -4,7 +4,7 @@
 # (reported as such) where no GPU is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SANITIZE=1 scripts/setup.sh
+SANITIZE=1 WITH_TEST_DEPS=1 scripts/setup.sh
 export PROTEUS_DEFAULT_MODEL="${PROTEUS_MODEL_DIR:-$HOME/.cache/proteus/models}/SmolLM2-135M-Instruct.Q4_1.gguf"
 JOBS="${JOBS:-$(nproc)}"
 status=0
