@@ -55,6 +55,7 @@ struct call {
     choice *choices;
     uint32_t n_choices, n_done;
     bool failed;          /* an error was reported to the client */
+    bool timed_out;       /* request_timeout_s passed */
     double t_submit;
     uint64_t tokens_in, tokens_out;
     call *prev, *next;    /* serve's list of live calls */
@@ -82,6 +83,7 @@ struct serve {
     uv_async_t async;
     uv_signal_t sigint, sigterm;
     uv_timer_t grace;
+    uv_timer_t sweep;     /* request timeouts, once a second */
     pt_http_server *http;
     pt_model_file mf;
     pt_tokenizer *tok;
@@ -317,13 +319,15 @@ static void handle_event(serve *s, event *e) {
         c->failed = true;
         call_cancel_all(c);
         const char *msg = e->finish == PT_FINISH_ERROR ? (e->error ? e->error : "generation failed")
-                                                       : "the request was cancelled: the server is shutting down";
+                          : c->timed_out ? "the request exceeded the server's request timeout"
+                                         : "the request was cancelled: the server is shutting down";
         if (c->stream) {
             pt_oai_error err;
             pt_oai_error_set(&err, 500, "server_error", NULL, NULL, "%s", msg);
             stream_write(c, pt_oai_error_json(&err));
         } else {
-            send_error(c->req, e->finish == PT_FINISH_ERROR ? 500 : 503, "server_error", NULL, NULL, msg, NULL);
+            int status = e->finish == PT_FINISH_ERROR ? 500 : c->timed_out ? 504 : 503;
+            send_error(c->req, status, "server_error", NULL, NULL, msg, NULL);
             c->req = NULL;
         }
     } else if (c->req && !c->failed) {
@@ -659,6 +663,19 @@ static void on_http_closed(void *arg) {
     uv_close((uv_handle_t *)&s->sigint, NULL);
     uv_close((uv_handle_t *)&s->sigterm, NULL);
     uv_close((uv_handle_t *)&s->grace, NULL);
+    uv_close((uv_handle_t *)&s->sweep, NULL);
+}
+
+/* Cancels calls older than request_timeout_s; their cancelled events then
+ * report the timeout to the client. */
+static void on_sweep(uv_timer_t *t) {
+    serve *s = t->data;
+    double now = pt_now();
+    for (call *c = s->calls; c; c = c->next) {
+        if (c->timed_out || c->n_done == c->n_choices || now - c->t_submit < s->cfg->request_timeout_s) continue;
+        c->timed_out = true;
+        call_cancel_all(c);
+    }
 }
 
 static void on_grace_expired(uv_timer_t *t) {
@@ -726,7 +743,9 @@ static int serve_open(serve *s, const pt_server_config *cfg, pt_err *err) {
     uv_signal_init(&s->loop, &s->sigint);
     uv_signal_init(&s->loop, &s->sigterm);
     uv_timer_init(&s->loop, &s->grace);
-    s->sigint.data = s->sigterm.data = s->grace.data = s;
+    uv_timer_init(&s->loop, &s->sweep);
+    s->sigint.data = s->sigterm.data = s->grace.data = s->sweep.data = s;
+    if (cfg->request_timeout_s > 0) uv_timer_start(&s->sweep, on_sweep, 1000, 1000);
     uv_signal_start(&s->sigint, on_signal, SIGINT);
     uv_signal_start(&s->sigterm, on_signal, SIGTERM);
     pt_http_limits lim = pt_http_limits_default();
