@@ -234,7 +234,7 @@ static int check_duplicates(const cJSON *v, char *path, size_t path_len, pt_oai_
             if (!strcmp(keys[i - 1], keys[i])) {
                 char p[PATH_MAX_LEN];
                 pathf(p, "%s%s%s", path, path_len ? "." : "", keys[i]);
-                int rc = BAD(e, p, "duplicate key '%s'%s%s", keys[i], path_len ? " in " : "", path);
+                int rc = BAD(e, p, "duplicate key '%s'", p);
                 free(keys);
                 return rc;
             }
@@ -452,18 +452,18 @@ static int parse_content(const cJSON *v, const char *param, bool null_ok, char *
         char p[PATH_MAX_LEN], q[PATH_MAX_LEN];
         pathf(p, "%s[%zu]", param, i);
         if (!cJSON_IsObject(part)) return BAD(e, p, "'%s' must be an object; got %s", p, type_name(part));
-        const cJSON *type = NULL, *text = NULL;
-        for (const cJSON *f = part->child; f; f = f->next) {
-            pathf(q, "%s.%s", p, f->string);
-            if (!strcmp(f->string, "type")) type = f;
-            else if (!strcmp(f->string, "text")) text = f;
-            else return BAD(e, q, "unsupported field '%s' in a content part", q);
-        }
+        /* The type first: for {"type":"image_url","image_url":...} that is the real news. */
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
         pathf(q, "%s.type", p);
         if (!type) return BAD(e, q, "'%s' is required", q);
         if (!cJSON_IsString(type)) return BAD(e, q, "'%s' must be a string; got %s", q, type_name(type));
         if (strcmp(type->valuestring, "text"))
             return BAD(e, q, "'%s': unsupported content part type '%.64s' (only 'text')", q, type->valuestring);
+        for (const cJSON *f = part->child; f; f = f->next) {
+            pathf(q, "%s.%s", p, f->string);
+            if (f != type && f != text) return BAD(e, q, "unsupported field '%s' in a content part", q);
+        }
         pathf(q, "%s.text", p);
         if (!text) return BAD(e, q, "'%s' is required", q);
         if (!cJSON_IsString(text)) return BAD(e, q, "'%s' must be a string; got %s", q, type_name(text));
@@ -789,7 +789,7 @@ static int f_logit_bias(parse_ctx *c, const cJSON *v) {
         for (size_t i = 0; digits && i < kl; i++) digits = k[i] >= '0' && k[i] <= '9';
         long long id = digits ? strtoll(k, NULL, 10) : -1;
         if (!digits || id > hi)
-            return BAD(c->e, q, "'logit_bias' key '%.32s' is not a token id in [0, %" PRId64 "]", k, hi);
+            return BAD(c->e, q, "'%s': the key is not a token id in [0, %" PRId64 "]", q, hi);
         double b;
         if (get_number(f, q, -100, false, 100, false, &b, c->e)) return PT_ERR_INVALID;
         r->logit_bias[r->n_logit_bias].token = (int32_t)id;
