@@ -22,6 +22,7 @@ typedef struct {
     int n_threads;        /* worker threads per rank (>= 1) */
     int tp;               /* tensor-parallel degree (>= 1) */
     uint32_t page_size;   /* tokens per KV head page (default 16) */
+    pt_dtype kv_dtype;    /* PT_DTYPE_F32 (default) or PT_DTYPE_F16 */
     uint64_t kv_pages;    /* head pages per rank; 0 = as many as kv_bytes holds, at most
                              enough for max_seqs full contexts */
     uint64_t kv_bytes;    /* KV budget per rank when kv_pages is 0; 0 = 1 GiB */

@@ -8,6 +8,7 @@
 #ifndef PROTEUS_KCPU_OPS_H
 #define PROTEUS_KCPU_OPS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -37,11 +38,20 @@ void kcpu_add(float *y, const float *x, size_t n);
 /* Attention of n_q query heads that share one KV head, over positions
  * [0, n_ctx) held in head pages (DESIGN.md section 4): position p lives in
  * page pages[p / page_size] at row p % page_size; the K rows of slot s start
- * at kv + s * slot_stride and its V rows v_offset floats later. q and out are
- * (n_q, hd). scores needs n_ctx floats. The result for each head does not
- * depend on the other heads or on anything but q and the cache contents. */
-void kcpu_attn_paged(float *out, const float *q, size_t n_q, size_t hd, const float *kv, size_t slot_stride,
-                     size_t v_offset, const uint32_t *pages, uint32_t page_size, uint32_t n_ctx, float scale,
-                     float *scores);
+ * at element s * slot_stride of kv and its V rows v_offset elements later.
+ * kv_type is PT_DTYPE_F32 or PT_DTYPE_F16. q and out are (n_q, hd) floats;
+ * scores needs n_ctx floats. Each head's result depends only on q and the
+ * cache, and is the same bits on every ISA path (F16 keys are converted
+ * exactly, products and sums keep the order of kcpu_dot_f32). */
+void kcpu_attn_paged(float *out, const float *q, size_t n_q, size_t hd, const void *kv, int kv_type,
+                     size_t slot_stride, size_t v_offset, const uint32_t *pages, uint32_t page_size, uint32_t n_ctx,
+                     float scale, float *scores);
+
+/* ISA paths behind kcpu_attn_paged for F16 caches (kernels/cpu/attn_avx2.c). */
+float kcpu_dot_f32_f16(const float *a, const uint16_t *b, size_t n);
+void kcpu_axpy_f32_f16(float *y, float a, const uint16_t *x, size_t n);
+bool kcpu_attn_f16_avx2_available(void);
+float kcpu_dot_f32_f16_avx2(const float *a, const uint16_t *b, size_t n);
+void kcpu_axpy_f32_f16_avx2(float *y, float a, const uint16_t *x, size_t n);
 
 #endif

@@ -1,4 +1,10 @@
+/* No FMA contraction: the SIMD paths (attn_avx2.c) reproduce these
+ * operations exactly, and a build with -march=native must not change them. */
+#pragma GCC optimize("fp-contract=off")
+
 #include "kcpu_ops.h"
+
+#include "proteus/dtype.h"
 
 #include <math.h>
 #include <string.h>
@@ -72,22 +78,41 @@ void kcpu_softmax(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] *= inv;
 }
 
-void kcpu_attn_paged(float *out, const float *q, size_t n_q, size_t hd, const float *kv, size_t slot_stride,
-                     size_t v_offset, const uint32_t *pages, uint32_t page_size, uint32_t n_ctx, float scale,
-                     float *scores) {
+float kcpu_dot_f32_f16(const float *a, const uint16_t *b, size_t n) {
+    float acc[LANES] = {0};
+    size_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++) acc[l] += a[i + l] * pt_f16_to_f32(b[i + l]);
+    for (int l = 0; i < n; i++, l++) acc[l] += a[i] * pt_f16_to_f32(b[i]);
+    return lanes_sum(acc);
+}
+
+void kcpu_axpy_f32_f16(float *y, float a, const uint16_t *x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] += a * pt_f16_to_f32(x[i]);
+}
+
+void kcpu_attn_paged(float *out, const float *q, size_t n_q, size_t hd, const void *kv, int kv_type,
+                     size_t slot_stride, size_t v_offset, const uint32_t *pages, uint32_t page_size, uint32_t n_ctx,
+                     float scale, float *scores) {
+    bool f16 = kv_type == PT_DTYPE_F16;
+    bool fast = f16 && kcpu_attn_f16_avx2_available();
     for (size_t h = 0; h < n_q; h++) {
         const float *qh = q + h * hd;
         float *oh = out + h * hd;
         for (uint32_t p = 0; p < n_ctx; p++) {
-            const float *k = kv + (size_t)pages[p / page_size] * slot_stride + (size_t)(p % page_size) * hd;
-            scores[p] = kcpu_dot_f32(qh, k, hd) * scale;
+            size_t at = (size_t)pages[p / page_size] * slot_stride + (size_t)(p % page_size) * hd;
+            float d = !f16  ? kcpu_dot_f32(qh, (const float *)kv + at, hd)
+                      : fast ? kcpu_dot_f32_f16_avx2(qh, (const uint16_t *)kv + at, hd)
+                             : kcpu_dot_f32_f16(qh, (const uint16_t *)kv + at, hd);
+            scores[p] = d * scale;
         }
         kcpu_softmax(scores, n_ctx);
         memset(oh, 0, hd * sizeof(float));
         for (uint32_t p = 0; p < n_ctx; p++) {
-            const float *v = kv + (size_t)pages[p / page_size] * slot_stride + v_offset +
-                             (size_t)(p % page_size) * hd;
-            kcpu_axpy_f32(oh, scores[p], v, hd);
+            size_t at = (size_t)pages[p / page_size] * slot_stride + v_offset + (size_t)(p % page_size) * hd;
+            if (!f16) kcpu_axpy_f32(oh, scores[p], (const float *)kv + at, hd);
+            else if (fast) kcpu_axpy_f32_f16_avx2(oh, scores[p], (const uint16_t *)kv + at, hd);
+            else kcpu_axpy_f32_f16(oh, scores[p], (const uint16_t *)kv + at, hd);
         }
     }
 }

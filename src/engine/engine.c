@@ -130,11 +130,11 @@ int pt_engine_create(pt_engine **out, const pt_model_file *mf, const pt_engine_o
         if (kv_pages == 0) {
             uint64_t want = (uint64_t)o->max_seqs * pages_per_seq * (r->g1 - r->g0);
             uint64_t budget = o->kv_bytes ? o->kv_bytes : DEFAULT_KV_BUDGET;
-            uint64_t fit = budget / pt_kv_page_bytes(c->n_layers, c->head_dim, o->page_size);
+            uint64_t fit = budget / pt_kv_page_bytes(c->n_layers, c->head_dim, o->page_size, o->kv_dtype);
             kv_pages = want < fit ? want : fit;
         }
         if (kv_pages > UINT32_MAX - 1) kv_pages = UINT32_MAX - 1;
-        if ((rc = pt_kv_pool_init(&r->kv, c->n_layers, c->head_dim, o->page_size, (uint32_t)kv_pages, err))) {
+        if ((rc = pt_kv_pool_init(&r->kv, c->n_layers, c->head_dim, o->page_size, (uint32_t)kv_pages, o->kv_dtype, err))) {
             pt_engine_free(e);
             return rc;
         }

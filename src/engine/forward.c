@@ -211,9 +211,9 @@ static void attn_phase(void *arg, int tid, int nth) {
         size_t t = (size_t)it / ng, g = r->g0 + (size_t)it % ng;
         const pt_seq *s = &e->seqs[e->tok_seq[t]];
         const pt_kv_pool *kv = &r->kv;
-        size_t page = (size_t)P * hd;
-        kcpu_attn_paged(r->att + t * qld + g * qw, r->q + t * qld + g * qw, w->q_per_kv, hd,
-                        pt_kv_k(kv, c->layer, 0), 2 * page, page, s->pages[g], P, e->tok_pos[t] + 1, scale, sc);
+        kcpu_attn_paged(r->att + t * qld + g * qw, r->q + t * qld + g * qw, w->q_per_kv, hd, pt_kv_k(kv, c->layer, 0),
+                        kv->dtype, pt_kv_slot_stride(kv), pt_kv_v_offset(kv), s->pages[g], P, e->tok_pos[t] + 1, scale,
+                        sc);
         size_t rb = act_row_bytes(L->o[g].type, qw);
         kcpu_quantize_act(L->o[g].type, r->att_act + (t * w->n_groups + g) * rb, r->att + t * qld + g * qw, qw);
     }

@@ -3,25 +3,30 @@
 #include <stdlib.h>
 #include <string.h>
 
-uint64_t pt_kv_page_bytes(uint32_t n_layers, uint32_t head_dim, uint32_t page_size) {
-    return (uint64_t)n_layers * ((uint64_t)2 * page_size * head_dim + 2 * head_dim) * sizeof(float);
+uint64_t pt_kv_page_bytes(uint32_t n_layers, uint32_t head_dim, uint32_t page_size, pt_dtype dtype) {
+    uint64_t elem = dtype == PT_DTYPE_F16 ? 2 : 4;
+    return (uint64_t)n_layers * ((uint64_t)2 * page_size * head_dim * elem + 2 * head_dim * sizeof(float));
 }
 
 int pt_kv_pool_init(pt_kv_pool *kv, uint32_t n_layers, uint32_t head_dim, uint32_t page_size,
-                    uint32_t n_slots, pt_err *err) {
+                    uint32_t n_slots, pt_dtype dtype, pt_err *err) {
     memset(kv, 0, sizeof(*kv));
+    if (dtype != PT_DTYPE_F32 && dtype != PT_DTYPE_F16)
+        return pt_err_set(err, PT_ERR_UNSUPPORTED, "KV dtype %s is not supported (f32 or f16)", pt_dtype_name(dtype));
     uint64_t n_data, n_mm;
     if (!pt_mul_size((uint64_t)n_layers * n_slots, (uint64_t)2 * page_size * head_dim, &n_data) ||
         !pt_mul_size((uint64_t)n_layers * n_slots, (uint64_t)2 * head_dim, &n_mm) ||
-        n_data > SIZE_MAX / sizeof(float))
+        n_data > SIZE_MAX / 4)
         return pt_err_set(err, PT_ERR_INVALID, "KV pool of %u pages is too large", n_slots);
     kv->n_layers = n_layers;
     kv->head_dim = head_dim;
     kv->page_size = page_size;
     kv->n_slots = n_slots;
+    kv->dtype = dtype;
+    kv->elem = dtype == PT_DTYPE_F16 ? 2 : 4;
     /* calloc of a large size maps fresh zero pages: memory is committed only
      * as pages are first written. */
-    kv->data = calloc(n_data ? n_data : 1, sizeof(float));
+    kv->data = calloc(n_data ? n_data : 1, kv->elem);
     kv->minmax = calloc(n_mm ? n_mm : 1, sizeof(float));
     kv->free_slots = malloc(((size_t)n_slots + 1) * sizeof(uint32_t));
     if (!kv->data || !kv->minmax || !kv->free_slots) {
@@ -51,16 +56,27 @@ void pt_kv_page_release(pt_kv_pool *kv, uint32_t slot) { kv->free_slots[kv->n_fr
 void pt_kv_append(pt_kv_pool *kv, uint32_t layer, uint32_t slot, uint32_t off, const float *k,
                   const float *v) {
     size_t hd = kv->head_dim;
-    memcpy(pt_kv_k(kv, layer, slot) + off * hd, k, hd * sizeof(float));
-    memcpy(pt_kv_v(kv, layer, slot) + off * hd, v, hd * sizeof(float));
+    float kr[hd]; /* the keys as stored: the bounding box must hold what attention will read */
+    if (kv->dtype == PT_DTYPE_F16) {
+        pt_f16 *kd = (pt_f16 *)pt_kv_k(kv, layer, slot) + off * hd, *vd = (pt_f16 *)pt_kv_v(kv, layer, slot) + off * hd;
+        for (size_t i = 0; i < hd; i++) {
+            kd[i] = pt_f32_to_f16(k[i]);
+            vd[i] = pt_f32_to_f16(v[i]);
+            kr[i] = pt_f16_to_f32(kd[i]);
+        }
+    } else {
+        memcpy((float *)pt_kv_k(kv, layer, slot) + off * hd, k, hd * sizeof(float));
+        memcpy((float *)pt_kv_v(kv, layer, slot) + off * hd, v, hd * sizeof(float));
+        memcpy(kr, k, hd * sizeof(float));
+    }
     float *mn = pt_kv_kmin(kv, layer, slot), *mx = pt_kv_kmax(kv, layer, slot);
     if (off == 0) {
-        memcpy(mn, k, hd * sizeof(float));
-        memcpy(mx, k, hd * sizeof(float));
+        memcpy(mn, kr, hd * sizeof(float));
+        memcpy(mx, kr, hd * sizeof(float));
         return;
     }
     for (size_t i = 0; i < hd; i++) {
-        mn[i] = k[i] < mn[i] ? k[i] : mn[i];
-        mx[i] = k[i] > mx[i] ? k[i] : mx[i];
+        mn[i] = kr[i] < mn[i] ? kr[i] : mn[i];
+        mx[i] = kr[i] > mx[i] ? kr[i] : mx[i];
     }
 }

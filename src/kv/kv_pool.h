@@ -6,14 +6,17 @@
  * head page, per layer, the per-channel min and max of its keys (post-RoPE)
  * over the valid tokens: the page's bounding box for query-aware selection.
  *
- * Layout: data    (layer, slot, {K, V}, page_size, head_dim) floats
- *         minmax  (layer, slot, {min, max}, head_dim)        floats */
+ * Layout: data    (layer, slot, {K, V}, page_size, head_dim) elements of dtype
+ *                 (F32, or F16 to halve the memory)
+ *         minmax  (layer, slot, {min, max}, head_dim)        floats, of the
+ *                 keys as stored (after rounding to F16) */
 #ifndef PROTEUS_KV_POOL_H
 #define PROTEUS_KV_POOL_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proteus/dtype.h"
 #include "proteus/util.h"
 
 typedef struct {
@@ -21,29 +24,36 @@ typedef struct {
     uint32_t head_dim;
     uint32_t page_size;
     uint32_t n_slots;
-    float *data;
+    pt_dtype dtype;   /* PT_DTYPE_F32 or PT_DTYPE_F16 */
+    size_t elem;      /* bytes per element */
+    void *data;
     float *minmax;
     uint32_t *free_slots; /* stack of free slot ids */
     uint32_t n_free;
 } pt_kv_pool;
 
 int pt_kv_pool_init(pt_kv_pool *kv, uint32_t n_layers, uint32_t head_dim, uint32_t page_size,
-                    uint32_t n_slots, pt_err *err);
+                    uint32_t n_slots, pt_dtype dtype, pt_err *err);
 void pt_kv_pool_free(pt_kv_pool *kv);
 
 /* Bytes one head page takes across all layers, min/max included. */
-uint64_t pt_kv_page_bytes(uint32_t n_layers, uint32_t head_dim, uint32_t page_size);
+uint64_t pt_kv_page_bytes(uint32_t n_layers, uint32_t head_dim, uint32_t page_size, pt_dtype dtype);
 
 /* A free slot, or -1 when the pool is exhausted. */
 int64_t pt_kv_page_alloc(pt_kv_pool *kv);
 void pt_kv_page_release(pt_kv_pool *kv, uint32_t slot);
 
-static inline float *pt_kv_k(const pt_kv_pool *kv, uint32_t layer, uint32_t slot) {
-    size_t page = (size_t)kv->page_size * kv->head_dim;
-    return kv->data + ((size_t)layer * kv->n_slots + slot) * 2 * page;
+/* Elements between consecutive slots of one layer, and from a slot's K rows
+ * to its V rows. */
+static inline size_t pt_kv_slot_stride(const pt_kv_pool *kv) { return (size_t)2 * kv->page_size * kv->head_dim; }
+static inline size_t pt_kv_v_offset(const pt_kv_pool *kv) { return (size_t)kv->page_size * kv->head_dim; }
+
+/* K rows (page_size, head_dim) of a slot in a layer, in the pool's dtype. */
+static inline void *pt_kv_k(const pt_kv_pool *kv, uint32_t layer, uint32_t slot) {
+    return (uint8_t *)kv->data + ((size_t)layer * kv->n_slots + slot) * pt_kv_slot_stride(kv) * kv->elem;
 }
-static inline float *pt_kv_v(const pt_kv_pool *kv, uint32_t layer, uint32_t slot) {
-    return pt_kv_k(kv, layer, slot) + (size_t)kv->page_size * kv->head_dim;
+static inline void *pt_kv_v(const pt_kv_pool *kv, uint32_t layer, uint32_t slot) {
+    return (uint8_t *)pt_kv_k(kv, layer, slot) + pt_kv_v_offset(kv) * kv->elem;
 }
 static inline float *pt_kv_kmin(const pt_kv_pool *kv, uint32_t layer, uint32_t slot) {
     return kv->minmax + ((size_t)layer * kv->n_slots + slot) * 2 * kv->head_dim;

@@ -54,6 +54,7 @@ struct call {
     char *model;
     choice *choices;
     uint32_t n_choices, n_done;
+    uint32_t n_per_prompt; /* the request's n: choices i*n .. i*n+n-1 share prompt i */
     bool failed;          /* an error was reported to the client */
     bool timed_out;       /* request_timeout_s passed */
     double t_submit;
@@ -260,9 +261,8 @@ static void call_complete(call *c) {
         /* Each prompt counts once, whatever n is. */
         u.completion_tokens += c->choices[i].completion_tokens;
     }
-    uint32_t n_per_prompt = c->n_choices;
-    (void)n_per_prompt;
-    for (uint32_t i = 0; i < c->n_choices; i++) u.prompt_tokens += c->choices[i].prompt_tokens;
+    uint32_t n_per_prompt = c->n_per_prompt ? c->n_per_prompt : 1;
+    for (uint32_t i = 0; i < c->n_choices; i += n_per_prompt) u.prompt_tokens += c->choices[i].prompt_tokens;
     pt_oai_meta meta = {c->id, c->created, c->model};
     if (!c->req) return;
     set_log_extra(c);
@@ -474,6 +474,7 @@ static void handle_generate(serve *s, pt_http_request *req, pt_oai_kind kind) {
     c->t_submit = pt_now();
     pt_oai_make_id(c->id, kind, pt_rng_next(&s->rng), pt_rng_next(&s->rng));
     c->n_choices = (uint32_t)(n_prompts * (size_t)r.n);
+    c->n_per_prompt = (uint32_t)r.n;
     c->choices = pt_xcalloc(c->n_choices, sizeof(choice));
     c->next = s->calls;
     if (s->calls) s->calls->prev = c;
@@ -706,13 +707,12 @@ static int serve_open(serve *s, const pt_server_config *cfg, pt_err *err) {
     pt_rng_seed(&s->rng, (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32));
     if ((rc = pt_model_file_open(&s->mf, cfg->model, err))) return rc;
     if ((rc = pt_tokenizer_load(&s->tok, &s->mf, err))) return rc;
-    if (cfg->kv_dtype != PT_DTYPE_F32)
-        return pt_err_set(err, PT_ERR_UNSUPPORTED, "engine.kv_dtype: only f32 is implemented so far");
     pt_engine_opts eo;
     pt_engine_opts_default(&eo);
     eo.tp = cfg->tp;
     eo.n_threads = cfg->threads / cfg->tp > 0 ? cfg->threads / cfg->tp : 1;
     eo.page_size = (uint32_t)cfg->page_size;
+    eo.kv_dtype = cfg->kv_dtype;
     eo.max_ctx = (uint32_t)cfg->max_model_len;
     eo.max_seqs = (uint32_t)cfg->max_running;
     eo.max_batch_tokens = (uint32_t)cfg->max_batch_tokens;

@@ -15,9 +15,12 @@ static void make_prompt(int32_t *t, uint32_t n, uint32_t vocab, uint32_t seed) {
     for (uint32_t i = 0; i < n; i++) t[i] = (int32_t)((seed * 2654435761u + i * 40503u) % vocab);
 }
 
+static pt_dtype kv_dtype = PT_DTYPE_F32;
+
 static pt_engine *open_engine(pt_model_file *mf, int tp, int threads) {
     pt_engine_opts o;
     pt_engine_opts_default(&o);
+    o.kv_dtype = kv_dtype;
     o.tp = tp;
     o.n_threads = threads;
     o.max_ctx = 256;
@@ -125,6 +128,13 @@ static void test_synthetic_models(void) {
     for (int i = 0; models[i]; i++) check_model(models[i]);
 }
 
+/* The same properties with an F16 KV cache. */
+static void test_f16_kv_cache(void) {
+    kv_dtype = PT_DTYPE_F16;
+    check_model(models[0]);
+    kv_dtype = PT_DTYPE_F32;
+}
+
 static void test_default_model(void) {
     if (model_path) check_model(model_path);
 }
@@ -143,6 +153,6 @@ int main(void) {
     } else {
         fprintf(stderr, "default model absent: only synthetic models checked\n");
     }
-    static const test_case tests[] = {TEST(test_synthetic_models), TEST(test_default_model)};
-    return test_run_all(tests, 2);
+    static const test_case tests[] = {TEST(test_synthetic_models), TEST(test_f16_kv_cache), TEST(test_default_model)};
+    return test_run_all(tests, 3);
 }

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "cpu/kcpu_ops.h"
+#include "proteus/dtype.h"
 #include "test.h"
 
 static uint64_t st = 88172645463325252ull;
@@ -85,7 +86,7 @@ static void test_attn_paged(void) {
     for (int i = 0; i < NQ * HD; i++) q[i] = frand();
     for (int c = 0; c < 4; c++) {
         uint32_t n = n_ctxs[c];
-        kcpu_attn_paged(out, q, NQ, HD, kv, 2 * P * HD, P * HD, pages, P, n, 0.25f, sc);
+        kcpu_attn_paged(out, q, NQ, HD, kv, PT_DTYPE_F32, 2 * P * HD, P * HD, pages, P, n, 0.25f, sc);
         for (int h = 0; h < NQ; h++) {
             double s[16], mx = -1e30, z = 0;
             for (uint32_t p = 0; p < n; p++) {
@@ -106,4 +107,31 @@ static void test_attn_paged(void) {
     free(kv);
 }
 
-TEST_MAIN(TEST(test_dot_and_rmsnorm), TEST(test_rope_styles), TEST(test_swiglu_softmax), TEST(test_attn_paged))
+/* The F16C path reads F16 pages with exactly the portable path's operations:
+ * same bits, at lengths with and without a tail. */
+static void test_f16_paths_agree(void) {
+    if (!kcpu_attn_f16_avx2_available()) {
+        printf("no AVX2+F16C: F16 fast path not checked\n");
+        return;
+    }
+    size_t ns[] = {1, 7, 8, 64, 67, 128};
+    for (size_t i = 0; i < 6; i++) {
+        size_t n = ns[i];
+        float a[128], y0[128], y1[128];
+        uint16_t b[128];
+        for (size_t k = 0; k < n; k++) a[k] = frand(), b[k] = pt_f32_to_f16(frand() * 3), y0[k] = y1[k] = frand();
+        float d0 = kcpu_dot_f32_f16(a, b, n), d1 = kcpu_dot_f32_f16_avx2(a, b, n);
+        CHECK_MSG(memcmp(&d0, &d1, 4) == 0, "n=%zu: %.9g vs %.9g", n, d0, d1);
+        kcpu_axpy_f32_f16(y0, 0.37f, b, n);
+        kcpu_axpy_f32_f16_avx2(y1, 0.37f, b, n);
+        CHECK(memcmp(y0, y1, n * sizeof(float)) == 0);
+        /* And the F16 dot equals the F32 dot of the converted values. */
+        float bf[128];
+        for (size_t k = 0; k < n; k++) bf[k] = pt_f16_to_f32(b[k]);
+        float d2 = kcpu_dot_f32(a, bf, n);
+        CHECK(memcmp(&d0, &d2, 4) == 0);
+    }
+}
+
+TEST_MAIN(TEST(test_dot_and_rmsnorm), TEST(test_rope_styles), TEST(test_swiglu_softmax), TEST(test_attn_paged),
+          TEST(test_f16_paths_agree))
