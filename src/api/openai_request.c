@@ -657,7 +657,11 @@ static int f_max_completion_tokens(parse_ctx *c, const cJSON *v) {
     static int fn(parse_ctx *c, const cJSON *v) {                              \
         double x;                                                              \
         if (get_number(v, name, lo, lo_open, hi, hi_open, &x, c->e)) return PT_ERR_INVALID; \
-        c->r->sampling.dst = (float)x;                                         \
+        float f = (float)x; /* 1e-50 passes (0, 1] as a double but is 0 as a float */ \
+        if (lo_open && f <= (float)(lo))                                       \
+            return BAD(c->e, name, "'%s' must be in (%g, %g]; got %g, too close to %g", name, \
+                       (double)(lo), (double)(hi), x, (double)(lo));           \
+        c->r->sampling.dst = f;                                                \
         return 0;                                                              \
     }
 FLOAT_FIELD(f_temperature, "temperature", 0, false, 2, false, temperature)

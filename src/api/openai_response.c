@@ -402,6 +402,7 @@ char *pt_oai_usage_chunk_json(const pt_oai_meta *m, pt_oai_kind kind, const pt_o
 }
 
 char *pt_oai_sse_frame(const char *json, size_t *len) {
+    if (!json) return NULL;
     sbuf b = {0};
     sb_str(&b, "data: ");
     sb_str(&b, json);

@@ -68,6 +68,7 @@ static const bad_case BAD_CASES[] = {
     {PT_OAI_CHAT, CHAT("\"temperature\":1."), 400, "temperature"},
     {PT_OAI_CHAT, CHAT("\"top_p\":0"), 400, "top_p"},
     {PT_OAI_CHAT, CHAT("\"top_p\":1.01"), 400, "top_p"},
+    {PT_OAI_CHAT, CHAT("\"top_p\":1e-50"), 400, "top_p"},
     {PT_OAI_CHAT, CHAT("\"top_k\":-2"), 400, "top_k"},
     {PT_OAI_CHAT, CHAT("\"top_k\":1.5"), 400, "top_k"},
     {PT_OAI_CHAT, CHAT("\"min_p\":1.5"), 400, "min_p"},
