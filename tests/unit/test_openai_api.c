@@ -807,7 +807,54 @@ static void test_models_tokenize_json(void) {
     free(s);
 }
 
+/* Every proper prefix of a good body is malformed (400), and every one-byte
+ * corruption either parses or fails with a complete error: under ASan this
+ * is also the check that no input reads out of bounds. */
+static void test_prefixes_and_corruptions(void) {
+    const char *bodies[] = {
+        "{\"model\":\"smollm\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"h\xC3\xA9\"}]}],"
+        "\"seed\":-12,\"stop\":[\"a\",\"b\"],\"logit_bias\":{\"5\":1.5},\"stream\":true,"
+        "\"stream_options\":{\"include_usage\":true},\"temperature\":0.5}",
+        "{\"prompt\":[[1,2],[3]],\"logprobs\":3,\"max_tokens\":9,\"n\":2}",
+    };
+    pt_oai_kind kinds[] = {PT_OAI_CHAT, PT_OAI_COMPLETION};
+    for (size_t b = 0; b < 2; b++) {
+        size_t len = strlen(bodies[b]);
+        char *buf = malloc(len);
+        pt_oai_request r;
+        pt_oai_error e;
+        CHECK_EQ_INT(pt_oai_parse(&r, kinds[b], bodies[b], len, &LIM, &e), 0);
+        pt_oai_request_free(&r);
+        for (size_t cut = 0; cut < len; cut++) {
+            memcpy(buf, bodies[b], cut); /* exactly cut bytes: no terminator to lean on */
+            int rc = pt_oai_parse(&r, kinds[b], buf, cut, &LIM, &e);
+            CHECK_MSG(rc == PT_ERR_INVALID && e.status == 400, "prefix %zu of body %zu accepted", cut, b);
+            if (rc == 0) pt_oai_request_free(&r);
+        }
+        const unsigned char subst[] = {0x00, '"', '\\', '{', ']', ',', '9', 0xFF, 0xC3};
+        for (size_t at = 0; at < len; at++) {
+            for (size_t k = 0; k < sizeof(subst); k++) {
+                memcpy(buf, bodies[b], len);
+                buf[at] = (char)subst[k];
+                if (pt_oai_parse(&r, kinds[b], buf, len, &LIM, &e) == 0) {
+                    pt_oai_request_free(&r);
+                    continue;
+                }
+                CHECK_MSG((e.status == 400 || e.status == 404) && e.message[0] && e.type,
+                          "corruption at %zu: status %d", at, e.status);
+                char *j = pt_oai_error_json(&e);
+                cJSON *v = j ? cJSON_Parse(j) : NULL;
+                CHECK_MSG(v && cJSON_IsObject(cJSON_GetObjectItem(v, "error")), "error body: %s", j ? j : "(null)");
+                cJSON_Delete(v);
+                free(j);
+            }
+        }
+        free(buf);
+    }
+}
+
 TEST_MAIN(TEST(test_bad_requests), TEST(test_bad_requests_built), TEST(test_chat_defaults), TEST(test_chat_full),
           TEST(test_completion_prompts), TEST(test_render), TEST(test_tokenize_requests), TEST(test_json_string),
           TEST(test_chat_completion_json), TEST(test_text_completion_json), TEST(test_chat_stream),
-          TEST(test_completion_stream), TEST(test_error_json), TEST(test_models_tokenize_json))
+          TEST(test_completion_stream), TEST(test_error_json), TEST(test_models_tokenize_json),
+          TEST(test_prefixes_and_corruptions))
