@@ -40,6 +40,7 @@ typedef struct {
     pt_oai_lp_entry *lp_top;
     size_t n_lps, cap_lps;
     bool sent_role;
+    size_t text_sent;     /* streaming: bytes of text sent so far (completions' text_offset) */
     double t_last;
 } choice;
 
@@ -340,8 +341,10 @@ static void handle_event(serve *s, event *e) {
                 pt_oai_choice oc = {.index = ch->index, .text = e->text ? e->text : "", .len = e->text_len,
                                     .role = c->kind == PT_OAI_CHAT && !ch->sent_role,
                                     .finish = final ? oai_finish(e->finish) : PT_OAI_FINISH_NONE,
-                                    .has_logprobs = has_lp, .lp = has_lp ? &lp : NULL, .n_lp = has_lp ? 1 : 0};
+                                    .has_logprobs = has_lp, .lp = has_lp ? &lp : NULL, .n_lp = has_lp ? 1 : 0,
+                                    .text_offset_base = ch->text_sent};
                 ch->sent_role = true;
+                ch->text_sent += e->text_len;
                 pt_oai_meta meta = {c->id, c->created, c->model};
                 stream_write(c, pt_oai_chunk_json(&meta, c->kind, &oc, c->include_usage));
                 if (has_lp) {
