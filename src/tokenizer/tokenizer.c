@@ -658,7 +658,7 @@ int pt_tokenizer_decode(const pt_tokenizer *t, const int32_t *ids, size_t n, boo
 size_t pt_tokenizer_piece(const pt_tokenizer *t, int32_t id, char *buf, size_t cap) {
     if (id < 0 || (size_t)id >= t->n_vocab) return 0;
     size_t l = t->dec_len[id];
-    memcpy(buf, t->dec[id], l < cap ? l : cap);
+    if (cap) memcpy(buf, t->dec[id], l < cap ? l : cap); /* cap 0 (buf may be NULL) asks for the length */
     return l;
 }
 
