@@ -391,7 +391,7 @@ static int parse_token_id(const cJSON *v, const char *param, const pt_oai_limits
                           pt_oai_error *e) {
     int64_t hi = lim && lim->vocab_size ? (int64_t)lim->vocab_size - 1 : INT32_MAX;
     if (hi > INT32_MAX) hi = INT32_MAX;
-    int64_t x;
+    int64_t x = 0;
     if (get_int(v, param, 0, hi, &x, e)) {
         if (cJSON_IsNumber(v) && isfinite(v->valuedouble) && v->valuedouble == floor(v->valuedouble))
             BAD(e, param, "'%s' is not a token id: %.17g is outside [0, %" PRId64 "]%s", param, v->valuedouble,
@@ -661,7 +661,7 @@ static int f_max_completion_tokens(parse_ctx *c, const cJSON *v) {
 
 #define FLOAT_FIELD(fn, name, lo, lo_open, hi, hi_open, dst)                   \
     static int fn(parse_ctx *c, const cJSON *v) {                              \
-        double x;                                                              \
+        double x = 0;                                                            \
         if (get_number(v, name, lo, lo_open, hi, hi_open, &x, c->e)) return PT_ERR_INVALID; \
         float f = (float)x; /* 1e-50 passes (0, 1] as a double but is 0 as a float */ \
         if (lo_open && f <= (float)(lo))                                       \
@@ -678,7 +678,7 @@ FLOAT_FIELD(f_frequency_penalty, "frequency_penalty", -2, false, 2, false, frequ
 FLOAT_FIELD(f_repetition_penalty, "repetition_penalty", 0, true, 2, false, repetition_penalty)
 
 static int f_top_k(parse_ctx *c, const cJSON *v) {
-    int64_t k;
+    int64_t k = 0;
     if (get_int(v, "top_k", -1, INT32_MAX, &k, c->e)) return PT_ERR_INVALID;
     c->r->sampling.top_k = k < 0 ? 0 : (int32_t)k;
     return 0;
@@ -735,7 +735,7 @@ static int f_stop(parse_ctx *c, const cJSON *v) {
 }
 
 static int f_n(parse_ctx *c, const cJSON *v) {
-    int64_t n;
+    int64_t n = 0;
     if (get_int(v, "n", 1, PT_OAI_MAX_N, &n, c->e)) return PT_ERR_INVALID;
     c->r->n = (int32_t)n;
     return 0;
@@ -763,7 +763,7 @@ static int f_stream_options(parse_ctx *c, const cJSON *v) {
 
 static int f_logprobs(parse_ctx *c, const cJSON *v) {
     if (c->r->kind == PT_OAI_CHAT) return get_bool(v, "logprobs", &c->r->logprobs, c->e);
-    int64_t k;
+    int64_t k = 0;
     if (get_int(v, "logprobs", 0, PT_OAI_MAX_LOGPROBS, &k, c->e)) return PT_ERR_INVALID;
     c->r->logprobs = true;
     c->r->top_logprobs = (int32_t)k;
@@ -771,7 +771,7 @@ static int f_logprobs(parse_ctx *c, const cJSON *v) {
 }
 
 static int f_top_logprobs(parse_ctx *c, const cJSON *v) {
-    int64_t k;
+    int64_t k = 0;
     if (get_int(v, "top_logprobs", 0, PT_OAI_MAX_LOGPROBS, &k, c->e)) return PT_ERR_INVALID;
     c->r->top_logprobs = (int32_t)k;
     c->top_logprobs_given = true;
@@ -800,7 +800,7 @@ static int f_logit_bias(parse_ctx *c, const cJSON *v) {
         long long id = digits ? strtoll(k, NULL, 10) : -1;
         if (!digits || id > hi)
             return BAD(c->e, q, "'%s': the key is not a token id in [0, %" PRId64 "]", q, hi);
-        double b;
+        double b = 0;
         if (get_number(f, q, -100, false, 100, false, &b, c->e)) return PT_ERR_INVALID;
         r->logit_bias[r->n_logit_bias].token = (int32_t)id;
         r->logit_bias[r->n_logit_bias].bias = (float)b;
@@ -825,7 +825,7 @@ static int f_user(parse_ctx *c, const cJSON *v) {
 }
 
 static int f_echo(parse_ctx *c, const cJSON *v) {
-    bool echo;
+    bool echo = false;
     if (get_bool(v, "echo", &echo, c->e)) return PT_ERR_INVALID;
     if (echo) return BAD(c->e, "echo", "'echo': true is not supported by this server");
     return 0;
