@@ -69,7 +69,9 @@ typedef void (*pt_http_handler)(void *user, pt_http_request *req);
  * (defaults); fields left 0 take their default. Returns 0, or a negative
  * PT_ERR_* with err set: nothing to close then (bind and listen errors are
  * found before any libuv handle exists; only if libuv then refused the socket
- * is a handle left closing, freed when the loop next runs). */
+ * is a handle left closing, freed when the loop next runs). If SIGPIPE is at
+ * its default (terminate), it is set to ignored: writes to a vanished client
+ * must fail with EPIPE, not kill the process. */
 int pt_http_server_start(pt_http_server **out, uv_loop_t *loop, const char *host, int port,
                          const pt_http_limits *lim, pt_http_handler handler, void *user,
                          pt_err *err);

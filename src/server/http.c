@@ -29,6 +29,7 @@
 #include <errno.h>
 #include <llhttp.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -126,6 +127,7 @@ static void conn_kick(pt_http_conn *c);
 static void conn_close(pt_http_conn *c);
 static void conn_shutdown(pt_http_conn *c);
 static void conn_fail(pt_http_conn *c, int status, const char *msg);
+static int conn_send(pt_http_conn *c, const uv_buf_t *bufs, unsigned nbufs);
 
 pt_http_limits pt_http_limits_default(void) {
     return (pt_http_limits){
@@ -290,6 +292,11 @@ static int on_version(llhttp_t *p, const char *at, size_t len) {
     return head_count(conn_of(p), len, 431) ? 0 : -1;
 }
 
+static int on_method_complete(llhttp_t *p) {
+    conn_of(p)->cur->method = llhttp_method_name((llhttp_method_t)llhttp_get_method(p));
+    return 0;
+}
+
 static int on_url(llhttp_t *p, const char *at, size_t len) {
     pt_http_conn *c = conn_of(p);
     pt_http_request *r = c->cur;
@@ -421,9 +428,7 @@ static int on_headers_complete(llhttp_t *p) {
         r->http_minor >= 1) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         uv_buf_t b = uv_buf_init((char *)cont, sizeof cont - 1);
-        int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
-        (void)n; /* a 15-byte write into an idle socket; if it fails, the client
-                    sends the body after its own timeout, as RFC 9110 allows */
+        if (conn_send(c, &b, 1) < 0) return -1; /* after any response still queued */
     }
     return 0;
 }
@@ -461,6 +466,7 @@ static const llhttp_settings_t parser_settings = {
     .on_message_begin = on_message_begin,
     .on_url = on_url,
     .on_method = on_method,
+    .on_method_complete = on_method_complete,
     .on_version = on_version,
     .on_header_field = on_header_field,
     .on_header_value = on_header_value,
@@ -708,6 +714,7 @@ static void conn_fail(pt_http_conn *c, int status, const char *msg) {
     char *head = format_head(status, "application/json", length_hdr, false, NULL, &hlen);
     uv_buf_t b[2] = {uv_buf_init(head, (unsigned)hlen), uv_buf_init(body, (unsigned)blen)};
     pt_http_request *r = c->cur ? c->cur : req_new();
+    if (r->url && !r->path) url_split(r); /* for the log line */
     r->status = status;
     r->bytes_out = hlen + blen;
     access_log(r, msg);
@@ -772,7 +779,7 @@ static void conn_process(pt_http_conn *c) {
             break;
         }
         c->in_off += used;
-        if (c->ready) {
+        if (c->ready && !c->closing) { /* closing: freed in the close callback */
             pt_http_request *r = c->ready;
             c->ready = NULL;
             conn_dispatch(c, r);
@@ -1011,6 +1018,14 @@ int pt_http_server_start(pt_http_server **out, uv_loop_t *loop, const char *host
         return pt_err_set(err, PT_ERR_INVALID, "http: host '%s' is not an IPv4 or IPv6 address",
                           host);
     }
+    /* A write to a socket whose peer has gone raises SIGPIPE, whose default
+     * action kills the process; libuv does not mask it. A server wants the
+     * EPIPE error instead. A disposition the program chose is left alone. */
+    struct sigaction sa;
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && !(sa.sa_flags & SA_SIGINFO) &&
+        sa.sa_handler == SIG_DFL)
+        signal(SIGPIPE, SIG_IGN);
+
     /* Bind and listen with plain calls first, so that a failure leaves no
      * libuv handle behind that would need the loop to close it. */
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);

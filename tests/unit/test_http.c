@@ -188,6 +188,9 @@ static void handler(void *user, pt_http_request *req) {
         pt_http_request_set_callbacks(req, stream_drain, stream_abort, op);
         pt_http_stream_begin(req, 200, "text/event-stream", "Cache-Control: no-cache\r\n");
         uv_timer_start(&op->timer, stream_tick, (uint64_t)op->ms, (uint64_t)op->ms);
+    } else if (strcmp(path, "/drop") == 0) {
+        pt_http_request_release(req); /* no response: the connection closes */
+        app_end(f);
     } else {
         pt_http_respond_error(req, 404, NULL, "no such route", NULL);
         app_end(f);
@@ -547,8 +550,61 @@ static void test_pipelined_in_order(void) {
     CHECK(read_response(&c, &r));
     CHECK(header_is(&r, "x-query", "third"));
     response_free(&r);
+    /* A request that arrives while another is in flight waits its turn. */
+    client_send(&c, "GET /async?ms=40 HTTP/1.1\r\nHost: t\r\n\r\n");
+    sleep_ms(10);
+    client_send(&c, "GET /echo?later HTTP/1.1\r\nHost: t\r\n\r\n");
+    CHECK(read_response(&c, &r));
+    CHECK(strcmp(r.body, "async done") == 0);
+    response_free(&r);
+    CHECK(read_response(&c, &r));
+    CHECK(header_is(&r, "x-query", "later"));
+    response_free(&r);
     client_close(&c);
     fixture_stop(f);
+}
+
+static void test_release_without_response_closes(void) {
+    fixture *f = fixture_start(NULL);
+    client c;
+    client_open(&c, f->port, 0);
+    client_send(&c, "GET /drop HTTP/1.1\r\nHost: t\r\n\r\n");
+    CHECK(client_eof(&c));
+    client_close(&c);
+    fixture_stop(f);
+}
+
+/* The access log names method, path and status, and never a header value
+ * or the query (both may carry keys). */
+static void test_access_log_has_no_secrets(void) {
+    char tmpl[] = "/tmp/test_http_log_XXXXXX";
+    int logfd = mkstemp(tmpl);
+    CHECK(logfd >= 0);
+    fflush(stderr);
+    int saved = dup(2);
+    dup2(logfd, 2);
+    fixture *f = fixture_start(NULL);
+    client c;
+    response r;
+    client_open(&c, f->port, 0);
+    client_send(&c, "POST /echo?api_key=sk-query-secret HTTP/1.1\r\nHost: t\r\n"
+                    "Authorization: Bearer sk-header-secret\r\nContent-Length: 2\r\n\r\nhi");
+    CHECK(read_response(&c, &r) && r.status == 200);
+    response_free(&r);
+    client_close(&c);
+    fixture_stop(f); /* every log line is written once the loop thread is joined */
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    char log[4096] = {0};
+    ssize_t n = pread(logfd, log, sizeof log - 1, 0);
+    close(logfd);
+    unlink(tmpl);
+    CHECK(n > 0);
+    CHECK_MSG(strstr(log, "POST /echo 200 ") != NULL, "log: %s", log);
+    CHECK(strstr(log, "route=echo") != NULL);
+    CHECK(strstr(log, "sk-header-secret") == NULL);
+    CHECK(strstr(log, "sk-query-secret") == NULL);
 }
 
 static void test_oversize_header_431(void) {
@@ -623,6 +679,9 @@ static void test_malformed_400(void) {
         "GET / HTTP/9.9\r\n\r\n",
         "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\nxx",
         "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        /* Both framings at once: the classic request-smuggling shape. */
+        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "0\r\n\r\n",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         client c;
@@ -877,7 +936,8 @@ static void test_bind_error_reported(void) {
 }
 
 TEST_MAIN(TEST(test_const_time_eq), TEST(test_get_and_post), TEST(test_keep_alive_and_http10),
-          TEST(test_pipelined_in_order), TEST(test_oversize_header_431), TEST(test_oversize_body_413),
+          TEST(test_pipelined_in_order),
+          TEST(test_release_without_response_closes), TEST(test_access_log_has_no_secrets), TEST(test_oversize_header_431), TEST(test_oversize_body_413),
           TEST(test_malformed_400), TEST(test_chunked_request_body), TEST(test_expect_100_continue),
           TEST(test_stream_chunked), TEST(test_disconnect_mid_stream_aborts_once),
           TEST(test_slow_reader_backpressure),
