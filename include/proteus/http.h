@@ -50,7 +50,9 @@ typedef struct {
                                    pause (stream_write > 0). A stream that keeps writing past
                                    twice this is closed. Default 1 MiB */
     size_t max_connections;     /* open connections; more are answered 503 and closed. 1024 */
-    uint64_t idle_timeout_ms;   /* keep-alive connection with no request. Default 60 s */
+    uint64_t idle_timeout_ms;   /* keep-alive connection with no request; also how long a
+                                   client may leave output over max_out_buffer unread
+                                   before it is closed. Default 60 s */
     uint64_t header_timeout_ms; /* a request's headers and body must arrive within this,
                                    from its first byte (slowloris). Default 30 s */
 } pt_http_limits;

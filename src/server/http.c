@@ -730,8 +730,11 @@ static void conn_fail(pt_http_conn *c, int status, const char *msg) {
 static void conn_kick(pt_http_conn *c) {
     if (c->closing || c->lingering || c->inflight || c->processing) return;
     if (c->in_off < c->in_len) {
-        if (c->out_buffered <= c->srv->lim.max_out_buffer) conn_timer_start(c, TIMER_PROCESS, 0);
-        /* else: write_cb kicks again when the buffer drains */
+        if (c->out_buffered <= c->srv->lim.max_out_buffer)
+            conn_timer_start(c, TIMER_PROCESS, 0);
+        else if (c->timer_mode != TIMER_STALL) /* write_cb kicks again when the buffer
+                                                  drains, unless the client never reads */
+            conn_timer_start(c, TIMER_STALL, c->srv->lim.idle_timeout_ms);
     } else if (!c->in_message) {
         conn_timer_start(c, TIMER_IDLE, c->srv->lim.idle_timeout_ms);
     }

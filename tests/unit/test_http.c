@@ -815,6 +815,25 @@ static void test_slow_reader_backpressure(void) {
     free(f);
 }
 
+/* A client that stops reading a stream for idle_timeout_ms is dropped: the
+ * application gets on_abort without the client ever closing. */
+static void test_stalled_reader_dropped(void) {
+    pt_http_limits lim = pt_http_limits_default();
+    lim.max_out_buffer = 64 * 1024;
+    lim.idle_timeout_ms = 150;
+    fixture *f = fixture_start(&lim);
+    client c;
+    client_open(&c, f->port, 16 * 1024);
+    client_send(&c, "GET /stream?n=640&ms=0&size=16384 HTTP/1.1\r\nHost: t\r\n\r\n");
+    CHECK(wait_for(&f->backpressure, 1));
+    CHECK(wait_for(&f->aborts, 1)); /* within the 2 s wait; the client is still open */
+    client_close(&c);
+    uv_async_send(&f->stop_async);
+    fixture_join(f);
+    CHECK_EQ_INT(f->final_stats.requests_aborted, 1);
+    free(f);
+}
+
 static void test_header_and_idle_timeouts(void) {
     pt_http_limits lim = pt_http_limits_default();
     lim.header_timeout_ms = 150;
@@ -940,6 +959,6 @@ TEST_MAIN(TEST(test_const_time_eq), TEST(test_get_and_post), TEST(test_keep_aliv
           TEST(test_release_without_response_closes), TEST(test_access_log_has_no_secrets), TEST(test_oversize_header_431), TEST(test_oversize_body_413),
           TEST(test_malformed_400), TEST(test_chunked_request_body), TEST(test_expect_100_continue),
           TEST(test_stream_chunked), TEST(test_disconnect_mid_stream_aborts_once),
-          TEST(test_slow_reader_backpressure),
+          TEST(test_slow_reader_backpressure), TEST(test_stalled_reader_dropped),
           TEST(test_header_and_idle_timeouts), TEST(test_max_connections_503),
           TEST(test_graceful_close), TEST(test_bind_error_reported))
