@@ -4,7 +4,7 @@
  *   trace  (src/bench/trace*.c)   read published traces into pt_trace
  *   replay (src/bench/replay.c, client.c) send them with timing, stream,
  *                                  and record one pt_bench_record per request
- *   report (src/bench/report.c, plot.c) compute vLLM's metrics from records
+ *   report (src/bench/report.c, plot_svg.c) compute vLLM's metrics from records
  * Times are seconds on one monotonic clock (pt_now), relative to the run's
  * start (the first request's scheduled send time is 0). */
 #ifndef PROTEUS_BENCH_H
@@ -75,6 +75,7 @@ typedef struct {
     char *error;              /* failure reason (status line, error JSON message, or errno text), or NULL */
 } pt_bench_record;
 
+/* Frees each record's token_times and error, then the array r itself. */
 void pt_bench_records_free(pt_bench_record *r, size_t n);
 
 /* ---- report ---- */
@@ -91,12 +92,14 @@ typedef struct {
     size_t completed, failed;
     size_t failed_by_status[8];  /* counts for up to 8 distinct statuses */
     int failed_status[8];
-    size_t n_failed_statuses;
+    size_t n_failed_statuses;    /* slots used, ascending status order */
+    size_t failed_other_status;  /* failures whose status found no free slot */
     size_t output_mismatches;    /* ok requests whose output_tokens != expected_output */
-    double duration_s;           /* first send to last end, measured requests only */
+    double duration_s;           /* first send to last end, measured requests (ok or not) */
     uint64_t total_input, total_output;
     double request_throughput, output_throughput, total_token_throughput, peak_output_throughput;
     double goodput;              /* requests/s meeting every set SLO; < 0 when no SLO set */
+    size_t peak_concurrency;     /* most completed requests in flight at once, [t_sent, t_end) */
     pt_dist ttft_ms, tpot_ms, itl_ms, e2el_ms;
 } pt_bench_report;
 
@@ -110,5 +113,18 @@ char *pt_bench_report_json(const pt_bench_report *rep, const char *extra_json_fi
 int pt_bench_write_csv(const char *path, const pt_bench_record *r, size_t n, pt_err *err);
 /* SVG: latency CDFs (TTFT, TPOT, E2EL) and output throughput over time. */
 int pt_bench_write_svg(const char *path, const pt_bench_record *r, size_t n, const pt_bench_report *rep, pt_err *err);
+
+/* The samples behind the report, shared by the report and the plot so that
+ * both use one definition. Measured completed requests only; seconds. */
+typedef enum { PT_BENCH_TTFT, PT_BENCH_TPOT, PT_BENCH_ITL, PT_BENCH_E2EL } pt_bench_metric;
+/* Writes the samples of metric m into out (NULL = only count them) in record
+ * order; returns how many there are. */
+size_t pt_bench_samples(const pt_bench_record *r, size_t n, pt_bench_metric m, double *out);
+/* Token chunks per 1-second bucket, vLLM's way: bucket k counts the chunks of
+ * completed requests arriving in [origin + k, origin + k + 1), origin = the
+ * earliest send of a completed request, ceil(last end - origin) + 1 buckets.
+ * *counts is malloc'd (free it); NULL and 0 buckets when nothing completed. */
+int pt_bench_output_per_second(const pt_bench_record *r, size_t n, double *origin, double **counts,
+                               size_t *n_buckets, pt_err *err);
 
 #endif
