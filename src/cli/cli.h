@@ -12,6 +12,7 @@ enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
 int cmd_generate(int argc, char **argv);
 int cmd_perf(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 
 /* Resolves -m: NULL or "default" -> the cached default model. The result is
  * static storage or `arg` itself. */
