@@ -429,6 +429,7 @@ static void conn_lost(pt_client_conn *k, const char *what, int uverr) {
         if (call_open(cl, call) != 0) call->done(call);
         return;
     }
+    call->rec->status = 0; /* no complete response: a connection failure, whatever the headers said */
     if (call->got_bytes && call->rec->n_token_times)
         call_fail(k, "%s: %s after %zu chunks", what, uv_strerror(uverr), call->rec->n_token_times);
     else call_fail(k, "%s: %s", what, uv_strerror(uverr));
@@ -436,7 +437,9 @@ static void conn_lost(pt_client_conn *k, const char *what, int uverr) {
 
 static void on_timeout(uv_timer_t *t) {
     pt_client_conn *k = t->data;
-    if (k->call) call_fail(k, "timeout after %g s", k->call->timeout_s);
+    if (!k->call) return;
+    k->call->rec->status = 0;
+    call_fail(k, "timeout after %g s", k->call->timeout_s);
 }
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
@@ -461,6 +464,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
                 response_complete(k);
                 return;
             }
+            k->call->rec->status = 0;
             call_fail(k, "connection closed before the response ended");
             return;
         }
@@ -620,7 +624,10 @@ int pt_client_start(pt_client *cl, pt_client_call *call) {
 }
 
 void pt_client_cancel_all(pt_client *cl, const char *reason) {
-    while (cl->busy) call_fail(cl->busy, "%s", reason);
+    while (cl->busy) {
+        cl->busy->call->rec->status = 0;
+        call_fail(cl->busy, "%s", reason);
+    }
 }
 
 size_t pt_client_in_flight(const pt_client *cl) { return cl->n_busy; }

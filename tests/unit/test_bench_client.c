@@ -418,6 +418,7 @@ static void test_timeout_fails_the_call(void) {
     run_until(&f, 1);
     CHECK(!rec.ok);
     CHECK_MSG(rec.error && strstr(rec.error, "timeout"), "error '%s'", rec.error ? rec.error : "(null)");
+    CHECK_EQ_INT(rec.status, 0);
     CHECK_MSG(rec.t_end - rec.t_sent < 1.5, "timed out after %.3f s", rec.t_end - rec.t_sent);
     rec_free(&rec);
     fixture_close(&f);
@@ -442,6 +443,7 @@ static void test_cancel_all_marks_interrupted(void) {
     run_until(&f, 1);
     CHECK(!rec.ok);
     CHECK_MSG(rec.error && !strcmp(rec.error, "interrupted"), "error '%s'", rec.error ? rec.error : "(null)");
+    CHECK_EQ_INT(rec.status, 0);
     CHECK_EQ_INT(pt_client_in_flight(f.cl), 0);
     rec_free(&rec);
     fixture_close(&f);
