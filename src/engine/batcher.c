@@ -79,6 +79,7 @@ static void req_free(req *r) {
 }
 
 static void out_append(req *r, const char *s, size_t n) {
+    if (n == 0) return; /* s may be NULL then */
     if (r->out_len + n + 1 > r->out_cap) {
         r->out_cap = (r->out_len + n + 1) * 2;
         r->out = realloc(r->out, r->out_cap);
@@ -221,6 +222,8 @@ static void take_inbox(pt_batcher *b) {
     pthread_mutex_lock(&b->mu);
     req *in = b->incoming;
     b->incoming = b->incoming_tail = NULL;
+    /* They stay counted against max_waiting until update_stats refreshes the snapshot. */
+    b->stats.waiting += b->n_incoming;
     b->n_incoming = 0;
     uint64_t *cancels = b->cancels;
     size_t n_cancels = b->n_cancels;

@@ -9,7 +9,7 @@
 #include "test.h"
 
 #define N_REQ 6
-#define GEN 12
+#define GEN 40
 
 typedef struct {
     pthread_mutex_t mu;
@@ -156,8 +156,11 @@ static void run_concurrent(uint64_t kv_pages, bool expect_preemption) {
 
 static void test_concurrent_matches_solo(void) { run_concurrent(0, false); }
 
-/* 2 KV heads x pages of 4 tokens: 40 pages hold about 80 tokens, far less than
- * six requests need together, so the batcher must preempt and recompute. */
+/* 2 KV heads x pages of 4 tokens: 40 pages hold 80 tokens per head. The
+ * longest request alone needs 75 (35 prompt + 40 generated), so it fits, but
+ * no two of the six fit together near their ends: however the submissions
+ * interleave with the batcher's iterations, requests overlap for 40 steps and
+ * the batcher must preempt and recompute. */
 static void test_preemption_recomputes_exactly(void) { run_concurrent(40, true); }
 
 static void test_cancel_and_limits(void) {
