@@ -375,11 +375,13 @@ def queue_full_case(tab, t):
         retry_ok = all(r[1].get("retry-after", "").isdigit() for r in n429)
         types_ok = all((err_of(r[2]) or {}).get("type") == "rate_limit_error" for r in n429)
         tab.add("429 queue full (12 at once, max-running 1, max-waiting 1)",
-                ">=1 x 429 with Retry-After, rest 200",
+                "1 or 2 x 200 (running + waiting), rest 429 with Retry-After",
                 "%d x 200, %d x 429, other %s, Retry-After %s, type %s" % (
                     st.count(200), len(n429), others, n429[0][1].get("retry-after") if n429 else None,
                     (err_of(n429[0][2]) or {}).get("type") if n429 else None),
-                len(n429) >= 1 and st.count(200) >= 2 and not others and retry_ok and types_ok)
+                # Whether the second request finds the first already admitted (and
+                # so may wait) is a race; never more than running + waiting fit.
+                len(n429) >= 1 and 1 <= st.count(200) <= 2 and not others and retry_ok and types_ok)
         after_checks(t, srv, "queue server")
     finally:
         code = srv.stop()
