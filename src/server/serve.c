@@ -256,12 +256,9 @@ static void stream_write(call *c, char *json) {
 
 /* All choices done: the usage chunk, [DONE], or the whole JSON body. */
 static void call_complete(call *c) {
-    serve *s = c->s;
     pt_oai_usage u = {0, 0};
-    for (uint32_t i = 0; i < c->n_choices; i++) {
-        /* Each prompt counts once, whatever n is. */
-        u.completion_tokens += c->choices[i].completion_tokens;
-    }
+    for (uint32_t i = 0; i < c->n_choices; i++) u.completion_tokens += c->choices[i].completion_tokens;
+    /* Each prompt counts once, whatever n is (as OpenAI and vLLM count). */
     uint32_t n_per_prompt = c->n_per_prompt ? c->n_per_prompt : 1;
     for (uint32_t i = 0; i < c->n_choices; i += n_per_prompt) u.prompt_tokens += c->choices[i].prompt_tokens;
     pt_oai_meta meta = {c->id, c->created, c->model};
@@ -286,7 +283,6 @@ static void call_complete(call *c) {
     free(oc);
     send_json(c->req, 200, body);
     c->req = NULL;
-    (void)s;
 }
 
 static void handle_event(serve *s, event *e) {
@@ -421,7 +417,6 @@ static void handle_generate(serve *s, pt_http_request *req, pt_oai_kind kind) {
     size_t n_prompts = kind == PT_OAI_CHAT ? 1 : r.n_prompts;
     int32_t **ids = pt_xcalloc(n_prompts, sizeof(int32_t *));
     size_t *lens = pt_xcalloc(n_prompts, sizeof(size_t));
-    bool owned_ids = true;
     int rc = 0;
     if (kind == PT_OAI_CHAT) {
         char *text = NULL;
@@ -444,7 +439,6 @@ static void handle_generate(serve *s, pt_http_request *req, pt_oai_kind kind) {
             }
         }
     }
-    (void)owned_ids;
     for (size_t i = 0; i < n_prompts && rc == 0; i++) {
         if (lens[i] == 0) {
             rc = pt_oai_error_set(&oe, 400, "invalid_request_error", NULL, kind == PT_OAI_CHAT ? "messages" : "prompt",
