@@ -164,7 +164,9 @@ static void call_complete(pt_client_conn *k, bool reuse) {
     cl->n_busy--;
     uv_timer_stop(&k->timer);
     list_remove(k);
-    if (reuse && !cl->closing) list_push(&cl->idle, k);
+    /* A response can beat the end of its own request's write (an early 413):
+     * such a connection is not reused, so one write is pending at a time. */
+    if (reuse && !cl->closing && !k->wbuf) list_push(&cl->idle, k);
     else conn_close(k);
     call->done(call);
 }

@@ -261,6 +261,11 @@ static void rec_free(pt_bench_record *r) {
     free(r->error);
 }
 
+static void call_free(pt_client_call *c) {
+    rec_free(c->rec);
+    free(c->resp_body);
+}
+
 /* ---- client tests ---- */
 
 static void test_sse_stream_timings_and_usage(void) {
@@ -290,7 +295,7 @@ static void test_sse_stream_timings_and_usage(void) {
         }
         CHECK(rec.t_end >= rec.token_times[2]);
     }
-    rec_free(&rec);
+    call_free(&c);
     fixture_close(&f);
 }
 
@@ -305,7 +310,7 @@ static void test_sse_without_usage_counts_chunks(void) {
     CHECK(rec.ok);
     CHECK(!c.usage_seen);
     CHECK_EQ_INT(rec.output_tokens, 3);
-    rec_free(&rec);
+    call_free(&c);
     fixture_close(&f);
 }
 
@@ -322,7 +327,7 @@ static void test_http_error_status_and_message(void) {
     CHECK_MSG(rec.error && strstr(rec.error, "rate limited: slow down"), "error '%s'", rec.error ? rec.error : "(null)");
     CHECK_EQ_INT(rec.n_token_times, 0);
     CHECK(rec.t_first < 0);
-    rec_free(&rec);
+    call_free(&c);
     fixture_close(&f);
 }
 
@@ -338,7 +343,7 @@ static void test_keep_alive_reuses_one_connection(void) {
         run_until(&f, 1);
         f.done = 0;
         CHECK_EQ_INT(rec.status, i == 1 ? 429 : 200);
-        rec_free(&rec);
+        call_free(&c);
     }
     CHECK_EQ_INT(pt_client_connections_opened(f.cl), 1);
     fixture_close(&f);
@@ -360,7 +365,7 @@ static void test_concurrent_calls_use_parallel_connections(void) {
     for (int i = 0; i < N; i++) {
         CHECK(rec[i].ok);
         CHECK_EQ_INT(rec[i].n_token_times, 3);
-        rec_free(&rec[i]);
+        call_free(&c[i]);
     }
     CHECK_EQ_INT(pt_client_in_flight(f.cl), 0);
     fixture_close(&f);
@@ -377,7 +382,7 @@ static void test_connection_closed_without_answer(void) {
     CHECK(!rec.ok);
     CHECK_EQ_INT(rec.status, 0);
     CHECK(rec.error != NULL);
-    rec_free(&rec);
+    call_free(&c);
     fixture_close(&f);
 }
 
@@ -404,7 +409,7 @@ static void test_connection_refused(void) {
     CHECK(!rec.ok);
     CHECK_EQ_INT(rec.status, 0);
     CHECK_MSG(rec.error && strstr(rec.error, "connection refused"), "error '%s'", rec.error ? rec.error : "(null)");
-    rec_free(&rec);
+    call_free(&c);
     fixture_close(&f);
 }
 
@@ -420,7 +425,7 @@ static void test_timeout_fails_the_call(void) {
     CHECK_MSG(rec.error && strstr(rec.error, "timeout"), "error '%s'", rec.error ? rec.error : "(null)");
     CHECK_EQ_INT(rec.status, 0);
     CHECK_MSG(rec.t_end - rec.t_sent < 1.5, "timed out after %.3f s", rec.t_end - rec.t_sent);
-    rec_free(&rec);
+    call_free(&c);
     fixture_close(&f);
 }
 
@@ -445,7 +450,7 @@ static void test_cancel_all_marks_interrupted(void) {
     CHECK_MSG(rec.error && !strcmp(rec.error, "interrupted"), "error '%s'", rec.error ? rec.error : "(null)");
     CHECK_EQ_INT(rec.status, 0);
     CHECK_EQ_INT(pt_client_in_flight(f.cl), 0);
-    rec_free(&rec);
+    call_free(&c);
     fixture_close(&f);
 }
 
