@@ -64,6 +64,7 @@ static void usage(FILE *f) {
           "  --json FILE           metrics as JSON (vLLM's key names)\n"
           "  --csv FILE            one row per request\n"
           "  --plot FILE.svg       latency CDFs and throughput over time\n"
+          "  --goodput KEY:MS...   SLOs for goodput, e.g. --goodput ttft:500 tpot:50 e2el:5000\n"
           "  --quiet               no progress line\n"
           "\n"
           "Exit: 0 the run happened (failed requests are in the report), 1 it could not run, 2 usage error.\n",
@@ -76,6 +77,7 @@ typedef struct {
     pt_trace_format format;
     bool strict, clip_to_context, quiet;
     double timeout_s;
+    pt_goodput_slo slo;
     long max_concurrency;
     pt_replay_opts ro;
 } bench_args;
@@ -92,6 +94,20 @@ static bool parse_format(const char *s, pt_trace_format *f) {
             return true;
         }
     fprintf(stderr, "proteus bench: --format: expected auto, azure, mooncake, burstgpt or proteus, got '%s'\n", s);
+    return false;
+}
+
+/* One "ttft:MS", "tpot:MS" or "e2el:MS" of --goodput. */
+static bool parse_slo(const char *s, pt_goodput_slo *slo) {
+    const char *colon = strchr(s, ':');
+    double ms;
+    if (colon && cli_parse_float("--goodput", colon + 1, 1e-9, 1e12, &ms)) {
+        size_t n = (size_t)(colon - s);
+        if (n == 4 && !strncmp(s, "ttft", 4)) return slo->ttft_ms = ms, true;
+        if (n == 4 && !strncmp(s, "tpot", 4)) return slo->tpot_ms = ms, true;
+        if (n == 4 && !strncmp(s, "e2el", 4)) return slo->e2el_ms = ms, true;
+    }
+    fprintf(stderr, "proteus bench: --goodput: expected ttft:MS, tpot:MS or e2el:MS, got '%s'\n", s);
     return false;
 }
 
@@ -135,6 +151,11 @@ static int parse_args(bench_args *a, int argc, char **argv) {
         else if (!strcmp(f, "--json")) a->json = v;
         else if (!strcmp(f, "--csv")) a->csv = v;
         else if (!strcmp(f, "--plot")) a->plot = v;
+        else if (!strcmp(f, "--goodput")) {
+            /* vLLM's form: one flag, then KEY:MS words until the next flag. */
+            i--;
+            while (ok && i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) ok = parse_slo(argv[++i], &a->slo);
+        }
         else if (!strcmp(f, "--timeout")) ok = cli_parse_float(f, v, 0, 1e6, &a->timeout_s);
         else if (!strcmp(f, "--speedup")) ok = cli_parse_float(f, v, 1e-6, 1e9, &a->ro.speedup);
         else if (!strcmp(f, "--rate")) ok = cli_parse_float(f, v, 1e-6, 1e9, &a->ro.rate);
@@ -320,8 +341,7 @@ int cmd_bench(int argc, char **argv) {
     }
 
     pt_bench_report rep;
-    pt_goodput_slo slo = {0};
-    pt_bench_report_compute(&rep, recs, n_rec, &slo);
+    pt_bench_report_compute(&rep, recs, n_rec, &a.slo);
     pt_bench_report_print(stdout, &rep, interrupted ? "Serving Benchmark Result (interrupted)" : "Serving Benchmark Result");
     fflush(stdout);
     /* The first failures say more than a count: show a few. */

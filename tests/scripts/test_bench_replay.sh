@@ -39,7 +39,8 @@ done
 [ $? -eq 1 ] && grep -q "refused" "$tmp/unreach" && ok || bad "unreachable server: $(cat "$tmp/unreach")"
 
 timeout 60 "$BIN" bench --base-url "http://127.0.0.1:$PORT" --trace "$TRACE" --num-requests 12 --max-input 256 \
-    --max-output 16 --speedup 20 --json "$tmp/out.json" --csv "$tmp/out.csv" --quiet >"$tmp/report.txt" 2>"$tmp/bench.err"
+    --max-output 16 --speedup 20 --json "$tmp/out.json" --csv "$tmp/out.csv" --plot "$tmp/out.svg" \
+    --goodput ttft:600000 e2el:600000 --quiet >"$tmp/report.txt" 2>"$tmp/bench.err"
 rc=$?
 [ "$rc" -eq 0 ] && ok || bad "bench exit $rc: $(tail -5 "$tmp/bench.err")"
 grep -q "Successful requests" "$tmp/report.txt" && ok || bad "no console report"
@@ -63,6 +64,9 @@ expect("completed", 12)
 expect("failed", 0)
 expect("total_input_tokens", want_in)
 expect("total_output_tokens", want_out)
+# SLOs of ten minutes hold for every request: goodput is the request throughput.
+if rep.get("request_goodput") is None or abs(rep["request_goodput"] - rep["request_throughput"]) > 1e-9:
+    problems.append(f"request_goodput = {rep.get('request_goodput')}, want {rep.get('request_throughput')}")
 mism = rep.get("output_mismatches")
 if mism != 0:
     problems.append(f"output mismatches = {mism}")
@@ -74,6 +78,8 @@ for p in problems:
     print("report:", p, file=sys.stderr)
 sys.exit(1 if problems else 0)
 EOF
+
+head -c 4 "$tmp/out.svg" | grep -q "<svg" && ok || bad "no SVG plot written"
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
