@@ -29,6 +29,8 @@ typedef struct {
     uint32_t max_ctx;     /* context limit (0 = the model's) */
     uint32_t max_seqs;    /* concurrent sequences (default 64) */
     uint32_t max_batch_tokens; /* tokens per step (default 512) */
+    bool exact_activations;    /* F32 activations with dequantized weights: the arithmetic of a
+                                  float reference (tests); default off: int8 activations, fast */
 } pt_engine_opts;
 
 void pt_engine_opts_default(pt_engine_opts *o);

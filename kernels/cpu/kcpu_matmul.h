@@ -47,6 +47,13 @@ void kcpu_matmul_isa(kcpu_isa isa, pt_dtype wtype, const void *W, size_t w_strid
                      size_t n1, const void *X, size_t x_stride, size_t T, size_t K, float *Y,
                      size_t ldy);
 
+/* Y[t][n] = dot(dequantize(W[n]), X[t]) with F32 activations X (rows
+ * x_stride bytes apart): the arithmetic of a float reference implementation,
+ * for checking against one (slower than kcpu_matmul). Same determinism
+ * contract; the dot product is kcpu_dot_f32's. */
+void kcpu_matmul_dequant(pt_dtype wtype, const void *W, size_t w_stride, size_t n0, size_t n1, const float *X,
+                         size_t x_stride, size_t T, size_t K, float *Y, size_t ldy);
+
 /* Dequantize one row of K elements of any supported weight type into floats. */
 void kcpu_dequantize_row(pt_dtype type, float *dst, const void *src, size_t K);
 /* Quantize one float row into a weight type (reference quality, used by

@@ -20,10 +20,22 @@ typedef struct {
     uint32_t layer;
 } phase_ctx;
 
-static size_t act_row_bytes(pt_dtype wtype, size_t K) {
+/* Activations are quantized to the weights' partner format (int8 blocks:
+ * fast, as llama.cpp does), or kept in F32 with exact_activations (weights are
+ * then dequantized: the arithmetic of a float reference, at a cost in speed). */
+static pt_dtype act_type_of(const pt_engine *e, pt_dtype wtype) {
+    return e->opts.exact_activations ? PT_DTYPE_F32 : kcpu_act_type(wtype);
+}
+
+static size_t act_row_bytes(const pt_engine *e, pt_dtype wtype, size_t K) {
     uint64_t rb = 0;
-    pt_dtype_row_bytes(kcpu_act_type(wtype), K, &rb);
+    pt_dtype_row_bytes(act_type_of(e, wtype), K, &rb);
     return (size_t)rb;
+}
+
+static void quantize_act(const pt_engine *e, pt_dtype wtype, void *dst, const float *x, size_t K) {
+    if (e->opts.exact_activations) memcpy(dst, x, K * sizeof(float));
+    else kcpu_quantize_act(wtype, dst, x, K);
 }
 
 /* ---- matmul jobs: several matrices split by rows across threads ---- */
@@ -39,6 +51,7 @@ typedef struct {
 typedef struct {
     mm_job jobs[3 * PT_MAX_GROUPS + 2 * PT_MAX_MLP_CHUNKS];
     int n;
+    bool exact; /* F32 activations: quantized weights go through kcpu_matmul_dequant */
     uint32_t T;
     uint64_t total_rows;
 } mm_list;
@@ -58,8 +71,12 @@ static void mm_phase(void *arg, int tid, int nth) {
         long end = base + jb->m->rows;
         if (lo < end) {
             long r1 = hi < end ? hi : end;
-            kcpu_matmul(jb->m->type, jb->m->data, jb->m->stride, (size_t)(lo - base), (size_t)(r1 - base),
-                        jb->X, jb->x_stride, l->T, jb->m->cols, jb->Y, jb->ldy);
+            if (l->exact)
+                kcpu_matmul_dequant(jb->m->type, jb->m->data, jb->m->stride, (size_t)(lo - base), (size_t)(r1 - base),
+                                    (const float *)jb->X, jb->x_stride, l->T, jb->m->cols, jb->Y, jb->ldy);
+            else
+                kcpu_matmul(jb->m->type, jb->m->data, jb->m->stride, (size_t)(lo - base), (size_t)(r1 - base),
+                            jb->X, jb->x_stride, l->T, jb->m->cols, jb->Y, jb->ldy);
             lo = r1;
         }
         base = end;
@@ -68,8 +85,8 @@ static void mm_phase(void *arg, int tid, int nth) {
 
 /* ---- activation slots: one quantized copy of xn per weight type in use ---- */
 
-static int act_slot(pt_rank *r, pt_dtype wtype) {
-    pt_dtype at = kcpu_act_type(wtype);
+static int act_slot(const pt_engine *e, pt_rank *r, pt_dtype wtype) {
+    pt_dtype at = act_type_of(e, wtype);
     for (int i = 0; i < 3; i++) {
         if (r->act_type[i] == at) return i;
         if (r->act_type[i] == PT_DTYPE_COUNT) {
@@ -113,9 +130,9 @@ static void norm_phase(void *arg, int tid, int nth) {
         float *xn = r->xn + t * d;
         kcpu_rmsnorm(xn, x + t * d, c->norm_w, d, e->w.cfg.rms_eps);
         for (int i = 0; i < c->n_wtypes; i++) {
-            int s = act_slot(r, c->wtypes[i]);
-            size_t rb = act_row_bytes(c->wtypes[i], d);
-            kcpu_quantize_act(c->wtypes[i], r->act[s] + t * rb, xn, d);
+            int s = act_slot(e, r, c->wtypes[i]);
+            size_t rb = act_row_bytes(e, c->wtypes[i], d);
+            quantize_act(e, c->wtypes[i], r->act[s] + t * rb, xn, d);
         }
     }
 }
@@ -125,12 +142,12 @@ static void run_norm(pt_engine *e, pt_rank *r, const float *part, uint32_t n_chu
     norm_ctx c = {e, r, part, n_chunks, norm_w, {0}, n_wtypes};
     for (int i = 0; i < n_wtypes; i++) {
         c.wtypes[i] = wtypes[i];
-        act_slot(r, wtypes[i]); /* assign slots before threads look them up */
+        act_slot(e, r, wtypes[i]); /* assign slots before threads look them up */
     }
     pt_pool_run(r->pool, norm_phase, &c);
 }
 
-static const uint8_t *act_of(pt_rank *r, pt_dtype wtype) { return r->act[act_slot(r, wtype)]; }
+static const uint8_t *act_of(const pt_engine *e, pt_rank *r, pt_dtype wtype) { return r->act[act_slot(e, r, wtype)]; }
 
 /* ---- phase: embedding ---- */
 
@@ -214,8 +231,8 @@ static void attn_phase(void *arg, int tid, int nth) {
         kcpu_attn_paged(r->att + t * qld + g * qw, r->q + t * qld + g * qw, w->q_per_kv, hd, pt_kv_k(kv, c->layer, 0),
                         kv->dtype, pt_kv_slot_stride(kv), pt_kv_v_offset(kv), s->pages[g], P, e->tok_pos[t] + 1, scale,
                         sc);
-        size_t rb = act_row_bytes(L->o[g].type, qw);
-        kcpu_quantize_act(L->o[g].type, r->att_act + (t * w->n_groups + g) * rb, r->att + t * qld + g * qw, qw);
+        size_t rb = act_row_bytes(e, L->o[g].type, qw);
+        quantize_act(e, L->o[g].type, r->att_act + (t * w->n_groups + g) * rb, r->att + t * qld + g * qw, qw);
     }
 }
 
@@ -235,8 +252,8 @@ static void swiglu_phase(void *arg, int tid, int nth) {
         size_t t = (size_t)it / nc, m = r->c0 + (size_t)it % nc;
         float *gt = r->gate + t * ff + m * mc;
         kcpu_swiglu(gt, gt, r->up + t * ff + m * mc, mc);
-        size_t rb = act_row_bytes(L->down[m].type, mc);
-        kcpu_quantize_act(L->down[m].type, r->h_act + (t * w->n_mlp_chunks + m) * rb, gt, mc);
+        size_t rb = act_row_bytes(e, L->down[m].type, mc);
+        quantize_act(e, L->down[m].type, r->h_act + (t * w->n_mlp_chunks + m) * rb, gt, mc);
     }
 }
 
@@ -250,7 +267,7 @@ static void final_phase(void *arg, int tid, int nth) {
     size_t d = w->cfg.d_model, T = e->T;
     float *x = e->x[r->rank];
     float *acc = r->scores + (size_t)tid * e->scratch_len;
-    size_t rb = act_row_bytes(w->output.type, d);
+    size_t rb = act_row_bytes(e, w->output.type, d);
     long lo, hi;
     pt_pool_split((long)e->n_out, tid, nth, &lo, &hi);
     for (long i = lo; i < hi; i++) {
@@ -259,7 +276,7 @@ static void final_phase(void *arg, int tid, int nth) {
         /* Only rank 0 writes the shared buffers; every rank computes the same values. */
         float *xn = r->xn + t * d;
         kcpu_rmsnorm(xn, x + t * d, w->output_norm, d, w->cfg.rms_eps);
-        if (r->rank == 0) kcpu_quantize_act(w->output.type, e->final_act + (size_t)i * rb, xn, d);
+        if (r->rank == 0) quantize_act(e, w->output.type, e->final_act + (size_t)i * rb, xn, d);
     }
 }
 
@@ -283,22 +300,22 @@ void pt_forward_rank(pt_engine *e, pt_rank *r) {
         /* Attention block. */
         pt_dtype qkv_types[3] = {L->q[0].type, L->k[0].type, L->v[0].type};
         run_norm(e, r, l ? e->part_mlp : NULL, w->n_mlp_chunks, L->attn_norm, qkv_types, 3);
-        mm_list ml = {.T = (uint32_t)T};
+        mm_list ml = {.T = (uint32_t)T, .exact = e->opts.exact_activations};
         for (uint32_t g = r->g0; g < r->g1; g++) {
-            mm_add(&ml, &L->q[g], act_of(r, L->q[g].type), act_row_bytes(L->q[g].type, d), r->q + g * qw,
+            mm_add(&ml, &L->q[g], act_of(e, r, L->q[g].type), act_row_bytes(e, L->q[g].type, d), r->q + g * qw,
                    (size_t)cfg->n_heads * hd);
-            mm_add(&ml, &L->k[g], act_of(r, L->k[g].type), act_row_bytes(L->k[g].type, d), r->k + g * hd,
+            mm_add(&ml, &L->k[g], act_of(e, r, L->k[g].type), act_row_bytes(e, L->k[g].type, d), r->k + g * hd,
                    (size_t)cfg->n_kv_heads * hd);
-            mm_add(&ml, &L->v[g], act_of(r, L->v[g].type), act_row_bytes(L->v[g].type, d), r->v + g * hd,
+            mm_add(&ml, &L->v[g], act_of(e, r, L->v[g].type), act_row_bytes(e, L->v[g].type, d), r->v + g * hd,
                    (size_t)cfg->n_kv_heads * hd);
         }
         pt_pool_run(r->pool, mm_phase, &ml);
         pt_pool_run(r->pool, rope_phase, &pc);
         pt_pool_run(r->pool, append_phase, &pc);
         pt_pool_run(r->pool, attn_phase, &pc);
-        ml = (mm_list){.T = (uint32_t)T};
+        ml = (mm_list){.T = (uint32_t)T, .exact = e->opts.exact_activations};
         for (uint32_t g = r->g0; g < r->g1; g++) {
-            size_t rb = act_row_bytes(L->o[g].type, qw);
+            size_t rb = act_row_bytes(e, L->o[g].type, qw);
             mm_add(&ml, &L->o[g], r->att_act + g * rb, rb * w->n_groups, e->part_attn + (size_t)g * T * d, d);
         }
         pt_pool_run(r->pool, mm_phase, &ml);
@@ -308,18 +325,18 @@ void pt_forward_rank(pt_engine *e, pt_rank *r) {
         for (int i = 0; i < 3; i++) r->act_type[i] = PT_DTYPE_COUNT;
         pt_dtype gu_types[2] = {L->gate[0].type, L->up[0].type};
         run_norm(e, r, e->part_attn, w->n_groups, L->ffn_norm, gu_types, 2);
-        ml = (mm_list){.T = (uint32_t)T};
+        ml = (mm_list){.T = (uint32_t)T, .exact = e->opts.exact_activations};
         for (uint32_t m = r->c0; m < r->c1; m++) {
-            mm_add(&ml, &L->gate[m], act_of(r, L->gate[m].type), act_row_bytes(L->gate[m].type, d),
+            mm_add(&ml, &L->gate[m], act_of(e, r, L->gate[m].type), act_row_bytes(e, L->gate[m].type, d),
                    r->gate + m * mc, cfg->d_ff);
-            mm_add(&ml, &L->up[m], act_of(r, L->up[m].type), act_row_bytes(L->up[m].type, d), r->up + m * mc,
+            mm_add(&ml, &L->up[m], act_of(e, r, L->up[m].type), act_row_bytes(e, L->up[m].type, d), r->up + m * mc,
                    cfg->d_ff);
         }
         pt_pool_run(r->pool, mm_phase, &ml);
         pt_pool_run(r->pool, swiglu_phase, &pc);
-        ml = (mm_list){.T = (uint32_t)T};
+        ml = (mm_list){.T = (uint32_t)T, .exact = e->opts.exact_activations};
         for (uint32_t m = r->c0; m < r->c1; m++) {
-            size_t rb = act_row_bytes(L->down[m].type, mc);
+            size_t rb = act_row_bytes(e, L->down[m].type, mc);
             mm_add(&ml, &L->down[m], r->h_act + m * rb, rb * w->n_mlp_chunks, e->part_mlp + (size_t)m * T * d,
                    d);
         }
@@ -337,7 +354,7 @@ void pt_forward_rank(pt_engine *e, pt_rank *r) {
     pt_wmat head = w->output;
     head.data = (const uint8_t *)head.data + (size_t)v0 * head.stride;
     head.rows = v1 - v0;
-    mm_list ml = {.T = e->n_out};
-    mm_add(&ml, &head, e->final_act, act_row_bytes(head.type, d), e->out_scratch + v0, V);
+    mm_list ml = {.T = e->n_out, .exact = e->opts.exact_activations};
+    mm_add(&ml, &head, e->final_act, act_row_bytes(e, head.type, d), e->out_scratch + v0, V);
     pt_pool_run(r->pool, mm_phase, &ml);
 }
