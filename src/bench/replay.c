@@ -172,15 +172,22 @@ static char *request_body(replay *rp, size_t i, size_t *len) {
     const pt_replay_req *q = &rp->plan->reqs[i];
     pt_prompt_build(rp->scratch, q->input_len, rp->o->pool, rp->o->n_pool, rp->o->seed, (uint32_t)i, q->hash_ids,
                     q->n_hash);
-    size_t cap = strlen(rp->model_json) + (size_t)q->input_len * 12 + 256;
+    const char *const *words = rp->o->words;
+    size_t longest = 12;
+    if (words)
+        for (size_t k = 0; k < rp->o->n_pool; k++) longest = strlen(words[k]) + 2 > longest ? strlen(words[k]) + 2 : longest;
+    size_t cap = strlen(rp->model_json) + (size_t)q->input_len * longest + 256;
     char *b = malloc(cap);
     if (!b) return NULL;
-    size_t n = (size_t)snprintf(b, cap, "{\"model\":%s,\"prompt\":[", rp->model_json);
-    for (uint32_t k = 0; k < q->input_len; k++) n += (size_t)snprintf(b + n, cap - n, k ? ",%d" : "%d", rp->scratch[k]);
+    size_t n = (size_t)snprintf(b, cap, "{\"model\":%s,\"prompt\":%s", rp->model_json, words ? "\"" : "[");
+    for (uint32_t k = 0; k < q->input_len; k++) {
+        if (words) n += (size_t)snprintf(b + n, cap - n, " %s", words[rp->scratch[k]]); /* plain ASCII words */
+        else n += (size_t)snprintf(b + n, cap - n, k ? ",%d" : "%d", rp->scratch[k]);
+    }
     n += (size_t)snprintf(b + n, cap - n,
-                          "],\"max_tokens\":%u,\"ignore_eos\":true,\"stream\":true,"
+                          "%s,\"max_tokens\":%u,\"ignore_eos\":true,\"stream\":true,"
                           "\"stream_options\":{\"include_usage\":true},\"temperature\":0}",
-                          q->output_len);
+                          words ? "\"" : "]", q->output_len);
     *len = n;
     return b;
 }
@@ -273,6 +280,9 @@ static void pump(replay *rp) {
 static void call_done(pt_client_call *call) {
     replay *rp = call->data;
     size_t i = (size_t)(call - rp->calls);
+    /* The server's own count of the prompt, where it reports one: a text
+     * prompt that did not tokenize as built shows up in the totals. */
+    if (call->rec->ok && call->usage_prompt) call->rec->input_tokens = call->usage_prompt;
     free(rp->bodies[i]);
     rp->bodies[i] = NULL;
     free(call->resp_body);

@@ -72,8 +72,10 @@ typedef struct {
     const char *base_url, *api_key;
     const char *endpoint;    /* "/v1/completions" */
     const char *model;
-    const int32_t *pool;     /* token ids prompts are drawn from */
+    const int32_t *pool;     /* token ids prompts are drawn from; in text mode, indices into words */
     size_t n_pool;
+    const char *const *words; /* text mode (servers that take no token ids): prompts are " w1 w2 ...",
+                                 words the server tokenizes as one token each; NULL = token ids */
     uint64_t seed;
     double timeout_s;        /* per request; <= 0 = none */
     size_t max_concurrency;  /* 0 = unlimited */

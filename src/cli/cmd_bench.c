@@ -65,6 +65,8 @@ static void usage(FILE *f) {
           "  --csv FILE            one row per request\n"
           "  --plot FILE.svg       latency CDFs and throughput over time\n"
           "  --goodput KEY:MS...   SLOs for goodput, e.g. --goodput ttft:500 tpot:50 e2el:5000\n"
+          "  --prompt-mode ids|text  token-id prompts (default) or text of one-token words, for\n"
+          "                        servers that take no token ids (the llama.cpp Python server)\n"
           "  --quiet               no progress line\n"
           "\n"
           "Exit: 0 the run happened (failed requests are in the report), 1 it could not run, 2 usage error.\n",
@@ -78,6 +80,7 @@ typedef struct {
     bool strict, clip_to_context, quiet;
     double timeout_s;
     pt_goodput_slo slo;
+    bool text_prompts;
     long max_concurrency;
     pt_replay_opts ro;
 } bench_args;
@@ -151,6 +154,13 @@ static int parse_args(bench_args *a, int argc, char **argv) {
         else if (!strcmp(f, "--json")) a->json = v;
         else if (!strcmp(f, "--csv")) a->csv = v;
         else if (!strcmp(f, "--plot")) a->plot = v;
+        else if (!strcmp(f, "--prompt-mode")) {
+            a->text_prompts = !strcmp(v, "text");
+            if (!a->text_prompts && strcmp(v, "ids") != 0) {
+                fprintf(stderr, "proteus bench: --prompt-mode: expected ids or text, got '%s'\n", v);
+                ok = false;
+            }
+        }
         else if (!strcmp(f, "--goodput")) {
             /* vLLM's form: one flag, then KEY:MS words until the next flag. */
             i--;
@@ -228,6 +238,91 @@ static int query_models(const bench_args *a, char **model, uint32_t *max_len, pt
 }
 
 /* POST /tokenize on POOL_TEXT: the ids prompts are drawn from. */
+/* Text mode: candidate words; the ones the server tokenizes (with a leading
+ * space) as exactly one token make up the prompts. */
+static const char *const TEXT_WORDS[] = {
+    "the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not", "he",
+    "this", "are", "or", "his", "from", "at", "which", "but", "have", "an", "had", "they", "you", "were", "their",
+    "one", "all", "we", "can", "her", "has", "there", "been", "if", "more", "when", "will", "would", "who", "so",
+    "no", "time", "people", "year", "way", "day", "man", "thing", "world", "life", "hand", "part", "child", "eye",
+    "place", "work", "week", "case", "point", "number", "group", "problem", "fact", "water", "house", "city",
+    "river", "light", "music", "paper", "market", "table", "garden", "window", "story", "history"};
+
+/* POST path with body; on success the "tokens" array of the answer. */
+static int fetch_tokens(const bench_args *a, const char *path, const char *rb, cJSON **root, const cJSON **toks,
+                        int *status, pt_err *err) {
+    char *body;
+    size_t len;
+    int rc = pt_client_fetch(a->base_url, a->api_key, "POST", path, rb, SETUP_TIMEOUT_S, status, &body, &len, err);
+    if (rc) return rc;
+    *root = cJSON_ParseWithLength(body ? body : "", len);
+    *toks = cJSON_GetObjectItemCaseSensitive(*root, "tokens");
+    if (*status != 200 || !cJSON_IsArray(*toks) || (size_t)cJSON_GetArraySize(*toks) < POOL_SKIP + 16) {
+        char *msg = pt_client_error_message(body, len);
+        rc = pt_err_set(err, PT_ERR_FORMAT, "POST %s%s: HTTP %d%s%s: no usable token list (prompts are built from it)",
+                        a->base_url, path, *status, msg ? ": " : "", msg ? msg : "");
+        free(msg);
+        cJSON_Delete(*root);
+        *root = NULL;
+    }
+    free(body);
+    return rc;
+}
+
+/* The token-id pool prompts are built from: the server's own tokenization
+ * of ordinary text. vLLM, SGLang and Proteus answer POST /tokenize; the
+ * llama.cpp Python server answers POST /extras/tokenize. */
+static int query_pool(const bench_args *a, const char *model, int32_t **pool, size_t *n_pool, pt_err *err);
+
+/* The words of TEXT_WORDS that the server counts as one token each (" w").
+ * pool gets their indices; words[] points into TEXT_WORDS. */
+static int query_words(const bench_args *a, const char *model, int32_t **pool, size_t *n_pool, pt_err *err) {
+    size_t n = sizeof(TEXT_WORDS) / sizeof(TEXT_WORDS[0]);
+    *pool = pt_xmalloc(n * sizeof(int32_t));
+    *n_pool = 0;
+    const char *path = "/tokenize";
+    for (size_t i = 0; i < n; i++) {
+        char text[64];
+        snprintf(text, sizeof(text), " %s", TEXT_WORDS[i]);
+        cJSON *req = cJSON_CreateObject();
+        bool extras = !strcmp(path, "/extras/tokenize");
+        if (!extras) cJSON_AddStringToObject(req, "model", model);
+        cJSON_AddStringToObject(req, extras ? "input" : "prompt", text);
+        cJSON_AddBoolToObject(req, extras ? "add_special" : "add_special_tokens", false);
+        char *rb = cJSON_PrintUnformatted(req);
+        cJSON_Delete(req);
+        int status = 0;
+        char *body = NULL;
+        size_t len = 0;
+        int rc = pt_client_fetch(a->base_url, a->api_key, "POST", path, rb, SETUP_TIMEOUT_S, &status, &body, &len, err);
+        free(rb);
+        if (rc == 0 && status == 404 && !extras) { /* the llama.cpp Python server's route */
+            free(body);
+            path = "/extras/tokenize";
+            i--;
+            continue;
+        }
+        cJSON *root = rc == 0 ? cJSON_ParseWithLength(body ? body : "", len) : NULL;
+        const cJSON *toks = cJSON_GetObjectItemCaseSensitive(root, "tokens");
+        if (status == 200 && cJSON_GetArraySize(toks) == 1) (*pool)[(*n_pool)++] = (int32_t)i;
+        cJSON_Delete(root);
+        free(body);
+        if (rc) {
+            free(*pool);
+            *pool = NULL;
+            return rc;
+        }
+    }
+    if (*n_pool < 16) {
+        free(*pool);
+        *pool = NULL;
+        return pt_err_set(err, PT_ERR_FORMAT,
+                          "--prompt-mode text: only %zu of %zu words are single tokens for this server's tokenizer",
+                          *n_pool, n);
+    }
+    return PT_OK;
+}
+
 static int query_pool(const bench_args *a, const char *model, int32_t **pool, size_t *n_pool, pt_err *err) {
     cJSON *req = cJSON_CreateObject();
     cJSON_AddStringToObject(req, "model", model);
@@ -235,34 +330,35 @@ static int query_pool(const bench_args *a, const char *model, int32_t **pool, si
     cJSON_AddBoolToObject(req, "add_special_tokens", false);
     char *rb = cJSON_PrintUnformatted(req);
     cJSON_Delete(req);
-    int status;
-    char *body;
-    size_t len;
-    int rc = pt_client_fetch(a->base_url, a->api_key, "POST", "/tokenize", rb, SETUP_TIMEOUT_S, &status, &body, &len, err);
+    cJSON *root = NULL;
+    const cJSON *toks = NULL;
+    int status = 0;
+    int rc = fetch_tokens(a, "/tokenize", rb, &root, &toks, &status, err);
     free(rb);
+    if (rc && status == 404) {
+        pt_err first = *err;
+        req = cJSON_CreateObject();
+        cJSON_AddStringToObject(req, "input", POOL_TEXT);
+        cJSON_AddBoolToObject(req, "add_special", false);
+        rb = cJSON_PrintUnformatted(req);
+        cJSON_Delete(req);
+        rc = fetch_tokens(a, "/extras/tokenize", rb, &root, &toks, &status, err);
+        free(rb);
+        if (rc) *err = first;
+    }
     if (rc) return rc;
-    cJSON *root = cJSON_ParseWithLength(body ? body : "", len);
-    const cJSON *toks = cJSON_GetObjectItemCaseSensitive(root, "tokens");
     size_t n = (size_t)cJSON_GetArraySize(toks);
-    if (status != 200 || !cJSON_IsArray(toks) || n < POOL_SKIP + 16) {
-        char *msg = pt_client_error_message(body, len);
-        rc = pt_err_set(err, PT_ERR_FORMAT, "POST %s/tokenize: HTTP %d%s%s: no usable token list (prompts are built from it)",
-                        a->base_url, status, msg ? ": " : "", msg ? msg : "");
-        free(msg);
-    } else {
-        *pool = pt_xmalloc((n - POOL_SKIP) * sizeof(int32_t));
-        *n_pool = 0;
-        const cJSON *t;
-        size_t i = 0;
-        cJSON_ArrayForEach(t, toks) {
-            if (i++ < POOL_SKIP) continue;
-            if (!cJSON_IsNumber(t) || t->valuedouble < 0 || t->valuedouble > INT32_MAX) continue;
-            (*pool)[(*n_pool)++] = (int32_t)t->valuedouble;
-        }
+    *pool = pt_xmalloc((n - POOL_SKIP) * sizeof(int32_t));
+    *n_pool = 0;
+    const cJSON *t;
+    size_t i = 0;
+    cJSON_ArrayForEach(t, toks) {
+        if (i++ < POOL_SKIP) continue;
+        if (!cJSON_IsNumber(t) || t->valuedouble < 0 || t->valuedouble > INT32_MAX) continue;
+        (*pool)[(*n_pool)++] = (int32_t)t->valuedouble;
     }
     cJSON_Delete(root);
-    free(body);
-    return rc;
+    return PT_OK;
 }
 
 static int write_file(const char *path, const char *text, pt_err *err) {
@@ -322,7 +418,7 @@ int cmd_bench(int argc, char **argv) {
         fprintf(stderr, "proteus bench: %s\n", err.msg);
         goto out;
     }
-    if (query_pool(&a, model, &pool, &n_pool, &err) != 0) {
+    if ((a.text_prompts ? query_words(&a, model, &pool, &n_pool, &err) : query_pool(&a, model, &pool, &n_pool, &err)) != 0) {
         fprintf(stderr, "proteus bench: %s\n", err.msg);
         goto out;
     }
@@ -333,7 +429,7 @@ int cmd_bench(int argc, char **argv) {
 
     recs = pt_xcalloc(plan.n, sizeof(*recs));
     pt_replay_run_opts ro = {.base_url = a.base_url, .api_key = a.api_key, .endpoint = a.endpoint, .model = model,
-                             .pool = pool, .n_pool = n_pool, .seed = a.ro.seed, .timeout_s = a.timeout_s,
+                             .pool = pool, .n_pool = n_pool, .words = a.text_prompts ? TEXT_WORDS : NULL, .seed = a.ro.seed, .timeout_s = a.timeout_s,
                              .max_concurrency = (size_t)a.max_concurrency, .progress = !a.quiet, .handle_sigint = true};
     if (pt_replay_run(&plan, &ro, recs, &n_rec, &interrupted, &err) != 0) {
         fprintf(stderr, "proteus bench: %s\n", err.msg);
