@@ -38,7 +38,7 @@ done
 "$BIN" bench --trace "$TRACE" --base-url "http://127.0.0.1:1" --num-requests 1 >/dev/null 2>"$tmp/unreach"
 [ $? -eq 1 ] && grep -q "refused" "$tmp/unreach" && ok || bad "unreachable server: $(cat "$tmp/unreach")"
 
-timeout 60 "$BIN" bench --base-url "http://127.0.0.1:$PORT" --trace "$TRACE" --num-requests 12 --max-input 256 \
+timeout 400 "$BIN" bench --base-url "http://127.0.0.1:$PORT" --trace "$TRACE" --num-requests 12 --max-input 128 \
     --max-output 16 --speedup 20 --json "$tmp/out.json" --csv "$tmp/out.csv" --plot "$tmp/out.svg" \
     --goodput ttft:600000 e2el:600000 --quiet >"$tmp/report.txt" 2>"$tmp/bench.err"
 rc=$?
@@ -53,7 +53,7 @@ with open(trace) as f:
 rows.sort(key=lambda r: r["TIMESTAMP"])  # the loader orders by arrival (stable)
 rows = rows[:12]
 clip = lambda n, cap: max(1, min(cap, int(n)))
-want_in = sum(clip(r["ContextTokens"], 256) for r in rows)
+want_in = sum(clip(r["ContextTokens"], 128) for r in rows)
 want_out = sum(clip(r["GeneratedTokens"], 16) for r in rows)
 rep = json.load(open(out))
 problems = []
