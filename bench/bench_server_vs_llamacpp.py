@@ -422,7 +422,7 @@ def main():
         "threads": args.threads, "reps": args.reps, "tag_at": args.tag_at,
         "llama_n_ctx": args.llama_n_ctx, "llama_min_tokens": args.llama_min_tokens,
         "llama_interrupt_requests": args.llama_interrupt, "proteus_max_running": args.max_running,
-        "loadavg_start": os.getloadavg(),
+        "loadavg_start": os.getloadavg(), "proteus_bin": args.proteus,
     }
     try:
         with open("/proc/cpuinfo") as f:
@@ -438,11 +438,11 @@ def main():
     except Exception:  # noqa: BLE001
         meta["llama_cpp_python"] = None
     try:
-        meta["proteus_commit"] = subprocess.run(
+        meta["repo_head"] = subprocess.run(
             ["git", "-C", os.path.dirname(os.path.abspath(__file__)), "rev-parse", "--short", "HEAD"],
             capture_output=True, text=True).stdout.strip()
     except OSError:
-        meta["proteus_commit"] = None
+        meta["repo_head"] = None
     print("load average at start: %.2f %.2f %.2f" % meta["loadavg_start"], file=sys.stderr)
 
     runs = []
