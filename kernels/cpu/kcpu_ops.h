@@ -47,10 +47,13 @@ void kcpu_attn_paged(float *out, const float *q, size_t n_q, size_t hd, const vo
                      size_t slot_stride, size_t v_offset, const uint32_t *pages, uint32_t page_size, uint32_t n_ctx,
                      float scale, float *scores);
 
-/* ISA paths behind kcpu_attn_paged for F16 caches (kernels/cpu/attn_avx2.c). */
+/* Paths behind kcpu_attn_paged: portable F16 forms here, AVX2 (+F16C) forms
+ * in kernels/cpu/attn_avx2.c that give the same bits. */
 float kcpu_dot_f32_f16(const float *a, const uint16_t *b, size_t n);
 void kcpu_axpy_f32_f16(float *y, float a, const uint16_t *x, size_t n);
-bool kcpu_attn_f16_avx2_available(void);
+bool kcpu_attn_avx2_available(void);
+float kcpu_dot_f32_avx2(const float *a, const float *b, size_t n);
+void kcpu_axpy_f32_avx2(float *y, float a, const float *x, size_t n);
 float kcpu_dot_f32_f16_avx2(const float *a, const uint16_t *b, size_t n);
 void kcpu_axpy_f32_f16_avx2(float *y, float a, const uint16_t *x, size_t n);
 

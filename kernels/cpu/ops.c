@@ -97,24 +97,35 @@ void kcpu_attn_paged(float *out, const float *q, size_t n_q, size_t hd, const vo
                      size_t slot_stride, size_t v_offset, const uint32_t *pages, uint32_t page_size, uint32_t n_ctx,
                      float scale, float *scores) {
     bool f16 = kv_type == PT_DTYPE_F16;
-    bool fast = f16 && kcpu_attn_f16_avx2_available();
+    bool fast = kcpu_attn_avx2_available();
     for (size_t h = 0; h < n_q; h++) {
         const float *qh = q + h * hd;
         float *oh = out + h * hd;
         for (uint32_t p = 0; p < n_ctx; p++) {
             size_t at = (size_t)pages[p / page_size] * slot_stride + (size_t)(p % page_size) * hd;
-            float d = !f16  ? kcpu_dot_f32(qh, (const float *)kv + at, hd)
-                      : fast ? kcpu_dot_f32_f16_avx2(qh, (const uint16_t *)kv + at, hd)
-                             : kcpu_dot_f32_f16(qh, (const uint16_t *)kv + at, hd);
+            float d;
+            if (f16) {
+                const uint16_t *k = (const uint16_t *)kv + at;
+                d = fast ? kcpu_dot_f32_f16_avx2(qh, k, hd) : kcpu_dot_f32_f16(qh, k, hd);
+            } else {
+                const float *k = (const float *)kv + at;
+                d = fast ? kcpu_dot_f32_avx2(qh, k, hd) : kcpu_dot_f32(qh, k, hd);
+            }
             scores[p] = d * scale;
         }
         kcpu_softmax(scores, n_ctx);
         memset(oh, 0, hd * sizeof(float));
         for (uint32_t p = 0; p < n_ctx; p++) {
             size_t at = (size_t)pages[p / page_size] * slot_stride + v_offset + (size_t)(p % page_size) * hd;
-            if (!f16) kcpu_axpy_f32(oh, scores[p], (const float *)kv + at, hd);
-            else if (fast) kcpu_axpy_f32_f16_avx2(oh, scores[p], (const uint16_t *)kv + at, hd);
-            else kcpu_axpy_f32_f16(oh, scores[p], (const uint16_t *)kv + at, hd);
+            if (f16) {
+                const uint16_t *v = (const uint16_t *)kv + at;
+                if (fast) kcpu_axpy_f32_f16_avx2(oh, scores[p], v, hd);
+                else kcpu_axpy_f32_f16(oh, scores[p], v, hd);
+            } else {
+                const float *v = (const float *)kv + at;
+                if (fast) kcpu_axpy_f32_avx2(oh, scores[p], v, hd);
+                else kcpu_axpy_f32(oh, scores[p], v, hd);
+            }
         }
     }
 }

@@ -110,8 +110,8 @@ static void test_attn_paged(void) {
 /* The F16C path reads F16 pages with exactly the portable path's operations:
  * same bits, at lengths with and without a tail. */
 static void test_f16_paths_agree(void) {
-    if (!kcpu_attn_f16_avx2_available()) {
-        printf("no AVX2+F16C: F16 fast path not checked\n");
+    if (!kcpu_attn_avx2_available()) {
+        printf("no AVX2+F16C: fast attention paths not checked\n");
         return;
     }
     size_t ns[] = {1, 7, 8, 64, 67, 128};
@@ -125,11 +125,15 @@ static void test_f16_paths_agree(void) {
         kcpu_axpy_f32_f16(y0, 0.37f, b, n);
         kcpu_axpy_f32_f16_avx2(y1, 0.37f, b, n);
         CHECK(memcmp(y0, y1, n * sizeof(float)) == 0);
-        /* And the F16 dot equals the F32 dot of the converted values. */
+        /* And the F16 dot equals the F32 dot of the converted values, on both F32 paths. */
         float bf[128];
         for (size_t k = 0; k < n; k++) bf[k] = pt_f16_to_f32(b[k]);
-        float d2 = kcpu_dot_f32(a, bf, n);
+        float d2 = kcpu_dot_f32(a, bf, n), d3 = kcpu_dot_f32_avx2(a, bf, n);
         CHECK(memcmp(&d0, &d2, 4) == 0);
+        CHECK(memcmp(&d2, &d3, 4) == 0);
+        kcpu_axpy_f32(y0, -1.5f, bf, n);
+        kcpu_axpy_f32_avx2(y1, -1.5f, bf, n);
+        CHECK(memcmp(y0, y1, n * sizeof(float)) == 0);
     }
 }
 
