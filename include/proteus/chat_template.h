@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "proteus/tokenizer.h"
 #include "proteus/util.h"
 
 typedef enum {
@@ -47,6 +48,9 @@ const char *pt_chat_kind_name(pt_chat_kind kind);
 int pt_chat_template_init(pt_chat_template *ct, const char *jinja, const char *name, const char *bos,
                           const char *eos, pt_err *err);
 void pt_chat_template_free(pt_chat_template *ct);
+/* pt_chat_template_init with the bos/eos texts taken from the tokenizer. */
+int pt_chat_template_init_tok(pt_chat_template *ct, const char *jinja, const char *name, const pt_tokenizer *tok,
+                              pt_err *err);
 
 /* Render msgs into a malloc'd string (*out). add_generation_prompt appends
  * the opening of an assistant turn (ChatML, Llama 3; the [INST] formats end

@@ -102,21 +102,11 @@ static int parse_args(int argc, char **argv, gen_args *a) {
 
 /* The text the model sees: the raw prompt, or the chat message rendered with
  * the model's (or the named) chat template. */
-static char *piece_text(const pt_tokenizer *tok, int32_t id) {
-    if (id < 0) return NULL;
-    size_t n = pt_tokenizer_piece(tok, id, NULL, 0);
-    char *s = pt_xmalloc(n + 1);
-    pt_tokenizer_piece(tok, id, s, n);
-    s[n] = 0;
-    return s;
-}
-
 static char *build_prompt(const gen_args *a, const pt_model_file *mf, const pt_tokenizer *tok, pt_err *err) {
     if (a->prompt) return pt_xstrdup(a->prompt);
-    char *bos = piece_text(tok, pt_tokenizer_bos(tok)), *eos = piece_text(tok, pt_tokenizer_eos(tok));
     pt_chat_template ct;
     char *out = NULL;
-    if (pt_chat_template_init(&ct, mf->chat_template, a->template_name, bos, eos, err) == 0) {
+    if (pt_chat_template_init_tok(&ct, mf->chat_template, a->template_name, tok, err) == 0) {
         pt_chat_msg msgs[2];
         size_t n = 0;
         if (a->system) msgs[n++] = (pt_chat_msg){"system", a->system};
@@ -124,8 +114,6 @@ static char *build_prompt(const gen_args *a, const pt_model_file *mf, const pt_t
         if (pt_chat_render(&ct, msgs, n, true, &out, err) != 0) out = NULL;
         pt_chat_template_free(&ct);
     }
-    free(bos);
-    free(eos);
     return out;
 }
 

@@ -223,22 +223,13 @@ static void on_batch_event(void *user, const pt_gen_event *ev) {
     uv_async_send(&s->async);
 }
 
-static char *piece_of(serve *s, int32_t tok, size_t *len) {
-    size_t n = pt_tokenizer_piece(s->tok, tok, NULL, 0);
-    char *p = pt_xmalloc(n + 1);
-    pt_tokenizer_piece(s->tok, tok, p, n);
-    p[n] = 0;
-    *len = n;
-    return p;
-}
-
 static void fill_lp(serve *s, const event *e, int top_n, pt_oai_token_lp *lp, pt_oai_lp_entry *top) {
     size_t len;
-    char *t = piece_of(s, e->token, &len);
+    char *t = pt_tokenizer_piece_dup(s->tok, e->token, &len);
     lp->chosen = (pt_oai_lp_entry){t, len, e->logprob};
     size_t n = e->n_top < (size_t)top_n ? e->n_top : (size_t)top_n;
     for (size_t k = 0; k < n; k++) {
-        char *tt = piece_of(s, e->top[k].token, &len);
+        char *tt = pt_tokenizer_piece_dup(s->tok, e->top[k].token, &len);
         top[k] = (pt_oai_lp_entry){tt, len, e->top[k].logprob};
     }
     for (size_t k = n; k < (size_t)top_n; k++) top[k] = (pt_oai_lp_entry){pt_xstrdup(""), 0, -9999.0f};
@@ -721,14 +712,8 @@ static int serve_open(serve *s, const pt_server_config *cfg, pt_err *err) {
     if ((rc = pt_batcher_create(&s->batcher, s->engine, s->tok, &bo, err))) return rc;
     s->model_name = cfg->served_model_name;
     /* Chat template: the model's (or the configured one); without one, chat requests get a 400. */
-    char *bos = NULL, *eos = NULL;
-    size_t len;
-    if (pt_tokenizer_bos(s->tok) >= 0) bos = piece_of(s, pt_tokenizer_bos(s->tok), &len);
-    if (pt_tokenizer_eos(s->tok) >= 0) eos = piece_of(s, pt_tokenizer_eos(s->tok), &len);
     pt_err terr;
-    s->have_ct = pt_chat_template_init(&s->ct, s->mf.chat_template, cfg->chat_template, bos, eos, &terr) == 0;
-    free(bos);
-    free(eos);
+    s->have_ct = pt_chat_template_init_tok(&s->ct, s->mf.chat_template, cfg->chat_template, s->tok, &terr) == 0;
     if (!s->have_ct && cfg->chat_template) return pt_err_set(err, PT_ERR_INVALID, "chat template: %s", terr.msg);
     if (!s->have_ct) pt_log(PT_LOG_WARN, "no chat template: /v1/chat/completions will refuse requests");
 

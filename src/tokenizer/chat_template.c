@@ -249,3 +249,13 @@ const char *const *pt_chat_stop_strings(const pt_chat_template *ct) {
     default: return none;
     }
 }
+
+int pt_chat_template_init_tok(pt_chat_template *ct, const char *jinja, const char *name, const pt_tokenizer *tok,
+                              pt_err *err) {
+    char *bos = pt_tokenizer_bos(tok) >= 0 ? pt_tokenizer_piece_dup(tok, pt_tokenizer_bos(tok), NULL) : NULL;
+    char *eos = pt_tokenizer_eos(tok) >= 0 ? pt_tokenizer_piece_dup(tok, pt_tokenizer_eos(tok), NULL) : NULL;
+    int rc = pt_chat_template_init(ct, jinja, name, bos, eos, err);
+    free(bos);
+    free(eos);
+    return rc;
+}

@@ -664,6 +664,15 @@ size_t pt_tokenizer_piece(const pt_tokenizer *t, int32_t id, char *buf, size_t c
 
 size_t pt_tokenizer_max_piece(const pt_tokenizer *t) { return t->max_dec; }
 
+char *pt_tokenizer_piece_dup(const pt_tokenizer *t, int32_t id, size_t *len) {
+    size_t n = pt_tokenizer_piece(t, id, NULL, 0);
+    char *s = pt_xmalloc(n + 1);
+    pt_tokenizer_piece(t, id, s, n);
+    s[n] = 0;
+    if (len) *len = n;
+    return s;
+}
+
 /* ---------------------------------------------------------------- streaming */
 
 void pt_detok_init(pt_detok *d, const pt_tokenizer *t, bool skip_special) {
