@@ -57,4 +57,43 @@ void kcpu_axpy_f32_avx2(float *y, float a, const float *x, size_t n);
 float kcpu_dot_f32_f16_avx2(const float *a, const uint16_t *b, size_t n);
 void kcpu_axpy_f32_f16_avx2(float *y, float a, const uint16_t *x, size_t n);
 
+/* Query-aware page selection (DESIGN.md section 5), in page_select.c: the
+ * reference the CUDA kernels must match. A page index j names pages[j] of
+ * one KV head's block table and holds positions [j * P, min((j+1) * P, n_ctx)).
+ * Scores, selection and sparse attention assume finite q and keys. */
+
+/* Upper bound of q.k over a page whose keys lie in the box [kmin, kmax]
+ * (hd floats each): per query head sum_i max(q_i * kmin_i, q_i * kmax_i),
+ * then the max over the n_q heads of q (n_q, hd). Summed in kcpu_dot_f32's
+ * order, so in float it is >= kcpu_dot_f32(q_h, k) for every key k of the
+ * box and every head h, exactly, and equal to it when kmin == kmax. */
+float kcpu_page_score(const float *q, size_t n_q, size_t hd, const float *kmin, const float *kmax);
+
+/* Chooses the pages one KV head attends to at decode. n_pages must be
+ * ceil(n_ctx / page_size); minmax_base is one layer's key boxes,
+ * (slot, {min, max}, hd) floats, indexed by pages[j]. Writes page indices
+ * (into pages[], not slot ids) in increasing order to selected (room for
+ * n_pages) and returns their count. scratch needs n_pages floats.
+ *   n_ctx <= budget_tokens, or n_pages <= 2: every page.
+ *   Otherwise page 0 (attention sink), page n_pages - 1 (current, possibly
+ *   partial) and the k = min(n_pages - 2, max(budget_tokens - 2 P, 0) / P)
+ *   highest-scoring middle pages (all full), ties to the lower index. Every
+ *   page is charged P tokens, so count * P <= budget_tokens whenever
+ *   budget_tokens >= 2 P; below that the count is exactly 2 (sink and
+ *   current are never dropped). */
+size_t kcpu_page_select(uint32_t *selected, const float *q, size_t n_q, size_t hd, const float *minmax_base,
+                        const uint32_t *pages, uint32_t n_pages, uint32_t page_size, uint32_t n_ctx,
+                        uint32_t budget_tokens, float *scratch);
+
+/* kcpu_attn_paged over the pages selected[0 .. n_sel) only: all valid
+ * positions of each (the last page up to n_ctx), walked in the order of
+ * selected. Arguments as kcpu_attn_paged (F32 or F16 KV); scores needs one
+ * float per attended position (at most n_ctx). Per position it performs the
+ * same dot, scale, softmax and axpy operations in the same order as
+ * kcpu_attn_paged, so with every page selected in increasing order the
+ * result is the same bits. */
+void kcpu_attn_paged_sparse(float *out, const float *q, size_t n_q, size_t hd, const void *kv, int kv_type,
+                            size_t slot_stride, size_t v_offset, const uint32_t *pages, uint32_t page_size,
+                            uint32_t n_ctx, const uint32_t *selected, size_t n_sel, float scale, float *scores);
+
 #endif
