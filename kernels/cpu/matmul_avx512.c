@@ -190,45 +190,22 @@ INLINE void tile_b32(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, s
     }
 }
 
-static void tile_q4_0(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, size_t K, float *Y,
-                      size_t ldy, size_t pf, size_t nr, size_t nt) {
-    if (nr > 4) { /* one token, up to 8 rows (see drive) */
-        switch (nr) {
-        case 5: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 0, 5, 1); break;
-        case 6: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 0, 6, 1); break;
-        case 7: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 0, 7, 1); break;
-        default: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 0, 8, 1); break;
-        }
-        return;
+/* One entry point per weight type WT: a single token over up to 8 rows (see
+ * drive), else a 4x4 tile. */
+#define TILE_B32_ENTRY(name, WT)                                                                   \
+    static void name(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, size_t K, float *Y, \
+                     size_t ldy, size_t pf, size_t nr, size_t nt) {                                \
+        switch (nr) {                                                                              \
+        case 5: tile_b32(W, ws, X, xs, K, Y, ldy, pf, WT, 5, 1); return;                           \
+        case 6: tile_b32(W, ws, X, xs, K, Y, ldy, pf, WT, 6, 1); return;                           \
+        case 7: tile_b32(W, ws, X, xs, K, Y, ldy, pf, WT, 7, 1); return;                           \
+        case 8: tile_b32(W, ws, X, xs, K, Y, ldy, pf, WT, 8, 1); return;                           \
+        }                                                                                          \
+        KCPU_SWITCH_4x4(tile_b32, nr, nt, W, ws, X, xs, K, Y, ldy, pf, WT)                         \
     }
-    KCPU_SWITCH_4x4(tile_b32, nr, nt, W, ws, X, xs, K, Y, ldy, pf, 0)
-}
-static void tile_q4_1(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, size_t K, float *Y,
-                      size_t ldy, size_t pf, size_t nr, size_t nt) {
-    if (nr > 4) { /* one token, up to 8 rows (see drive) */
-        switch (nr) {
-        case 5: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 1, 5, 1); break;
-        case 6: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 1, 6, 1); break;
-        case 7: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 1, 7, 1); break;
-        default: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 1, 8, 1); break;
-        }
-        return;
-    }
-    KCPU_SWITCH_4x4(tile_b32, nr, nt, W, ws, X, xs, K, Y, ldy, pf, 1)
-}
-static void tile_q8_0(const uint8_t *W, size_t ws, const uint8_t *X, size_t xs, size_t K, float *Y,
-                      size_t ldy, size_t pf, size_t nr, size_t nt) {
-    if (nr > 4) { /* one token, up to 8 rows (see drive) */
-        switch (nr) {
-        case 5: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 2, 5, 1); break;
-        case 6: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 2, 6, 1); break;
-        case 7: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 2, 7, 1); break;
-        default: tile_b32(W, ws, X, xs, K, Y, ldy, pf, 2, 8, 1); break;
-        }
-        return;
-    }
-    KCPU_SWITCH_4x4(tile_b32, nr, nt, W, ws, X, xs, K, Y, ldy, pf, 2)
-}
+TILE_B32_ENTRY(tile_q4_0, 0)
+TILE_B32_ENTRY(tile_q4_1, 1)
+TILE_B32_ENTRY(tile_q8_0, 2)
 
 /* Weight rows stream from DRAM (or L3) once per call: the first token tile
  * of each strip of rows prefetches the strip about KCPU_PF_BYTES ahead, the
