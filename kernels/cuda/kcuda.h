@@ -90,6 +90,64 @@ cudaError_t kcuda_embed_f32(float *out, const float *table, const int32_t *ids, 
 cudaError_t kcuda_embed_bf16(float *out, const uint16_t *table, const int32_t *ids, size_t T,
                              size_t D, size_t n_vocab, cudaStream_t stream);
 
+/* ---- Fused forms the CUDA backend uses (DESIGN.md section 3 chunk layout) ---- */
+
+/* RMSNorm to bf16 (round to nearest even), the input of a bf16 GEMM:
+ * out[i][:] = bf16(rmsnorm(x[src][:]) * w) with src = rows ? rows[i] : i, for
+ * i < T. x rows are ld_x floats apart, out rows ld_out elements apart. The
+ * float math is that of kcuda_rmsnorm; only the final rounding differs. */
+cudaError_t kcuda_rmsnorm_bf16(uint16_t *out, size_t ld_out, const float *x, size_t ld_x,
+                               const int32_t *rows, const float *w, size_t T, size_t D, float eps,
+                               cudaStream_t stream);
+
+/* Bias and RoPE on a fused QKV output in the chunk layout: row t holds, per
+ * KV group g (n_groups of them, group_stride = (q_per_kv + 2) * head_dim
+ * floats), q_per_kv query heads, then the K head, then the V head. Adds
+ * bias (NULL = none; same layout as one row) to the whole row, then rotates
+ * the query heads and the K head as kcuda_rope does, at position pos[t].
+ * Rows are ld floats apart. */
+cudaError_t kcuda_qkv_bias_rope(float *qkv, size_t ld, const float *bias, const int32_t *pos,
+                                const float *inv_freq, size_t T, size_t n_groups, size_t q_per_kv,
+                                size_t head_dim, size_t n_rot, kcuda_rope_style style,
+                                cudaStream_t stream);
+
+/* SwiGLU over a fused gate|up output cut in n_chunks MLP chunks of `chunk`
+ * columns: row t of gu holds, per chunk m, its gate columns then its up
+ * columns. out[t][m * chunk + i] = bf16(silu(gate) * up), silu as in
+ * kcuda_swiglu. gu rows are ld_gu floats apart, out rows ld_out elements. */
+cudaError_t kcuda_swiglu_chunked_bf16(uint16_t *out, size_t ld_out, const float *gu, size_t ld_gu,
+                                      size_t T, size_t n_chunks, size_t chunk, cudaStream_t stream);
+
+/* out[i] = bf16(in[i]) (round to nearest even; NaN stays NaN). */
+cudaError_t kcuda_f32_to_bf16(uint16_t *out, const float *in, size_t n, cudaStream_t stream);
+
+/* ---- GEMMs through cuBLASLt (kcuda_gemm.c) ---- */
+
+typedef struct kcuda_blas kcuda_blas;
+
+/* A cuBLASLt handle and its workspace, bound to the current device. NULL on
+ * failure (the reason is printed). */
+kcuda_blas *kcuda_blas_create(void);
+void kcuda_blas_destroy(kcuda_blas *b);
+
+typedef enum { KCUDA_GEMM_BF16 = 0, KCUDA_GEMM_F16 = 1 } kcuda_gemm_type;
+
+/* How a weight matrix of N outputs and K inputs is stored, row-major:
+ *   KCUDA_W_NK: (N, K), rows ldw elements apart: column-parallel matrices
+ *     (QKV, gate|up, LM head), whose TP chunks are row ranges;
+ *   KCUDA_W_KN: (K, N), rows ldw elements apart: row-parallel matrices
+ *     (O, down) stored transposed, so that their TP chunks (input ranges)
+ *     are row ranges too. */
+typedef enum { KCUDA_W_NK = 0, KCUDA_W_KN = 1 } kcuda_w_layout;
+
+/* Y (T, N) f32, rows ldy floats apart: Y = beta * Y + X W^T, with X (T, K)
+ * of `type`, rows ldx elements apart, W of `type` in `layout`. Products and
+ * sums in f32 (CUBLAS_COMPUTE_32F). beta = 1 adds into Y: the residual
+ * stream takes the O and down products this way. */
+cudaError_t kcuda_gemm(kcuda_blas *b, float *Y, size_t ldy, const void *X, size_t ldx, const void *W,
+                       size_t ldw, kcuda_w_layout layout, kcuda_gemm_type type, size_t T, size_t N,
+                       size_t K, float beta, cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif
