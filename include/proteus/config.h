@@ -46,10 +46,14 @@ typedef struct {
     /* engine */
     int threads;              /* worker threads over all ranks; default: the cores this process may use */
     int tp;                   /* tensor-parallel degree of the instance, 1 */
-    char *devices;            /* "cpu" ("cuda" is reserved for a later issue) */
+    char *devices;            /* "cpu" or "cuda" */
+    int cuda_device;          /* CUDA device ordinal when devices is "cuda", 0 */
+    bool cuda_graphs;         /* CUDA: replay decode steps as CUDA graphs, true */
     size_t page_size;         /* tokens per KV page, a power of two in [1, 256], 16 */
     pt_dtype kv_dtype;        /* PT_DTYPE_F32 or PT_DTYPE_F16 */
-    size_t kv_memory_mb;      /* KV cache budget per rank, MiB, 1024 */
+    size_t kv_memory_mb;      /* KV cache budget per rank, MiB; 0 (default) = CPU 1024, CUDA 90% of what is left */
+    size_t select_budget;     /* query-aware page selection: decode attends to this many tokens' pages; 0 = off */
+    size_t select_dense_layers; /* layers below this stay dense, 2 */
     /* scheduler */
     int max_running;          /* sequences decoded concurrently, 32 */
     size_t max_batch_tokens;  /* tokens per engine step (prefill + decode), 512 */

@@ -1,9 +1,10 @@
-/* The CPU inference engine: a model's weights arranged in TP chunks, a
+/* The inference engine: a model's weights arranged in TP chunks, a
  * head-centric paged KV cache, and a step function that runs one batch of
- * token chunks from several sequences through the forward pass.
+ * token chunks from several sequences through the forward pass, on the CPU
+ * or on a CUDA GPU (src/backend).
  *
- * One engine is one instance (DESIGN.md section 2). At tp > 1 it runs its
- * ranks as threads, each owning a contiguous range of KV-head groups and MLP
+ * One engine is one instance (DESIGN.md section 2). On the CPU at tp > 1 it
+ * runs its ranks as threads, each owning a contiguous range of KV-head groups and MLP
  * chunks, with row-parallel reductions folded in chunk order; results are
  * bit-identical to tp == 1. */
 #ifndef PROTEUS_ENGINE_H
@@ -18,7 +19,13 @@
 
 typedef struct pt_engine pt_engine;
 
+/* Where an instance runs. */
+typedef enum { PT_DEVICE_CPU = 0, PT_DEVICE_CUDA = 1 } pt_device;
+
 typedef struct {
+    pt_device device;     /* PT_DEVICE_CPU (default) or PT_DEVICE_CUDA */
+    int device_index;     /* CUDA device ordinal (default 0) */
+    bool cuda_graphs;     /* CUDA: replay decode-only steps as CUDA graphs (default on) */
     int n_threads;        /* worker threads per rank (>= 1) */
     int tp;               /* tensor-parallel degree (>= 1) */
     uint32_t page_size;   /* tokens per KV head page (default 16) */
@@ -31,6 +38,12 @@ typedef struct {
     uint32_t max_batch_tokens; /* tokens per step (default 512) */
     bool exact_activations;    /* F32 activations with dequantized weights: the arithmetic of a
                                   float reference (tests); default off: int8 activations, fast */
+    /* Query-aware page selection at decode (DESIGN.md section 5): in layers
+     * >= select_dense_layers, a decoding sequence whose context exceeds
+     * select_budget tokens attends only to the pages chosen within that
+     * budget. 0 = off (dense attention everywhere). */
+    uint32_t select_budget;
+    uint32_t select_dense_layers; /* default 2 */
 } pt_engine_opts;
 
 void pt_engine_opts_default(pt_engine_opts *o);

@@ -24,6 +24,10 @@ bool cli_parse_long(const char *flag, const char *s, long lo, long hi, long *out
 bool cli_parse_float(const char *flag, const char *s, double lo, double hi, double *out);
 bool cli_parse_u64(const char *flag, const char *s, uint64_t *out);
 
+/* --device: "cpu", "cuda" or "cuda:N" (device ordinal N) into the engine
+ * options; prints "proteus: FLAG: ..." and returns false otherwise. */
+bool cli_parse_device(const char *flag, const char *s, int *device, int *index);
+
 /* Default thread count: the cores this process may run on. */
 int cli_default_threads(void);
 

@@ -15,7 +15,8 @@
 
 typedef struct {
     const char *model, *prompt, *chat, *system, *template_name;
-    long n_predict, threads, tp;
+    long n_predict, threads, tp, select_budget, select_dense;
+    int device, device_index;
     bool ignore_eos;
     const char *stops[MAX_STOPS];
     size_t n_stops;
@@ -33,6 +34,10 @@ static void usage(FILE *f) {
           "  -n N                   tokens to generate at most (default 128)\n"
           "  -t THREADS             threads per rank (default: all cores)\n"
           "  --tp N                 tensor-parallel ranks (default 1)\n"
+          "  --device D             cpu | cuda | cuda:N (default cpu)\n"
+          "  --page-select-budget N query-aware page selection: decode attends to N tokens'\n"
+          "                         pages (default 0: off)\n"
+          "  --page-select-dense-layers N   first layers kept dense (default 2)\n"
           "  --temp T               temperature, 0 = greedy (default 0)\n"
           "  --top-k K, --top-p P, --min-p P      sampling filters (default off)\n"
           "  --seed S               sampling seed (default 0)\n"
@@ -48,6 +53,7 @@ static int parse_args(int argc, char **argv, gen_args *a) {
     a->n_predict = 128;
     a->threads = cli_default_threads();
     a->tp = 1;
+    a->select_dense = 2;
     pt_sampler_params_default(&a->sp);
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -74,6 +80,9 @@ static int parse_args(int argc, char **argv, gen_args *a) {
         else if (!strcmp(f, "-n")) { if (!cli_parse_long(f, v, 0, 1 << 24, &a->n_predict)) return CLI_USAGE; }
         else if (!strcmp(f, "-t")) { if (!cli_parse_long(f, v, 1, 1024, &a->threads)) return CLI_USAGE; }
         else if (!strcmp(f, "--tp")) { if (!cli_parse_long(f, v, 1, 64, &a->tp)) return CLI_USAGE; }
+        else if (!strcmp(f, "--device")) { if (!cli_parse_device(f, v, &a->device, &a->device_index)) return CLI_USAGE; }
+        else if (!strcmp(f, "--page-select-budget")) { if (!cli_parse_long(f, v, 0, 1 << 24, &a->select_budget)) return CLI_USAGE; }
+        else if (!strcmp(f, "--page-select-dense-layers")) { if (!cli_parse_long(f, v, 0, 1 << 16, &a->select_dense)) return CLI_USAGE; }
         else if (!strcmp(f, "--temp")) { if (!cli_parse_float(f, v, 0, 100, &d)) return CLI_USAGE; a->sp.temperature = (float)d; }
         else if (!strcmp(f, "--top-k")) { if (!cli_parse_long(f, v, -1, 1 << 24, &l)) return CLI_USAGE; a->sp.top_k = (int32_t)l; }
         else if (!strcmp(f, "--top-p")) { if (!cli_parse_float(f, v, 1e-9, 1, &d)) return CLI_USAGE; a->sp.top_p = (float)d; }
@@ -162,6 +171,10 @@ int cmd_generate(int argc, char **argv) {
     pt_engine_opts_default(&o);
     o.n_threads = (int)a.threads;
     o.tp = (int)a.tp;
+    o.device = (pt_device)a.device;
+    o.device_index = a.device_index;
+    o.select_budget = (uint32_t)a.select_budget;
+    o.select_dense_layers = (uint32_t)a.select_dense;
     o.max_seqs = 1;
     o.max_ctx = (uint32_t)(n_prompt + (size_t)a.n_predict + 1);
     if (pt_engine_create(&e, &mf, &o, &err) != 0) goto out;

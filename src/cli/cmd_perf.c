@@ -16,10 +16,11 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 static void usage(FILE *f) {
-    fputs("usage: proteus perf [-m MODEL] [-t THREADS] [--tp N] [--pp N] [--tg N] [--reps N]\n"
+    fputs("usage: proteus perf [-m MODEL] [-t THREADS] [--tp N] [--device D] [--pp N] [--tg N] [--reps N]\n"
           "  -m MODEL     GGUF file, Hugging Face directory or synthetic:<shape> (default: the default model)\n"
           "  -t THREADS   threads per rank (default: all cores)\n"
           "  --tp N       tensor-parallel ranks (default 1)\n"
+          "  --device D   cpu | cuda | cuda:N (default cpu)\n"
           "  --pp N       prompt tokens evaluated in one step (default 512)\n"
           "  --tg N       generated tokens, one step each (default 128)\n"
           "  --reps N     repetitions; the median is reported (default 3)\n",
@@ -29,6 +30,7 @@ static void usage(FILE *f) {
 int cmd_perf(int argc, char **argv) {
     const char *model = NULL;
     long threads = cli_default_threads(), tp = 1, pp = 512, tg = 128, reps = 3;
+    int device = PT_DEVICE_CPU, device_index = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -42,6 +44,9 @@ int cmd_perf(int argc, char **argv) {
             i++;
         } else if (!strcmp(a, "--tp") && v) {
             if (!cli_parse_long(a, v, 1, 64, &tp)) return CLI_USAGE;
+            i++;
+        } else if (!strcmp(a, "--device") && v) {
+            if (!cli_parse_device(a, v, &device, &device_index)) return CLI_USAGE;
             i++;
         } else if (!strcmp(a, "--pp") && v) {
             if (!cli_parse_long(a, v, 1, 1 << 16, &pp)) return CLI_USAGE;
@@ -69,6 +74,8 @@ int cmd_perf(int argc, char **argv) {
     pt_engine_opts_default(&o);
     o.n_threads = (int)threads;
     o.tp = (int)tp;
+    o.device = (pt_device)device;
+    o.device_index = device_index;
     o.max_seqs = 1;
     o.max_batch_tokens = (uint32_t)pp;
     o.max_ctx = (uint32_t)(pp + tg + 1);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "proteus/engine.h"
 
 #define DEFAULT_MODEL_FILE "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -66,4 +67,20 @@ int cli_default_threads(void) {
         if (n > 0) return n;
     }
     return 1;
+}
+
+bool cli_parse_device(const char *flag, const char *s, int *device, int *index) {
+    long n = 0;
+    if (!strcmp(s, "cpu")) {
+        *device = PT_DEVICE_CPU;
+        *index = 0;
+        return true;
+    }
+    if (!strncmp(s, "cuda", 4) && (s[4] == '\0' || (s[4] == ':' && cli_parse_long(flag, s + 5, 0, 1023, &n)))) {
+        *device = PT_DEVICE_CUDA;
+        *index = (int)n;
+        return true;
+    }
+    if (strncmp(s, "cuda:", 5) != 0) fprintf(stderr, "proteus: %s: expected cpu, cuda or cuda:N, got \"%s\"\n", flag, s);
+    return false;
 }

@@ -63,8 +63,7 @@ static const enum_name LOG_LEVELS[] = {
 static const enum_name CHAT_TEMPLATES[] = {
     {"chatml", PT_CHAT_CHATML}, {"llama3", PT_CHAT_LLAMA3}, {"llama2", PT_CHAT_LLAMA2}, {"mistral", PT_CHAT_MISTRAL},
     {NULL, 0}};
-/* CUDA devices come with a later issue; until then "cpu" is the only value. */
-static const enum_name DEVICES[] = {{"cpu", 0}, {NULL, 0}};
+static const enum_name DEVICES[] = {{"cpu", 0}, {"cuda", 1}, {NULL, 0}};
 
 #define OFF(field) offsetof(pt_server_config, field)
 
@@ -87,12 +86,20 @@ static const cfg_key KEYS[] = {
      "worker threads over all ranks"},
     {"engine.tp", "--tp", NULL, KT_INT, OFF(tp), 1, 64, 0, NULL, NULL, "tensor-parallel degree"},
     {"engine.devices", "--devices", NULL, KT_STR, OFF(devices), 0, 0, 0, DEVICES, NULL,
-     "\"cpu\" (CUDA is not supported by serve yet)"},
+     "\"cpu\" or \"cuda\" (one GPU, BF16 weights, f16 KV)"},
+    {"engine.cuda_device", "--cuda-device", NULL, KT_INT, OFF(cuda_device), 0, 1023, 0, NULL, NULL,
+     "CUDA device ordinal"},
+    {"engine.cuda_graphs", "--cuda-graphs", NULL, KT_BOOL, OFF(cuda_graphs), 0, 0, 0, NULL, NULL,
+     "replay decode steps as CUDA graphs"},
     {"engine.page_size", "--page-size", NULL, KT_SIZE, OFF(page_size), 1, 256, KF_POW2, NULL, NULL,
      "tokens per KV page"},
     {"engine.kv_dtype", "--kv-dtype", NULL, KT_ENUM, OFF(kv_dtype), 0, 0, 0, KV_DTYPES, NULL, "KV cache element type"},
-    {"engine.kv_memory_mb", "--kv-memory-mb", NULL, KT_SIZE, OFF(kv_memory_mb), 1, 1 << 20, 0, NULL, NULL,
-     "KV cache budget per rank, MiB"},
+    {"engine.kv_memory_mb", "--kv-memory-mb", NULL, KT_SIZE, OFF(kv_memory_mb), 0, 1 << 24, 0, NULL, "0 (automatic)",
+     "KV cache budget per rank, MiB; 0 = automatic (CPU 1024, CUDA 90% of the GPU memory left)"},
+    {"engine.page_select_budget", "--page-select-budget", NULL, KT_SIZE, OFF(select_budget), 0, 1 << 24, 0, NULL,
+     "0 (off)", "query-aware page selection: tokens a decode step attends to"},
+    {"engine.page_select_dense_layers", "--page-select-dense-layers", NULL, KT_SIZE, OFF(select_dense_layers), 0,
+     1 << 16, 0, NULL, NULL, "first layers that always attend densely"},
     {"scheduler.max_running", "--max-running", NULL, KT_INT, OFF(max_running), 1, 4096, 0, NULL, NULL,
      "sequences decoded concurrently"},
     {"scheduler.max_batch_tokens", "--max-batch-tokens", NULL, KT_SIZE, OFF(max_batch_tokens), 1, 1 << 20, 0, NULL,
@@ -144,7 +151,9 @@ void pt_server_config_default(pt_server_config *c) {
     c->devices = pt_xstrdup("cpu");
     c->page_size = 16;
     c->kv_dtype = PT_DTYPE_F32;
-    c->kv_memory_mb = 1024;
+    c->kv_memory_mb = 0;
+    c->cuda_graphs = true;
+    c->select_dense_layers = 2;
     c->max_running = 32;
     c->max_batch_tokens = 512;
     c->prefill_chunk = 256;
@@ -206,9 +215,7 @@ static void describe(const cfg_key *k, char *out, size_t n) {
         snprintf(out, n, "must be one of %s", list);
         break;
     case KT_STR:
-        if (k->names == DEVICES) {
-            snprintf(out, n, "must be \"cpu\" (CUDA devices are not supported by serve yet)");
-        } else if (k->names) {
+        if (k->names) {
             fmt_names(list, sizeof(list), k->names, k->flags & KF_NULLABLE);
             snprintf(out, n, "must be one of %s", list);
         } else {

@@ -5,8 +5,6 @@
 
 #include "engine/engine_internal.h"
 
-#define DEFAULT_KV_BUDGET (1ull << 30) /* bytes of KV per rank when kv_pages is 0 */
-
 void pt_engine_opts_default(pt_engine_opts *o) {
     memset(o, 0, sizeof(*o));
     o->n_threads = 1;
@@ -14,6 +12,8 @@ void pt_engine_opts_default(pt_engine_opts *o) {
     o->page_size = 16;
     o->max_seqs = 64;
     o->max_batch_tokens = 512;
+    o->cuda_graphs = true;
+    o->select_dense_layers = 2;
 }
 
 const pt_model_config *pt_engine_config(const pt_engine *e) { return &e->w.cfg; }
@@ -26,54 +26,32 @@ void pt_engine_kv_pages(const pt_engine *e, int rank, uint64_t *total, uint64_t 
     *free_pages = e->ranks[rank].kv.n_free;
 }
 
-static void *alloc_or_null(size_t n, size_t size, bool *ok) {
-    void *p = pt_aligned_alloc(n * size);
-    if (!p) *ok = false;
-    return p;
-}
-
-static void rank_free(pt_rank *r) {
-    pt_pool_free(r->pool);
-    pt_kv_pool_free(&r->kv);
-    free(r->xn);
-    for (int i = 0; i < 3; i++) free(r->act[i]);
-    free(r->q);
-    free(r->k);
-    free(r->v);
-    free(r->att);
-    free(r->att_act);
-    free(r->gate);
-    free(r->up);
-    free(r->h_act);
-    free(r->scores);
-}
-
 void pt_engine_free(pt_engine *e) {
     if (!e) return;
+    if (e->backend) e->backend->destroy(e->backend);
     if (e->ranks)
-        for (int i = 0; i < e->tp; i++) rank_free(&e->ranks[i]);
+        for (int i = 0; i < e->tp; i++) pt_kv_pool_free(&e->ranks[i].kv);
     free(e->ranks);
     if (e->seqs)
         for (uint32_t s = 0; s < e->opts.max_seqs; s++)
             for (uint32_t g = 0; g < PT_MAX_GROUPS; g++) free(e->seqs[s].pages[g]);
     free(e->seqs);
-    if (e->x)
-        for (int i = 0; i < e->tp; i++) free(e->x[i]);
-    free(e->x);
-    free(e->part_attn);
-    free(e->part_mlp);
-    free(e->final_act);
     free(e->out_scratch);
     free(e->stage_tok);
     free(e->stage_seq);
     free(e->stage_pos);
     free(e->stage_out);
-    if (e->tp > 1) {
-        pt_pool_free(e->rank_pool);
-        pthread_barrier_destroy(&e->barrier);
-    }
     pt_weights_free(&e->w);
     free(e);
+}
+
+uint64_t pt_engine_kv_pages_for(const pt_engine *e, uint32_t n_groups, uint64_t budget_bytes) {
+    const pt_model_config *c = &e->w.cfg;
+    const pt_engine_opts *o = &e->opts;
+    uint64_t want = (uint64_t)o->max_seqs * e->pages_per_seq * n_groups;
+    uint64_t fit = budget_bytes / pt_kv_page_bytes(c->n_layers, c->head_dim, o->page_size, o->kv_dtype);
+    uint64_t n = want < fit ? want : fit;
+    return n > UINT32_MAX - 1 ? UINT32_MAX - 1 : n;
 }
 
 static int rank_of_group(const pt_engine *e, uint32_t g) {
@@ -109,15 +87,21 @@ int pt_engine_create(pt_engine **out, const pt_model_file *mf, const pt_engine_o
         pt_engine_free(e);
         return rc;
     }
-    size_t d = c->d_model, hd = c->head_dim, Tm = o->max_batch_tokens, V = c->vocab_size;
-    size_t qld = (size_t)c->n_heads * hd, kld = (size_t)c->n_kv_heads * hd, ff = c->d_ff;
-    e->scratch_len = o->max_ctx > d ? o->max_ctx : d;
+    if (o->device == PT_DEVICE_CUDA && e->tp > 1) {
+        pt_engine_free(e);
+        return pt_err_set(err, PT_ERR_UNSUPPORTED, "tp > 1 on CUDA is not supported yet (NCCL TP comes with transformations)");
+    }
+    if (o->select_budget && o->select_budget < 2 * o->page_size) {
+        rc = pt_err_set(err, PT_ERR_INVALID, "page_select_budget %u is below two pages (%u tokens)", o->select_budget,
+                        2 * o->page_size);
+        pt_engine_free(e);
+        return rc;
+    }
+    size_t Tm = o->max_batch_tokens, V = c->vocab_size;
     e->max_out = o->max_seqs > 64 ? o->max_seqs : 64;
-    uint32_t pages_per_seq = (o->max_ctx + o->page_size - 1) / o->page_size;
+    e->pages_per_seq = (o->max_ctx + o->page_size - 1) / o->page_size;
 
-    bool ok = true;
     e->ranks = pt_xcalloc((size_t)e->tp, sizeof(pt_rank));
-    e->x = pt_xcalloc((size_t)e->tp, sizeof(float *));
     for (int i = 0; i < e->tp; i++) {
         pt_rank *r = &e->ranks[i];
         r->rank = i;
@@ -125,53 +109,28 @@ int pt_engine_create(pt_engine **out, const pt_model_file *mf, const pt_engine_o
         r->g1 = e->w.n_groups * (i + 1) / e->tp;
         r->c0 = e->w.n_mlp_chunks * i / e->tp;
         r->c1 = e->w.n_mlp_chunks * (i + 1) / e->tp;
-        r->pool = pt_pool_create(o->n_threads);
-        uint64_t kv_pages = o->kv_pages;
-        if (kv_pages == 0) {
-            uint64_t want = (uint64_t)o->max_seqs * pages_per_seq * (r->g1 - r->g0);
-            uint64_t budget = o->kv_bytes ? o->kv_bytes : DEFAULT_KV_BUDGET;
-            uint64_t fit = budget / pt_kv_page_bytes(c->n_layers, c->head_dim, o->page_size, o->kv_dtype);
-            kv_pages = want < fit ? want : fit;
-        }
-        if (kv_pages > UINT32_MAX - 1) kv_pages = UINT32_MAX - 1;
-        if ((rc = pt_kv_pool_init(&r->kv, c->n_layers, c->head_dim, o->page_size, (uint32_t)kv_pages, o->kv_dtype, err))) {
-            pt_engine_free(e);
-            return rc;
-        }
-        r->xn = alloc_or_null(Tm * d, sizeof(float), &ok);
-        for (int a = 0; a < 3; a++) r->act[a] = alloc_or_null(Tm * d, sizeof(float), &ok);
-        r->q = alloc_or_null(Tm * qld, sizeof(float), &ok);
-        r->k = alloc_or_null(Tm * kld, sizeof(float), &ok);
-        r->v = alloc_or_null(Tm * kld, sizeof(float), &ok);
-        r->att = alloc_or_null(Tm * qld, sizeof(float), &ok);
-        r->att_act = alloc_or_null(Tm * qld, sizeof(float), &ok);
-        r->gate = alloc_or_null(Tm * ff, sizeof(float), &ok);
-        r->up = alloc_or_null(Tm * ff, sizeof(float), &ok);
-        r->h_act = alloc_or_null(Tm * ff, sizeof(float), &ok);
-        r->scores = alloc_or_null((size_t)o->n_threads * e->scratch_len, sizeof(float), &ok);
-        e->x[i] = alloc_or_null(Tm * d, sizeof(float), &ok);
     }
-    e->part_attn = alloc_or_null(e->w.n_groups * Tm * d, sizeof(float), &ok);
-    e->part_mlp = alloc_or_null(e->w.n_mlp_chunks * Tm * d, sizeof(float), &ok);
-    e->final_act = alloc_or_null(e->max_out * d, sizeof(float), &ok);
-    e->out_scratch = alloc_or_null(e->max_out * V, sizeof(float), &ok);
-    e->stage_tok = alloc_or_null(Tm, sizeof(int32_t), &ok);
-    e->stage_seq = alloc_or_null(Tm, sizeof(int), &ok);
-    e->stage_pos = alloc_or_null(Tm, sizeof(uint32_t), &ok);
-    e->stage_out = alloc_or_null(e->max_out, sizeof(uint32_t), &ok);
+    e->out_scratch = pt_aligned_alloc((size_t)e->max_out * V * sizeof(float));
+    e->stage_tok = pt_xmalloc(Tm * sizeof(int32_t));
+    e->stage_seq = pt_xmalloc(Tm * sizeof(int));
+    e->stage_pos = pt_xmalloc(Tm * sizeof(uint32_t));
+    e->stage_out = pt_xmalloc(e->max_out * sizeof(uint32_t));
     e->seqs = pt_xcalloc(o->max_seqs, sizeof(pt_seq));
+    bool ok = e->out_scratch != NULL;
     for (uint32_t s = 0; s < o->max_seqs && ok; s++) {
-        e->seqs[s].cap_pages = pages_per_seq;
-        for (uint32_t g = 0; g < e->w.n_groups; g++)
-            e->seqs[s].pages[g] = alloc_or_null(pages_per_seq, sizeof(uint32_t), &ok);
+        e->seqs[s].cap_pages = e->pages_per_seq;
+        for (uint32_t g = 0; g < e->w.n_groups && ok; g++)
+            ok = (e->seqs[s].pages[g] = malloc((size_t)e->pages_per_seq * sizeof(uint32_t))) != NULL;
     }
     if (!ok) {
         pt_engine_free(e);
         return pt_err_set(err, PT_ERR_NOMEM, "out of memory allocating engine buffers");
     }
-    if (e->tp > 1) {
-        pthread_barrier_init(&e->barrier, NULL, (unsigned)e->tp);
-        e->rank_pool = pt_pool_create(e->tp);
+    rc = o->device == PT_DEVICE_CUDA ? pt_backend_cuda_create(&e->backend, e, err)
+                                     : pt_backend_cpu_create(&e->backend, e, err);
+    if (rc) {
+        pt_engine_free(e);
+        return rc;
     }
     *out = e;
     return PT_OK;
@@ -183,6 +142,7 @@ int pt_engine_seq_new(pt_engine *e) {
             e->seqs[s].used = true;
             e->seqs[s].len = 0;
             e->seqs[s].n_pages = 0;
+            e->seqs[s].dirty_from = 0;
             return (int)s;
         }
     }
@@ -195,6 +155,7 @@ static void seq_trim_pages(pt_engine *e, pt_seq *s, uint32_t keep) {
         for (uint32_t p = keep; p < s->n_pages; p++) pt_kv_page_release(kv, s->pages[g][p]);
     }
     s->n_pages = keep;
+    if (s->dirty_from > keep) s->dirty_from = keep;
 }
 
 void pt_engine_seq_free(pt_engine *e, int seq) {
@@ -229,11 +190,6 @@ static bool seq_reserve(pt_engine *e, pt_seq *s, uint32_t len) {
         s->n_pages = p + 1;
     }
     return true;
-}
-
-static void rank_main(void *arg, int tid, int nth) {
-    pt_engine *e = arg;
-    pt_forward_rank(e, &e->ranks[tid]);
 }
 
 int pt_engine_step(pt_engine *e, const pt_batch_entry *entries, size_t n_entries, pt_err *err) {
@@ -295,10 +251,15 @@ int pt_engine_step(pt_engine *e, const pt_batch_entry *entries, size_t n_entries
     e->n_out = n_out;
     e->out_row = e->stage_out;
 
-    if (e->tp == 1)
-        pt_forward_rank(e, &e->ranks[0]);
-    else
-        pt_pool_run(e->rank_pool, rank_main, e);
+    int rc = e->backend->step(e->backend, e, err);
+    if (rc) {
+        /* The step's tokens were not appended: give back the pages reserved for them. */
+        for (size_t i = 0; i < n_entries; i++) {
+            pt_seq *s = &e->seqs[entries[i].seq];
+            seq_trim_pages(e, s, (s->len + e->opts.page_size - 1) / e->opts.page_size);
+        }
+        return rc;
+    }
 
     o = 0;
     for (size_t i = 0; i < n_entries; i++) {

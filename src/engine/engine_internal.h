@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "backend/backend.h"
 #include "kv/kv_pool.h"
 #include "proteus/engine.h"
 #include "proteus/threadpool.h"
@@ -87,15 +88,20 @@ typedef struct {
     uint32_t *pages[PT_MAX_GROUPS]; /* block table per KV head: slot ids in its rank's pool */
     uint32_t n_pages;               /* pages per KV head in use */
     uint32_t cap_pages;
+    uint32_t dirty_from;            /* first block-table entry changed since a device
+                                       backend last mirrored the table */
 } pt_seq;
 
 struct pt_engine {
     const pt_model_file *mf;
     pt_engine_opts opts;
     pt_weights w;
+    pt_backend *backend;
     pt_rank *ranks;
     int tp;
     pt_seq *seqs;
+    uint32_t pages_per_seq;     /* block-table capacity: ceil(max_ctx / page_size) */
+    /* CPU backend state (src/backend/cpu/cpu_backend.c). */
     pthread_barrier_t barrier;  /* across ranks, tp > 1 */
     pt_pool *rank_pool;         /* one thread per rank, tp > 1 */
     /* Shared across ranks: the residual stream (each rank keeps its own copy,
@@ -112,9 +118,10 @@ struct pt_engine {
     uint32_t n_out;       /* rows that want logits */
     const uint32_t *out_row; /* (n_out) token row index */
     uint8_t *final_act;   /* (max_out, row bytes) quantized final norm */
+    size_t scratch_len;   /* floats of per-thread scratch: max(max_ctx, d_model) + 2 * pages_per_seq */
+    /* Every backend: */
     float *out_scratch;   /* (max_out, vocab) logits */
     uint32_t max_out;     /* logit rows one step can return */
-    size_t scratch_len;   /* floats of per-thread scratch: max(max_ctx, d_model) */
     /* Step staging, sized max_batch_tokens. */
     int32_t *stage_tok;
     int *stage_seq;
@@ -122,7 +129,22 @@ struct pt_engine {
     uint32_t *stage_out;
 };
 
-/* Runs the forward pass of the current step on one rank. */
+/* Runs the forward pass of the current step on one rank (CPU). */
 void pt_forward_rank(pt_engine *e, pt_rank *r);
+
+/* Head pages a rank holding n_groups KV heads gets from a budget of
+ * budget_bytes: as many as fit, at most enough for max_seqs full contexts. */
+uint64_t pt_engine_kv_pages_for(const pt_engine *e, uint32_t n_groups, uint64_t budget_bytes);
+
+/* Whether row t of the staged step is a decode token (the only token of its
+ * sequence in the step), and whether query-aware page selection applies to
+ * it in `layer` (DESIGN.md section 5). */
+static inline bool pt_step_is_decode(const pt_engine *e, uint32_t t) {
+    return (t == 0 || e->tok_seq[t - 1] != e->tok_seq[t]) && (t + 1 == e->T || e->tok_seq[t + 1] != e->tok_seq[t]);
+}
+static inline bool pt_select_applies(const pt_engine *e, uint32_t layer, uint32_t t) {
+    return e->opts.select_budget > 0 && layer >= e->opts.select_dense_layers &&
+           e->tok_pos[t] + 1 > e->opts.select_budget && pt_step_is_decode(e, t);
+}
 
 #endif

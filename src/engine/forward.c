@@ -224,13 +224,26 @@ static void attn_phase(void *arg, int tid, int nth) {
     float *sc = r->scores + (size_t)tid * e->scratch_len;
     long lo, hi;
     pt_pool_split((long)e->T * ng, tid, nth, &lo, &hi);
+    /* Page selection scratch sits after the scores (see cpu_backend.c). */
+    float *page_scores = sc + (e->scratch_len - 2 * (size_t)e->pages_per_seq);
+    uint32_t *selected = (uint32_t *)(page_scores + e->pages_per_seq);
     for (long it = lo; it < hi; it++) {
         size_t t = (size_t)it / ng, g = r->g0 + (size_t)it % ng;
         const pt_seq *s = &e->seqs[e->tok_seq[t]];
         const pt_kv_pool *kv = &r->kv;
-        kcpu_attn_paged(r->att + t * qld + g * qw, r->q + t * qld + g * qw, w->q_per_kv, hd, pt_kv_k(kv, c->layer, 0),
-                        kv->dtype, pt_kv_slot_stride(kv), pt_kv_v_offset(kv), s->pages[g], P, e->tok_pos[t] + 1, scale,
-                        sc);
+        float *out = r->att + t * qld + g * qw;
+        const float *q = r->q + t * qld + g * qw;
+        uint32_t n_ctx = e->tok_pos[t] + 1;
+        if (pt_select_applies(e, c->layer, (uint32_t)t)) {
+            uint32_t n_pages = (n_ctx + P - 1) / P;
+            size_t n_sel = kcpu_page_select(selected, q, w->q_per_kv, hd, pt_kv_kmin(kv, c->layer, 0), s->pages[g],
+                                            n_pages, P, n_ctx, e->opts.select_budget, page_scores);
+            kcpu_attn_paged_sparse(out, q, w->q_per_kv, hd, pt_kv_k(kv, c->layer, 0), kv->dtype, pt_kv_slot_stride(kv),
+                                   pt_kv_v_offset(kv), s->pages[g], P, n_ctx, selected, n_sel, scale, sc);
+        } else {
+            kcpu_attn_paged(out, q, w->q_per_kv, hd, pt_kv_k(kv, c->layer, 0), kv->dtype, pt_kv_slot_stride(kv),
+                            pt_kv_v_offset(kv), s->pages[g], P, n_ctx, scale, sc);
+        }
         size_t rb = act_row_bytes(e, L->o[g].type, qw);
         quantize_act(e, L->o[g].type, r->att_act + (t * w->n_groups + g) * rb, r->att + t * qld + g * qw, qw);
     }

@@ -8,34 +8,42 @@ uint64_t pt_kv_page_bytes(uint32_t n_layers, uint32_t head_dim, uint32_t page_si
     return (uint64_t)n_layers * ((uint64_t)2 * page_size * head_dim * elem + 2 * head_dim * sizeof(float));
 }
 
-int pt_kv_pool_init(pt_kv_pool *kv, uint32_t n_layers, uint32_t head_dim, uint32_t page_size,
-                    uint32_t n_slots, pt_dtype dtype, pt_err *err) {
+int pt_kv_pool_init_accounting(pt_kv_pool *kv, uint32_t n_layers, uint32_t head_dim, uint32_t page_size,
+                               uint32_t n_slots, pt_dtype dtype, pt_err *err) {
     memset(kv, 0, sizeof(*kv));
     if (dtype != PT_DTYPE_F32 && dtype != PT_DTYPE_F16)
         return pt_err_set(err, PT_ERR_UNSUPPORTED, "KV dtype %s is not supported (f32 or f16)", pt_dtype_name(dtype));
-    uint64_t n_data, n_mm;
-    if (!pt_mul_size((uint64_t)n_layers * n_slots, (uint64_t)2 * page_size * head_dim, &n_data) ||
-        !pt_mul_size((uint64_t)n_layers * n_slots, (uint64_t)2 * head_dim, &n_mm) ||
-        n_data > SIZE_MAX / 4)
-        return pt_err_set(err, PT_ERR_INVALID, "KV pool of %u pages is too large", n_slots);
     kv->n_layers = n_layers;
     kv->head_dim = head_dim;
     kv->page_size = page_size;
     kv->n_slots = n_slots;
     kv->dtype = dtype;
     kv->elem = dtype == PT_DTYPE_F16 ? 2 : 4;
+    kv->free_slots = malloc(((size_t)n_slots + 1) * sizeof(uint32_t));
+    if (!kv->free_slots) return pt_err_set(err, PT_ERR_NOMEM, "cannot allocate a KV pool of %u pages", n_slots);
+    /* Stack with slot 0 on top, so that allocation order is 0, 1, 2, ... */
+    for (uint32_t i = 0; i < n_slots; i++) kv->free_slots[i] = n_slots - 1 - i;
+    kv->n_free = n_slots;
+    return PT_OK;
+}
+
+int pt_kv_pool_init(pt_kv_pool *kv, uint32_t n_layers, uint32_t head_dim, uint32_t page_size,
+                    uint32_t n_slots, pt_dtype dtype, pt_err *err) {
+    uint64_t n_data, n_mm;
+    if (!pt_mul_size((uint64_t)n_layers * n_slots, (uint64_t)2 * page_size * head_dim, &n_data) ||
+        !pt_mul_size((uint64_t)n_layers * n_slots, (uint64_t)2 * head_dim, &n_mm) ||
+        n_data > SIZE_MAX / 4)
+        return pt_err_set(err, PT_ERR_INVALID, "KV pool of %u pages is too large", n_slots);
+    int rc = pt_kv_pool_init_accounting(kv, n_layers, head_dim, page_size, n_slots, dtype, err);
+    if (rc) return rc;
     /* calloc of a large size maps fresh zero pages: memory is committed only
      * as pages are first written. */
     kv->data = calloc(n_data ? n_data : 1, kv->elem);
     kv->minmax = calloc(n_mm ? n_mm : 1, sizeof(float));
-    kv->free_slots = malloc(((size_t)n_slots + 1) * sizeof(uint32_t));
-    if (!kv->data || !kv->minmax || !kv->free_slots) {
+    if (!kv->data || !kv->minmax) {
         pt_kv_pool_free(kv);
         return pt_err_set(err, PT_ERR_NOMEM, "cannot allocate a KV pool of %u pages", n_slots);
     }
-    /* Stack with slot 0 on top, so that allocation order is 0, 1, 2, ... */
-    for (uint32_t i = 0; i < n_slots; i++) kv->free_slots[i] = n_slots - 1 - i;
-    kv->n_free = n_slots;
     return PT_OK;
 }
 

@@ -34,6 +34,10 @@ typedef struct {
 
 int pt_kv_pool_init(pt_kv_pool *kv, uint32_t n_layers, uint32_t head_dim, uint32_t page_size,
                     uint32_t n_slots, pt_dtype dtype, pt_err *err);
+/* The free list and the geometry only (data and minmax stay NULL): the pool
+ * of a device whose pages live elsewhere, e.g. in GPU memory. */
+int pt_kv_pool_init_accounting(pt_kv_pool *kv, uint32_t n_layers, uint32_t head_dim, uint32_t page_size,
+                               uint32_t n_slots, pt_dtype dtype, pt_err *err);
 void pt_kv_pool_free(pt_kv_pool *kv);
 
 /* Bytes one head page takes across all layers, min/max included. */

@@ -705,6 +705,11 @@ static int serve_open(serve *s, const pt_server_config *cfg, pt_err *err) {
     eo.max_seqs = (uint32_t)cfg->max_running;
     eo.max_batch_tokens = (uint32_t)cfg->max_batch_tokens;
     eo.kv_bytes = (uint64_t)cfg->kv_memory_mb << 20;
+    eo.device = strcmp(cfg->devices, "cuda") == 0 ? PT_DEVICE_CUDA : PT_DEVICE_CPU;
+    eo.device_index = cfg->cuda_device;
+    eo.cuda_graphs = cfg->cuda_graphs;
+    eo.select_budget = (uint32_t)cfg->select_budget;
+    eo.select_dense_layers = (uint32_t)cfg->select_dense_layers;
     if ((rc = pt_engine_create(&s->engine, &s->mf, &eo, err))) return rc;
     s->max_ctx = pt_engine_get_opts(s->engine)->max_ctx;
     pt_batcher_opts bo = {(uint32_t)cfg->max_running, (uint32_t)cfg->max_waiting, (uint32_t)cfg->max_batch_tokens,

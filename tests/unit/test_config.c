@@ -55,7 +55,7 @@ static void test_defaults(void) {
     CHECK(!strcmp(c.devices, "cpu"));
     CHECK_EQ_INT(c.page_size, 16);
     CHECK_EQ_INT(c.kv_dtype, PT_DTYPE_F32);
-    CHECK_EQ_INT(c.kv_memory_mb, 1024);
+    CHECK_EQ_INT(c.kv_memory_mb, 0);
     CHECK_EQ_INT(c.max_running, 32);
     CHECK_EQ_INT(c.max_batch_tokens, 512);
     CHECK_EQ_INT(c.prefill_chunk, 256);
@@ -313,7 +313,8 @@ static const struct {
     {"{\"engine\": {\"page_size\": 24}}", NULL, "'engine.page_size' must be a power of two in [1, 256], got 24"},
     {"{\"engine\": {\"page_size\": 512}}", NULL, "'engine.page_size' must be a power of two in [1, 256], got 512"},
     {"{\"engine\": {\"kv_dtype\": \"bf16\"}}", NULL, "'engine.kv_dtype' must be one of \"f32\" or \"f16\", got \"bf16\""},
-    {"{\"engine\": {\"devices\": \"cuda\"}}", NULL, "'engine.devices' must be \"cpu\" (CUDA devices are not supported"},
+    {"{\"engine\": {\"devices\": \"gpu\"}}", NULL, "'engine.devices' must be one of \"cpu\" or \"cuda\""},
+    {"{\"engine\": {\"page_select_budget\": -1}}", NULL, "'engine.page_select_budget' must be an integer"},
     {"{\"engine\": {\"tp\": 0}}", NULL, "'engine.tp' must be an integer in [1, 64], got 0"},
     {"{\"model\": {\"chat_template\": \"vicuna\"}}", NULL,
      "'model.chat_template' must be one of \"chatml\", \"llama3\", \"llama2\", \"mistral\" or null, got \"vicuna\""},
@@ -346,7 +347,8 @@ static const struct {
     {NULL, "--threads 4x", "--threads: must be an integer in [1, 1024], got \"4x\""},
     {NULL, "--kv-dtype q8", "--kv-dtype: must be one of \"f32\" or \"f16\", got \"q8\""},
     {NULL, "--prot 9000", "unknown option '--prot' (did you mean '--port'?)"},
-    {NULL, "--devices cuda", "--devices: must be \"cpu\""},
+    {NULL, "--devices tpu", "--devices: must be one of \"cpu\" or \"cuda\""},
+    {NULL, "--cuda-graphs=maybe", "--cuda-graphs: must be true or false"},
     {NULL, "--api-key=", "--api-key: must be a non-empty string or null, got \"\""},
     {NULL, "--request-timeout nan", "--request-timeout: must be a number in [0, 604800], got \"nan\""},
     {NULL, "--auth-health-metrics=maybe", "--auth-health-metrics: must be true or false, got \"maybe\""},
@@ -413,7 +415,8 @@ static void test_every_key_documented(void) {
     static const char *keys[] = {
         "server.host", "server.port", "server.api_key", "server.auth_health_metrics", "model.path",
         "model.served_name", "model.chat_template", "model.max_model_len", "engine.threads", "engine.tp",
-        "engine.devices", "engine.page_size", "engine.kv_dtype", "engine.kv_memory_mb", "scheduler.max_running",
+        "engine.devices", "engine.cuda_device", "engine.cuda_graphs", "engine.page_size", "engine.kv_dtype",
+        "engine.kv_memory_mb", "engine.page_select_budget", "engine.page_select_dense_layers", "scheduler.max_running",
         "scheduler.max_batch_tokens", "scheduler.prefill_chunk", "scheduler.max_waiting",
         "scheduler.request_timeout_s", "scheduler.shutdown_grace_s", "http.max_body_bytes", "http.max_header_bytes",
         "http.idle_timeout_s", "log_level"};
