@@ -78,6 +78,7 @@ typedef struct {
 typedef struct {
     uint32_t running, waiting;
     uint64_t kv_pages_total[8], kv_pages_free[8]; /* per rank (device) */
+    char device[8][16];                           /* each rank's device: "cpu0", "cuda1" */
     int n_ranks;
     uint64_t preemptions;
     uint64_t steps;

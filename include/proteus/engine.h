@@ -55,6 +55,8 @@ void pt_engine_free(pt_engine *e);
 const pt_model_config *pt_engine_config(const pt_engine *e);
 /* The options in force (defaults filled in, max_ctx resolved). */
 const pt_engine_opts *pt_engine_get_opts(const pt_engine *e);
+/* The device rank `rank` runs on, as "cpu0" or "cuda1" (for logs and metrics). */
+void pt_engine_device_name(const pt_engine *e, int rank, char *buf, size_t n);
 /* Head pages of rank `rank`'s KV pool: total and free. */
 void pt_engine_kv_pages(const pt_engine *e, int rank, uint64_t *total, uint64_t *free_pages);
 

@@ -1,5 +1,6 @@
 /* Engine lifetime, sequences and the step driver. The forward pass itself is
  * in forward.c; weight arrangement in weights.c. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,6 +19,13 @@ void pt_engine_opts_default(pt_engine_opts *o) {
 
 const pt_model_config *pt_engine_config(const pt_engine *e) { return &e->w.cfg; }
 const pt_engine_opts *pt_engine_get_opts(const pt_engine *e) { return &e->opts; }
+
+void pt_engine_device_name(const pt_engine *e, int rank, char *buf, size_t n) {
+    if (e->opts.device == PT_DEVICE_CUDA)
+        snprintf(buf, n, "cuda%d", e->opts.device_index + rank);
+    else
+        snprintf(buf, n, "cpu%d", rank);
+}
 
 void pt_engine_kv_pages(const pt_engine *e, int rank, uint64_t *total, uint64_t *free_pages) {
     *total = *free_pages = 0;

@@ -93,12 +93,12 @@ char *pt_metrics_render(const pt_metrics *m, const pt_batcher_stats *s, const ch
     sb_printf(&b, "# HELP proteus_kv_pages_used KV head pages in use per device.\n"
                   "# TYPE proteus_kv_pages_used gauge\n");
     for (int i = 0; i < s->n_ranks && i < 8; i++)
-        sb_printf(&b, "proteus_kv_pages_used{model_name=\"%s\",device=\"cpu%d\"} %llu\n", model, i,
+        sb_printf(&b, "proteus_kv_pages_used{model_name=\"%s\",device=\"%s\"} %llu\n", model, s->device[i],
                   (unsigned long long)(s->kv_pages_total[i] - s->kv_pages_free[i]));
     sb_printf(&b, "# HELP proteus_kv_pages_free KV head pages free per device.\n"
                   "# TYPE proteus_kv_pages_free gauge\n");
     for (int i = 0; i < s->n_ranks && i < 8; i++)
-        sb_printf(&b, "proteus_kv_pages_free{model_name=\"%s\",device=\"cpu%d\"} %llu\n", model, i,
+        sb_printf(&b, "proteus_kv_pages_free{model_name=\"%s\",device=\"%s\"} %llu\n", model, s->device[i],
                   (unsigned long long)s->kv_pages_free[i]);
     sb_printf(&b, "# HELP proteus_prompt_tokens_total Prompt tokens processed.\n"
                   "# TYPE proteus_prompt_tokens_total counter\nproteus_prompt_tokens_total{model_name=\"%s\"} %llu\n",

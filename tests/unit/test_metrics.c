@@ -13,7 +13,7 @@ static void test_histogram_render(void) {
     pt_histogram_observe(&m.ttft, 1000.0); /* above every bound */
     m.prompt_tokens = 42;
     m.finished[PT_REASON_LENGTH] = 3;
-    pt_batcher_stats s = {.running = 2, .waiting = 5, .n_ranks = 2};
+    pt_batcher_stats s = {.running = 2, .waiting = 5, .n_ranks = 2, .device = {"cpu0", "cuda1"}};
     s.kv_pages_total[0] = 100, s.kv_pages_free[0] = 60;
     s.kv_pages_total[1] = 100, s.kv_pages_free[1] = 100;
     char *t = pt_metrics_render(&m, &s, "smol");
@@ -26,7 +26,7 @@ static void test_histogram_render(void) {
     CHECK(strstr(t, "# TYPE proteus_inter_token_latency_seconds histogram\n"));
     CHECK(strstr(t, "proteus_num_requests_waiting{model_name=\"smol\"} 5\n"));
     CHECK(strstr(t, "proteus_kv_pages_used{model_name=\"smol\",device=\"cpu0\"} 40\n"));
-    CHECK(strstr(t, "proteus_kv_pages_free{model_name=\"smol\",device=\"cpu1\"} 100\n"));
+    CHECK(strstr(t, "proteus_kv_pages_free{model_name=\"smol\",device=\"cuda1\"} 100\n"));
     CHECK(strstr(t, "proteus_prompt_tokens_total{model_name=\"smol\"} 42\n"));
     CHECK(strstr(t, "finished_reason=\"length\"} 3\n"));
     free(t);
