@@ -94,8 +94,11 @@ cudaError_t kcuda_embed_bf16(float *out, const uint16_t *table, const int32_t *i
 
 /* RMSNorm to bf16 (round to nearest even), the input of a bf16 GEMM:
  * out[i][:] = bf16(rmsnorm(x[src][:]) * w) with src = rows ? rows[i] : i, for
- * i < T. x rows are ld_x floats apart, out rows ld_out elements apart. The
- * float math is that of kcuda_rmsnorm; only the final rounding differs. */
+ * i < T. x rows are ld_x floats apart, out rows ld_out elements apart
+ * (ld_out >= D when T > 1; ld_x >= D when T > 1 or rows is set). rows is a
+ * device array of T row indices of x; they are not checked (the device cannot
+ * report them without a sync). out must not overlap x. The float math is that
+ * of kcuda_rmsnorm, bit for bit; only the final rounding differs. */
 cudaError_t kcuda_rmsnorm_bf16(uint16_t *out, size_t ld_out, const float *x, size_t ld_x,
                                const int32_t *rows, const float *w, size_t T, size_t D, float eps,
                                cudaStream_t stream);
@@ -105,7 +108,10 @@ cudaError_t kcuda_rmsnorm_bf16(uint16_t *out, size_t ld_out, const float *x, siz
  * floats), q_per_kv query heads, then the K head, then the V head. Adds
  * bias (NULL = none; same layout as one row) to the whole row, then rotates
  * the query heads and the K head as kcuda_rope does, at position pos[t].
- * Rows are ld floats apart. */
+ * Rows are ld floats apart (ld >= n_groups * group_stride when T > 1). pos,
+ * inv_freq and n_rot as for kcuda_rope; with n_rot = 0 only the bias is added
+ * (and with no bias either, nothing is done). Bit-identical to a float add of
+ * the bias followed by kcuda_rope on each group's q_per_kv + 1 heads. */
 cudaError_t kcuda_qkv_bias_rope(float *qkv, size_t ld, const float *bias, const int32_t *pos,
                                 const float *inv_freq, size_t T, size_t n_groups, size_t q_per_kv,
                                 size_t head_dim, size_t n_rot, kcuda_rope_style style,
@@ -114,7 +120,9 @@ cudaError_t kcuda_qkv_bias_rope(float *qkv, size_t ld, const float *bias, const 
 /* SwiGLU over a fused gate|up output cut in n_chunks MLP chunks of `chunk`
  * columns: row t of gu holds, per chunk m, its gate columns then its up
  * columns. out[t][m * chunk + i] = bf16(silu(gate) * up), silu as in
- * kcuda_swiglu. gu rows are ld_gu floats apart, out rows ld_out elements. */
+ * kcuda_swiglu (the same floats, bit for bit, before rounding). gu rows are
+ * ld_gu floats apart (>= 2 * n_chunks * chunk when T > 1), out rows ld_out
+ * elements (>= n_chunks * chunk when T > 1). out must not overlap gu. */
 cudaError_t kcuda_swiglu_chunked_bf16(uint16_t *out, size_t ld_out, const float *gu, size_t ld_gu,
                                       size_t T, size_t n_chunks, size_t chunk, cudaStream_t stream);
 
@@ -125,8 +133,10 @@ cudaError_t kcuda_f32_to_bf16(uint16_t *out, const float *in, size_t n, cudaStre
 
 typedef struct kcuda_blas kcuda_blas;
 
-/* A cuBLASLt handle and its workspace, bound to the current device. NULL on
- * failure (the reason is printed). */
+/* A cuBLASLt handle, its 32 MiB workspace and a cache of per-shape plans,
+ * bound to the current device. NULL on failure (the reason is printed). Not
+ * thread-safe, and its GEMMs share the workspace: issue them on one stream
+ * (or on streams ordered with each other). */
 kcuda_blas *kcuda_blas_create(void);
 void kcuda_blas_destroy(kcuda_blas *b);
 
@@ -143,7 +153,15 @@ typedef enum { KCUDA_W_NK = 0, KCUDA_W_KN = 1 } kcuda_w_layout;
 /* Y (T, N) f32, rows ldy floats apart: Y = beta * Y + X W^T, with X (T, K)
  * of `type`, rows ldx elements apart, W of `type` in `layout`. Products and
  * sums in f32 (CUBLAS_COMPUTE_32F). beta = 1 adds into Y: the residual
- * stream takes the O and down products this way. */
+ * stream takes the O and down products this way; with beta = 0, Y is not
+ * read. ldy >= N, ldx >= K and ldw >= K (NK) or N (KN), even for T = 1.
+ * T, N or K zero is a no-op (Y is left as it is, whatever beta). Pointers
+ * need only element alignment (plans are chosen per alignment). Must run with
+ * the handle's device current (else cudaErrorInvalidDevice); cuBLASLt
+ * failures are printed and returned as a cudaError_t. The first call of a
+ * shape runs cuBLASLt's heuristic (host only) and caches the plan; later
+ * calls only enqueue, allocate nothing and do not synchronize, so they can be
+ * captured in a CUDA graph: make each shape's first call before capturing. */
 cudaError_t kcuda_gemm(kcuda_blas *b, float *Y, size_t ldy, const void *X, size_t ldx, const void *W,
                        size_t ldw, kcuda_w_layout layout, kcuda_gemm_type type, size_t T, size_t N,
                        size_t K, float beta, cudaStream_t stream);
