@@ -88,7 +88,8 @@ static uint32_t ctx_bucket(const pt_engine *e, uint32_t ctx) {
 typedef struct {
     uint32_t n_dec, n_pre;          /* runs of one token, runs of several */
     uint32_t dec_ctx, pre_ctx;      /* bucketed longest context of each kind */
-    int splits;
+    int splits;                     /* split-KV count of dense decode attention */
+    int splits_sel;                 /* and of attention over selected pages */
 } step_shape;
 
 static kcuda_run *stage_runs(cuda_backend *cb) { return (kcuda_run *)(cb->stage_host + cb->off_runs); }
@@ -216,7 +217,8 @@ static int run_step(cuda_backend *cb, pt_engine *e, const step_shape *sh, pt_err
                 CK(kcuda_page_topk(&pl, cb->page_scores, e->pages_per_seq, d_runs, sh->n_dec, w->n_groups,
                                    e->opts.page_size, e->opts.select_budget, sh->dec_ctx, st),
                    "page selection");
-                CK(kcuda_attn_decode(&a, &pl, sh->splits, cb->attn_ws, cb->attn_ws_bytes, st), "sparse decode attention");
+                CK(kcuda_attn_decode(&a, &pl, sh->splits_sel, cb->attn_ws, cb->attn_ws_bytes, st),
+                   "sparse decode attention");
             } else {
                 CK(kcuda_attn_decode(&a, NULL, sh->splits, cb->attn_ws, cb->attn_ws_bytes, st), "decode attention");
             }
@@ -247,13 +249,22 @@ static int run_step(cuda_backend *cb, pt_engine *e, const step_shape *sh, pt_err
     return PT_OK;
 }
 
-/* Grows the split-KV workspace for this step's shape; graphs captured with
- * the old buffer are dropped. */
+/* Chooses the split counts of this step's decode attention and grows the
+ * split-KV workspace to fit them; graphs captured with the old buffer are
+ * dropped. Attention over selected pages reads at most the budget (plus the
+ * partial current page), so it is split as a context of that length. */
 static int ensure_workspace(cuda_backend *cb, pt_engine *e, step_shape *sh, pt_err *err) {
     if (!sh->n_dec) return PT_OK;
     kcuda_attn_args a = attn_args(cb, e, 0, NULL, sh->n_dec, sh->dec_ctx);
     sh->splits = kcuda_attn_decode_splits(&a);
     size_t need = kcuda_attn_decode_workspace(&a, sh->splits);
+    if (e->opts.select_budget > 0) {
+        uint32_t sel_ctx = e->opts.select_budget + e->opts.page_size;
+        a.max_ctx = sel_ctx < sh->dec_ctx ? sel_ctx : sh->dec_ctx;
+        sh->splits_sel = kcuda_attn_decode_splits(&a);
+        size_t need_sel = kcuda_attn_decode_workspace(&a, sh->splits_sel);
+        if (need_sel > need) need = need_sel;
+    }
     if (need <= cb->attn_ws_bytes) return PT_OK;
     CK(cudaStreamSynchronize(cb->stream), "stream sync");
     graphs_clear(cb);
