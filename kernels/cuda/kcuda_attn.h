@@ -73,7 +73,9 @@ typedef struct {
  * a token at offset 0 of a page starts a fresh box, later tokens widen it.
  * One block per (run, KV head) walks the run's tokens in order, so a page
  * written by several tokens of one step ends with the box over all of them.
- * Pages must be reserved by the caller. */
+ * Pages must be reserved by the caller. head_dim must be a multiple of 8 up
+ * to 256 and kv->data, kv->minmax 16-byte aligned (K/V and boxes move 16
+ * bytes at a time); the result is bit-identical to pt_kv_append. */
 cudaError_t kcuda_kv_append(const kcuda_kv_layer *kv, const kcuda_qkv *src, const kcuda_pages *bt,
                             const kcuda_run *runs, size_t n_runs, size_t n_kv_heads,
                             cudaStream_t stream);
@@ -103,7 +105,15 @@ typedef struct {
  * selection): for run r and KV head h, sel[(r * n_kv_heads + h) * sel_stride
  * + i], i < n_sel[r * n_kv_heads + h], are page indices (into the block
  * table row, increasing); the last page of the context is partial, all
- * others hold page_size tokens. */
+ * others hold page_size tokens. A (run, KV head) with an empty list gets
+ * zeros.
+ *
+ * Shapes (decode and prefill): head_dim a multiple of 8 up to 256, any
+ * page_size up to 4096, any q_per_kv (blocks take 8 query heads at most, so
+ * groups above 8 read K/V once per 8 heads), kv.data 16-byte aligned.
+ * n_splits is an upper bound per run: each split covers at least 256
+ * tokens' worth of pages (a run with fewer pages uses fewer splits), at
+ * most 256 splits. */
 typedef struct {
     const int32_t *sel;      /* NULL = dense */
     const int32_t *n_sel;
@@ -111,7 +121,12 @@ typedef struct {
 } kcuda_page_list;
 
 /* Workspace bytes kcuda_attn_decode needs for n_splits splits (0 = as it
- * would choose for these arguments). */
+ * would choose for these arguments): n_runs * n_kv_heads * q_per_kv *
+ * n_splits * (head_dim + 2) floats, and 0 for one split (the blocks then
+ * write the output directly). The workspace is 16-byte aligned. This and
+ * kcuda_attn_decode_splits look at the shape fields only (pointers may be
+ * NULL), so they can size the workspace before any run is staged; invalid
+ * shapes give 0 bytes and 1 split. */
 size_t kcuda_attn_decode_workspace(const kcuda_attn_args *a, int n_splits);
 /* The split count kcuda_attn_decode uses for n_splits = 0. */
 int kcuda_attn_decode_splits(const kcuda_attn_args *a);
