@@ -85,6 +85,9 @@ static inline void *dev_upload(const void *host, size_t bytes)
     CUDA_CHECK_FATAL(cudaMalloc(&d, bytes ? bytes : 1));
     if (host && bytes)
         CUDA_CHECK_FATAL(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
+    /* A copy from pageable memory may still be in flight when cudaMemcpy
+     * returns, and the tests' stream does not wait for the legacy stream. */
+    CUDA_CHECK_FATAL(cudaDeviceSynchronize());
     return d;
 }
 static inline void dev_download(void *host, const void *d, size_t bytes)
