@@ -26,4 +26,32 @@ __device__ __forceinline__ float kcuda_warp_sum(float v)
     return v;
 }
 
+/* 1 / sqrt(mean(x^2) + eps) of one row of D floats, computed by the whole
+ * block (every thread gets it): per-thread fmaf sums in a fixed stride, a
+ * warp butterfly, then the warps' sums in warp order. The same bits in every
+ * kernel that normalizes a row (kcuda_rmsnorm, kcuda_rmsnorm_bf16). */
+__device__ __forceinline__ float kcuda_rms_scale(const float *xr, int D, float eps)
+{
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        float v = xr[i];
+        ss = fmaf(v, v, ss);
+    }
+    ss = kcuda_warp_sum(ss);
+
+    __shared__ float warp_ss[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0)
+        warp_ss[warp] = ss;
+    __syncthreads();
+    if (warp == 0) {
+        ss = lane < (int)(blockDim.x >> 5) ? warp_ss[lane] : 0.0f;
+        ss = kcuda_warp_sum(ss);
+        if (lane == 0)
+            warp_ss[0] = ss;
+    }
+    __syncthreads();
+    return rsqrtf(warp_ss[0] / (float)D + eps);
+}
+
 #endif

@@ -14,27 +14,7 @@ __global__ void kcuda_rmsnorm_kernel(float *out, const float *x, const float *w,
     const float *xr = x + row * (size_t)D;
     float *yr = out + row * (size_t)D;
 
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) {
-        float v = xr[i];
-        ss = fmaf(v, v, ss);
-    }
-    ss = kcuda_warp_sum(ss);
-
-    __shared__ float warp_ss[32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0)
-        warp_ss[warp] = ss;
-    __syncthreads();
-    if (warp == 0) {
-        ss = lane < (int)(blockDim.x >> 5) ? warp_ss[lane] : 0.0f;
-        ss = kcuda_warp_sum(ss);
-        if (lane == 0)
-            warp_ss[0] = ss;
-    }
-    __syncthreads();
-
-    const float scale = rsqrtf(warp_ss[0] / (float)D + eps);
+    const float scale = kcuda_rms_scale(xr, D, eps);
     for (int i = threadIdx.x; i < D; i += blockDim.x)
         yr[i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
 }

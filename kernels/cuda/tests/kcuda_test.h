@@ -97,6 +97,34 @@ static inline void dev_download(void *host, const void *d, size_t bytes)
 }
 
 
+/* After the host-only checks: without a device, reports them and exits 77
+ * (skipped) or 1 (a host-only check failed); with one, prints it and creates
+ * the tests' stream. */
+static inline void test_require_device(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        (void)cudaGetLastError();
+        printf("%d passed, %d failed (host-only checks)\n", n_pass, n_fail);
+        if (n_fail)
+            exit(1);
+        printf("SKIP: no CUDA device\n");
+        exit(77);
+    }
+    struct cudaDeviceProp prop;
+    CUDA_CHECK_FATAL(cudaGetDeviceProperties(&prop, 0));
+    printf("device 0: %s (sm_%d%d, %d SMs)\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
+    CUDA_CHECK_FATAL(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+}
+
+/* Destroys the stream, prints the totals; the exit status of main. */
+static inline int test_finish(void)
+{
+    CUDA_CHECK_FATAL(cudaStreamDestroy(stream));
+    printf("%d passed, %d failed\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}
+
 /* Seeds the generator from PROTEUS_TEST_SEED (or `dflt`) and prints it. */
 static inline void test_seed(uint64_t dflt)
 {

@@ -906,19 +906,7 @@ int main(void)
     test_invalid_args();
     test_splits_workspace();
 
-    if (kcuda_device_count() == 0) {
-        printf("%d passed, %d failed (host-only checks)\n", n_pass, n_fail);
-        if (n_fail)
-            return 1;
-        printf("SKIP: no CUDA device\n");
-        return 77;
-    }
-
-    struct cudaDeviceProp prop;
-    CUDA_CHECK_FATAL(cudaGetDeviceProperties(&prop, 0));
-    printf("device 0: %s (sm_%d%d, %d SMs)\n", prop.name, prop.major, prop.minor,
-           prop.multiProcessorCount);
-    CUDA_CHECK_FATAL(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    test_require_device();
 
     test_append(128, 16, 2);
     test_append(64, 32, 3);
@@ -947,7 +935,5 @@ int main(void)
     for (size_t i = 0; i < COUNT(pcfg); i++)
         test_prefill(&pcfg[i]);
 
-    CUDA_CHECK_FATAL(cudaStreamDestroy(stream));
-    printf("%d passed, %d failed\n", n_pass, n_fail);
-    return n_fail ? 1 : 0;
+    return test_finish();
 }

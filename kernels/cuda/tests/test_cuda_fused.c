@@ -468,25 +468,12 @@ int main(void)
     test_ref_conversions();
     test_invalid_args();
 
-    if (kcuda_device_count() == 0) {
-        printf("%d passed, %d failed (host-only checks)\n", n_pass, n_fail);
-        if (n_fail)
-            return 1;
-        printf("SKIP: no CUDA device\n");
-        return 77;
-    }
-
-    struct cudaDeviceProp prop;
-    CUDA_CHECK_FATAL(cudaGetDeviceProperties(&prop, 0));
-    printf("device 0: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
-    CUDA_CHECK_FATAL(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    test_require_device();
 
     test_f32_to_bf16();
     test_rmsnorm_bf16();
     test_qkv_bias_rope();
     test_swiglu_chunked_bf16();
 
-    CUDA_CHECK_FATAL(cudaStreamDestroy(stream));
-    printf("%d passed, %d failed\n", n_pass, n_fail);
-    return n_fail ? 1 : 0;
+    return test_finish();
 }

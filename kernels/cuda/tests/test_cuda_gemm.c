@@ -367,17 +367,8 @@ int main(void)
         kcuda_blas *b = kcuda_blas_create();
         report(b == NULL, "blas_create without a device returns NULL");
         kcuda_blas_destroy(b);
-        printf("%d passed, %d failed (host-only checks)\n", n_pass, n_fail);
-        if (n_fail)
-            return 1;
-        printf("SKIP: no CUDA device\n");
-        return 77;
     }
-
-    struct cudaDeviceProp prop;
-    CUDA_CHECK_FATAL(cudaGetDeviceProperties(&prop, 0));
-    printf("device 0: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
-    CUDA_CHECK_FATAL(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    test_require_device();
     kcuda_blas *b = kcuda_blas_create();
     report(b != NULL, "blas_create");
     if (b) {
@@ -387,7 +378,5 @@ int main(void)
         kcuda_blas_destroy(b);
     }
 
-    CUDA_CHECK_FATAL(cudaStreamDestroy(stream));
-    printf("%d passed, %d failed\n", n_pass, n_fail);
-    return n_fail ? 1 : 0;
+    return test_finish();
 }

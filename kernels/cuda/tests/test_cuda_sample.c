@@ -549,16 +549,10 @@ int main(void)
     test_ref_filters();
     test_ref_distribution();
 
-    if (kcuda_device_count() == 0) {
-        printf("SKIP: no CUDA device\n");
-        return n_fail ? 1 : 77;
-    }
-    CUDA_CHECK_FATAL(cudaStreamCreate(&stream));
+    test_require_device();
     test_greedy();
     test_random_rows();
     test_known();
     test_device_distribution();
-    CUDA_CHECK_FATAL(cudaStreamDestroy(stream));
-    printf("%d passed, %d failed\n", n_pass, n_fail);
-    return n_fail ? 1 : 0;
+    return test_finish();
 }
