@@ -5,56 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-uint16_t kcuda_ref_f32_to_f16(float f)
-{
-    const uint16_t sign = signbit(f) ? 0x8000u : 0u;
-    if (isnan(f))
-        return sign | 0x7e00u;
-    if (isinf(f))
-        return sign | 0x7c00u;
-    const double a = fabs((double)f);
-    if (a < ldexp(1.0, -14)) {
-        /* Subnormal range: a whole number of units of 2^-24, rounded to
-         * nearest even (nearbyint in the default rounding mode). 1024 units
-         * is the smallest normal, whose bits are exactly 0x0400. */
-        return sign | (uint16_t)nearbyint(ldexp(a, 24));
-    }
-    int e;
-    (void)frexp(a, &e); /* a in [2^(e-1), 2^e) */
-    int E = e - 1;
-    double mant = nearbyint(ldexp(a, 10 - E)); /* 11 significant bits: [1024, 2048] */
-    if (mant == 2048.0) {
-        mant = 1024.0;
-        E++;
-    }
-    if (E > 15)
-        return sign | 0x7c00u;
-    return sign | (uint16_t)((E + 15) << 10) | (uint16_t)(mant - 1024.0);
-}
-
-float kcuda_ref_f16_to_f32(uint16_t h)
-{
-    const int E = (h >> 10) & 31, M = h & 1023;
-    double v;
-    if (E == 0)
-        v = ldexp((double)M, -24);
-    else if (E == 31)
-        v = M ? NAN : INFINITY;
-    else
-        v = ldexp(1024.0 + M, E - 25);
-    return (float)((h & 0x8000u) ? -v : v);
-}
-
-uint16_t kcuda_ref_f32_to_bf16(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, sizeof x);
-    if ((x & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((x >> 16) | 0x40u); /* quiet NaN */
-    x += 0x7fffu + ((x >> 16) & 1u);         /* round to nearest, ties to even */
-    return (uint16_t)(x >> 16);
-}
-
 void kcuda_ref_kv_append(const kcuda_ref_kv *kv, const kcuda_ref_qkv *src,
                          const int32_t *block_tables, size_t bt_stride, const kcuda_ref_run *runs,
                          size_t n_runs, size_t n_kv_heads)

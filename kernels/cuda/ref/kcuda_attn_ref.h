@@ -6,12 +6,15 @@
  *   minmax  (slot, {min, max}, head_dim)         f32
  *   block_tables[(seq * n_kv_heads + h) * bt_stride + j] = slot of page j
  * Written for clarity: one query head at a time, scores and softmax in
- * double. Independent of the kernels (own f16 conversion, no CUDA headers). */
+ * double. Independent of the kernels (the conversions of kcuda_ref.h, no
+ * CUDA headers). */
 #ifndef PROTEUS_KCUDA_ATTN_REF_H
 #define PROTEUS_KCUDA_ATTN_REF_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "ref/kcuda_ref.h"
 
 /* Same fields, in the same order, as kcuda_run. */
 typedef struct {
@@ -32,13 +35,6 @@ typedef struct {
     const float *q, *k, *v;
     size_t ld, group_stride;
 } kcuda_ref_qkv;
-
-/* IEEE binary16, round to nearest even (overflow to infinity, NaN stays
- * NaN), and back (exact). */
-uint16_t kcuda_ref_f32_to_f16(float f);
-float kcuda_ref_f16_to_f32(uint16_t h);
-/* bfloat16, round to nearest even; NaN stays NaN. */
-uint16_t kcuda_ref_f32_to_bf16(float f);
 
 /* pt_kv_append for each token of each run in order: K and V rounded to f16;
  * a token at page offset 0 starts the page's box, later ones widen it with

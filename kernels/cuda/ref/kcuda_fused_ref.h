@@ -10,19 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* f32 -> bf16, round to nearest even. Infinities stay infinite, finite values
- * past the largest bf16 round to infinity, and a NaN gives a quiet NaN of the
- * same sign (the device gives the canonical NaN 0x7fff; compare NaNs as NaNs).
- * _widen is the exact way back. */
-uint16_t kcuda_ref_bf16_round(float f);
-float kcuda_ref_bf16_widen(uint16_t h);
-/* f32 -> IEEE binary16, round to nearest even, subnormals kept, overflow to
- * infinity; _widen is the exact way back. */
-uint16_t kcuda_ref_f16_round(float f);
-float kcuda_ref_f16_widen(uint16_t h);
-
-/* kcuda_f32_to_bf16: out[i] = bf16(in[i]). */
-void kcuda_ref_bf16_round_n(uint16_t *out, const float *in, size_t n);
+#include "ref/kcuda_ref.h"
 
 /* out[i][:] = bf16(rmsnorm(x[src][:]) * w), src = rows ? rows[i] : i: the float
  * values of kcuda_ref_rmsnorm (sum of squares in double), rounded once. Only

@@ -81,3 +81,84 @@ void kcuda_ref_embed_bf16(float *out, const uint16_t *table, const int32_t *ids,
         }
     }
 }
+
+/* ---- bf16 / f16 conversions ---------------------------------------------------- */
+
+static uint32_t f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static float f32_from_bits(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+uint16_t kcuda_ref_f32_to_bf16(float f)
+{
+    uint32_t u = f32_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x0040u); /* NaN: keep it a (quiet) NaN */
+    /* Adding 0x7fff plus the lowest kept bit rounds half to even; a carry out
+     * of the mantissa bumps the exponent, up to infinity. Cannot wrap: the
+     * largest non-NaN pattern, 0xff800000, has room. */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+float kcuda_ref_bf16_to_f32(uint16_t h)
+{
+    return f32_from_bits((uint32_t)h << 16);
+}
+
+uint16_t kcuda_ref_f32_to_f16(float f)
+{
+    const uint32_t u = f32_bits(f);
+    const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    const uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u)
+        return (uint16_t)(sign | 0x7e00u); /* NaN */
+    if (a >= 0x477ff000u)      /* >= 65520, halfway past the largest f16: infinity */
+        return (uint16_t)(sign | 0x7c00u);
+    if (a < 0x38800000u) { /* below 2^-14: an f16 subnormal (or zero), in units of 2^-24 */
+        const uint32_t e = a >> 23;
+        if (e < 102) /* below 2^-25, half the smallest subnormal (ties to zero, which is even) */
+            return sign;
+        const uint32_t m = (a & 0x7fffffu) | 0x800000u; /* value = m * 2^(e - 150) */
+        const uint32_t shift = 126 - e;                 /* 14 .. 24 */
+        uint32_t r = m >> shift;
+        const uint32_t rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (r & 1u)))
+            r++; /* may carry into the smallest normal, 0x0400, which is right */
+        return (uint16_t)(sign | r);
+    }
+    /* Normal: rebias the exponent (127 -> 15) and round the 13 dropped bits. */
+    uint32_t r = (a >> 13) - (112u << 10);
+    const uint32_t rem = a & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (r & 1u)))
+        r++;
+    return (uint16_t)(sign | r);
+}
+
+float kcuda_ref_f16_to_f32(uint16_t h)
+{
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0) { /* zero or subnormal: m * 2^-24, exact in float */
+        const float v = ldexpf((float)m, -24);
+        return sign ? -v : v;
+    }
+    if (e == 31)
+        return f32_from_bits(sign | 0x7f800000u | (m << 13));
+    return f32_from_bits(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+void kcuda_ref_f32_to_bf16_n(uint16_t *out, const float *in, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = kcuda_ref_f32_to_bf16(in[i]);
+}

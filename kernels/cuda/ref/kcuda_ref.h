@@ -26,4 +26,20 @@ void kcuda_ref_embed_f32(float *out, const float *table, const int32_t *ids, siz
 void kcuda_ref_embed_bf16(float *out, const uint16_t *table, const int32_t *ids, size_t T,
                           size_t D, size_t n_vocab);
 
+/* ---- bf16 / f16 conversions, shared by every reference ---- */
+
+/* f32 -> bf16, round to nearest even. Infinities stay infinite, finite values
+ * past the largest bf16 round to infinity, and a NaN gives a quiet NaN of the
+ * same sign (the device gives the canonical NaN 0x7fff; compare NaNs as NaNs).
+ * kcuda_ref_bf16_to_f32 is the exact way back. */
+uint16_t kcuda_ref_f32_to_bf16(float f);
+float kcuda_ref_bf16_to_f32(uint16_t h);
+/* f32 -> IEEE binary16, round to nearest even, subnormals kept, overflow to
+ * infinity; kcuda_ref_f16_to_f32 is the exact way back. */
+uint16_t kcuda_ref_f32_to_f16(float f);
+float kcuda_ref_f16_to_f32(uint16_t h);
+
+/* kcuda_f32_to_bf16: out[i] = bf16(in[i]). */
+void kcuda_ref_f32_to_bf16_n(uint16_t *out, const float *in, size_t n);
+
 #endif

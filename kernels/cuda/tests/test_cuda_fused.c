@@ -82,8 +82,8 @@ static bool bf16_close(const uint16_t *got, const uint16_t *want, size_t n, int3
     if (bad)
         printf("     %zu of %zu more than %d ulp apart; worst at %zu: got 0x%04x (%.6g) want "
                "0x%04x (%.6g)\n",
-               bad, n, max_ulp, worst, got[worst], kcuda_ref_bf16_widen(got[worst]),
-               want[worst], kcuda_ref_bf16_widen(want[worst]));
+               bad, n, max_ulp, worst, got[worst], kcuda_ref_bf16_to_f32(got[worst]),
+               want[worst], kcuda_ref_bf16_to_f32(want[worst]));
     return bad == 0;
 }
 
@@ -128,17 +128,17 @@ static void test_ref_conversions(void)
     };
     bool ok = true;
     for (size_t i = 0; i < COUNT(bf); i++) {
-        uint16_t h = kcuda_ref_bf16_round(f32_from_bits(bf[i].f));
+        uint16_t h = kcuda_ref_f32_to_bf16(f32_from_bits(bf[i].f));
         if (h != bf[i].h) {
             printf("     bf16(0x%08x) = 0x%04x, want 0x%04x\n", bf[i].f, h, bf[i].h);
             ok = false;
         }
     }
-    ok = ok && bf16_is_nan(kcuda_ref_bf16_round(NAN)) &&
-         bf16_is_nan(kcuda_ref_bf16_round(f32_from_bits(0x7f800001u))); /* payload in low bits */
+    ok = ok && bf16_is_nan(kcuda_ref_f32_to_bf16(NAN)) &&
+         bf16_is_nan(kcuda_ref_f32_to_bf16(f32_from_bits(0x7f800001u))); /* payload in low bits */
     for (uint32_t h = 0; ok && h < 65536; h++) /* every bf16 widens and narrows back to itself */
         if (!bf16_is_nan((uint16_t)h) &&
-            kcuda_ref_bf16_round(kcuda_ref_bf16_widen((uint16_t)h)) != h) {
+            kcuda_ref_f32_to_bf16(kcuda_ref_bf16_to_f32((uint16_t)h)) != h) {
             printf("     bf16 0x%04x does not round-trip\n", h);
             ok = false;
         }
@@ -164,17 +164,17 @@ static void test_ref_conversions(void)
     };
     ok = true;
     for (size_t i = 0; i < COUNT(hf); i++) {
-        uint16_t h = kcuda_ref_f16_round(hf[i].f);
+        uint16_t h = kcuda_ref_f32_to_f16(hf[i].f);
         if (h != hf[i].h) {
             printf("     f16(%.9g) = 0x%04x, want 0x%04x\n", hf[i].f, h, hf[i].h);
             ok = false;
         }
     }
-    ok = ok && (kcuda_ref_f16_round(NAN) & 0x7fffu) > 0x7c00u &&
-         kcuda_ref_f16_widen(0x0001u) == 0x1p-24f && kcuda_ref_f16_widen(0xfbffu) == -65504.0f;
+    ok = ok && (kcuda_ref_f32_to_f16(NAN) & 0x7fffu) > 0x7c00u &&
+         kcuda_ref_f16_to_f32(0x0001u) == 0x1p-24f && kcuda_ref_f16_to_f32(0xfbffu) == -65504.0f;
     for (uint32_t h = 0; ok && h < 65536; h++) {
         bool nan = (h & 0x7fffu) > 0x7c00u;
-        if (!nan && kcuda_ref_f16_round(kcuda_ref_f16_widen((uint16_t)h)) != h) {
+        if (!nan && kcuda_ref_f32_to_f16(kcuda_ref_f16_to_f32((uint16_t)h)) != h) {
             printf("     f16 0x%04x does not round-trip\n", h);
             ok = false;
         }
@@ -240,7 +240,7 @@ static void test_f32_to_bf16(void)
     for (size_t i = 0; i < n; i++)
         in[i] = f32_from_bits(i < COUNT(edge) ? edge[i] : (uint32_t)rng_next());
     uint16_t *want = malloc(n * sizeof *want), *got = malloc(n * sizeof *got);
-    kcuda_ref_bf16_round_n(want, in, n);
+    kcuda_ref_f32_to_bf16_n(want, in, n);
 
     float *din = dev_upload(in, n * 4);
     uint16_t *dout = dev_upload(NULL, n * 2);
@@ -305,7 +305,7 @@ static void test_rmsnorm_bf16(void)
             dev_download(yf, dyf, T * D * 4);
             for (size_t t = 0; ok && t < T; t++) {
                 uint16_t *r = malloc(D * 2);
-                kcuda_ref_bf16_round_n(r, yf + t * D, D);
+                kcuda_ref_f32_to_bf16_n(r, yf + t * D, D);
                 ok = u16_equal(got + t * ld_out, r, D);
                 free(r);
             }
@@ -447,7 +447,7 @@ static void test_swiglu_chunked_bf16(void)
             dev_download(yf, dyf, T * D * 4);
             uint16_t *r = malloc(D * 2);
             for (size_t t = 0; ok && t < T; t++) {
-                kcuda_ref_bf16_round_n(r, yf + t * D, D);
+                kcuda_ref_f32_to_bf16_n(r, yf + t * D, D);
                 ok = u16_equal(got + t * ld_out, r, D);
             }
             snprintf(name, sizeof name,

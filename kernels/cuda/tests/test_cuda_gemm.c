@@ -40,7 +40,7 @@
 
 static uint16_t to_half(float v, int f16)
 {
-    return f16 ? kcuda_ref_f16_round(v) : kcuda_ref_bf16_round(v);
+    return f16 ? kcuda_ref_f32_to_f16(v) : kcuda_ref_f32_to_bf16(v);
 }
 
 /* ---- host-only checks ---------------------------------------------------- */
