@@ -96,6 +96,10 @@ int pt_batcher_submit(pt_batcher *b, const pt_gen_params *p, uint64_t *id, pt_er
 /* Asynchronous: the request ends with PT_FINISH_CANCELLED and its pages are
  * freed at the next iteration. Unknown or finished ids are ignored. */
 void pt_batcher_cancel(pt_batcher *b, uint64_t id);
+/* Holds the batcher at a step boundary while paused: no request is admitted
+ * and no step runs (submit and cancel still queue). The pause a TP
+ * transformation needs; tests use it to queue requests that must overlap. */
+void pt_batcher_pause(pt_batcher *b, bool paused);
 void pt_batcher_cancel_all(pt_batcher *b);
 
 void pt_batcher_get_stats(pt_batcher *b, pt_batcher_stats *s);

@@ -45,6 +45,7 @@ struct pt_batcher {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool stop;
+    bool paused;      /* pt_batcher_pause */
     req *incoming, *incoming_tail;
     uint32_t n_incoming;
     uint64_t *cancels;
@@ -463,7 +464,8 @@ static void *batcher_main(void *arg) {
     pt_batcher *b = arg;
     for (;;) {
         pthread_mutex_lock(&b->mu);
-        while (!b->stop && !b->incoming && !b->n_cancels && !b->cancel_all && b->n_running == 0 && !b->waiting)
+        while (!b->stop &&
+               (b->paused || (!b->incoming && !b->n_cancels && !b->cancel_all && b->n_running == 0 && !b->waiting)))
             pthread_cond_wait(&b->cv, &b->mu);
         bool stop = b->stop;
         pthread_mutex_unlock(&b->mu);
@@ -525,6 +527,13 @@ fail:
     free(b->piece);
     free(b);
     return rc;
+}
+
+void pt_batcher_pause(pt_batcher *b, bool paused) {
+    pthread_mutex_lock(&b->mu);
+    b->paused = paused;
+    pthread_cond_signal(&b->cv);
+    pthread_mutex_unlock(&b->mu);
 }
 
 void pt_batcher_free(pt_batcher *b) {

@@ -130,6 +130,9 @@ static void run_concurrent(uint64_t kv_pages, bool expect_preemption) {
     for (int i = 0; i < N_REQ; i++) reference(r.e, prompts[i], lens[i], ref[i]);
     fixture_close(&r);
 
+    /* All requests are queued before the batcher looks, so that they overlap
+     * however the threads are scheduled. */
+    pt_batcher_pause(f.b, true);
     sink sinks[N_REQ];
     for (int i = 0; i < N_REQ; i++) {
         sink_init(&sinks[i]);
@@ -140,6 +143,7 @@ static void run_concurrent(uint64_t kv_pages, bool expect_preemption) {
         pt_err err;
         CHECK(pt_batcher_submit(f.b, &p, &id, &err) == 0);
     }
+    pt_batcher_pause(f.b, false);
     for (int i = 0; i < N_REQ; i++) {
         sink_wait(&sinks[i]);
         CHECK_EQ_INT(sinks[i].fin, PT_FINISH_LENGTH);
@@ -158,9 +162,9 @@ static void test_concurrent_matches_solo(void) { run_concurrent(0, false); }
 
 /* 2 KV heads x pages of 4 tokens: 40 pages hold 80 tokens per head. The
  * longest request alone needs 75 (35 prompt + 40 generated), so it fits, but
- * no two of the six fit together near their ends: however the submissions
- * interleave with the batcher's iterations, requests overlap for 40 steps and
- * the batcher must preempt and recompute. */
+ * no two of the six fit together near their ends: queued together (the
+ * batcher paused), the requests overlap for 40 steps and the batcher must
+ * preempt and recompute. */
 static void test_preemption_recomputes_exactly(void) { run_concurrent(40, true); }
 
 static void test_cancel_and_limits(void) {
