@@ -13,8 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "model/loader.h"
+#include "proteus/threadpool.h"
 
 typedef struct {
     const char *name;
@@ -47,15 +49,6 @@ typedef enum { FILL_WEIGHT, FILL_NORM, FILL_BIAS } fill_kind;
 #define WEIGHT_STD 0.02f
 #define UNIFORM_HALF_WIDTH 0.034641f /* uniform on [-a, a] has std a / sqrt(3) = 0.02 */
 
-static float rand_sym(pt_rng *r, float a) { return (2.0f * pt_rng_uniform(r) - 1.0f) * a; }
-
-static float sample(pt_rng *r, fill_kind kind) {
-    switch (kind) {
-    case FILL_NORM: return 1.0f + rand_sym(r, 0.01f);
-    case FILL_BIAS: return rand_sym(r, 0.01f);
-    default: return rand_sym(r, UNIFORM_HALF_WIDTH);
-    }
-}
 
 /* Block scales near `base`, jittered by +-25% so blocks differ; a table of
  * 64 precomputed f16 values keeps the float conversion out of the block loop,
@@ -86,18 +79,47 @@ static inline void fill16(uint64_t *state, uint8_t *p) {
     memcpy(p, v, 16);
 }
 
-static void fill(pt_rng *r, pt_tensor *t, void *data, fill_kind kind) {
+/* Float tensors: element k is centre + (2u - 1) * half_width with u the top
+ * 24 bits of splitmix64's output number k + 1 after state0. Each element is
+ * computed from its index alone, so threads fill disjoint ranges and the
+ * values do not depend on their number (llama3-8b:bf16 is 8 billion values). */
+typedef struct {
+    void *data;
+    pt_dtype type;
+    uint64_t n, state0;
+    float centre, half_width;
+} float_fill;
+
+static void float_fill_range(void *arg, int tid, int nth) {
+    const float_fill *f = arg;
+    long lo, hi;
+    pt_pool_split((long)f->n, tid, nth, &lo, &hi);
+    for (uint64_t k = (uint64_t)lo; k < (uint64_t)hi; k++) {
+        uint64_t state = f->state0 + k * 0x9E3779B97F4A7C15ull;
+        float u = (float)(bulk_next(&state) >> 40) * (1.0f / 16777216.0f);
+        float v = f->centre + (2.0f * u - 1.0f) * f->half_width;
+        switch (f->type) {
+        case PT_DTYPE_F32: ((float *)f->data)[k] = v; break;
+        case PT_DTYPE_F16: ((pt_f16 *)f->data)[k] = pt_f32_to_f16(v); break;
+        default: ((pt_bf16 *)f->data)[k] = pt_f32_to_bf16(v); break;
+        }
+    }
+}
+
+static void fill(pt_rng *r, pt_pool *pool, pt_tensor *t, void *data, fill_kind kind) {
     uint64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
     switch (t->type) {
     case PT_DTYPE_F32:
-        for (uint64_t i = 0; i < n; i++) ((float *)data)[i] = sample(r, kind);
-        break;
     case PT_DTYPE_F16:
-        for (uint64_t i = 0; i < n; i++) ((pt_f16 *)data)[i] = pt_f32_to_f16(sample(r, kind));
+    case PT_DTYPE_BF16: {
+        float_fill f = {data, t->type, n, pt_rng_next(r), kind == FILL_NORM ? 1.0f : 0.0f,
+                        kind == FILL_WEIGHT ? UNIFORM_HALF_WIDTH : 0.01f};
+        if (n >= (1u << 20))
+            pt_pool_run(pool, float_fill_range, &f);
+        else
+            float_fill_range(&f, 0, 1);
         break;
-    case PT_DTYPE_BF16:
-        for (uint64_t i = 0; i < n; i++) ((pt_bf16 *)data)[i] = pt_f32_to_bf16(sample(r, kind));
-        break;
+    }
     /* Uniform 4-bit quants q - 8 have std 4.6; uniform int8 quants std 73.6. */
     case PT_DTYPE_Q4_0:
     case PT_DTYPE_Q4_1: {
@@ -251,6 +273,8 @@ int pt_synthetic_open(pt_model_file *mf, const char *spec, pt_err *err) {
     pt_rng rng;
     pt_rng_seed(&rng, seed);
     uint64_t off = 0;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    pt_pool *pool = pt_pool_create(ncpu > 1 ? (int)(ncpu < 64 ? ncpu : 64) : 1);
     for (size_t i = 0; i < l.n; i++) {
         pt_tensor *t = &l.t[i];
         const char *nm = t->name;
@@ -258,8 +282,9 @@ int pt_synthetic_open(pt_model_file *mf, const char *spec, pt_err *err) {
         fill_kind kind = strstr(nm, "norm") ? FILL_NORM
                          : (nl > 5 && !strcmp(nm + nl - 5, ".bias")) ? FILL_BIAS : FILL_WEIGHT;
         t->data = buf + off;
-        fill(&rng, t, buf + off, kind);
+        fill(&rng, pool, t, buf + off, kind);
         off += (t->nbytes + 63) & ~(uint64_t)63;
     }
+    pt_pool_free(pool);
     return PT_OK;
 }
