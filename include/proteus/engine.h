@@ -38,6 +38,8 @@ typedef struct {
     uint32_t max_batch_tokens; /* tokens per step (default 512) */
     bool exact_activations;    /* F32 activations with dequantized weights: the arithmetic of a
                                   float reference (tests); default off: int8 activations, fast */
+    bool bf16_activations;     /* with exact_activations: every matmul input rounded to bf16, where
+                                  the CUDA backend rounds them (the CPU reference it is tested against) */
     /* Query-aware page selection at decode (DESIGN.md section 5): in layers
      * >= select_dense_layers, a decoding sequence whose context exceeds
      * select_budget tokens attends only to the pages chosen within that
@@ -55,6 +57,8 @@ void pt_engine_free(pt_engine *e);
 const pt_model_config *pt_engine_config(const pt_engine *e);
 /* The options in force (defaults filled in, max_ctx resolved). */
 const pt_engine_opts *pt_engine_get_opts(const pt_engine *e);
+/* CUDA graphs the backend captured, and steps it ran by replaying one. */
+void pt_engine_graph_stats(const pt_engine *e, uint64_t *captured, uint64_t *replayed);
 /* The device rank `rank` runs on, as "cpu0" or "cuda1" (for logs and metrics). */
 void pt_engine_device_name(const pt_engine *e, int rank, char *buf, size_t n);
 /* Head pages of rank `rank`'s KV pool: total and free. */

@@ -26,6 +26,17 @@ __device__ __forceinline__ float kcuda_warp_sum(float v)
     return v;
 }
 
+/* cos and sin of the RoPE angle pos * inv_freq, taken in double as the CPU
+ * engine does (kcpu_rope): in float the product alone is off by up to half
+ * an ulp of the angle, 0.004 rad at position 65536, which long contexts feel. */
+__device__ __forceinline__ void kcuda_rope_cos_sin(int32_t pos, float inv_freq, float *c, float *s)
+{
+    double sd, cd;
+    sincos((double)pos * (double)inv_freq, &sd, &cd);
+    *c = (float)cd;
+    *s = (float)sd;
+}
+
 /* 1 / sqrt(mean(x^2) + eps) of one row of D floats, computed by the whole
  * block (every thread gets it): per-thread fmaf sums in a fixed stride, a
  * warp butterfly, then the warps' sums in warp order. The same bits in every

@@ -99,7 +99,7 @@ __global__ void kcuda_qkv_bias_rope_kernel(float *__restrict__ qkv, size_t ld,
             }
             if (h <= q_per_kv) {
                 float s, c;
-                sincosf(__fmul_rn((float)pos[t], inv_freq[k]), &s, &c);
+                kcuda_rope_cos_sin(pos[t], inv_freq[k], &c, &s);
                 xh[i0] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
                 xh[i1] = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
             } else {

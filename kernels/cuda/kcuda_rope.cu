@@ -1,6 +1,7 @@
 /* RoPE in place: one thread per (token, head, pair). The multiplications are
  * written with __fmul_rn/__fadd_rn so nvcc does not fuse them into FMAs; the
- * only difference from the C reference is then the device's sincosf. */
+ * only difference from the C reference is then the device's sincos (in
+ * double, rounded to float: nearly always the same bits as libm's). */
 #include "kcuda.h"
 #include "check.h"
 #include "kcuda_common.cuh"
@@ -18,7 +19,7 @@ __global__ void kcuda_rope_kernel(float *x, const int32_t *pos, const float *inv
         float *xh = x + t * token_stride + (size_t)h * head_dim;
 
         float s, c;
-        sincosf(__fmul_rn((float)pos[t], inv_freq[p]), &s, &c);
+        kcuda_rope_cos_sin(pos[t], inv_freq[p], &c, &s);
         const unsigned i0 = neox ? p : 2 * p;
         const unsigned i1 = neox ? p + half : 2 * p + 1;
         const float a = xh[i0], b = xh[i1];

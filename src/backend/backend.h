@@ -24,6 +24,8 @@ struct pt_backend {
      * pages are reserved before the call. */
     int (*step)(pt_backend *b, pt_engine *e, pt_err *err);
     void (*destroy)(pt_backend *b);
+    /* CUDA graphs captured and steps replayed from them (0 on the CPU). */
+    uint64_t graphs_captured, graphs_replayed;
 };
 
 /* Each create sets up the KV pool accounting of every rank of `e`

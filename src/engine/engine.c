@@ -20,6 +20,11 @@ void pt_engine_opts_default(pt_engine_opts *o) {
 const pt_model_config *pt_engine_config(const pt_engine *e) { return &e->w.cfg; }
 const pt_engine_opts *pt_engine_get_opts(const pt_engine *e) { return &e->opts; }
 
+void pt_engine_graph_stats(const pt_engine *e, uint64_t *captured, uint64_t *replayed) {
+    *captured = e->backend->graphs_captured;
+    *replayed = e->backend->graphs_replayed;
+}
+
 void pt_engine_device_name(const pt_engine *e, int rank, char *buf, size_t n) {
     if (e->opts.device == PT_DEVICE_CUDA)
         snprintf(buf, n, "cuda%d", e->opts.device_index + rank);

@@ -34,8 +34,14 @@ static size_t act_row_bytes(const pt_engine *e, pt_dtype wtype, size_t K) {
 }
 
 static void quantize_act(const pt_engine *e, pt_dtype wtype, void *dst, const float *x, size_t K) {
-    if (e->opts.exact_activations) memcpy(dst, x, K * sizeof(float));
-    else kcpu_quantize_act(wtype, dst, x, K);
+    if (!e->opts.exact_activations) {
+        kcpu_quantize_act(wtype, dst, x, K);
+    } else if (e->opts.bf16_activations) {
+        float *d = dst;
+        for (size_t i = 0; i < K; i++) d[i] = pt_bf16_to_f32(pt_f32_to_bf16(x[i]));
+    } else {
+        memcpy(dst, x, K * sizeof(float));
+    }
 }
 
 /* ---- matmul jobs: several matrices split by rows across threads ---- */

@@ -2,17 +2,23 @@
  * whole model's logits on the GPU match the CPU engine's, on a SmolLM2-shaped
  * and a Llama-3-8B-shaped synthetic model with BF16 weights.
  *
- * The CPU side runs with exact_activations (f32 activations, the BF16 weights
- * widened exactly) and f16 KV pages, the same KV format as the GPU. The GPU
- * rounds every GEMM input to bf16 (8 significant bits) and sums in a
- * different order, so rows are compared by cosine similarity and by the
- * error relative to the row's largest logit:
- *   cosine >= 0.999 and max |gpu - cpu| <= 0.03 * max |cpu|, every row;
- *   the top-1 token agrees on at least 90% of rows (near-ties may flip).
- * Cases: a prompt prefilled in chunks (a prefix in cache), greedy decode,
- * a batch mixing a prefill with decodes of other lengths, query-aware page
- * selection on both devices, and CUDA graphs on vs off (the same kernels on
- * the same inputs: bit-identical logits).
+ * The CPU side is the float reference: exact_activations (f32 activations,
+ * the BF16 weights widened exactly) with every matmul input rounded to bf16
+ * where the GPU rounds it (bf16_activations), and f16 KV pages like the GPU's.
+ * What is left is the order of float sums, so rows are compared by cosine
+ * similarity and by the error relative to the row's largest logit:
+ *   cosine >= 0.9995 and max |gpu - cpu| <= 0.02 * max |cpu|, every row;
+ *   the top-1 token agrees on at least 90% of a model's rows, pooled (a
+ *   near-tie may flip).
+ * Query-aware selection can choose a different page where two scores are
+ * within rounding of each other, so that case allows cosine >= 0.998 and
+ * 0.08, and must show that selection ran: the GPU's sparse logits are closer
+ * to the CPU's sparse logits than to its own dense ones.
+ * Cases: a prompt prefilled in chunks (a prefix in cache), greedy decode, a
+ * batch mixing a prefill with decodes of other lengths, two sequences
+ * decoding together across a context bucket, query-aware page selection on
+ * both devices, and CUDA graphs on vs off (the same kernels on the same
+ * inputs: bit-identical logits; replays must have happened).
  *
  * Without a CUDA build or device the engine must refuse devices: cuda with a
  * clear error (checked), and the program exits 77. PROTEUS_CUDA_ENGINE_MODELS
@@ -33,6 +39,7 @@ static pt_engine *open_engine(pt_model_file *mf, pt_device dev, bool graphs, uin
     o.cuda_graphs = graphs;
     o.kv_dtype = PT_DTYPE_F16;
     o.exact_activations = true; /* CPU only; the GPU has one arithmetic */
+    o.bf16_activations = true;
     long nproc = sysconf(_SC_NPROCESSORS_ONLN);
     o.n_threads = nproc > 0 ? (int)nproc : 1;
     o.max_ctx = 1024;
@@ -57,11 +64,13 @@ static int32_t argmax(const float *l) {
     return b;
 }
 
-/* Compares rows of logits; returns whether all rows pass, and counts top-1 agreement. */
+/* Compares rows of logits: the worst cosine and relative error, and top-1
+ * agreement (pooled over a model's cases in `pooled`). */
 typedef struct {
     size_t rows, top1_same;
     double min_cos, max_rel;
 } cmp_stats;
+static cmp_stats pooled;
 
 static void compare_rows(const float *gpu, const float *cpu, size_t rows, cmp_stats *st) {
     for (size_t r = 0; r < rows; r++) {
@@ -78,17 +87,26 @@ static void compare_rows(const float *gpu, const float *cpu, size_t rows, cmp_st
         double cos = dot / sqrt(ng * nc + 1e-300), rel = maxd / (maxc + 1e-30);
         if (!(cos >= st->min_cos)) st->min_cos = cos;
         if (!(rel <= st->max_rel)) st->max_rel = rel;
-        st->top1_same += argmax(g) == argmax(c);
+        bool same = argmax(g) == argmax(c);
+        st->top1_same += same;
         st->rows++;
+        pooled.top1_same += same;
+        pooled.rows++;
     }
 }
 
-static void check_stats(const char *what, const cmp_stats *st) {
+static void check_stats(const char *what, const cmp_stats *st, double min_cos, double max_rel) {
     printf("  %-40s rows %zu, min cosine %.6f, max err / max |logit| %.4f, top-1 same %zu\n", what, st->rows,
            st->min_cos, st->max_rel, st->top1_same);
-    CHECK_MSG(st->min_cos >= 0.999, "%s: min cosine %.6f", what, st->min_cos);
-    CHECK_MSG(st->max_rel <= 0.03, "%s: max relative error %.4f", what, st->max_rel);
-    CHECK_MSG(st->top1_same * 10 >= st->rows * 9, "%s: top-1 agrees on %zu of %zu rows", what, st->top1_same, st->rows);
+    CHECK_MSG(st->min_cos >= min_cos, "%s: min cosine %.6f", what, st->min_cos);
+    CHECK_MSG(st->max_rel <= max_rel, "%s: max relative error %.4f", what, st->max_rel);
+}
+
+/* Root-mean-square difference of rows of logits. */
+static double rms_diff(const float *a, const float *b, size_t rows) {
+    double s = 0;
+    for (size_t i = 0; i < rows * V; i++) s += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+    return sqrt(s / (double)(rows * V));
 }
 
 /* Prefill 37 tokens in chunks of 16 with all logits, then `gen` greedy
@@ -139,6 +157,32 @@ static void run_mixed(pt_engine *e, float *out) {
     for (int i = 0; i < 3; i++) pt_engine_seq_free(e, seqs[i]);
 }
 
+/* Two sequences of 250 tokens decoding together for 12 steps: contexts
+ * 251..262 cross the 256-token bucket, so two graph shapes (with split-KV)
+ * are captured and replayed. Logits of both rows of every step. */
+#define PAIR_STEPS 12
+static void run_decode_pair(pt_engine *e, float *out) {
+    pt_err err = {{0}};
+    int32_t buf[250];
+    int seqs[2];
+    for (int i = 0; i < 2; i++) {
+        seqs[i] = pt_engine_seq_new(e);
+        prompt_tokens(buf, 250, 20 + (uint32_t)i);
+        for (uint32_t j = 0; j < 250; j += 64) {
+            uint32_t m = 250 - j < 64 ? 250 - j : 64;
+            pt_batch_entry b = {seqs[i], buf + j, m, NULL, false};
+            CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
+        }
+    }
+    for (int g = 0; g < PAIR_STEPS; g++) {
+        int32_t t0 = (int32_t)(g * 7 + 1), t1 = (int32_t)(g * 11 + 2);
+        pt_batch_entry b[2] = {{seqs[0], &t0, 1, out + (size_t)(2 * g) * V, false},
+                               {seqs[1], &t1, 1, out + (size_t)(2 * g + 1) * V, false}};
+        CHECK_MSG(pt_engine_step(e, b, 2, &err) == 0, "%s", err.msg);
+    }
+    for (int i = 0; i < 2; i++) pt_engine_seq_free(e, seqs[i]);
+}
+
 /* Decode steps past a 600-token context with page selection (budget 128). */
 static void run_selected(pt_engine *e, float *out, int32_t *fed, bool choose) {
     pt_err err = {{0}};
@@ -167,10 +211,12 @@ static void check_model(const char *path) {
         return;
     }
     V = mf.config.vocab_size;
-    size_t rows = PROMPT + GEN;
+    pooled = (cmp_stats){0, 0, 1.0, 0.0};
+    size_t rows = PROMPT + GEN > 2 * PAIR_STEPS ? PROMPT + GEN : 2 * PAIR_STEPS;
     float *cpu = malloc(rows * V * sizeof(float)), *gpu = malloc(rows * V * sizeof(float));
     float *gpu2 = malloc(rows * V * sizeof(float));
     int32_t fed[GEN];
+    cmp_stats st;
 
     pt_engine *ec = open_engine(&mf, PT_DEVICE_CPU, false, 0, &err);
     CHECK_MSG(ec != NULL, "%s", err.msg);
@@ -179,42 +225,72 @@ static void check_model(const char *path) {
     pt_engine *eg_nograph = open_engine(&mf, PT_DEVICE_CUDA, false, 0, &err);
     CHECK_MSG(eg_nograph != NULL, "%s", err.msg);
     if (ec && eg && eg_nograph) {
-        cmp_stats st = {0, 0, 1.0, 0.0};
+        st = (cmp_stats){0, 0, 1.0, 0.0};
         run_sequence(ec, cpu, fed, true);
         run_sequence(eg, gpu, fed, false);
-        compare_rows(gpu, cpu, rows, &st);
-        check_stats("chunked prefill + greedy decode", &st);
+        compare_rows(gpu, cpu, PROMPT + GEN, &st);
+        check_stats("chunked prefill + greedy decode", &st, 0.9995, 0.02);
 
         /* Graphs: the second run of a shape is captured, later ones replay;
          * three runs exercise eager, capture and replay. */
         run_sequence(eg, gpu, fed, false);
         run_sequence(eg, gpu, fed, false);
         run_sequence(eg_nograph, gpu2, fed, false);
-        CHECK_MSG(memcmp(gpu, gpu2, rows * V * sizeof(float)) == 0, "CUDA graph replay differs from eager steps");
+        CHECK_MSG(memcmp(gpu, gpu2, (PROMPT + GEN) * V * sizeof(float)) == 0,
+                  "CUDA graph replay differs from eager steps");
 
         st = (cmp_stats){0, 0, 1.0, 0.0};
         run_mixed(ec, cpu);
         run_mixed(eg, gpu);
         compare_rows(gpu, cpu, 3, &st);
-        check_stats("mixed prefill + decode batch", &st);
+        check_stats("mixed prefill + decode batch", &st, 0.9995, 0.02);
+
+        st = (cmp_stats){0, 0, 1.0, 0.0};
+        run_decode_pair(ec, cpu);
+        run_decode_pair(eg, gpu);
+        run_decode_pair(eg_nograph, gpu2);
+        compare_rows(gpu, cpu, 2 * PAIR_STEPS, &st);
+        check_stats("two sequences decoding across a bucket", &st, 0.9995, 0.02);
+        CHECK_MSG(memcmp(gpu, gpu2, 2 * PAIR_STEPS * V * sizeof(float)) == 0,
+                  "CUDA graph replay differs from eager steps (batch of 2)");
+        uint64_t captured = 0, replayed = 0;
+        pt_engine_graph_stats(eg, &captured, &replayed);
+        printf("  CUDA graphs: %llu captured, %llu steps replayed\n", (unsigned long long)captured,
+               (unsigned long long)replayed);
+        CHECK_MSG(captured >= 2 && replayed >= PAIR_STEPS, "graphs captured %llu, replayed %llu",
+                  (unsigned long long)captured, (unsigned long long)replayed);
+        pt_engine_graph_stats(eg_nograph, &captured, &replayed);
+        CHECK(captured == 0 && replayed == 0);
     }
     pt_engine_free(ec);
-    pt_engine_free(eg);
     pt_engine_free(eg_nograph);
 
+    /* Selection: GPU dense logits (eg) on the same inputs show that the
+     * sparse ones differ from dense, and are the CPU's sparse ones. */
+    float *gpu_dense = malloc((GEN + 1) * (size_t)V * sizeof(float));
     ec = open_engine(&mf, PT_DEVICE_CPU, false, 128, &err);
     CHECK_MSG(ec != NULL, "%s", err.msg);
-    eg = open_engine(&mf, PT_DEVICE_CUDA, true, 128, &err);
-    CHECK_MSG(eg != NULL, "%s", err.msg);
-    if (ec && eg) {
-        cmp_stats st = {0, 0, 1.0, 0.0};
+    pt_engine *es = open_engine(&mf, PT_DEVICE_CUDA, true, 128, &err);
+    CHECK_MSG(es != NULL, "%s", err.msg);
+    if (ec && es && eg) {
+        st = (cmp_stats){0, 0, 1.0, 0.0};
         run_selected(ec, cpu, fed, true);
-        run_selected(eg, gpu, fed, false);
-        compare_rows(gpu, cpu, GEN + 1, &st);
-        check_stats("query-aware selection, budget 128", &st);
+        run_selected(es, gpu, fed, false);
+        run_selected(eg, gpu_dense, fed, false);
+        compare_rows(gpu + V, cpu + V, GEN, &st); /* the decode rows; row 0 is the dense prefill */
+        check_stats("query-aware selection, budget 128", &st, 0.998, 0.08);
+        double to_cpu = rms_diff(gpu + V, cpu + V, GEN), to_dense = rms_diff(gpu + V, gpu_dense + V, GEN);
+        printf("  sparse GPU vs sparse CPU rms %.5f, vs dense GPU rms %.5f\n", to_cpu, to_dense);
+        CHECK_MSG(to_cpu < 0.5 * to_dense, "selection on the GPU is not the CPU's: rms %.5f vs %.5f from dense",
+                  to_cpu, to_dense);
     }
+    printf("  top-1 agreement over the model's rows: %zu of %zu\n", pooled.top1_same, pooled.rows);
+    CHECK_MSG(pooled.top1_same * 10 >= pooled.rows * 9, "top-1 agrees on %zu of %zu rows", pooled.top1_same,
+              pooled.rows);
     pt_engine_free(ec);
+    pt_engine_free(es);
     pt_engine_free(eg);
+    free(gpu_dense);
     free(cpu);
     free(gpu);
     free(gpu2);

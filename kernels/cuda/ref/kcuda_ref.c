@@ -26,8 +26,8 @@ void kcuda_ref_rope(float *x, const int32_t *pos, const float *inv_freq, size_t 
         for (size_t h = 0; h < H; h++) {
             float *xh = x + t * token_stride + h * head_dim;
             for (size_t p = 0; p < half; p++) {
-                const float angle = (float)pos[t] * inv_freq[p];
-                const float c = cosf(angle), s = sinf(angle);
+                const double angle = (double)pos[t] * (double)inv_freq[p];
+                const float c = (float)cos(angle), s = (float)sin(angle);
                 const size_t i0 = neox ? p : 2 * p, i1 = neox ? p + half : 2 * p + 1;
                 const float a = xh[i0], b = xh[i1];
                 xh[i0] = a * c - b * s;

@@ -61,7 +61,8 @@ static void cuda_destroy(pt_backend *b) {
     if (cb->blas) kcuda_blas_destroy(cb->blas);
     for (size_t i = 0; i < cb->n_allocs; i++) cudaFree(cb->allocs[i]);
     free(cb->allocs);
-    if (cb->host_logits) cudaFreeHost(cb->host_logits);
+    if (cb->out_registered) cudaHostUnregister(cb->e->out_scratch);
+    free(cb->runs_tmp);
     if (cb->stage_host) cudaFreeHost(cb->stage_host);
     if (cb->stream) cudaStreamDestroy(cb->stream);
     free(cb->layers);
@@ -88,6 +89,7 @@ static uint32_t ctx_bucket(const pt_engine *e, uint32_t ctx) {
 typedef struct {
     uint32_t n_dec, n_pre;          /* runs of one token, runs of several */
     uint32_t dec_ctx, pre_ctx;      /* bucketed longest context of each kind */
+    bool select;                    /* a decode context exceeds the selection budget */
     int splits;                     /* split-KV count of dense decode attention */
     int splits_sel;                 /* and of attention over selected pages */
 } step_shape;
@@ -114,7 +116,7 @@ static step_shape stage_step(cuda_backend *cb, const pt_engine *e) {
         t = t1;
     }
     /* Stable partition: decode runs to the front. */
-    kcuda_run tmp[n_runs ? n_runs : 1];
+    kcuda_run *tmp = cb->runs_tmp;
     uint32_t k = 0;
     for (uint32_t i = 0; i < n_runs; i++)
         if (runs[i].n_tokens == 1) tmp[k++] = runs[i];
@@ -128,6 +130,7 @@ static step_shape stage_step(cuda_backend *cb, const pt_engine *e) {
         uint32_t *m = i < sh.n_dec ? &sh.dec_ctx : &sh.pre_ctx;
         if (ctx > *m) *m = ctx;
     }
+    sh.select = e->opts.select_budget > 0 && sh.dec_ctx > e->opts.select_budget;
     if (sh.n_dec) sh.dec_ctx = ctx_bucket(e, sh.dec_ctx);
     if (sh.n_pre) sh.pre_ctx = ctx_bucket(e, sh.pre_ctx);
     return sh;
@@ -211,7 +214,7 @@ static int run_step(cuda_backend *cb, pt_engine *e, const step_shape *sh, pt_err
         CK(kcuda_kv_append(&all.kv, &all.in, &bt, d_runs, sh->n_dec + sh->n_pre, w->n_groups, st), "KV append");
         if (sh->n_dec) {
             kcuda_attn_args a = attn_args(cb, e, l, d_runs, sh->n_dec, sh->dec_ctx);
-            if (e->opts.select_budget > 0 && l >= e->opts.select_dense_layers) {
+            if (sh->select && l >= e->opts.select_dense_layers) {
                 kcuda_page_list pl = {cb->sel, cb->n_sel, e->pages_per_seq};
                 CK(kcuda_page_score(cb->page_scores, e->pages_per_seq, &a, st), "page scores");
                 CK(kcuda_page_topk(&pl, cb->page_scores, e->pages_per_seq, d_runs, sh->n_dec, w->n_groups,
@@ -243,7 +246,8 @@ static int run_step(cuda_backend *cb, pt_engine *e, const step_shape *sh, pt_err
         CK(kcuda_gemm(cb->blas, cb->logits, V, cb->fin, d, cb->lm_head, d, KCUDA_W_NK, KCUDA_GEMM_BF16, e->n_out, V, d,
                       0.0f, st),
            "LM head GEMM");
-        CK(cudaMemcpyAsync(cb->host_logits, cb->logits, (size_t)e->n_out * V * sizeof(float), cudaMemcpyDeviceToHost, st),
+        CK(cudaMemcpyAsync(e->out_scratch, cb->logits, (size_t)e->n_out * V * sizeof(float), cudaMemcpyDeviceToHost,
+                           st),
            "logits download");
     }
     return PT_OK;
@@ -276,15 +280,28 @@ static int ensure_workspace(cuda_backend *cb, pt_engine *e, step_shape *sh, pt_e
     return PT_OK;
 }
 
+/* The graph of this step's shape; a new shape takes a free entry or the
+ * least recently used one. */
 static cu_graph *graph_for(cuda_backend *cb, const pt_engine *e, const step_shape *sh) {
-    for (size_t i = 0; i < cb->n_graphs; i++) {
-        cu_graph *g = &cb->graphs[i];
-        if (g->n_dec == sh->n_dec && g->n_out == e->n_out && g->bucket == sh->dec_ctx && g->splits == sh->splits)
-            return g;
+    cu_graph *g = NULL;
+    for (size_t i = 0; i < cb->n_graphs && !g; i++) {
+        cu_graph *c = &cb->graphs[i];
+        if (c->n_dec == sh->n_dec && c->n_out == e->n_out && c->bucket == sh->dec_ctx && c->splits == sh->splits &&
+            c->select == sh->select)
+            g = c;
     }
-    if (cb->n_graphs == CU_MAX_GRAPHS) graphs_clear(cb); /* a simple bound; shapes recur quickly */
-    cu_graph *g = &cb->graphs[cb->n_graphs++];
-    *g = (cu_graph){sh->n_dec, e->n_out, sh->dec_ctx, sh->splits, 0, NULL};
+    if (!g) {
+        if (cb->n_graphs < CU_MAX_GRAPHS) {
+            g = &cb->graphs[cb->n_graphs++];
+        } else {
+            g = &cb->graphs[0];
+            for (size_t i = 1; i < CU_MAX_GRAPHS; i++)
+                if (cb->graphs[i].last_used < g->last_used) g = &cb->graphs[i];
+            if (g->exec) cudaGraphExecDestroy(g->exec);
+        }
+        *g = (cu_graph){sh->n_dec, e->n_out, sh->dec_ctx, sh->splits, sh->select, 0, 0, NULL};
+    }
+    g->last_used = cb->steps;
     return g;
 }
 
@@ -309,6 +326,7 @@ static int cuda_step(pt_backend *b, pt_engine *e, pt_err *err) {
     step_shape sh = stage_step(cb, e);
     if ((rc = ensure_workspace(cb, e, &sh, err))) return rc;
 
+    cb->steps++;
     bool graphable = e->opts.cuda_graphs && !cb->graphs_broken && sh.n_pre == 0 && sh.n_dec > 0;
     cu_graph *g = graphable ? graph_for(cb, e, &sh) : NULL;
     if (g && !g->exec && ++g->seen >= 2) {
@@ -320,20 +338,41 @@ static int cuda_step(pt_backend *b, pt_engine *e, pt_err *err) {
             cb->graphs_broken = true;
             g->exec = NULL;
             (void)cudaGetLastError();
+        } else {
+            cb->base.graphs_captured++;
         }
     }
-    if (g && g->exec)
+    if (g && g->exec) {
         rc = cu_check(cudaGraphLaunch(g->exec, cb->stream), "graph launch", err);
-    else
+        cb->base.graphs_replayed++;
+    } else {
         rc = run_step(cb, e, &sh, err);
+    }
     int rc2 = cu_check(cudaStreamSynchronize(cb->stream), "step", err);
-    if (rc || rc2) return rc ? rc : rc2;
-    if (e->n_out)
-        memcpy(e->out_scratch, cb->host_logits, (size_t)e->n_out * e->w.cfg.vocab_size * sizeof(float));
-    return PT_OK;
+    return rc ? rc : rc2;
 }
 
 /* ---- creation ---- */
+
+/* The split-KV workspace for the largest need of any decode batch size at
+ * any context, so that serving never reallocates it (which would drop the
+ * captured graphs). */
+static int preallocate_workspace(cuda_backend *cb, pt_engine *e, pt_err *err) {
+    size_t need = 0;
+    for (uint32_t n = 1; n <= e->opts.max_seqs; n++) {
+        for (uint32_t ctx = 256;; ctx *= 2) {
+            step_shape sh = {.n_dec = n, .dec_ctx = ctx_bucket(e, ctx)};
+            kcuda_attn_args a = attn_args(cb, e, 0, NULL, n, sh.dec_ctx);
+            size_t w = kcuda_attn_decode_workspace(&a, kcuda_attn_decode_splits(&a));
+            if (w > need) need = w;
+            if (ctx >= e->opts.max_ctx) break;
+        }
+    }
+    if (!need) return PT_OK;
+    int rc = cu_alloc(cb, &cb->attn_ws, need, "attention workspace", err);
+    if (rc == PT_OK) cb->attn_ws_bytes = need;
+    return rc;
+}
 
 static int alloc_buffers(cuda_backend *cb, pt_engine *e, pt_err *err) {
     const pt_model_config *c = &e->w.cfg;
@@ -371,8 +410,12 @@ static int alloc_buffers(cuda_backend *cb, pt_engine *e, pt_err *err) {
     memset(cb->stage_host, 0, cb->stage_bytes);
     int rc = cu_alloc(cb, (void **)&cb->stage_dev, cb->stage_bytes, "staging", err);
     if (rc) return rc;
-    CK(cudaMallocHost((void **)&cb->host_logits, (size_t)e->max_out * V * 4), "pinned logits");
-    return PT_OK;
+    /* Logits go straight into the engine's buffer, page-locked so that the
+     * copy is asynchronous (and capturable). */
+    CK(cudaHostRegister(e->out_scratch, (size_t)e->max_out * V * 4, cudaHostRegisterDefault), "pinning the logits");
+    cb->out_registered = true;
+    cb->runs_tmp = pt_xmalloc(Tm * sizeof(kcuda_run));
+    return preallocate_workspace(cb, e, err);
 }
 
 /* KV pages: the configured count, or what kv_bytes allows, or by default
@@ -415,6 +458,11 @@ int pt_backend_cuda_create(pt_backend **out, pt_engine *e, pt_err *err) {
     if (e->w.cfg.rope_dim > e->w.cfg.head_dim || e->w.cfg.rope_dim % 2)
         return pt_err_set(err, PT_ERR_UNSUPPORTED, "RoPE over %u of %u channels is not supported on CUDA",
                           e->w.cfg.rope_dim, e->w.cfg.head_dim);
+    /* What the attention kernels take (kcuda_attn.h): checked here so that a
+     * model they cannot run fails at load with its reason, not at its first step. */
+    if (e->w.cfg.head_dim % 8 || e->w.cfg.head_dim > 256)
+        return pt_err_set(err, PT_ERR_UNSUPPORTED, "head_dim %u is not supported on CUDA (a multiple of 8, at most 256)",
+                          e->w.cfg.head_dim);
     /* KV pages on the GPU are f16 whatever kv_dtype says: the pool's
      * accounting (page bytes, /metrics) follows. */
     o->kv_dtype = PT_DTYPE_F16;
@@ -427,6 +475,8 @@ int pt_backend_cuda_create(pt_backend **out, pt_engine *e, pt_err *err) {
     cb->device = o->device_index;
     *out = &cb->base;
 
+    int caller_device = 0;
+    CK(cudaGetDevice(&caller_device), "current device");
     CK(cudaSetDevice(cb->device), "set device");
     CK(cudaDeviceGetAttribute(&cb->n_sm, cudaDevAttrMultiProcessorCount, cb->device), "device attributes");
     CK(cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking), "stream");
@@ -441,5 +491,6 @@ int pt_backend_cuda_create(pt_backend **out, pt_engine *e, pt_err *err) {
             pt_log(PT_LOG_INFO, "CUDA device %d: %s, %d SMs; %u KV pages of %u tokens", cb->device, prop.name,
                    cb->n_sm, cb->n_slots, o->page_size);
     }
+    cudaSetDevice(caller_device); /* steps set the device on their own thread */
     return rc;
 }

@@ -25,7 +25,9 @@ typedef struct {
 typedef struct {
     uint32_t n_dec, n_out, bucket;
     int splits;
+    bool select;            /* page selection kernels in the step */
     unsigned seen;          /* times the shape ran; captured on the second */
+    uint64_t last_used;     /* step counter, for eviction */
     cudaGraphExec_t exec;   /* NULL until captured */
 } cu_graph;
 
@@ -60,8 +62,10 @@ typedef struct {
     float *gu;         /* (Tm, 2 * ff) */
     uint16_t *h;       /* (Tm, ff) bf16 SwiGLU output */
     uint16_t *fin;     /* (max_out, d) bf16 final norm */
-    float *logits;     /* (max_out, V) */
-    float *host_logits; /* pinned mirror */
+    float *logits;     /* (max_out, V); copied into the engine's out_scratch,
+                          which is page-locked for it (cudaHostRegister) */
+    bool out_registered;
+    kcuda_run *runs_tmp;  /* (max_batch_tokens) host scratch of stage_step */
     void *attn_ws;
     size_t attn_ws_bytes;
     float *page_scores;  /* (max_seqs, G, pages_per_seq) */
@@ -76,6 +80,7 @@ typedef struct {
 
     cu_graph graphs[CU_MAX_GRAPHS];
     size_t n_graphs;
+    uint64_t steps;
     bool graphs_broken;  /* a capture failed: run eagerly from then on */
 } cuda_backend;
 
