@@ -12,19 +12,26 @@
 #      accuracy, Llama-3-8B-shaped decode at batch 1 and 64).
 # Logs and the bench JSON go to $OUT (the device tool's output folder) or ./out.
 #
-# Usage: scripts/gpu_check.sh [DEBS_DIR=.debs] [--skip-bench] [--quick]
+# Usage: scripts/gpu_check.sh [--debs DIR] [--quick] [STAGE...]
+#   STAGE: kernels (kernel tests + NCCL), engine (test_cuda_engine), bench
+#   (bench_cuda); default all three. The build (build-gpu/) is made or
+#   brought up to date first. The stages together can outlast one 10-minute
+#   device command: run them as separate commands, the build is kept.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 debs=.debs
-skip_bench=0
 quick=()
-for a in "$@"; do
-    case "$a" in
-    --skip-bench) skip_bench=1 ;;
+stages=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --debs) debs=$2; shift ;;
     --quick) quick=(--quick) ;;
-    *) debs=$a ;;
+    kernels | engine | bench) stages+=("$1") ;;
+    *) echo "gpu_check: unknown argument '$1'" >&2; exit 2 ;;
     esac
+    shift
 done
+[ ${#stages[@]} -gt 0 ] || stages=(kernels engine bench)
 out=${OUT:-$PWD/out}
 mkdir -p "$out"
 log() { printf 'gpu_check: %s\n' "$*" | tee -a "$out/gpu_check.log" >&2; }
@@ -73,11 +80,15 @@ run_test() { # name, command...
         status=1
     fi
 }
-for t in build-gpu/kernels/cuda/test_cuda_*; do run_test "$(basename "$t")" "$t"; done
-run_test test_comm_nccl build-gpu/test_comm_nccl
-run_test test_cuda_engine build-gpu/test_cuda_engine
-if [ $skip_bench = 0 ]; then
-    run_test bench_cuda build-gpu/bench_cuda "${quick[@]}" --json "$out/bench_cuda.json"
-fi
+for stage in "${stages[@]}"; do
+    case $stage in
+    kernels)
+        for t in build-gpu/kernels/cuda/test_cuda_*; do run_test "$(basename "$t")" "$t"; done
+        run_test test_comm_nccl build-gpu/test_comm_nccl
+        ;;
+    engine) run_test test_cuda_engine build-gpu/test_cuda_engine ;;
+    bench) run_test bench_cuda build-gpu/bench_cuda "${quick[@]}" --json "$out/bench_cuda.json" ;;
+    esac
+done
 log "done, status $status"
 exit $status
