@@ -1311,6 +1311,13 @@ static int bench_model(bench *b) {
     if (floor64_ms > 0) cJSON_AddNumberToObject(j64, "memory_floor_ms", floor64_ms);
     cJSON_AddNumberToObject(j64, "prefill_tokens_per_s", MODEL_BATCH * MODEL_PROMPT / r64.prefill_s);
     cJSON_AddItemToObject(mj, "batch64_graphs", j64);
+    uint64_t captured = 0, replayed = 0;
+    pt_engine_graph_stats(e, &captured, &replayed);
+    printf("    CUDA graphs on this engine: %llu captured, %llu decode steps replayed%s\n",
+           (unsigned long long)captured, (unsigned long long)replayed,
+           replayed ? "" : " (capture failed: the 'graphs on' rows ran eagerly)");
+    cJSON_AddNumberToObject(mj, "graphs_captured", (double)captured);
+    cJSON_AddNumberToObject(mj, "graphs_replayed", (double)replayed);
     json_write(b);
     pt_engine_free(e);
     e = NULL;
