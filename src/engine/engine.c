@@ -1,5 +1,6 @@
-/* Engine lifetime, sequences and the step driver. The forward pass itself is
- * in forward.c; weight arrangement in weights.c. */
+/* Engine lifetime, sequences, page accounting and the step driver. The
+ * forward pass runs in a device backend (src/backend: the CPU's is
+ * forward.c); weight arrangement in weights.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
