@@ -55,7 +55,7 @@ typedef struct {
 } pt_stop_matcher;
 
 typedef struct {
-    const char *text; /* bytes to send now; valid until the next call */
+    const char *text; /* bytes to send now (never NULL); valid until the next call */
     size_t len;
     int stop;         /* index of the stop string found (now or earlier), or -1 */
 } pt_stop_result;

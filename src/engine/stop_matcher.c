@@ -129,7 +129,7 @@ void pt_stop_matcher_free(pt_stop_matcher *m) {
 }
 
 int pt_stop_matcher_feed(pt_stop_matcher *m, const char *bytes, size_t n, pt_stop_result *res, pt_err *err) {
-    res->text = m->buf;
+    res->text = m->buf ? m->buf : "";
     res->len = 0;
     res->stop = m->stop;
     if (m->stop >= 0) return PT_OK;
@@ -180,7 +180,7 @@ int pt_stop_matcher_feed(pt_stop_matcher *m, const char *bytes, size_t n, pt_sto
 }
 
 void pt_stop_matcher_flush(pt_stop_matcher *m, pt_stop_result *res) {
-    res->text = m->buf ? m->buf + m->held_off : NULL;
+    res->text = m->buf ? m->buf + m->held_off : "";
     res->len = m->stop >= 0 ? 0 : m->n_held;
     res->stop = m->stop;
     m->held_off += m->n_held;

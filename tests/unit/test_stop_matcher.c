@@ -141,6 +141,19 @@ static void test_flush_releases_hold(void) {
     CHECK_EQ_INT(r.len, 0);
     pt_stop_matcher_free(&m);
 
+    /* Empty results still point somewhere (callers hand them to fwrite and
+     * memcpy), also before the matcher has buffered anything. */
+    CHECK(pt_stop_matcher_init(&m, stops, 2, false, NULL) == PT_OK);
+    pt_stop_matcher_feed(&m, "", 0, &r, NULL);
+    CHECK(r.text != NULL && r.len == 0);
+    pt_stop_matcher_flush(&m, &r);
+    CHECK(r.text != NULL && r.len == 0);
+    pt_stop_matcher_free(&m);
+    CHECK(pt_stop_matcher_init(&m, stops, 2, false, NULL) == PT_OK);
+    pt_stop_matcher_flush(&m, &r);
+    CHECK(r.text != NULL && r.len == 0);
+    pt_stop_matcher_free(&m);
+
     /* No stops at all: a pass-through. */
     CHECK(pt_stop_matcher_init(&m, NULL, 0, false, NULL) == PT_OK);
     pt_stop_matcher_feed(&m, "plain", 5, &r, NULL);
