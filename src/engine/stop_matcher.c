@@ -150,7 +150,7 @@ int pt_stop_matcher_feed(pt_stop_matcher *m, const char *bytes, size_t n, pt_sto
         m->cap = cap;
     }
     if (n > 0) memcpy(m->buf + m->n_held, bytes, n);
-    res->text = m->buf;
+    res->text = m->buf ? m->buf : "";
 
     const size_t total = need;
     int32_t s = m->state;
