@@ -31,20 +31,6 @@ static const char *DEFAULT_TEXTS[] = {"/usr/share/common-licenses/GPL-3", "/usr/
                                       "/usr/share/common-licenses/LGPL-3", "/usr/share/common-licenses/Apache-2.0",
                                       "/usr/share/common-licenses/MPL-2.0", NULL};
 
-static char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n) n = 0;
-    buf[n] = 0;
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
-
 static pt_engine *open_engine(pt_model_file *mf, int threads, uint32_t max_ctx, uint32_t budget) {
     pt_engine_opts o;
     pt_engine_opts_default(&o);
@@ -222,7 +208,7 @@ int main(int argc, char **argv) {
     const char *one[2] = {text_path, NULL};
     for (const char **p = text_path ? one : DEFAULT_TEXTS; *p; p++) {
         size_t n = 0;
-        char *t = read_file(*p, &n);
+        char *t = pt_read_file(*p, &n);
         if (!t) continue;
         if (len + n + 2 > cap) text = realloc(text, cap = len + n + 2);
         memcpy(text + len, t, n);

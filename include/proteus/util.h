@@ -48,6 +48,10 @@ void pt_aligned_free(void *p);
 /* Monotonic clock in seconds. */
 double pt_now(void);
 
+/* A whole file in a malloc'd buffer with a NUL after its `*len` bytes (len
+ * may be NULL), or NULL when it cannot be opened or read. */
+char *pt_read_file(const char *path, size_t *len);
+
 typedef enum { PT_LOG_DEBUG, PT_LOG_INFO, PT_LOG_WARN, PT_LOG_ERROR } pt_log_level;
 void pt_log_set_level(pt_log_level level);
 void pt_log(pt_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -14,21 +14,6 @@
 
 #define METASPACE "\xE2\x96\x81"
 
-static char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char *buf = NULL;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        long sz = ftell(f);
-        if (sz >= 0 && fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)sz + 1))) {
-            if (fread(buf, 1, (size_t)sz, f) != (size_t)sz) { free(buf); buf = NULL; }
-            else { buf[sz] = 0; *len = (size_t)sz; }
-        }
-    }
-    fclose(f);
-    return buf;
-}
-
 typedef struct {
     bool byte_level, spm;
     bool add_space_prefix, prefix_first_only, metaspace_split;
@@ -131,7 +116,7 @@ static int32_t find_first(const pt_tokenizer_spec *sp, const char *const *names,
 int pt_tokenizer_load_json(pt_tokenizer **out, const char *path, pt_err *err) {
     *out = NULL;
     size_t len = 0;
-    char *text = read_file(path, &len);
+    char *text = pt_read_file(path, &len);
     if (!text) return pt_err_set(err, PT_ERR_IO, "tokenizer: cannot read %s", path);
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);
@@ -241,7 +226,7 @@ int pt_tokenizer_load_json(pt_tokenizer **out, const char *path, pt_err *err) {
     memcpy(cfg_path, path, dl);
     strcpy(cfg_path + dl, "tokenizer_config.json");
     size_t cl;
-    char *ctext = read_file(cfg_path, &cl);
+    char *ctext = pt_read_file(cfg_path, &cl);
     free(cfg_path);
     if (ctext) {
         cfg = cJSON_ParseWithLength(ctext, cl);

@@ -67,3 +67,23 @@ uint64_t pt_rng_next(pt_rng *rng) {
 }
 
 float pt_rng_uniform(pt_rng *rng) { return (float)(pt_rng_next(rng) >> 40) * (1.0f / 16777216.0f); }
+
+char *pt_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = NULL;
+    if (fseek(f, 0, SEEK_END) == 0) {
+        long sz = ftell(f);
+        if (sz >= 0 && fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)sz + 1))) {
+            if (fread(buf, 1, (size_t)sz, f) != (size_t)sz) {
+                free(buf);
+                buf = NULL;
+            } else {
+                buf[sz] = 0;
+                if (len) *len = (size_t)sz;
+            }
+        }
+    }
+    fclose(f);
+    return buf;
+}

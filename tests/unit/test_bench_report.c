@@ -342,19 +342,6 @@ static void test_print_layout(void) {
     pt_bench_records_free(r, N_RUN);
 }
 
-static char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    *len = fread(s, 1, (size_t)n, f);
-    s[*len] = 0;
-    fclose(f);
-    return s;
-}
-
 static void test_csv(void) {
     pt_bench_record *r = make_run();
     char path[64];
@@ -362,7 +349,7 @@ static void test_csv(void) {
     pt_err err = {{0}};
     CHECK_EQ_INT(pt_bench_write_csv(path, r, N_RUN, &err), PT_OK);
     size_t len = 0;
-    char *s = slurp(path, &len);
+    char *s = pt_read_file(path, &len);
     CHECK(s != NULL);
     if (s) {
         size_t lines = 0;
@@ -394,7 +381,7 @@ static void test_svg(void) {
     pt_err err = {{0}};
     CHECK_EQ_INT(pt_bench_write_svg(path, r, N_RUN, &rep, &err), PT_OK);
     size_t len = 0;
-    char *s = slurp(path, &len);
+    char *s = pt_read_file(path, &len);
     CHECK(s != NULL);
     if (s) {
         CHECK(strncmp(s, "<svg", 4) == 0);

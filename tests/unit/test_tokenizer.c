@@ -18,20 +18,6 @@
 #include "proteus/util.h"
 #include "test.h"
 
-static char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (fread(b, 1, (size_t)n, f) != (size_t)n) n = 0;
-    b[n] = 0;
-    fclose(f);
-    if (len) *len = (size_t)n;
-    return b;
-}
-
 static char *golden_path(const char *name) {
     const char *src = getenv("PROTEUS_SOURCE_DIR");
     static char buf[4096];
@@ -40,7 +26,7 @@ static char *golden_path(const char *name) {
 }
 
 static cJSON *load_golden(const char *name) {
-    char *text = slurp(golden_path(name), NULL);
+    char *text = pt_read_file(golden_path(name), NULL);
     CHECK_MSG(text != NULL, "missing golden %s", golden_path(name));
     if (!text) return NULL;
     cJSON *j = cJSON_Parse(text);
@@ -168,7 +154,7 @@ static pt_tokenizer *load_json(const char *name) {
 /* GGUF fixtures are parsed with the model loader's reader. */
 static pt_tokenizer *load_gguf(const char *name, char **keep) {
     size_t len;
-    char *buf = slurp(golden_path(name), &len);
+    char *buf = pt_read_file(golden_path(name), &len);
     CHECK_MSG(buf != NULL, "missing %s", name);
     if (!buf) return NULL;
     pt_gguf *g = NULL;
