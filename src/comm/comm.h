@@ -44,11 +44,13 @@
  * needs no watchdog: every wait inside the layer has the world's timeout and
  * pt_comm_wait has its own.
  *
- * Implementations: nccl (src/comm/nccl/comm_nccl.c, built when NCCL is
- * found) and a stub (src/comm/comm_stub.c) that refuses to create a world in
- * builds without NCCL. The handles are opaque so that the local (CPU
- * threads, shared memory) implementation can join behind the same functions
- * with its own create call. */
+ * Implementations, behind one vtable (src/comm/comm_impl.h) chosen when a
+ * world is created: `local` (src/comm/local/: ranks are CPU virtual devices
+ * of this process; buffers are host memory, streams are ignored and may be
+ * NULL, every operation is complete when it returns, so nothing ever waits
+ * on a peer and timeouts cannot trigger; groups of disjoint ranks may be
+ * used from different threads at once) and `nccl` (src/comm/nccl/, built
+ * when NCCL is found; without it pt_comm_world_create_nccl refuses). */
 #ifndef PROTEUS_COMM_H
 #define PROTEUS_COMM_H
 
@@ -175,6 +177,16 @@ typedef struct {
  * is NULL. */
 int pt_comm_world_create_nccl(pt_comm_world **out, const pt_comm_config *cfg, pt_err *err);
 
+/* Creates a world over CPU virtual devices of this process (devices are
+ * ids only; the same validation as NCCL). Never touches a GPU. */
+int pt_comm_world_create_local(pt_comm_world **out, const pt_comm_config *cfg, pt_err *err);
+/* Tests of the failure rules (local worlds only): the (n + 1)-th operation
+ * from now fails as a broken link would, and aborts the world; n < 0 = off. */
+void pt_comm_local_fail_after(pt_comm_world *w, int64_t n);
+
+/* "local" or "nccl". */
+const char *pt_comm_world_kind(const pt_comm_world *w);
+
 /* Releases every communicator and all memory; NULL is a no-op. A healthy
  * world is finalized (outstanding operations flushed, bounded by the world's
  * timeout) and then destroyed; an aborted one, or one whose finalize fails
@@ -206,6 +218,24 @@ int pt_comm_all_reduce(pt_comm_group *g, void *const *send, void *const *recv, s
  * fold them in rank order. In place when send[i] == recv[i] + i * count. */
 int pt_comm_all_gather(pt_comm_group *g, void *const *send, void *const *recv, size_t count,
                        pt_comm_dtype dtype, void *const *streams, pt_err *err);
+
+/* In-place all-gather of unequal segments: on entry rank i's buffer
+ * bufs[i] holds its own segment, elements [offsets[i], offsets[i] + counts[i]);
+ * on return every rank's buffer holds every rank's segment at its offset.
+ * Segments must not overlap; a count of 0 is allowed. This is how the
+ * engine gathers the per-chunk partial sums of a row-parallel product when
+ * ranks own unequal numbers of chunks (3 KV heads over 2 ranks). */
+int pt_comm_all_gather_v(pt_comm_group *g, void *const *bufs, const size_t *offsets, const size_t *counts,
+                         pt_comm_dtype dtype, void *const *streams, pt_err *err);
+
+/* bufs[root]'s count elements are copied into every other rank's bufs[i]. */
+int pt_comm_broadcast(pt_comm_group *g, void *const *bufs, size_t count, pt_comm_dtype dtype, int root,
+                      void *const *streams, pt_err *err);
+
+/* Returns when every rank of the group has finished the work issued on its
+ * stream before the call (local: at once); bounded by the world's timeout,
+ * with the failure rules of pt_comm_wait. */
+int pt_comm_barrier(pt_comm_group *g, void *const *streams, pt_err *err);
 
 /* One whole contiguous buffer moved from one rank of a group to another:
  * a head page, or a weight chunk. */

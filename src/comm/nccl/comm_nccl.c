@@ -52,27 +52,18 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
-#include "comm/comm.h"
+#include "comm/comm_impl.h"
 
-struct pt_comm_group {
-    pt_comm_world *world;
-    int first;          /* world rank of group rank 0 */
-    int size;           /* ranks in the group */
-    ncclComm_t *comms;  /* (size) comms[i] serves world rank first + i */
-};
-
-struct pt_comm_world {
-    int n;                    /* world ranks */
-    int *devices;             /* (n) device of each world rank */
-    pt_comm_group *groups;    /* (n_groups) in pt_comm_layout order */
-    int n_groups;
-    ncclComm_t *comms;        /* (n_comms) world ranks 0..n-1, then the groups' own */
+/* The implementation's state behind pt_comm_world.impl; a group's impl is
+ * its ncclComm_t[size]. */
+typedef struct {
+    ncclComm_t *comms; /* (n_comms) world ranks 0..n-1, then the groups' own */
     int n_comms;
-    double timeout_s;         /* bound on set-up, enqueue and teardown waits */
-    bool aborted;
-    bool leak;                /* NCCL may still write into this block: never free it */
-    char abort_reason[256];
-};
+    bool leak;         /* NCCL may still write into this block: never free it */
+} nccl_world;
+
+#define NW(w) ((nccl_world *)(w)->impl)
+#define GCOMMS(g) ((ncclComm_t *)(g)->impl)
 
 /* ---- errors ---- */
 
@@ -95,7 +86,7 @@ static int cuda_fail(pt_err *err, cudaError_t e, const char *call, const char *w
 }
 
 /* "world rank 3 (device 3)" or "group [4, 8) rank 1 (device 5)" for the
- * communicator in slot k of w->comms. */
+ * communicator in slot k of NW(w)->comms. */
 static void describe_slot(const pt_comm_world *w, int k, char *buf, size_t cap) {
     if (k < w->n) {
         snprintf(buf, cap, "world rank %d (device %d)", k, w->devices[k]);
@@ -103,8 +94,8 @@ static void describe_slot(const pt_comm_world *w, int k, char *buf, size_t cap) 
     }
     for (int gi = 0; gi < w->n_groups; gi++) {
         const pt_comm_group *g = &w->groups[gi];
-        if (g->comms != w->comms && k >= g->comms - w->comms && k < g->comms - w->comms + g->size) {
-            int i = k - (int)(g->comms - w->comms);
+        if (GCOMMS(g) != NW(w)->comms && k >= GCOMMS(g) - NW(w)->comms && k < GCOMMS(g) - NW(w)->comms + g->size) {
+            int i = k - (int)(GCOMMS(g) - NW(w)->comms);
             snprintf(buf, cap, "group [%d, %d) rank %d (device %d)", g->first, g->first + g->size, i,
                      w->devices[g->first + i]);
             return;
@@ -120,10 +111,6 @@ static void describe_rank(const pt_comm_group *g, int i, char *buf, size_t cap) 
     }
     snprintf(buf, cap, "group [%d, %d) rank %d (device %d)", g->first, g->first + g->size, i,
              g->world->devices[g->first + i]);
-}
-
-static int aborted_error(const pt_comm_world *w, pt_err *err) {
-    return pt_err_set(err, PT_ERR_COMM_ABORTED, "comm: the world was aborted earlier: %s", w->abort_reason);
 }
 
 /* ---- polling ---- */
@@ -143,7 +130,7 @@ static void poll_pause(int *polls) {
 /* Waits until no communicator in comms[0, count) is in progress: their
  * grouped call (init, split, finalize, or an operation) has finished
  * enqueueing. Slots that are NULL are skipped. comms must be slots of
- * w->comms (for the messages). Does not abort. */
+ * NW(w)->comms (for the messages). Does not abort. */
 static int wait_ready(pt_comm_world *w, ncclComm_t *comms, int count, const char *what, pt_err *err) {
     double deadline = pt_now() + w->timeout_s;
     char where[96];
@@ -154,13 +141,13 @@ static int wait_ready(pt_comm_world *w, ncclComm_t *comms, int count, const char
             ncclResult_t state = ncclSuccess;
             ncclResult_t r = ncclCommGetAsyncError(comms[k], &state);
             if (r != ncclSuccess) {
-                describe_slot(w, (int)(comms + k - w->comms), where, sizeof(where));
+                describe_slot(w, (int)(comms + k - NW(w)->comms), where, sizeof(where));
                 return nccl_fail(err, r, "ncclCommGetAsyncError", where);
             }
             if (state == ncclInProgress) {
                 busy = true;
             } else if (state != ncclSuccess) {
-                describe_slot(w, (int)(comms + k - w->comms), where, sizeof(where));
+                describe_slot(w, (int)(comms + k - NW(w)->comms), where, sizeof(where));
                 return nccl_fail(err, state, what, where);
             }
         }
@@ -176,10 +163,10 @@ static int wait_ready(pt_comm_world *w, ncclComm_t *comms, int count, const char
  * (an operation still being enqueued) is not an error. Does not abort. */
 static int poll_async_errors(pt_comm_world *w, pt_err *err) {
     char where[96];
-    for (int k = 0; k < w->n_comms; k++) {
-        if (!w->comms[k]) continue;
+    for (int k = 0; k < NW(w)->n_comms; k++) {
+        if (!NW(w)->comms[k]) continue;
         ncclResult_t state = ncclSuccess;
-        ncclResult_t r = ncclCommGetAsyncError(w->comms[k], &state);
+        ncclResult_t r = ncclCommGetAsyncError(NW(w)->comms[k], &state);
         if (r != ncclSuccess) {
             describe_slot(w, k, where, sizeof(where));
             return nccl_fail(err, r, "ncclCommGetAsyncError", where);
@@ -197,34 +184,24 @@ static int poll_async_errors(pt_comm_world *w, pt_err *err) {
 
 /* ---- abort and teardown ---- */
 
-void pt_comm_abort(pt_comm_world *w, const char *reason) {
-    if (!w || w->aborted) return;
-    w->aborted = true;
-    snprintf(w->abort_reason, sizeof(w->abort_reason), "%s", reason && reason[0] ? reason : "aborted by the caller");
-    pt_log(PT_LOG_ERROR, "comm: aborting the world of %d devices: %s", w->n, w->abort_reason);
+/* Called once by pt_comm_abort, after the world is marked aborted. */
+static void nccl_abort(pt_comm_world *w) {
     int dev = -1;
     if (cudaGetDevice(&dev) != cudaSuccess) dev = -1;
     /* Children (the tail of the array) before the world they were split from. */
-    for (int k = w->n_comms - 1; k >= 0; k--) {
-        if (!w->comms[k]) continue;
-        ncclResult_t r = ncclCommAbort(w->comms[k]);
+    for (int k = NW(w)->n_comms - 1; k >= 0; k--) {
+        if (!NW(w)->comms[k]) continue;
+        ncclResult_t r = ncclCommAbort(NW(w)->comms[k]);
         if (r != ncclSuccess && r != ncclInProgress) {
             char where[96];
             describe_slot(w, k, where, sizeof(where));
             pt_log(PT_LOG_WARN, "comm: ncclCommAbort (%s): %s", where, ncclGetErrorString(r));
         }
-        w->comms[k] = NULL;
+        NW(w)->comms[k] = NULL;
     }
     if (dev >= 0) (void)cudaSetDevice(dev);
 }
 
-bool pt_comm_is_aborted(const pt_comm_world *w) { return w && w->aborted; }
-
-/* Aborts the world with the message already in err; returns its code. */
-static int fail_world(pt_comm_world *w, int rc, pt_err *err) {
-    pt_comm_abort(w, err->msg);
-    return rc;
-}
 
 /* Finalizes every communicator (flushing what is still queued) and waits
  * for them against the timeout. One group call, so that the finalizations
@@ -234,9 +211,9 @@ static int finalize_all(pt_comm_world *w, pt_err *err) {
     int rc = 0;
     ncclResult_t r = ncclGroupStart();
     if (r != ncclSuccess) return nccl_fail(err, r, "ncclGroupStart", "finalize");
-    for (int k = 0; k < w->n_comms && rc == 0; k++) {
-        if (!w->comms[k]) continue;
-        r = ncclCommFinalize(w->comms[k]);
+    for (int k = 0; k < NW(w)->n_comms && rc == 0; k++) {
+        if (!NW(w)->comms[k]) continue;
+        r = ncclCommFinalize(NW(w)->comms[k]);
         if (r != ncclSuccess && r != ncclInProgress) {
             char where[96];
             describe_slot(w, k, where, sizeof(where));
@@ -246,34 +223,33 @@ static int finalize_all(pt_comm_world *w, pt_err *err) {
     r = ncclGroupEnd();
     if (rc) return rc;
     if (r != ncclSuccess && r != ncclInProgress) return nccl_fail(err, r, "ncclGroupEnd", "finalize");
-    return wait_ready(w, w->comms, w->n_comms, "ncclCommFinalize", err);
+    return wait_ready(w, NW(w)->comms, NW(w)->n_comms, "ncclCommFinalize", err);
 }
 
-void pt_comm_world_destroy(pt_comm_world *w) {
-    if (!w) return;
+static void nccl_destroy(pt_comm_world *w) {
     int dev = -1;
     if (cudaGetDevice(&dev) != cudaSuccess) dev = -1;
-    if (!w->aborted) {
+    if (!pt_comm_is_aborted(w)) {
         pt_err e;
         if (finalize_all(w, &e) != 0) {
             pt_comm_abort(w, e.msg); /* clears every handle */
         } else {
-            for (int k = w->n_comms - 1; k >= 0; k--) {
-                if (!w->comms[k]) continue;
-                ncclResult_t r = ncclCommDestroy(w->comms[k]);
+            for (int k = NW(w)->n_comms - 1; k >= 0; k--) {
+                if (!NW(w)->comms[k]) continue;
+                ncclResult_t r = ncclCommDestroy(NW(w)->comms[k]);
                 if (r != ncclSuccess && r != ncclInProgress) {
                     char where[96];
                     describe_slot(w, k, where, sizeof(where));
                     pt_log(PT_LOG_WARN, "comm: ncclCommDestroy (%s): %s", where, ncclGetErrorString(r));
                 }
-                w->comms[k] = NULL;
+                NW(w)->comms[k] = NULL;
             }
         }
     }
     if (dev >= 0) (void)cudaSetDevice(dev);
-    if (w->leak) {
+    if (NW(w)->leak) {
         pt_log(PT_LOG_WARN, "comm: keeping %d communicator slots allocated: a failed split may still fill them",
-               w->n_comms);
+               NW(w)->n_comms);
         return;
     }
     free(w);
@@ -297,14 +273,14 @@ static int init_world(pt_comm_world *w, ncclConfig_t *config, pt_err *err) {
             rc = cuda_fail(err, ce, "cudaSetDevice", where);
             break;
         }
-        r = ncclCommInitRankConfig(&w->comms[rank], w->n, id, rank, config);
+        r = ncclCommInitRankConfig(&NW(w)->comms[rank], w->n, id, rank, config);
         if (r != ncclSuccess && r != ncclInProgress) rc = nccl_fail(err, r, "ncclCommInitRankConfig", where);
     }
     /* Always close the group, also after a failure inside it. */
     r = ncclGroupEnd();
     if (rc) return rc;
     if (r != ncclSuccess && r != ncclInProgress) return nccl_fail(err, r, "ncclGroupEnd", "world init");
-    return wait_ready(w, w->comms, w->n, "ncclCommInitRankConfig", err);
+    return wait_ready(w, NW(w)->comms, w->n, "ncclCommInitRankConfig", err);
 }
 
 /* Splits the world into the groups gi0 .. gi0 + n/d - 1, all of size d. */
@@ -315,7 +291,7 @@ static int split_degree(pt_comm_world *w, int gi0, int d, ncclConfig_t *config, 
     int rc = 0;
     for (int rank = 0; rank < w->n && rc == 0; rank++) {
         pt_comm_group *g = &w->groups[gi0 + rank / d];
-        r = ncclCommSplit(w->comms[rank], rank / d, rank, &g->comms[rank % d], config);
+        r = ncclCommSplit(NW(w)->comms[rank], rank / d, rank, &GCOMMS(g)[rank % d], config);
         if (r != ncclSuccess && r != ncclInProgress) {
             describe_slot(w, rank, where, sizeof(where));
             rc = nccl_fail(err, r, "ncclCommSplit", where);
@@ -326,19 +302,19 @@ static int split_degree(pt_comm_world *w, int gi0, int d, ncclConfig_t *config, 
     if (r != ncclSuccess && r != ncclInProgress) return nccl_fail(err, r, "ncclGroupEnd", "split");
     /* Parents first: until they leave ncclInProgress the split is running
      * and the new handles may still be NULL. */
-    rc = wait_ready(w, w->comms, w->n, "ncclCommSplit", err);
+    rc = wait_ready(w, NW(w)->comms, w->n, "ncclCommSplit", err);
     if (rc) return rc;
     double deadline = pt_now() + w->timeout_s;
     for (int polls = 0;;) {
         int missing = -1;
         for (int rank = 0; rank < w->n && missing < 0; rank++) {
             pt_comm_group *g = &w->groups[gi0 + rank / d];
-            if (!__atomic_load_n(&g->comms[rank % d], __ATOMIC_ACQUIRE)) missing = rank;
+            if (!__atomic_load_n(&GCOMMS(g)[rank % d], __ATOMIC_ACQUIRE)) missing = rank;
         }
         if (missing < 0) break;
         if (pt_now() > deadline) {
             /* NCCL may still write the handle into this block later. */
-            w->leak = true;
+            NW(w)->leak = true;
             return pt_err_set(err, PT_ERR_COMM_TIMEOUT,
                               "comm: split into groups of %d: no communicator for world rank %d after %.1f s", d,
                               missing, w->timeout_s);
@@ -347,15 +323,15 @@ static int split_degree(pt_comm_world *w, int gi0, int d, ncclConfig_t *config, 
     }
     for (int k = 0; k < w->n / d; k++) {
         pt_comm_group *g = &w->groups[gi0 + k];
-        rc = wait_ready(w, g->comms, d, "ncclCommSplit", err);
+        rc = wait_ready(w, GCOMMS(g), d, "ncclCommSplit", err);
         if (rc) return rc;
         /* The split must have produced exactly the group asked for. */
         for (int i = 0; i < d; i++) {
             int count = -1, user_rank = -1, dev = -1;
             describe_rank(g, i, where, sizeof(where));
-            if ((r = ncclCommCount(g->comms[i], &count)) != ncclSuccess ||
-                (r = ncclCommUserRank(g->comms[i], &user_rank)) != ncclSuccess ||
-                (r = ncclCommCuDevice(g->comms[i], &dev)) != ncclSuccess)
+            if ((r = ncclCommCount(GCOMMS(g)[i], &count)) != ncclSuccess ||
+                (r = ncclCommUserRank(GCOMMS(g)[i], &user_rank)) != ncclSuccess ||
+                (r = ncclCommCuDevice(GCOMMS(g)[i], &dev)) != ncclSuccess)
                 return nccl_fail(err, r, "ncclCommCount/UserRank/CuDevice", where);
             if (count != d || user_rank != i || dev != w->devices[g->first + i])
                 return pt_err_set(err, PT_ERR_COMM,
@@ -366,31 +342,33 @@ static int split_degree(pt_comm_world *w, int gi0, int d, ncclConfig_t *config, 
     return 0;
 }
 
+static int nccl_all_reduce(pt_comm_group *g, void *const *send, void *const *recv, size_t count, pt_comm_dtype dtype,
+                           pt_comm_op op, void *const *streams, pt_err *err);
+static int nccl_all_gather(pt_comm_group *g, void *const *send, void *const *recv, size_t count, pt_comm_dtype dtype,
+                           void *const *streams, pt_err *err);
+static int nccl_all_gather_v(pt_comm_group *g, void *const *bufs, const size_t *offsets, const size_t *counts,
+                             pt_comm_dtype dtype, void *const *streams, pt_err *err);
+static int nccl_broadcast(pt_comm_group *g, void *const *bufs, size_t count, pt_comm_dtype dtype, int root,
+                          void *const *streams, pt_err *err);
+static int nccl_send_recv(pt_comm_group *g, const pt_comm_transfer *t, size_t n, void *const *streams, pt_err *err);
+static int nccl_check(pt_comm_world *w, pt_err *err);
+static int nccl_wait(pt_comm_group *g, void *const *streams, double timeout_s, pt_err *err);
+
+static const pt_comm_iface nccl_iface = {
+    "nccl", nccl_all_reduce, nccl_all_gather, nccl_all_gather_v, nccl_broadcast, nccl_send_recv,
+    nccl_check, nccl_wait, nccl_abort, nccl_destroy,
+};
+
 int pt_comm_world_create_nccl(pt_comm_world **out, const pt_comm_config *cfg, pt_err *err) {
     pt_err local;
     if (!err) err = &local;
     if (!out) return pt_err_set(err, PT_ERR_INVALID, "comm: no place for the world");
     *out = NULL;
-    if (!cfg) return pt_err_set(err, PT_ERR_INVALID, "comm: no configuration");
 
     /* Everything that needs no device, first. */
-    int n = cfg->n_devices;
-    if (n < 1 || n > PT_COMM_MAX_RANKS)
-        return pt_err_set(err, PT_ERR_INVALID, "comm: %d devices (need 1 to %d)", n, PT_COMM_MAX_RANKS);
-    if (!cfg->devices) return pt_err_set(err, PT_ERR_INVALID, "comm: no device list");
-    for (int r = 0; r < n; r++) {
-        if (cfg->devices[r] < 0)
-            return pt_err_set(err, PT_ERR_INVALID, "comm: device id %d of rank %d is negative", cfg->devices[r], r);
-        for (int q = 0; q < r; q++)
-            if (cfg->devices[q] == cfg->devices[r])
-                /* NCCL does not support two ranks of one communicator on one device (it may hang). */
-                return pt_err_set(err, PT_ERR_INVALID, "comm: device %d is listed for ranks %d and %d",
-                                  cfg->devices[r], q, r);
-    }
-    if (!(cfg->timeout_s >= 0.0 && cfg->timeout_s <= 1e6))
-        return pt_err_set(err, PT_ERR_INVALID, "comm: timeout %g s is not in [0, 1e6]", cfg->timeout_s);
-    int n_groups = pt_comm_layout(n, cfg->tp_degrees, cfg->n_tp_degrees, NULL, 0, err);
+    int n_groups = pt_comm_config_check(cfg, err);
     if (n_groups < 0) return n_groups;
+    int n = cfg->n_devices;
 
     /* Then the devices present. */
     int n_present = 0;
@@ -406,8 +384,8 @@ int pt_comm_world_create_nccl(pt_comm_world **out, const pt_comm_config *cfg, pt
             return pt_err_set(err, PT_ERR_INVALID, "comm: device %d of rank %d does not exist (%d devices)",
                               cfg->devices[r], r, n_present);
 
-    /* One block: the world, its groups, every communicator slot, the
-     * device list (ints last, so that every part stays aligned). */
+    /* One block: the world, its NCCL state, its groups, every communicator
+     * slot, the device list (ints last, so that every part stays aligned). */
     pt_comm_group_desc *desc = pt_xcalloc((size_t)n_groups, sizeof(*desc));
     int n_desc = pt_comm_layout(n, cfg->tp_degrees, cfg->n_tp_degrees, desc, n_groups, err);
     if (n_desc < 0) {
@@ -417,42 +395,38 @@ int pt_comm_world_create_nccl(pt_comm_world **out, const pt_comm_config *cfg, pt
     int n_comms = n;
     for (int gi = 0; gi < n_desc; gi++)
         if (desc[gi].size != n) n_comms += desc[gi].size;
-    size_t bytes = sizeof(pt_comm_world) + (size_t)n_desc * sizeof(pt_comm_group) +
+    free(desc);
+    size_t bytes = sizeof(pt_comm_world) + sizeof(nccl_world) + (size_t)n_desc * sizeof(pt_comm_group) +
                    (size_t)n_comms * sizeof(ncclComm_t) + (size_t)n * sizeof(int);
     pt_comm_world *w = calloc(1, bytes);
-    if (!w) {
-        free(desc);
-        return pt_err_set(err, PT_ERR_NOMEM, "comm: out of memory for the world");
+    if (!w) return pt_err_set(err, PT_ERR_NOMEM, "comm: out of memory for the world");
+    nccl_world *nw = (nccl_world *)(w + 1);
+    w->impl = nw;
+    pt_comm_group *groups = (pt_comm_group *)(nw + 1);
+    nw->comms = (ncclComm_t *)(groups + n_desc);
+    nw->n_comms = n_comms;
+    int rc = pt_comm_world_init(w, &nccl_iface, cfg, (int *)(nw->comms + n_comms), groups, n_desc, err);
+    if (rc) {
+        free(w);
+        return rc;
     }
-    w->n = n;
-    w->groups = (pt_comm_group *)(w + 1);
-    w->n_groups = n_desc;
-    w->comms = (ncclComm_t *)(w->groups + n_desc);
-    w->n_comms = n_comms;
-    w->devices = (int *)(w->comms + n_comms);
-    memcpy(w->devices, cfg->devices, (size_t)n * sizeof(int));
-    w->timeout_s = cfg->timeout_s > 0 ? cfg->timeout_s : PT_COMM_DEFAULT_TIMEOUT_S;
-    ncclComm_t *next = w->comms + n;
+    ncclComm_t *next = nw->comms + n;
     for (int gi = 0; gi < n_desc; gi++) {
         pt_comm_group *g = &w->groups[gi];
-        g->world = w;
-        g->first = desc[gi].first;
-        g->size = desc[gi].size;
         if (g->size == n) {
-            g->comms = w->comms;
+            g->impl = nw->comms;
         } else {
-            g->comms = next;
+            g->impl = next;
             next += g->size;
         }
     }
-    free(desc);
 
     int dev = -1;
     if (cudaGetDevice(&dev) != cudaSuccess) dev = -1;
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
     config.splitShare = 0;
-    int rc = init_world(w, &config, err);
+    rc = init_world(w, &config, err);
     /* Groups of one size are consecutive in layout order. */
     for (int gi = 0; gi < n_desc && rc == 0;) {
         int d = w->groups[gi].size;
@@ -476,29 +450,6 @@ int pt_comm_world_create_nccl(pt_comm_world **out, const pt_comm_config *cfg, pt
     return 0;
 }
 
-/* ---- queries ---- */
-
-int pt_comm_world_size(const pt_comm_world *w) { return w ? w->n : 0; }
-
-int pt_comm_world_device(const pt_comm_world *w, int rank) {
-    return w && rank >= 0 && rank < w->n ? w->devices[rank] : -1;
-}
-
-int pt_comm_group_count(const pt_comm_world *w) { return w ? w->n_groups : 0; }
-
-pt_comm_group *pt_comm_group_at(pt_comm_world *w, int index) {
-    return w && index >= 0 && index < w->n_groups ? &w->groups[index] : NULL;
-}
-
-pt_comm_group *pt_comm_group_find(pt_comm_world *w, int first, int size) {
-    if (!w) return NULL;
-    for (int gi = 0; gi < w->n_groups; gi++)
-        if (w->groups[gi].first == first && w->groups[gi].size == size) return &w->groups[gi];
-    return NULL;
-}
-
-int pt_comm_group_first(const pt_comm_group *g) { return g ? g->first : -1; }
-int pt_comm_group_size(const pt_comm_group *g) { return g ? g->size : 0; }
 
 /* ---- operations ---- */
 
@@ -527,14 +478,6 @@ static bool nccl_op(pt_comm_op op, ncclRedOp_t *out) {
     }
 }
 
-/* Common entry checks of an operation on a group. */
-static int op_check(const pt_comm_group *g, void *const *streams, const char *what, pt_err *err) {
-    if (!g) return pt_err_set(err, PT_ERR_INVALID, "comm: %s without a group", what);
-    if (g->world->aborted) return aborted_error(g->world, err);
-    if (!streams) return pt_err_set(err, PT_ERR_INVALID, "comm: %s without streams", what);
-    return 0;
-}
-
 /* Closes a group call that began with ncclGroupStart, whatever happened
  * inside it (rc), then waits until the work is enqueued on every rank's
  * stream. Any failure aborts the world: some ranks may have issued their
@@ -546,8 +489,8 @@ static int group_finish(pt_comm_group *g, int rc, const char *what, pt_err *err)
         describe_rank(g, -1, where, sizeof(where));
         rc = nccl_fail(err, r, "ncclGroupEnd", where);
     }
-    if (rc == 0) rc = wait_ready(g->world, g->comms, g->size, what, err);
-    return rc ? fail_world(g->world, rc, err) : 0;
+    if (rc == 0) rc = wait_ready(g->world, GCOMMS(g), g->size, what, err);
+    return rc ? pt_comm_fail(g->world, rc, err) : 0;
 }
 
 static int group_start(pt_comm_group *g, pt_err *err) {
@@ -555,32 +498,19 @@ static int group_start(pt_comm_group *g, pt_err *err) {
     if (r == ncclSuccess) return 0;
     char where[96];
     describe_rank(g, -1, where, sizeof(where));
-    return fail_world(g->world, nccl_fail(err, r, "ncclGroupStart", where), err);
+    return pt_comm_fail(g->world, nccl_fail(err, r, "ncclGroupStart", where), err);
 }
 
-int pt_comm_all_reduce(pt_comm_group *g, void *const *send, void *const *recv, size_t count,
-                       pt_comm_dtype dtype, pt_comm_op op, void *const *streams, pt_err *err) {
-    pt_err local;
-    if (!err) err = &local;
-    int rc = op_check(g, streams, "all-reduce", err);
-    if (rc) return rc;
+static int nccl_all_reduce(pt_comm_group *g, void *const *send, void *const *recv, size_t count, pt_comm_dtype dtype,
+                           pt_comm_op op, void *const *streams, pt_err *err) {
     ncclDataType_t nt;
     ncclRedOp_t no;
     if (!nccl_dtype(dtype, &nt)) return pt_err_set(err, PT_ERR_INVALID, "comm: all-reduce of dtype %d", (int)dtype);
     if (!nccl_op(op, &no)) return pt_err_set(err, PT_ERR_INVALID, "comm: all-reduce with op %d", (int)op);
-    if (!send || !recv) return pt_err_set(err, PT_ERR_INVALID, "comm: all-reduce without buffers");
-    uint64_t bytes;
-    if (!pt_mul_size(count, pt_comm_dtype_size(dtype), &bytes) || bytes > SIZE_MAX)
-        return pt_err_set(err, PT_ERR_INVALID, "comm: all-reduce of %zu elements overflows", count);
-    if (count == 0) return 0;
-    for (int i = 0; i < g->size; i++)
-        if (!send[i] || !recv[i])
-            return pt_err_set(err, PT_ERR_INVALID, "comm: all-reduce: NULL buffer for rank %d", i);
-
-    rc = group_start(g, err);
+    int rc = group_start(g, err);
     if (rc) return rc;
     for (int i = 0; i < g->size && rc == 0; i++) {
-        ncclResult_t r = ncclAllReduce(send[i], recv[i], count, nt, no, g->comms[i], (cudaStream_t)streams[i]);
+        ncclResult_t r = ncclAllReduce(send[i], recv[i], count, nt, no, GCOMMS(g)[i], (cudaStream_t)streams[i]);
         if (r != ncclSuccess && r != ncclInProgress) {
             char where[96];
             describe_rank(g, i, where, sizeof(where));
@@ -590,28 +520,14 @@ int pt_comm_all_reduce(pt_comm_group *g, void *const *send, void *const *recv, s
     return group_finish(g, rc, "ncclAllReduce", err);
 }
 
-int pt_comm_all_gather(pt_comm_group *g, void *const *send, void *const *recv, size_t count,
-                       pt_comm_dtype dtype, void *const *streams, pt_err *err) {
-    pt_err local;
-    if (!err) err = &local;
-    int rc = op_check(g, streams, "all-gather", err);
-    if (rc) return rc;
+static int nccl_all_gather(pt_comm_group *g, void *const *send, void *const *recv, size_t count, pt_comm_dtype dtype,
+                           void *const *streams, pt_err *err) {
     ncclDataType_t nt;
     if (!nccl_dtype(dtype, &nt)) return pt_err_set(err, PT_ERR_INVALID, "comm: all-gather of dtype %d", (int)dtype);
-    if (!send || !recv) return pt_err_set(err, PT_ERR_INVALID, "comm: all-gather without buffers");
-    uint64_t bytes;
-    if (!pt_mul_size(count, pt_comm_dtype_size(dtype), &bytes) || !pt_mul_size(bytes, (uint64_t)g->size, &bytes) ||
-        bytes > SIZE_MAX)
-        return pt_err_set(err, PT_ERR_INVALID, "comm: all-gather of %zu elements per rank overflows", count);
-    if (count == 0) return 0;
-    for (int i = 0; i < g->size; i++)
-        if (!send[i] || !recv[i])
-            return pt_err_set(err, PT_ERR_INVALID, "comm: all-gather: NULL buffer for rank %d", i);
-
-    rc = group_start(g, err);
+    int rc = group_start(g, err);
     if (rc) return rc;
     for (int i = 0; i < g->size && rc == 0; i++) {
-        ncclResult_t r = ncclAllGather(send[i], recv[i], count, nt, g->comms[i], (cudaStream_t)streams[i]);
+        ncclResult_t r = ncclAllGather(send[i], recv[i], count, nt, GCOMMS(g)[i], (cudaStream_t)streams[i]);
         if (r != ncclSuccess && r != ncclInProgress) {
             char where[96];
             describe_rank(g, i, where, sizeof(where));
@@ -621,32 +537,52 @@ int pt_comm_all_gather(pt_comm_group *g, void *const *send, void *const *recv, s
     return group_finish(g, rc, "ncclAllGather", err);
 }
 
-static bool ranges_overlap(const void *a, const void *b, size_t n) {
-    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
-    return x < y ? y - x < n : x - y < n;
-}
-
-int pt_comm_send_recv(pt_comm_group *g, const pt_comm_transfer *t, size_t n, void *const *streams, pt_err *err) {
-    pt_err local;
-    if (!err) err = &local;
-    int rc = op_check(g, streams, "send/recv", err);
+/* Unequal segments in place: one broadcast per root, all in one group call
+ * (NCCL has no all-gather-v; grouped broadcasts are its documented substitute). */
+static int nccl_all_gather_v(pt_comm_group *g, void *const *bufs, const size_t *offsets, const size_t *counts,
+                             pt_comm_dtype dtype, void *const *streams, pt_err *err) {
+    ncclDataType_t nt;
+    if (!nccl_dtype(dtype, &nt)) return pt_err_set(err, PT_ERR_INVALID, "comm: all-gather-v of dtype %d", (int)dtype);
+    size_t es = pt_comm_dtype_size(dtype);
+    int rc = group_start(g, err);
     if (rc) return rc;
-    if (n && !t) return pt_err_set(err, PT_ERR_INVALID, "comm: send/recv of %zu transfers without a list", n);
-    size_t n_cross = 0;
-    for (size_t k = 0; k < n; k++) {
-        if (t[k].src_rank < 0 || t[k].src_rank >= g->size || t[k].dst_rank < 0 || t[k].dst_rank >= g->size)
-            return pt_err_set(err, PT_ERR_INVALID, "comm: transfer %zu from rank %d to rank %d in a group of %d", k,
-                              t[k].src_rank, t[k].dst_rank, g->size);
-        if (t[k].bytes == 0) continue;
-        if (!t[k].src || !t[k].dst)
-            return pt_err_set(err, PT_ERR_INVALID, "comm: transfer %zu of %zu bytes has a NULL buffer", k, t[k].bytes);
-        if (t[k].src_rank == t[k].dst_rank) {
-            if (t[k].src != t[k].dst && ranges_overlap(t[k].src, t[k].dst, t[k].bytes))
-                return pt_err_set(err, PT_ERR_INVALID, "comm: transfer %zu copies between overlapping ranges", k);
-        } else {
-            n_cross++;
+    for (int root = 0; root < g->size && rc == 0; root++) {
+        if (!counts[root]) continue;
+        for (int i = 0; i < g->size && rc == 0; i++) {
+            void *p = (uint8_t *)bufs[i] + offsets[root] * es;
+            ncclResult_t r = ncclBroadcast(p, p, counts[root], nt, root, GCOMMS(g)[i], (cudaStream_t)streams[i]);
+            if (r != ncclSuccess && r != ncclInProgress) {
+                char where[96];
+                describe_rank(g, i, where, sizeof(where));
+                rc = nccl_fail(err, r, "ncclBroadcast", where);
+            }
         }
     }
+    return group_finish(g, rc, "ncclBroadcast", err);
+}
+
+static int nccl_broadcast(pt_comm_group *g, void *const *bufs, size_t count, pt_comm_dtype dtype, int root,
+                          void *const *streams, pt_err *err) {
+    ncclDataType_t nt;
+    if (!nccl_dtype(dtype, &nt)) return pt_err_set(err, PT_ERR_INVALID, "comm: broadcast of dtype %d", (int)dtype);
+    int rc = group_start(g, err);
+    if (rc) return rc;
+    for (int i = 0; i < g->size && rc == 0; i++) {
+        ncclResult_t r = ncclBroadcast(bufs[i], bufs[i], count, nt, root, GCOMMS(g)[i], (cudaStream_t)streams[i]);
+        if (r != ncclSuccess && r != ncclInProgress) {
+            char where[96];
+            describe_rank(g, i, where, sizeof(where));
+            rc = nccl_fail(err, r, "ncclBroadcast", where);
+        }
+    }
+    return group_finish(g, rc, "ncclBroadcast", err);
+}
+
+static int nccl_send_recv(pt_comm_group *g, const pt_comm_transfer *t, size_t n, void *const *streams, pt_err *err) {
+    int rc = 0;
+    size_t n_cross = 0;
+    for (size_t k = 0; k < n; k++)
+        if (t[k].bytes && t[k].src_rank != t[k].dst_rank) n_cross++;
 
     /* Within one rank: a copy on that rank's stream, issued before the
      * transfers between ranks. */
@@ -663,7 +599,7 @@ int pt_comm_send_recv(pt_comm_group *g, const pt_comm_transfer *t, size_t n, voi
         if (ce != cudaSuccess) rc = cuda_fail(err, ce, "cudaMemcpyAsync", where);
     }
     if (dev >= 0) (void)cudaSetDevice(dev);
-    if (rc) return fail_world(g->world, rc, err);
+    if (rc) return pt_comm_fail(g->world, rc, err);
 
     /* Between ranks: batches of grouped send/receive pairs. */
     size_t k = 0;
@@ -675,13 +611,13 @@ int pt_comm_send_recv(pt_comm_group *g, const pt_comm_transfer *t, size_t n, voi
             if (t[k].bytes == 0 || t[k].src_rank == t[k].dst_rank) continue;
             int s = t[k].src_rank, d = t[k].dst_rank;
             char where[96];
-            ncclResult_t r = ncclSend(t[k].src, t[k].bytes, ncclUint8, d, g->comms[s], (cudaStream_t)streams[s]);
+            ncclResult_t r = ncclSend(t[k].src, t[k].bytes, ncclUint8, d, GCOMMS(g)[s], (cudaStream_t)streams[s]);
             if (r != ncclSuccess && r != ncclInProgress) {
                 describe_rank(g, s, where, sizeof(where));
                 rc = nccl_fail(err, r, "ncclSend", where);
                 break;
             }
-            r = ncclRecv(t[k].dst, t[k].bytes, ncclUint8, s, g->comms[d], (cudaStream_t)streams[d]);
+            r = ncclRecv(t[k].dst, t[k].bytes, ncclUint8, s, GCOMMS(g)[d], (cudaStream_t)streams[d]);
             if (r != ncclSuccess && r != ncclInProgress) {
                 describe_rank(g, d, where, sizeof(where));
                 rc = nccl_fail(err, r, "ncclRecv", where);
@@ -696,20 +632,13 @@ int pt_comm_send_recv(pt_comm_group *g, const pt_comm_transfer *t, size_t n, voi
     return 0;
 }
 
-int pt_comm_check(pt_comm_world *w, pt_err *err) {
-    pt_err local;
-    if (!err) err = &local;
-    if (!w) return pt_err_set(err, PT_ERR_INVALID, "comm: health check without a world");
-    if (w->aborted) return aborted_error(w, err);
+static int nccl_check(pt_comm_world *w, pt_err *err) {
     int rc = poll_async_errors(w, err);
-    return rc ? fail_world(w, rc, err) : 0;
+    return rc ? pt_comm_fail(w, rc, err) : 0;
 }
 
-int pt_comm_wait(pt_comm_group *g, void *const *streams, double timeout_s, pt_err *err) {
-    pt_err local;
-    if (!err) err = &local;
-    int rc = op_check(g, streams, "wait", err);
-    if (rc) return rc;
+static int nccl_wait(pt_comm_group *g, void *const *streams, double timeout_s, pt_err *err) {
+    int rc = 0;
     pt_comm_world *w = g->world;
     double limit = timeout_s > 0 ? timeout_s : w->timeout_s;
     double deadline = pt_now() + limit;
@@ -756,5 +685,5 @@ int pt_comm_wait(pt_comm_group *g, void *const *streams, double timeout_s, pt_er
         poll_pause(&polls);
     }
     if (dev >= 0) (void)cudaSetDevice(dev);
-    return abort_world ? fail_world(w, rc, err) : rc;
+    return abort_world ? pt_comm_fail(w, rc, err) : rc;
 }
