@@ -3,10 +3,14 @@
  * token chunks from several sequences through the forward pass, on the CPU
  * or on a CUDA GPU (src/backend).
  *
- * One engine is one instance (DESIGN.md section 2). On the CPU at tp > 1 it
- * runs its ranks as threads, each owning a contiguous range of KV-head groups and MLP
- * chunks, with row-parallel reductions folded in chunk order; results are
- * bit-identical to tp == 1. */
+ * One engine is one instance (DESIGN.md section 2): a group of devices of a
+ * fabric (proteus/fabric.h), one rank per device. Each rank owns, in its
+ * device's accounted memory, the weight chunks of its shard (a contiguous
+ * range of KV-head groups and of MLP chunks), the KV pages of the heads it
+ * holds, and its step buffers. Row-parallel products leave one partial sum
+ * per chunk; the ranks exchange them through the fabric's comm group and
+ * every rank folds them in chunk order, so results are bit-identical at any
+ * TP degree with the same chunking (tp_chunks). */
 #ifndef PROTEUS_ENGINE_H
 #define PROTEUS_ENGINE_H
 
@@ -14,25 +18,29 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proteus/device.h"
+#include "proteus/fabric.h"
 #include "proteus/model_file.h"
 #include "proteus/util.h"
 
 typedef struct pt_engine pt_engine;
 
-/* Where an instance runs. */
-typedef enum { PT_DEVICE_CPU = 0, PT_DEVICE_CUDA = 1 } pt_device;
-
 typedef struct {
-    pt_device device;     /* PT_DEVICE_CPU (default) or PT_DEVICE_CUDA */
+    /* pt_engine_create only (pt_engine_create_on takes its devices from the fabric): */
+    pt_device_kind device; /* PT_DEVICE_CPU (default) or PT_DEVICE_CUDA */
     int device_index;     /* CUDA device ordinal (default 0) */
     bool cuda_graphs;     /* CUDA: replay decode-only steps as CUDA graphs (default on) */
     int n_threads;        /* worker threads per rank (>= 1) */
     int tp;               /* tensor-parallel degree (>= 1) */
+    /* Both: */
+    uint32_t tp_chunks;   /* MLP chunks per weight tensor; 0 = the fabric's (pt_fabric_tp_chunks),
+                             for pt_engine_create 4, or lcm(4, tp) above TP 4 */
     uint32_t page_size;   /* tokens per KV head page (default 16) */
     pt_dtype kv_dtype;    /* PT_DTYPE_F32 (default) or PT_DTYPE_F16 */
     uint64_t kv_pages;    /* head pages per rank; 0 = as many as kv_bytes holds, at most
                              enough for max_seqs full contexts */
-    uint64_t kv_bytes;    /* KV budget per rank when kv_pages is 0; 0 = 1 GiB */
+    uint64_t kv_bytes;    /* KV budget per rank when kv_pages is 0; 0 = what the rank's device has
+                             left after weights and scratch, or 1 GiB when it has no budget */
     uint32_t max_ctx;     /* context limit (0 = the model's) */
     uint32_t max_seqs;    /* concurrent sequences (default 64) */
     uint32_t max_batch_tokens; /* tokens per step (default 512) */
@@ -50,7 +58,15 @@ typedef struct {
 
 void pt_engine_opts_default(pt_engine_opts *o);
 
-/* Builds the engine over an open model file (which must outlive it). */
+/* Builds an instance over devices [first, first + tp) of a fabric (which,
+ * like the model file, must outlive it). Fails, naming the device and the
+ * numbers, when the group is not allowed, the TP degree exceeds the
+ * model's KV heads or MLP chunks, or a device's budget cannot hold its
+ * shard, its buffers and at least one page per KV head. */
+int pt_engine_create_on(pt_engine **out, const pt_model_file *mf, pt_fabric *f, int first, int tp,
+                        const pt_engine_opts *opts, pt_err *err);
+/* A stand-alone instance on its own fabric: opts->tp CPU devices of
+ * opts->n_threads threads without a budget, or one CUDA device. */
 int pt_engine_create(pt_engine **out, const pt_model_file *mf, const pt_engine_opts *opts, pt_err *err);
 void pt_engine_free(pt_engine *e);
 
@@ -61,6 +77,11 @@ const pt_engine_opts *pt_engine_get_opts(const pt_engine *e);
 void pt_engine_graph_stats(const pt_engine *e, uint64_t *captured, uint64_t *replayed);
 /* The device rank `rank` runs on, as "cpu0" or "cuda1" (for logs and metrics). */
 void pt_engine_device_name(const pt_engine *e, int rank, char *buf, size_t n);
+int pt_engine_tp(const pt_engine *e);
+pt_device *pt_engine_device(pt_engine *e, int rank);
+/* Bytes of rank `rank`'s own weight chunks (its shard, without the
+ * replicated tensors), and of the replicated ones it uses. */
+void pt_engine_weight_bytes(const pt_engine *e, int rank, uint64_t *shard, uint64_t *replicated);
 /* Head pages of rank `rank`'s KV pool: total and free. */
 void pt_engine_kv_pages(const pt_engine *e, int rank, uint64_t *total, uint64_t *free_pages);
 

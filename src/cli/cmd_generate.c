@@ -171,7 +171,7 @@ int cmd_generate(int argc, char **argv) {
     pt_engine_opts_default(&o);
     o.n_threads = (int)a.threads;
     o.tp = (int)a.tp;
-    o.device = (pt_device)a.device;
+    o.device = (pt_device_kind)a.device;
     o.device_index = a.device_index;
     o.select_budget = (uint32_t)a.select_budget;
     o.select_dense_layers = (uint32_t)a.select_dense;

@@ -74,7 +74,7 @@ int cmd_perf(int argc, char **argv) {
     pt_engine_opts_default(&o);
     o.n_threads = (int)threads;
     o.tp = (int)tp;
-    o.device = (pt_device)device;
+    o.device = (pt_device_kind)device;
     o.device_index = device_index;
     o.max_seqs = 1;
     o.max_batch_tokens = (uint32_t)pp;

@@ -1,10 +1,11 @@
 /* Engine lifetime, sequences, page accounting and the step driver. The
  * forward pass runs in a device backend (src/backend: the CPU's is
- * forward.c); weight arrangement in weights.c. */
+ * backend/cpu/forward.c); weight arrangement in weights.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "device/fabric_internal.h"
 #include "engine/engine_internal.h"
 
 void pt_engine_opts_default(pt_engine_opts *o) {
@@ -27,10 +28,17 @@ void pt_engine_graph_stats(const pt_engine *e, uint64_t *captured, uint64_t *rep
 }
 
 void pt_engine_device_name(const pt_engine *e, int rank, char *buf, size_t n) {
-    if (e->opts.device == PT_DEVICE_CUDA)
-        snprintf(buf, n, "cuda%d", e->opts.device_index + rank);
-    else
-        snprintf(buf, n, "cpu%d", rank);
+    snprintf(buf, n, "%s", rank >= 0 && rank < e->tp ? pt_device_name(e->ranks[rank].dev) : "?");
+}
+
+int pt_engine_tp(const pt_engine *e) { return e->tp; }
+pt_device *pt_engine_device(pt_engine *e, int rank) { return rank >= 0 && rank < e->tp ? e->ranks[rank].dev : NULL; }
+
+void pt_engine_weight_bytes(const pt_engine *e, int rank, uint64_t *shard, uint64_t *replicated) {
+    *shard = *replicated = 0;
+    if (rank < 0 || rank >= e->tp) return;
+    *shard = e->ranks[rank].shard.bytes;
+    *replicated = e->ranks[rank].shard.replicated_bytes;
 }
 
 void pt_engine_kv_pages(const pt_engine *e, int rank, uint64_t *total, uint64_t *free_pages) {
@@ -46,16 +54,17 @@ void pt_engine_free(pt_engine *e) {
     if (e->ranks)
         for (int i = 0; i < e->tp; i++) pt_kv_pool_free(&e->ranks[i].kv);
     free(e->ranks);
+    if (e->out_scratch) pt_device_release(pt_fabric_device(e->fabric, e->first), PT_MEM_SCRATCH, e->out_scratch, e->out_bytes);
     if (e->seqs)
         for (uint32_t s = 0; s < e->opts.max_seqs; s++)
             for (uint32_t g = 0; g < PT_MAX_GROUPS; g++) free(e->seqs[s].pages[g]);
     free(e->seqs);
-    free(e->out_scratch);
     free(e->stage_tok);
     free(e->stage_seq);
     free(e->stage_pos);
     free(e->stage_out);
     pt_weights_free(&e->w);
+    pt_fabric_free(e->own_fabric);
     free(e);
 }
 
@@ -74,15 +83,29 @@ static int rank_of_group(const pt_engine *e, uint32_t g) {
     return 0;
 }
 
-int pt_engine_create(pt_engine **out, const pt_model_file *mf, const pt_engine_opts *opts, pt_err *err) {
+int pt_engine_create_on(pt_engine **out, const pt_model_file *mf, pt_fabric *f, int first, int tp,
+                        const pt_engine_opts *opts, pt_err *err) {
     *out = NULL;
     int rc = pt_model_file_validate(mf, err);
     if (rc) return rc;
-    pt_engine *e = pt_xcalloc(1, sizeof(*e));
+    if (!pt_fabric_group_ok(f, first, tp))
+        return pt_err_set(err, PT_ERR_INVALID,
+                          "an instance of TP %d on devices [%d, %d) is not allowed by the layout (%d devices; the TP "
+                          "degree must be allowed and the instance aligned to it)",
+                          tp, first, first + tp, pt_fabric_size(f));
+    pt_engine *e = calloc(1, sizeof(*e));
+    if (!e) return pt_err_set(err, PT_ERR_NOMEM, "out of memory creating an engine");
     e->mf = mf;
     e->opts = *opts;
+    e->fabric = f;
+    e->first = first;
+    e->tp = tp;
     pt_engine_opts *o = &e->opts;
-    if ((rc = pt_weights_build(&e->w, mf, err))) {
+    o->tp = tp;
+    o->device = pt_device_kind_of(pt_fabric_device(f, first));
+    if (o->device == PT_DEVICE_CUDA) o->device_index = pt_device_ordinal(pt_fabric_device(f, first));
+    if (!o->tp_chunks) o->tp_chunks = pt_fabric_tp_chunks(f);
+    if ((rc = pt_weights_build(&e->w, mf, o->tp_chunks, err))) {
         pt_engine_free(e);
         return rc;
     }
@@ -92,18 +115,18 @@ int pt_engine_create(pt_engine **out, const pt_model_file *mf, const pt_engine_o
     if (o->max_seqs == 0) o->max_seqs = 64;
     if (o->max_batch_tokens == 0) o->max_batch_tokens = 512;
     if (o->max_ctx == 0 || o->max_ctx > c->max_ctx) o->max_ctx = c->max_ctx ? c->max_ctx : 4096;
-    e->tp = o->tp < 1 ? 1 : o->tp;
-    o->tp = e->tp;
-    if ((uint32_t)e->tp > e->w.n_groups || (uint32_t)e->tp > e->w.n_mlp_chunks) {
-        rc = pt_err_set(err, PT_ERR_INVALID, "tp=%d exceeds the model's %u KV heads or %u MLP chunks", e->tp,
-                        e->w.n_groups, e->w.n_mlp_chunks);
-        e->tp = 1;
+    if ((uint32_t)tp > e->w.n_groups || (uint32_t)tp > e->w.n_mlp_chunks) {
+        rc = pt_err_set(err, PT_ERR_INVALID,
+                        "TP %d exceeds the model's %u KV heads or %u MLP chunks (every rank needs at least one of "
+                        "each)",
+                        tp, e->w.n_groups, e->w.n_mlp_chunks);
         pt_engine_free(e);
         return rc;
     }
-    if (o->device == PT_DEVICE_CUDA && e->tp > 1) {
+    if (o->device == PT_DEVICE_CUDA && tp > 1) {
         pt_engine_free(e);
-        return pt_err_set(err, PT_ERR_UNSUPPORTED, "tp > 1 on CUDA is not supported yet (NCCL TP comes with transformations)");
+        return pt_err_set(err, PT_ERR_UNSUPPORTED,
+                          "TP %d on CUDA is not supported yet: the CUDA backend runs one GPU per instance", tp);
     }
     if (o->select_budget && o->select_budget < 2 * o->page_size) {
         rc = pt_err_set(err, PT_ERR_INVALID, "page_select_budget %u is below two pages (%u tokens)", o->select_budget,
@@ -111,26 +134,28 @@ int pt_engine_create(pt_engine **out, const pt_model_file *mf, const pt_engine_o
         pt_engine_free(e);
         return rc;
     }
+    if (tp > 1) e->group = pt_fabric_group(f, first, tp);
     size_t Tm = o->max_batch_tokens, V = c->vocab_size;
     e->max_out = o->max_seqs > 64 ? o->max_seqs : 64;
     e->pages_per_seq = (o->max_ctx + o->page_size - 1) / o->page_size;
 
-    e->ranks = pt_xcalloc((size_t)e->tp, sizeof(pt_rank));
-    for (int i = 0; i < e->tp; i++) {
+    e->ranks = calloc((size_t)tp, sizeof(pt_rank));
+    e->stage_tok = malloc(Tm * sizeof(int32_t));
+    e->stage_seq = malloc(Tm * sizeof(int));
+    e->stage_pos = malloc(Tm * sizeof(uint32_t));
+    e->stage_out = malloc(e->max_out * sizeof(uint32_t));
+    e->seqs = calloc(o->max_seqs, sizeof(pt_seq));
+    bool ok = e->ranks && e->stage_tok && e->stage_seq && e->stage_pos && e->stage_out && e->seqs;
+    for (int i = 0; ok && i < tp; i++) {
         pt_rank *r = &e->ranks[i];
         r->rank = i;
-        r->g0 = e->w.n_groups * i / e->tp;
-        r->g1 = e->w.n_groups * (i + 1) / e->tp;
-        r->c0 = e->w.n_mlp_chunks * i / e->tp;
-        r->c1 = e->w.n_mlp_chunks * (i + 1) / e->tp;
+        r->dev = pt_fabric_device(f, first + i);
+        r->pool = pt_device_pool(r->dev);
+        r->g0 = e->w.n_groups * i / tp;
+        r->g1 = e->w.n_groups * (i + 1) / tp;
+        r->c0 = e->w.n_mlp_chunks * i / tp;
+        r->c1 = e->w.n_mlp_chunks * (i + 1) / tp;
     }
-    e->out_scratch = pt_aligned_alloc((size_t)e->max_out * V * sizeof(float));
-    e->stage_tok = pt_xmalloc(Tm * sizeof(int32_t));
-    e->stage_seq = pt_xmalloc(Tm * sizeof(int));
-    e->stage_pos = pt_xmalloc(Tm * sizeof(uint32_t));
-    e->stage_out = pt_xmalloc(e->max_out * sizeof(uint32_t));
-    e->seqs = pt_xcalloc(o->max_seqs, sizeof(pt_seq));
-    bool ok = e->out_scratch != NULL;
     for (uint32_t s = 0; s < o->max_seqs && ok; s++) {
         e->seqs[s].cap_pages = e->pages_per_seq;
         for (uint32_t g = 0; g < e->w.n_groups && ok; g++)
@@ -140,6 +165,12 @@ int pt_engine_create(pt_engine **out, const pt_model_file *mf, const pt_engine_o
         pt_engine_free(e);
         return pt_err_set(err, PT_ERR_NOMEM, "out of memory allocating engine buffers");
     }
+    e->out_bytes = (size_t)e->max_out * V * sizeof(float);
+    if ((rc = pt_device_alloc(e->ranks[0].dev, PT_MEM_SCRATCH, e->out_bytes, (void **)&e->out_scratch, "logits",
+                              err))) {
+        pt_engine_free(e);
+        return rc;
+    }
     rc = o->device == PT_DEVICE_CUDA ? pt_backend_cuda_create(&e->backend, e, err)
                                      : pt_backend_cpu_create(&e->backend, e, err);
     if (rc) {
@@ -147,6 +178,31 @@ int pt_engine_create(pt_engine **out, const pt_model_file *mf, const pt_engine_o
         return rc;
     }
     *out = e;
+    return PT_OK;
+}
+
+int pt_engine_create(pt_engine **out, const pt_model_file *mf, const pt_engine_opts *opts, pt_err *err) {
+    *out = NULL;
+    int tp = opts->tp < 1 ? 1 : opts->tp;
+    if (opts->device == PT_DEVICE_CUDA && tp > 1)
+        return pt_err_set(err, PT_ERR_UNSUPPORTED,
+                          "TP %d on CUDA is not supported yet: the CUDA backend runs one GPU per instance", tp);
+    if (tp > PT_FABRIC_MAX_DEVICES) return pt_err_set(err, PT_ERR_INVALID, "TP %d is above %d", tp, PT_FABRIC_MAX_DEVICES);
+    pt_device_spec specs[PT_FABRIC_MAX_DEVICES];
+    for (int i = 0; i < tp; i++)
+        specs[i] = (pt_device_spec){opts->device, opts->n_threads < 1 ? 1 : opts->n_threads, opts->device_index, 0};
+    pt_fabric *f;
+    int rc = pt_fabric_create(&f, specs, tp, &tp, 1, err);
+    if (rc) return rc;
+    pt_engine_opts o = *opts;
+    /* The chunking TP 1 to 4 share (uneven at TP 3), so that they give the same bits. */
+    if (!o.tp_chunks) o.tp_chunks = tp <= 4 ? 4 : pt_fabric_tp_chunks(f);
+    rc = pt_engine_create_on(out, mf, f, 0, tp, &o, err);
+    if (rc) {
+        pt_fabric_free(f);
+        return rc;
+    }
+    (*out)->own_fabric = f;
     return PT_OK;
 }
 
@@ -235,7 +291,8 @@ int pt_engine_step(pt_engine *e, const pt_batch_entry *entries, size_t n_entries
         return pt_err_set(err, PT_ERR_INVALID, "%u logit rows exceed the step limit of %u", n_out, e->max_out);
 
     /* Reserve pages for every entry first, so that a failure changes nothing. */
-    uint32_t *old_pages = pt_xmalloc(n_entries * sizeof(uint32_t));
+    uint32_t *old_pages = malloc(n_entries * sizeof(uint32_t) + 1);
+    if (!old_pages) return pt_err_set(err, PT_ERR_NOMEM, "out of memory staging a step");
     for (size_t i = 0; i < n_entries; i++) {
         pt_seq *s = &e->seqs[entries[i].seq];
         old_pages[i] = s->n_pages;

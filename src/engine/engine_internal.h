@@ -1,4 +1,4 @@
-/* Engine internals shared by weights.c, forward.c and engine.c.
+/* Engine internals shared by weights.c, engine.c and the device backends.
  *
  * Conventions: T = tokens in the step, d = d_model, hd = head_dim,
  * G = KV-head groups (= n_kv_heads; a group is one KV head and its
@@ -7,11 +7,11 @@
 #ifndef PROTEUS_ENGINE_INTERNAL_H
 #define PROTEUS_ENGINE_INTERNAL_H
 
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 
 #include "backend/backend.h"
+#include "comm/comm.h"
 #include "kv/kv_pool.h"
 #include "proteus/engine.h"
 #include "proteus/threadpool.h"
@@ -28,7 +28,7 @@ typedef struct {
 } pt_wmat;
 
 #define PT_MAX_GROUPS 64
-#define PT_MAX_MLP_CHUNKS 16
+#define PT_MAX_MLP_CHUNKS 64
 
 typedef struct {
     float *attn_norm;              /* (d) */
@@ -58,16 +58,42 @@ typedef struct {
     size_t n_owned;
 } pt_weights;
 
-int pt_weights_build(pt_weights *w, const pt_model_file *mf, pt_err *err);
+/* The model view: every chunk of every tensor, cut into n_mlp_chunks MLP
+ * chunks (the finest any allowed TP degree needs). */
+int pt_weights_build(pt_weights *w, const pt_model_file *mf, uint32_t n_mlp_chunks, pt_err *err);
 void pt_weights_free(pt_weights *w);
 
-/* Per-rank state: its share of the model, its KV pool, its threads, scratch. */
+/* One rank's weight chunks in its device's memory. */
+typedef struct {
+    pt_device *dev;
+    pt_layer_weights *layers; /* (n_layers) the shard's chunks; others empty; replicated
+                                 vectors point into the model view */
+    void *mem;                /* one device allocation holding every chunk */
+    size_t bytes;
+    uint64_t replicated_bytes; /* charged to dev for the tensors every rank reads */
+} pt_shard;
+
+int pt_shard_build(pt_shard *s, const pt_weights *w, pt_device *dev, uint32_t g0, uint32_t g1, uint32_t c0,
+                   uint32_t c1, pt_err *err);
+void pt_shard_free(pt_shard *s);
+
+/* Per-rank state: its device, its share of the model, its KV pool, its step
+ * buffers. Everything it points at lives in its device's accounted memory. */
 typedef struct {
     int rank;
+    pt_device *dev;
+    pt_pool *pool;    /* the device's workers */
     uint32_t g0, g1, c0, c1;
-    pt_pool *pool;
+    pt_shard shard;
     pt_kv_pool kv;
-    /* Scratch, sized for max_batch_tokens rows. */
+    /* Scratch, sized for max_batch_tokens rows: one device allocation. */
+    void *scratch;
+    size_t scratch_bytes;
+    float *x;         /* (T, d) residual stream; every rank's copy is identical */
+    float *part_attn; /* (G, T, d) per-chunk partial sums of O: own chunks computed, others gathered */
+    float *part_mlp;  /* (M, T, d) the same for down */
+    float *logits;    /* (max_out, V) columns [v0, v1) of the LM head; rank 0's is e->out_scratch */
+    uint8_t *final_act; /* (max_out, row bytes) quantized final norm */
     float *xn;        /* (T, d) normed input of the current sub-layer */
     uint8_t *act[3];  /* (T, row bytes) quantized activations, one per act type in use */
     pt_dtype act_type[3];
@@ -95,21 +121,17 @@ typedef struct {
 struct pt_engine {
     const pt_model_file *mf;
     pt_engine_opts opts;
-    pt_weights w;
+    pt_weights w;         /* the model view the shards are copied from */
     pt_backend *backend;
+    pt_fabric *fabric;
+    pt_fabric *own_fabric; /* = fabric when pt_engine_create made it */
+    int first;            /* fabric device of rank 0 */
+    pt_comm_group *group; /* the ranks' comm group; NULL at tp == 1 */
     pt_rank *ranks;
     int tp;
     pt_seq *seqs;
     uint32_t pages_per_seq;     /* block-table capacity: ceil(max_ctx / page_size) */
-    /* CPU backend state (src/backend/cpu/cpu_backend.c). */
-    pthread_barrier_t barrier;  /* across ranks, tp > 1 */
-    pt_pool *rank_pool;         /* one thread per rank, tp > 1 */
-    /* Shared across ranks: the residual stream (each rank keeps its own copy,
-     * identical by construction) and the per-chunk partial sums of the
-     * row-parallel products, gathered by all ranks and folded in chunk order. */
-    float **x;            /* per rank (T, d) */
-    float *part_attn;     /* (G, T, d) */
-    float *part_mlp;      /* (M, T, d) */
+    pt_pool *rank_pool;   /* CPU, tp > 1: one thread per rank, each drives its device's pool */
     /* The step being run. */
     uint32_t T;
     const int32_t *tok;   /* (T) */
@@ -117,10 +139,10 @@ struct pt_engine {
     const uint32_t *tok_pos; /* (T) */
     uint32_t n_out;       /* rows that want logits */
     const uint32_t *out_row; /* (n_out) token row index */
-    uint8_t *final_act;   /* (max_out, row bytes) quantized final norm */
     size_t scratch_len;   /* floats of per-thread scratch: max(max_ctx, d_model) + 2 * pages_per_seq */
     /* Every backend: */
-    float *out_scratch;   /* (max_out, vocab) logits */
+    float *out_scratch;   /* (max_out, vocab) logits, on rank 0's device (scratch) */
+    size_t out_bytes;
     uint32_t max_out;     /* logit rows one step can return */
     /* Step staging, sized max_batch_tokens. */
     int32_t *stage_tok;
@@ -128,9 +150,6 @@ struct pt_engine {
     uint32_t *stage_pos;
     uint32_t *stage_out;
 };
-
-/* Runs the forward pass of the current step on one rank (CPU). */
-void pt_forward_rank(pt_engine *e, pt_rank *r);
 
 /* Head pages a rank holding n_groups KV heads gets from a budget of
  * budget_bytes: as many as fit, at most enough for max_seqs full contexts. */

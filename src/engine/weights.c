@@ -1,12 +1,18 @@
-/* Arranges a model file's tensors into TP chunks (DESIGN.md section 3).
+/* Arranges a model file's tensors into TP chunks (DESIGN.md section 3), and
+ * copies a rank's chunks into its device (its shard).
  *
- * Column-parallel matrices (Q, K, V, gate, up) are cut by output rows, which
- * are contiguous in the file: their chunks point into the mapping. Row-parallel
- * matrices (O, down) are cut by input columns; each chunk is copied into its
- * own contiguous buffer so that a rank's shard is a set of whole chunks. A
- * chunk boundary that falls inside a quantization block cannot be cut; such a
- * matrix is dequantized to F32 first (logged), which costs memory, not
- * correctness. */
+ * The model view (pt_weights) copies nothing it can point at: column-parallel
+ * matrices (Q, K, V, gate, up) are cut by output rows, which are contiguous
+ * in the file; row-parallel matrices (O, down) are cut by input columns, a
+ * strided view of every row. A chunk boundary that falls inside a
+ * quantization block cannot be cut; such a matrix is dequantized to F32
+ * first (logged), which costs memory, not correctness.
+ *
+ * A shard (pt_shard) is one device allocation holding the rank's chunks,
+ * each contiguous, walked by the per-layer pointer table. The replicated
+ * tensors (embeddings, norms, biases, LM head) are not copied: every rank
+ * reads them from the one read-only model view, and each rank's device is
+ * charged their bytes, as a GPU holding its own copy would be. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,11 +21,14 @@
 #include "cpu/kcpu_matmul.h"
 #include "engine/engine_internal.h"
 
-#define MLP_CHUNKS 4
-
+/* Records p to free with the view; NULL (and p freed) when out of memory. */
 static void *own(pt_weights *w, void *p) {
-    w->owned = realloc(w->owned, (w->n_owned + 1) * sizeof(void *));
-    if (!w->owned) abort();
+    void **grown = p ? realloc(w->owned, (w->n_owned + 1) * sizeof(void *)) : NULL;
+    if (!grown) {
+        free(p);
+        return NULL;
+    }
+    w->owned = grown;
     w->owned[w->n_owned++] = p;
     return p;
 }
@@ -45,40 +54,41 @@ static pt_wmat wmat_rows(pt_wmat m, uint32_t r0, uint32_t n) {
     return m;
 }
 
-static float *to_f32_vec(pt_weights *w, const pt_tensor *t) {
+static float *to_f32_vec(pt_weights *w, const pt_tensor *t, pt_err *err) {
     uint64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
-    float *out = own(w, pt_xmalloc(n * sizeof(float)));
+    float *out = own(w, malloc(n * sizeof(float)));
+    if (!out) {
+        pt_err_set(err, PT_ERR_NOMEM, "out of memory converting tensor '%s'", t->name);
+        return NULL;
+    }
     kcpu_dequantize_row(t->type, out, t->data, n);
     return out;
 }
 
-/* Columns [c0, c0 + n) of every row, copied into a contiguous buffer. Falls
- * back to F32 when the cut is not on block boundaries. */
-static pt_wmat wmat_cols(pt_weights *w, pt_wmat m, uint32_t c0, uint32_t n) {
+/* Columns [c0, c0 + n) of every row: a strided view when the cut falls on
+ * block boundaries, else an F32 copy. Returns false when out of memory. */
+static bool wmat_cols(pt_weights *w, pt_wmat m, uint32_t c0, uint32_t n, pt_wmat *out) {
     size_t bs = pt_dtype_block_size(m.type), bb = pt_dtype_block_bytes(m.type);
-    pt_wmat out = {NULL, m.type, 0, m.rows, n};
     if (c0 % bs == 0 && n % bs == 0) {
-        out.stride = n / bs * bb;
-        uint8_t *buf = own(w, pt_aligned_alloc((size_t)m.rows * out.stride));
-        if (!buf) abort();
-        for (uint32_t r = 0; r < m.rows; r++)
-            memcpy(buf + (size_t)r * out.stride,
-                   (const uint8_t *)m.data + (size_t)r * m.stride + c0 / bs * bb, out.stride);
-        out.data = buf;
-        return out;
+        *out = m;
+        out->data = (const uint8_t *)m.data + c0 / bs * bb;
+        out->cols = n;
+        return true;
     }
-    out.type = PT_DTYPE_F32;
-    out.stride = (size_t)n * sizeof(float);
-    float *buf = own(w, pt_aligned_alloc((size_t)m.rows * out.stride));
-    float *row = pt_xmalloc((size_t)m.cols * sizeof(float));
-    if (!buf) abort();
+    *out = (pt_wmat){NULL, PT_DTYPE_F32, (size_t)n * sizeof(float), m.rows, n};
+    float *buf = own(w, pt_aligned_alloc((size_t)m.rows * out->stride));
+    float *row = malloc((size_t)m.cols * sizeof(float));
+    if (!buf || !row) {
+        free(row);
+        return false;
+    }
     for (uint32_t r = 0; r < m.rows; r++) {
         kcpu_dequantize_row(m.type, row, (const uint8_t *)m.data + (size_t)r * m.stride, m.cols);
         memcpy(buf + (size_t)r * n, row + c0, (size_t)n * sizeof(float));
     }
     free(row);
-    out.data = buf;
-    return out;
+    out->data = buf;
+    return true;
 }
 
 /* Llama-3 RoPE frequency scaling: long wavelengths are slowed by `factor`,
@@ -92,7 +102,8 @@ static int build_inv_freq(pt_weights *w, const pt_model_file *mf, pt_err *err) {
     const pt_tensor *rf = pt_model_file_find(mf, "rope_freqs.weight");
     if (rf && (rf->type != PT_DTYPE_F32 || rf->n_dims != 1 || rf->ne[0] != half))
         return pt_err_set(err, PT_ERR_FORMAT, "%s: tensor 'rope_freqs.weight' must be F32 [%u]", mf->path, half);
-    w->inv_freq = own(w, pt_xmalloc(half * sizeof(float)));
+    w->inv_freq = own(w, malloc(half * sizeof(float)));
+    if (!w->inv_freq) return pt_err_set(err, PT_ERR_NOMEM, "out of memory for RoPE frequencies");
     for (uint32_t i = 0; i < half; i++) {
         float f = (float)(1.0 / pow((double)c->rope_theta, (double)(2 * i) / (double)c->rope_dim));
         if (rf) {
@@ -120,7 +131,7 @@ static int build_inv_freq(pt_weights *w, const pt_model_file *mf, pt_err *err) {
     return PT_OK;
 }
 
-int pt_weights_build(pt_weights *w, const pt_model_file *mf, pt_err *err) {
+int pt_weights_build(pt_weights *w, const pt_model_file *mf, uint32_t n_mlp_chunks, pt_err *err) {
     memset(w, 0, sizeof(*w));
     w->cfg = mf->config;
     const pt_model_config *c = &w->cfg;
@@ -129,7 +140,11 @@ int pt_weights_build(pt_weights *w, const pt_model_file *mf, pt_err *err) {
                           mf->path, c->n_kv_heads, c->n_heads);
     w->n_groups = c->n_kv_heads;
     w->q_per_kv = c->n_heads / c->n_kv_heads;
-    w->n_mlp_chunks = c->d_ff % MLP_CHUNKS == 0 ? MLP_CHUNKS : 1;
+    if (n_mlp_chunks == 0 || n_mlp_chunks > PT_MAX_MLP_CHUNKS || c->d_ff % n_mlp_chunks)
+        return pt_err_set(err, PT_ERR_UNSUPPORTED,
+                          "%s: d_ff %u cannot be cut into %u MLP chunks (the allowed TP degrees need them; at most %d)",
+                          mf->path, c->d_ff, n_mlp_chunks, PT_MAX_MLP_CHUNKS);
+    w->n_mlp_chunks = n_mlp_chunks;
     w->mlp_chunk = c->d_ff / w->n_mlp_chunks;
     uint32_t hd = c->head_dim, qw = w->q_per_kv * hd;
 
@@ -143,9 +158,10 @@ int pt_weights_build(pt_weights *w, const pt_model_file *mf, pt_err *err) {
         w->output = wmat_of(t);
     }
     if (!(t = need(mf, err, "output_norm.weight", 0))) return PT_ERR_FORMAT;
-    w->output_norm = to_f32_vec(w, t);
+    if (!(w->output_norm = to_f32_vec(w, t, err))) return PT_ERR_NOMEM;
 
-    w->layers = own(w, pt_xcalloc(c->n_layers, sizeof(pt_layer_weights)));
+    w->layers = own(w, calloc(c->n_layers, sizeof(pt_layer_weights)));
+    if (!w->layers) return pt_err_set(err, PT_ERR_NOMEM, "out of memory for %u layers", c->n_layers);
     for (uint32_t l = 0; l < c->n_layers; l++) {
         pt_layer_weights *L = &w->layers[l];
         const pt_tensor *tq, *tk, *tv, *to, *tg, *tu, *td, *tan, *tfn;
@@ -159,30 +175,32 @@ int pt_weights_build(pt_weights *w, const pt_model_file *mf, pt_err *err) {
             !(tan = need(mf, err, "blk.%d.attn_norm.weight", l)) ||
             !(tfn = need(mf, err, "blk.%d.ffn_norm.weight", l)))
             return PT_ERR_FORMAT;
-        L->attn_norm = to_f32_vec(w, tan);
-        L->ffn_norm = to_f32_vec(w, tfn);
+        if (!(L->attn_norm = to_f32_vec(w, tan, err)) || !(L->ffn_norm = to_f32_vec(w, tfn, err)))
+            return PT_ERR_NOMEM;
         if (c->qkv_bias) {
             const pt_tensor *bq, *bk, *bv;
             if (!(bq = need(mf, err, "blk.%d.attn_q.bias", l)) ||
                 !(bk = need(mf, err, "blk.%d.attn_k.bias", l)) ||
                 !(bv = need(mf, err, "blk.%d.attn_v.bias", l)))
                 return PT_ERR_FORMAT;
-            L->bq = to_f32_vec(w, bq);
-            L->bk = to_f32_vec(w, bk);
-            L->bv = to_f32_vec(w, bv);
+            if (!(L->bq = to_f32_vec(w, bq, err)) || !(L->bk = to_f32_vec(w, bk, err)) ||
+                !(L->bv = to_f32_vec(w, bv, err)))
+                return PT_ERR_NOMEM;
         }
         pt_wmat q = wmat_of(tq), k = wmat_of(tk), v = wmat_of(tv), o = wmat_of(to);
         for (uint32_t g = 0; g < w->n_groups; g++) {
             L->q[g] = wmat_rows(q, g * qw, qw);
             L->k[g] = wmat_rows(k, g * hd, hd);
             L->v[g] = wmat_rows(v, g * hd, hd);
-            L->o[g] = wmat_cols(w, o, g * qw, qw);
+            if (!wmat_cols(w, o, g * qw, qw, &L->o[g]))
+                return pt_err_set(err, PT_ERR_NOMEM, "out of memory converting layer %u's O chunks", l);
         }
         pt_wmat gm = wmat_of(tg), um = wmat_of(tu), dm = wmat_of(td);
         for (uint32_t m = 0; m < w->n_mlp_chunks; m++) {
             L->gate[m] = wmat_rows(gm, m * w->mlp_chunk, w->mlp_chunk);
             L->up[m] = wmat_rows(um, m * w->mlp_chunk, w->mlp_chunk);
-            L->down[m] = wmat_cols(w, dm, m * w->mlp_chunk, w->mlp_chunk);
+            if (!wmat_cols(w, dm, m * w->mlp_chunk, w->mlp_chunk, &L->down[m]))
+                return pt_err_set(err, PT_ERR_NOMEM, "out of memory converting layer %u's down chunks", l);
         }
         if (l == 0 && (L->o[0].type != o.type || L->down[0].type != dm.type))
             pt_log(PT_LOG_WARN, "%s: O/down chunks are not block-aligned for %s; kept as F32",
@@ -195,4 +213,92 @@ void pt_weights_free(pt_weights *w) {
     for (size_t i = 0; i < w->n_owned; i++) free(w->owned[i]);
     free(w->owned);
     memset(w, 0, sizeof(*w));
+}
+
+/* ---- shards ---- */
+
+static size_t wmat_bytes(const pt_wmat *m) {
+    uint64_t rb = 0;
+    pt_dtype_row_bytes(m->type, m->cols, &rb);
+    return (size_t)rb * m->rows;
+}
+
+/* Copies m into dst, rows packed (stride = row bytes); returns the bytes used. */
+static size_t wmat_pack(pt_wmat *out, const pt_wmat *m, uint8_t *dst) {
+    uint64_t rb = 0;
+    pt_dtype_row_bytes(m->type, m->cols, &rb);
+    for (uint32_t r = 0; r < m->rows; r++)
+        memcpy(dst + (size_t)r * rb, (const uint8_t *)m->data + (size_t)r * m->stride, (size_t)rb);
+    *out = (pt_wmat){dst, m->type, (size_t)rb, m->rows, m->cols};
+    return (size_t)(rb * m->rows + 63) / 64 * 64; /* each chunk 64-byte aligned for the kernels */
+}
+
+static uint64_t replicated_bytes(const pt_weights *w) {
+    const pt_model_config *c = &w->cfg;
+    uint64_t b = wmat_bytes(&w->tok_embd) + (c->tied_embeddings ? 0 : wmat_bytes(&w->output));
+    uint64_t per_layer = 2 * (uint64_t)c->d_model * sizeof(float);
+    if (c->qkv_bias) per_layer += (uint64_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim * sizeof(float);
+    return b + c->n_layers * per_layer + (uint64_t)c->d_model * sizeof(float) + c->rope_dim / 2 * sizeof(float);
+}
+
+int pt_shard_build(pt_shard *s, const pt_weights *w, pt_device *dev, uint32_t g0, uint32_t g1, uint32_t c0,
+                   uint32_t c1, pt_err *err) {
+    memset(s, 0, sizeof(*s));
+    const pt_model_config *c = &w->cfg;
+    s->dev = dev;
+    size_t bytes = 0;
+    for (uint32_t l = 0; l < c->n_layers; l++) {
+        const pt_layer_weights *L = &w->layers[l];
+        for (uint32_t g = g0; g < g1; g++)
+            bytes += (wmat_bytes(&L->q[g]) + 63) / 64 * 64 + (wmat_bytes(&L->k[g]) + 63) / 64 * 64 +
+                     (wmat_bytes(&L->v[g]) + 63) / 64 * 64 + (wmat_bytes(&L->o[g]) + 63) / 64 * 64;
+        for (uint32_t m = c0; m < c1; m++)
+            bytes += (wmat_bytes(&L->gate[m]) + 63) / 64 * 64 + (wmat_bytes(&L->up[m]) + 63) / 64 * 64 +
+                     (wmat_bytes(&L->down[m]) + 63) / 64 * 64;
+    }
+    int rc = pt_device_reserve(dev, PT_MEM_WEIGHTS, replicated_bytes(w), "replicated weights", err);
+    if (rc) return rc;
+    s->replicated_bytes = replicated_bytes(w);
+    s->layers = calloc(c->n_layers, sizeof(pt_layer_weights));
+    if (!s->layers) {
+        pt_shard_free(s);
+        return pt_err_set(err, PT_ERR_NOMEM, "out of memory for a shard's tables");
+    }
+    if ((rc = pt_device_alloc(dev, PT_MEM_WEIGHTS, bytes, &s->mem, "weight shard", err))) {
+        pt_shard_free(s);
+        return rc;
+    }
+    s->bytes = bytes;
+    uint8_t *p = s->mem;
+    for (uint32_t l = 0; l < c->n_layers; l++) {
+        const pt_layer_weights *L = &w->layers[l];
+        pt_layer_weights *S = &s->layers[l];
+        /* Replicated vectors point into the model view; chunks outside the
+         * shard stay empty. */
+        S->attn_norm = L->attn_norm;
+        S->ffn_norm = L->ffn_norm;
+        S->bq = L->bq;
+        S->bk = L->bk;
+        S->bv = L->bv;
+        for (uint32_t g = g0; g < g1; g++) {
+            p += wmat_pack(&S->q[g], &L->q[g], p);
+            p += wmat_pack(&S->k[g], &L->k[g], p);
+            p += wmat_pack(&S->v[g], &L->v[g], p);
+            p += wmat_pack(&S->o[g], &L->o[g], p);
+        }
+        for (uint32_t m = c0; m < c1; m++) {
+            p += wmat_pack(&S->gate[m], &L->gate[m], p);
+            p += wmat_pack(&S->up[m], &L->up[m], p);
+            p += wmat_pack(&S->down[m], &L->down[m], p);
+        }
+    }
+    return PT_OK;
+}
+
+void pt_shard_free(pt_shard *s) {
+    if (!s->dev) return;
+    pt_device_release(s->dev, PT_MEM_WEIGHTS, s->mem, s->bytes);
+    pt_device_unreserve(s->dev, PT_MEM_WEIGHTS, s->replicated_bytes);
+    free(s->layers);
+    memset(s, 0, sizeof(*s));
 }

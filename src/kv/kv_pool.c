@@ -27,7 +27,7 @@ int pt_kv_pool_init_accounting(pt_kv_pool *kv, uint32_t n_layers, uint32_t head_
     return PT_OK;
 }
 
-int pt_kv_pool_init(pt_kv_pool *kv, uint32_t n_layers, uint32_t head_dim, uint32_t page_size,
+int pt_kv_pool_init(pt_kv_pool *kv, pt_device *dev, uint32_t n_layers, uint32_t head_dim, uint32_t page_size,
                     uint32_t n_slots, pt_dtype dtype, pt_err *err) {
     uint64_t n_data, n_mm;
     if (!pt_mul_size((uint64_t)n_layers * n_slots, (uint64_t)2 * page_size * head_dim, &n_data) ||
@@ -36,10 +36,21 @@ int pt_kv_pool_init(pt_kv_pool *kv, uint32_t n_layers, uint32_t head_dim, uint32
         return pt_err_set(err, PT_ERR_INVALID, "KV pool of %u pages is too large", n_slots);
     int rc = pt_kv_pool_init_accounting(kv, n_layers, head_dim, page_size, n_slots, dtype, err);
     if (rc) return rc;
-    /* calloc of a large size maps fresh zero pages: memory is committed only
-     * as pages are first written. */
-    kv->data = calloc(n_data ? n_data : 1, kv->elem);
-    kv->minmax = calloc(n_mm ? n_mm : 1, sizeof(float));
+    kv->data_bytes = (n_data ? n_data : 1) * kv->elem;
+    kv->minmax_bytes = (n_mm ? n_mm : 1) * sizeof(float);
+    if (dev) {
+        /* Large device allocations are mapped zero pages: memory is committed
+         * only as pages are first written. */
+        kv->dev = dev;
+        if ((rc = pt_device_alloc(dev, PT_MEM_KV, kv->data_bytes, &kv->data, "KV pages", err)) ||
+            (rc = pt_device_alloc(dev, PT_MEM_KV, kv->minmax_bytes, (void **)&kv->minmax, "KV key bounds", err))) {
+            pt_kv_pool_free(kv);
+            return rc;
+        }
+        return PT_OK;
+    }
+    kv->data = calloc(1, kv->data_bytes);
+    kv->minmax = calloc(1, kv->minmax_bytes);
     if (!kv->data || !kv->minmax) {
         pt_kv_pool_free(kv);
         return pt_err_set(err, PT_ERR_NOMEM, "cannot allocate a KV pool of %u pages", n_slots);
@@ -48,8 +59,13 @@ int pt_kv_pool_init(pt_kv_pool *kv, uint32_t n_layers, uint32_t head_dim, uint32
 }
 
 void pt_kv_pool_free(pt_kv_pool *kv) {
-    free(kv->data);
-    free(kv->minmax);
+    if (kv->dev) {
+        pt_device_release(kv->dev, PT_MEM_KV, kv->data, kv->data_bytes);
+        pt_device_release(kv->dev, PT_MEM_KV, kv->minmax, kv->minmax_bytes);
+    } else {
+        free(kv->data);
+        free(kv->minmax);
+    }
     free(kv->free_slots);
     memset(kv, 0, sizeof(*kv));
 }

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proteus/device.h"
 #include "proteus/dtype.h"
 #include "proteus/util.h"
 
@@ -26,13 +27,16 @@ typedef struct {
     uint32_t n_slots;
     pt_dtype dtype;   /* PT_DTYPE_F32 or PT_DTYPE_F16 */
     size_t elem;      /* bytes per element */
+    pt_device *dev;   /* where data and minmax are accounted (PT_MEM_KV), or NULL: the heap */
     void *data;
     float *minmax;
+    size_t data_bytes, minmax_bytes;
     uint32_t *free_slots; /* stack of free slot ids */
     uint32_t n_free;
 } pt_kv_pool;
 
-int pt_kv_pool_init(pt_kv_pool *kv, uint32_t n_layers, uint32_t head_dim, uint32_t page_size,
+/* Pages in the memory of `dev` (accounted as KV; NULL = plain heap memory). */
+int pt_kv_pool_init(pt_kv_pool *kv, pt_device *dev, uint32_t n_layers, uint32_t head_dim, uint32_t page_size,
                     uint32_t n_slots, pt_dtype dtype, pt_err *err);
 /* The free list and the geometry only (data and minmax stay NULL): the pool
  * of a device whose pages live elsewhere, e.g. in GPU memory. */

@@ -32,7 +32,7 @@
 
 static uint32_t V;
 
-static pt_engine *open_engine(pt_model_file *mf, pt_device dev, bool graphs, uint32_t budget, pt_err *err) {
+static pt_engine *open_engine(pt_model_file *mf, pt_device_kind dev, bool graphs, uint32_t budget, pt_err *err) {
     pt_engine_opts o;
     pt_engine_opts_default(&o);
     o.device = dev;

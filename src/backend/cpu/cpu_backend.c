@@ -1,113 +1,196 @@
-/* The CPU backend: every rank's KV pages in host memory, its scratch, and
- * its worker threads; a step runs forward.c on each rank (ranks as threads
- * at tp > 1, joined by a barrier). */
+/* The CPU backend: every rank's shard, KV pages and step buffers in its
+ * device's accounted memory, and the driver of a step: the phases of the
+ * forward pass run on every rank at once (one thread per rank, each driving
+ * its device's workers), and between them the ranks exchange their partial
+ * sums through the instance's comm group. */
 #include <stdlib.h>
+#include <string.h>
 
+#include "backend/cpu/cpu_forward.h"
 #include "engine/engine_internal.h"
 
-#define DEFAULT_KV_BUDGET (1ull << 30) /* bytes of KV per rank when kv_pages is 0 */
+#define DEFAULT_KV_BUDGET (1ull << 30) /* bytes of KV per rank when its device has no budget */
 
-static void rank_main(void *arg, int tid, int nth) {
-    pt_engine *e = arg;
-    pt_forward_rank(e, &e->ranks[tid]);
-}
-
-static int cpu_step(pt_backend *b, pt_engine *e, pt_err *err) {
-    if (e->tp == 1)
-        pt_forward_rank(e, &e->ranks[0]);
-    else
-        pt_pool_run(e->rank_pool, rank_main, e);
-    return PT_OK;
-}
-
-/* The backend's state lives in the engine (forward.c reads it there); this
- * frees the part the CPU backend allocated. */
 typedef struct {
     pt_backend base;
     pt_engine *e;
 } cpu_backend;
 
+/* ---- running a phase on every rank ---- */
+
+typedef struct {
+    pt_engine *e;
+    pt_cpu_phase fn;
+    uint32_t layer;
+} rank_job;
+
+static void rank_main(void *arg, int tid, int nth) {
+    rank_job *j = arg;
+    j->fn(j->e, &j->e->ranks[tid], j->layer);
+}
+
+static void run_ranks(pt_engine *e, pt_cpu_phase fn, uint32_t layer) {
+    if (e->tp == 1) {
+        fn(e, &e->ranks[0], layer);
+        return;
+    }
+    rank_job j = {e, fn, layer};
+    pt_pool_run(e->rank_pool, rank_main, &j);
+}
+
+/* Every rank computed the partial sums of its own chunks [k0, k1) into
+ * part (n_chunks, T, d); after this, every rank holds all of them. */
+static int gather_partials(pt_engine *e, size_t part_offset, bool mlp, pt_err *err) {
+    if (e->tp == 1) return PT_OK;
+    size_t Td = (size_t)e->T * e->w.cfg.d_model;
+    void *bufs[PT_COMM_MAX_RANKS];
+    size_t offs[PT_COMM_MAX_RANKS], counts[PT_COMM_MAX_RANKS];
+    for (int i = 0; i < e->tp; i++) {
+        const pt_rank *r = &e->ranks[i];
+        uint32_t k0 = mlp ? r->c0 : r->g0, k1 = mlp ? r->c1 : r->g1;
+        bufs[i] = *(float **)((uint8_t *)r + part_offset);
+        offs[i] = k0 * Td;
+        counts[i] = (k1 - k0) * Td;
+    }
+    return pt_comm_all_gather_v(e->group, bufs, offs, counts, PT_COMM_F32, NULL, err);
+}
+
+/* Ranks above 0 computed logits columns [v0, v1) of every row that wants
+ * them; they go to rank 0's rows, which are the engine's out_scratch. */
+static int gather_logits(pt_engine *e, pt_err *err) {
+    if (e->tp == 1) return PT_OK;
+    uint32_t V = e->w.cfg.vocab_size;
+    size_t n = (size_t)(e->tp - 1) * e->n_out;
+    pt_comm_transfer *t = malloc(n * sizeof(*t) + 1);
+    if (!t) return pt_err_set(err, PT_ERR_NOMEM, "out of memory staging the logits transfer");
+    size_t k = 0;
+    for (int i = 1; i < e->tp; i++) {
+        uint32_t v0 = pt_cpu_vocab_begin(e, i), v1 = pt_cpu_vocab_begin(e, i + 1);
+        for (uint32_t row = 0; row < e->n_out; row++, k++) {
+            size_t off = (size_t)row * V + v0;
+            t[k] = (pt_comm_transfer){i, 0, e->ranks[i].logits + off, e->out_scratch + off, (v1 - v0) * sizeof(float)};
+        }
+    }
+    int rc = pt_comm_send_recv(e->group, t, n, NULL, err);
+    free(t);
+    return rc;
+}
+
+static int cpu_step(pt_backend *b, pt_engine *e, pt_err *err) {
+    int rc = PT_OK;
+    for (uint32_t l = 0; l < e->w.cfg.n_layers && rc == PT_OK; l++) {
+        run_ranks(e, pt_cpu_attention_block, l);
+        rc = gather_partials(e, offsetof(pt_rank, part_attn), false, err);
+        if (rc) break;
+        run_ranks(e, pt_cpu_mlp_block, l);
+        rc = gather_partials(e, offsetof(pt_rank, part_mlp), true, err);
+    }
+    if (rc == PT_OK && e->n_out) {
+        run_ranks(e, pt_cpu_logits, 0);
+        rc = gather_logits(e, err);
+    }
+    return rc;
+}
+
+/* ---- lifetime ---- */
+
 static void cpu_destroy(pt_backend *b) {
     pt_engine *e = ((cpu_backend *)b)->e;
     for (int i = 0; i < e->tp; i++) {
         pt_rank *r = &e->ranks[i];
-        pt_pool_free(r->pool);
-        free(r->xn);
-        for (int a = 0; a < 3; a++) free(r->act[a]);
-        free(r->q);
-        free(r->k);
-        free(r->v);
-        free(r->att);
-        free(r->att_act);
-        free(r->gate);
-        free(r->up);
-        free(r->h_act);
-        free(r->scores);
-        if (e->x) free(e->x[i]);
+        pt_device_release(r->dev, PT_MEM_SCRATCH, r->scratch, r->scratch_bytes);
+        r->scratch = NULL;
+        pt_shard_free(&r->shard);
     }
-    free(e->x);
-    free(e->part_attn);
-    free(e->part_mlp);
-    free(e->final_act);
-    if (e->rank_pool) { /* created together with the barrier, last */
-        pt_pool_free(e->rank_pool);
-        pthread_barrier_destroy(&e->barrier);
-    }
+    pt_pool_free(e->rank_pool);
+    e->rank_pool = NULL;
     free(b);
 }
 
-static void *alloc_or_null(size_t n, size_t size, bool *ok) {
-    void *p = pt_aligned_alloc(n * size);
-    if (!p) *ok = false;
-    return p;
-}
-
-int pt_backend_cpu_create(pt_backend **out, pt_engine *e, pt_err *err) {
+/* Lays the rank's step buffers out in one allocation (walked twice: once
+ * to size it with base NULL, once to set the pointers). */
+static size_t layout_scratch(pt_engine *e, pt_rank *r, uint8_t *base) {
     const pt_model_config *c = &e->w.cfg;
     const pt_engine_opts *o = &e->opts;
     size_t d = c->d_model, hd = c->head_dim, Tm = o->max_batch_tokens;
     size_t qld = (size_t)c->n_heads * hd, kld = (size_t)c->n_kv_heads * hd, ff = c->d_ff;
+    size_t V = c->vocab_size;
+    size_t off = 0;
+#define CARVE(ptr, n_floats)                                          \
+    do {                                                              \
+        if (base) (ptr) = (void *)(base + off);                       \
+        off += ((size_t)(n_floats) * sizeof(float) + 63) / 64 * 64; \
+    } while (0)
+    CARVE(r->x, Tm * d);
+    CARVE(r->part_attn, (size_t)e->w.n_groups * Tm * d);
+    CARVE(r->part_mlp, (size_t)e->w.n_mlp_chunks * Tm * d);
+    if (r->rank > 0) CARVE(r->logits, (size_t)e->max_out * V);
+    CARVE(r->final_act, (size_t)e->max_out * d);
+    CARVE(r->xn, Tm * d);
+    for (int a = 0; a < 3; a++) CARVE(r->act[a], Tm * d);
+    CARVE(r->q, Tm * qld);
+    CARVE(r->k, Tm * kld);
+    CARVE(r->v, Tm * kld);
+    CARVE(r->att, Tm * qld);
+    CARVE(r->att_act, Tm * qld);
+    CARVE(r->gate, Tm * ff);
+    CARVE(r->up, Tm * ff);
+    CARVE(r->h_act, Tm * ff);
+    CARVE(r->scores, (size_t)pt_device_threads(r->dev) * e->scratch_len);
+#undef CARVE
+    if (base && r->rank == 0) r->logits = e->out_scratch;
+    return off;
+}
+
+static int rank_init(pt_engine *e, pt_rank *r, pt_err *err) {
+    const pt_model_config *c = &e->w.cfg;
+    const pt_engine_opts *o = &e->opts;
+    int rc = pt_shard_build(&r->shard, &e->w, r->dev, r->g0, r->g1, r->c0, r->c1, err);
+    if (rc) return rc;
+    r->scratch_bytes = layout_scratch(e, r, NULL);
+    if ((rc = pt_device_alloc(r->dev, PT_MEM_SCRATCH, r->scratch_bytes, &r->scratch, "step buffers", err)))
+        return rc;
+    layout_scratch(e, r, r->scratch);
+    /* KV pages: as configured, or what the device has left, at most enough
+     * for max_seqs full contexts of the heads this rank holds. */
+    uint64_t kv_pages = o->kv_pages;
+    if (!kv_pages) {
+        uint64_t budget = o->kv_bytes;
+        if (!budget) budget = pt_device_budget(r->dev) ? pt_device_available(r->dev) : DEFAULT_KV_BUDGET;
+        kv_pages = pt_engine_kv_pages_for(e, r->g1 - r->g0, budget);
+    }
+    if (kv_pages < r->g1 - r->g0)
+        return pt_err_set(err, PT_ERR_NOMEM,
+                          "device %s: no room for KV pages after %llu bytes of weights and %llu of step buffers "
+                          "(budget %llu bytes; one page of %u heads needs %llu)",
+                          pt_device_name(r->dev), (unsigned long long)pt_device_used(r->dev, PT_MEM_WEIGHTS),
+                          (unsigned long long)pt_device_used(r->dev, PT_MEM_SCRATCH),
+                          (unsigned long long)pt_device_budget(r->dev), r->g1 - r->g0,
+                          (unsigned long long)((r->g1 - r->g0) *
+                                               pt_kv_page_bytes(c->n_layers, c->head_dim, o->page_size, o->kv_dtype)));
+    return pt_kv_pool_init(&r->kv, r->dev, c->n_layers, c->head_dim, o->page_size, (uint32_t)kv_pages, o->kv_dtype,
+                           err);
+}
+
+int pt_backend_cpu_create(pt_backend **out, pt_engine *e, pt_err *err) {
+    const pt_engine_opts *o = &e->opts;
+    size_t d = e->w.cfg.d_model;
     /* Per-thread scratch: attention scores (max_ctx), a folded row (d), and
      * for page selection a score and an index per page. */
     e->scratch_len = (o->max_ctx > d ? o->max_ctx : d) + 2 * (size_t)e->pages_per_seq;
 
-    cpu_backend *cb = pt_xcalloc(1, sizeof(*cb));
+    cpu_backend *cb = calloc(1, sizeof(*cb));
+    if (!cb) return pt_err_set(err, PT_ERR_NOMEM, "out of memory creating the CPU backend");
     cb->base.name = "cpu";
     cb->base.step = cpu_step;
     cb->base.destroy = cpu_destroy;
     cb->e = e;
     *out = &cb->base;
-
-    bool ok = true;
-    e->x = pt_xcalloc((size_t)e->tp, sizeof(float *));
     for (int i = 0; i < e->tp; i++) {
-        pt_rank *r = &e->ranks[i];
-        r->pool = pt_pool_create(o->n_threads);
-        uint64_t kv_pages = o->kv_pages ? o->kv_pages
-                                        : pt_engine_kv_pages_for(e, r->g1 - r->g0, o->kv_bytes ? o->kv_bytes : DEFAULT_KV_BUDGET);
-        if (kv_pages > UINT32_MAX - 1) kv_pages = UINT32_MAX - 1;
-        int rc = pt_kv_pool_init(&r->kv, c->n_layers, c->head_dim, o->page_size, (uint32_t)kv_pages, o->kv_dtype, err);
+        int rc = rank_init(e, &e->ranks[i], err);
         if (rc) return rc;
-        r->xn = alloc_or_null(Tm * d, sizeof(float), &ok);
-        for (int a = 0; a < 3; a++) r->act[a] = alloc_or_null(Tm * d, sizeof(float), &ok);
-        r->q = alloc_or_null(Tm * qld, sizeof(float), &ok);
-        r->k = alloc_or_null(Tm * kld, sizeof(float), &ok);
-        r->v = alloc_or_null(Tm * kld, sizeof(float), &ok);
-        r->att = alloc_or_null(Tm * qld, sizeof(float), &ok);
-        r->att_act = alloc_or_null(Tm * qld, sizeof(float), &ok);
-        r->gate = alloc_or_null(Tm * ff, sizeof(float), &ok);
-        r->up = alloc_or_null(Tm * ff, sizeof(float), &ok);
-        r->h_act = alloc_or_null(Tm * ff, sizeof(float), &ok);
-        r->scores = alloc_or_null((size_t)o->n_threads * e->scratch_len, sizeof(float), &ok);
-        e->x[i] = alloc_or_null(Tm * d, sizeof(float), &ok);
     }
-    e->part_attn = alloc_or_null(e->w.n_groups * Tm * d, sizeof(float), &ok);
-    e->part_mlp = alloc_or_null(e->w.n_mlp_chunks * Tm * d, sizeof(float), &ok);
-    e->final_act = alloc_or_null(e->max_out * d, sizeof(float), &ok);
-    if (!ok) return pt_err_set(err, PT_ERR_NOMEM, "out of memory allocating CPU engine buffers");
-    if (e->tp > 1) {
-        pthread_barrier_init(&e->barrier, NULL, (unsigned)e->tp);
-        e->rank_pool = pt_pool_create(e->tp);
-    }
+    if (e->tp > 1 && (!(e->rank_pool = pt_pool_create(e->tp)) || pt_pool_size(e->rank_pool) != e->tp))
+        return pt_err_set(err, PT_ERR_NOMEM, "cannot start %d rank threads", e->tp);
     return PT_OK;
 }

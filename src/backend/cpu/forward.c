@@ -3,16 +3,18 @@
  * (row-parallel partials), fold + residual, rmsnorm, gate/up, SwiGLU, down
  * (row-parallel partials), fold + residual; final rmsnorm, LM head.
  *
- * Row-parallel products leave one partial sum per chunk; every rank reads all
- * chunks' partials and folds them left to right in chunk order, so the sum is
- * the same bits at any TP degree (DESIGN.md section 3). Each parallel phase is
- * one pt_pool_run whose items never depend on the batch's composition. */
+ * Row-parallel products leave one partial sum per chunk; after the driver
+ * has gathered every rank's chunks (cpu_backend.c), each rank folds them
+ * left to right in chunk order, so the sum is the same bits at any TP
+ * degree (DESIGN.md section 3). Each parallel phase is one pt_pool_run on
+ * the rank's device whose items never depend on the batch's composition.
+ * A rank reads only its own buffers, its shard and the replicated tensors. */
 #include <math.h>
 #include <string.h>
 
 #include "cpu/kcpu_matmul.h"
 #include "cpu/kcpu_ops.h"
-#include "engine/engine_internal.h"
+#include "backend/cpu/cpu_forward.h"
 
 typedef struct {
     pt_engine *e;
@@ -127,7 +129,7 @@ static void norm_phase(void *arg, int tid, int nth) {
     pt_engine *e = c->e;
     pt_rank *r = c->r;
     size_t d = e->w.cfg.d_model, T = e->T;
-    float *x = e->x[r->rank];
+    float *x = r->x;
     long lo, hi;
     pt_pool_split((long)T, tid, nth, &lo, &hi);
     float *acc = r->scores + (size_t)tid * e->scratch_len; /* scratch, max_ctx >= d */
@@ -165,7 +167,7 @@ static void embed_phase(void *arg, int tid, int nth) {
     long lo, hi;
     pt_pool_split((long)e->T, tid, nth, &lo, &hi);
     for (long t = lo; t < hi; t++)
-        kcpu_dequantize_row(te->type, e->x[c->r->rank] + t * d,
+        kcpu_dequantize_row(te->type, c->r->x + t * d,
                             (const uint8_t *)te->data + (size_t)e->tok[t] * te->stride, d);
 }
 
@@ -176,7 +178,7 @@ static void rope_phase(void *arg, int tid, int nth) {
     pt_engine *e = c->e;
     pt_rank *r = c->r;
     const pt_weights *w = &e->w;
-    const pt_layer_weights *L = &w->layers[c->layer];
+    const pt_layer_weights *L = &r->shard.layers[c->layer];
     size_t hd = w->cfg.head_dim, qw = (size_t)w->q_per_kv * hd;
     size_t qld = (size_t)w->cfg.n_heads * hd, kld = (size_t)w->cfg.n_kv_heads * hd;
     uint32_t ng = r->g1 - r->g0;
@@ -223,7 +225,7 @@ static void attn_phase(void *arg, int tid, int nth) {
     pt_engine *e = c->e;
     pt_rank *r = c->r;
     const pt_weights *w = &e->w;
-    const pt_layer_weights *L = &w->layers[c->layer];
+    const pt_layer_weights *L = &r->shard.layers[c->layer];
     size_t hd = w->cfg.head_dim, qw = (size_t)w->q_per_kv * hd, qld = (size_t)w->cfg.n_heads * hd;
     uint32_t ng = r->g1 - r->g0, P = e->opts.page_size;
     float scale = 1.0f / sqrtf((float)hd);
@@ -262,7 +264,7 @@ static void swiglu_phase(void *arg, int tid, int nth) {
     pt_engine *e = c->e;
     pt_rank *r = c->r;
     const pt_weights *w = &e->w;
-    const pt_layer_weights *L = &w->layers[c->layer];
+    const pt_layer_weights *L = &r->shard.layers[c->layer];
     size_t ff = w->cfg.d_ff, mc = w->mlp_chunk;
     uint32_t nc = r->c1 - r->c0;
     long lo, hi;
@@ -284,96 +286,93 @@ static void final_phase(void *arg, int tid, int nth) {
     pt_rank *r = c->r;
     const pt_weights *w = &e->w;
     size_t d = w->cfg.d_model, T = e->T;
-    float *x = e->x[r->rank];
+    float *x = r->x;
     float *acc = r->scores + (size_t)tid * e->scratch_len;
     size_t rb = act_row_bytes(e, w->output.type, d);
     long lo, hi;
     pt_pool_split((long)e->n_out, tid, nth, &lo, &hi);
     for (long i = lo; i < hi; i++) {
         size_t t = e->out_row[i];
-        fold_into(x + t * d, e->part_mlp, w->n_mlp_chunks, T, t, d, acc);
-        /* Only rank 0 writes the shared buffers; every rank computes the same values. */
+        fold_into(x + t * d, r->part_mlp, w->n_mlp_chunks, T, t, d, acc);
         float *xn = r->xn + t * d;
         kcpu_rmsnorm(xn, x + t * d, w->output_norm, d, w->cfg.rms_eps);
-        if (r->rank == 0) quantize_act(e, w->output.type, e->final_act + (size_t)i * rb, xn, d);
+        quantize_act(e, w->output.type, r->final_act + (size_t)i * rb, xn, d);
     }
 }
 
-static void rank_barrier(pt_engine *e) {
-    if (e->tp > 1) pthread_barrier_wait(&e->barrier);
+uint32_t pt_cpu_vocab_begin(const pt_engine *e, int i) {
+    return (uint32_t)((uint64_t)e->w.cfg.vocab_size * (uint32_t)i / (uint32_t)e->tp);
 }
 
-void pt_forward_rank(pt_engine *e, pt_rank *r) {
+void pt_cpu_attention_block(pt_engine *e, pt_rank *r, uint32_t l) {
     const pt_weights *w = &e->w;
     const pt_model_config *cfg = &w->cfg;
     size_t d = cfg->d_model, hd = cfg->head_dim, T = e->T;
-    size_t qw = (size_t)w->q_per_kv * hd, mc = w->mlp_chunk;
-    phase_ctx pc = {e, r, 0};
-
-    pt_pool_run(r->pool, embed_phase, &pc);
-    for (uint32_t l = 0; l < cfg->n_layers; l++) {
-        const pt_layer_weights *L = &w->layers[l];
-        pc.layer = l;
-        for (int i = 0; i < 3; i++) r->act_type[i] = PT_DTYPE_COUNT;
-
-        /* Attention block. */
-        pt_dtype qkv_types[3] = {L->q[0].type, L->k[0].type, L->v[0].type};
-        run_norm(e, r, l ? e->part_mlp : NULL, w->n_mlp_chunks, L->attn_norm, qkv_types, 3);
-        mm_list ml = {.T = (uint32_t)T, .exact = e->opts.exact_activations};
-        for (uint32_t g = r->g0; g < r->g1; g++) {
-            mm_add(&ml, &L->q[g], act_of(e, r, L->q[g].type), act_row_bytes(e, L->q[g].type, d), r->q + g * qw,
-                   (size_t)cfg->n_heads * hd);
-            mm_add(&ml, &L->k[g], act_of(e, r, L->k[g].type), act_row_bytes(e, L->k[g].type, d), r->k + g * hd,
-                   (size_t)cfg->n_kv_heads * hd);
-            mm_add(&ml, &L->v[g], act_of(e, r, L->v[g].type), act_row_bytes(e, L->v[g].type, d), r->v + g * hd,
-                   (size_t)cfg->n_kv_heads * hd);
-        }
-        pt_pool_run(r->pool, mm_phase, &ml);
-        pt_pool_run(r->pool, rope_phase, &pc);
-        pt_pool_run(r->pool, append_phase, &pc);
-        pt_pool_run(r->pool, attn_phase, &pc);
-        ml = (mm_list){.T = (uint32_t)T, .exact = e->opts.exact_activations};
-        for (uint32_t g = r->g0; g < r->g1; g++) {
-            size_t rb = act_row_bytes(e, L->o[g].type, qw);
-            mm_add(&ml, &L->o[g], r->att_act + g * rb, rb * w->n_groups, e->part_attn + (size_t)g * T * d, d);
-        }
-        pt_pool_run(r->pool, mm_phase, &ml);
-        rank_barrier(e);
-
-        /* MLP block. */
-        for (int i = 0; i < 3; i++) r->act_type[i] = PT_DTYPE_COUNT;
-        pt_dtype gu_types[2] = {L->gate[0].type, L->up[0].type};
-        run_norm(e, r, e->part_attn, w->n_groups, L->ffn_norm, gu_types, 2);
-        ml = (mm_list){.T = (uint32_t)T, .exact = e->opts.exact_activations};
-        for (uint32_t m = r->c0; m < r->c1; m++) {
-            mm_add(&ml, &L->gate[m], act_of(e, r, L->gate[m].type), act_row_bytes(e, L->gate[m].type, d),
-                   r->gate + m * mc, cfg->d_ff);
-            mm_add(&ml, &L->up[m], act_of(e, r, L->up[m].type), act_row_bytes(e, L->up[m].type, d), r->up + m * mc,
-                   cfg->d_ff);
-        }
-        pt_pool_run(r->pool, mm_phase, &ml);
-        pt_pool_run(r->pool, swiglu_phase, &pc);
-        ml = (mm_list){.T = (uint32_t)T, .exact = e->opts.exact_activations};
-        for (uint32_t m = r->c0; m < r->c1; m++) {
-            size_t rb = act_row_bytes(e, L->down[m].type, mc);
-            mm_add(&ml, &L->down[m], r->h_act + m * rb, rb * w->n_mlp_chunks, e->part_mlp + (size_t)m * T * d,
-                   d);
-        }
-        pt_pool_run(r->pool, mm_phase, &ml);
-        rank_barrier(e);
+    size_t qw = (size_t)w->q_per_kv * hd;
+    const pt_layer_weights *L = &r->shard.layers[l];
+    phase_ctx pc = {e, r, l};
+    if (l == 0) pt_pool_run(r->pool, embed_phase, &pc);
+    for (int i = 0; i < 3; i++) r->act_type[i] = PT_DTYPE_COUNT;
+    pt_dtype qkv_types[3] = {L->q[r->g0].type, L->k[r->g0].type, L->v[r->g0].type};
+    run_norm(e, r, l ? r->part_mlp : NULL, w->n_mlp_chunks, L->attn_norm, qkv_types, 3);
+    mm_list ml = {.T = (uint32_t)T, .exact = e->opts.exact_activations};
+    for (uint32_t g = r->g0; g < r->g1; g++) {
+        mm_add(&ml, &L->q[g], act_of(e, r, L->q[g].type), act_row_bytes(e, L->q[g].type, d), r->q + g * qw,
+               (size_t)cfg->n_heads * hd);
+        mm_add(&ml, &L->k[g], act_of(e, r, L->k[g].type), act_row_bytes(e, L->k[g].type, d), r->k + g * hd,
+               (size_t)cfg->n_kv_heads * hd);
+        mm_add(&ml, &L->v[g], act_of(e, r, L->v[g].type), act_row_bytes(e, L->v[g].type, d), r->v + g * hd,
+               (size_t)cfg->n_kv_heads * hd);
     }
+    pt_pool_run(r->pool, mm_phase, &ml);
+    pt_pool_run(r->pool, rope_phase, &pc);
+    pt_pool_run(r->pool, append_phase, &pc);
+    pt_pool_run(r->pool, attn_phase, &pc);
+    ml = (mm_list){.T = (uint32_t)T, .exact = e->opts.exact_activations};
+    for (uint32_t g = r->g0; g < r->g1; g++) {
+        size_t rb = act_row_bytes(e, L->o[g].type, qw);
+        mm_add(&ml, &L->o[g], r->att_act + g * rb, rb * w->n_groups, r->part_attn + (size_t)g * T * d, d);
+    }
+    pt_pool_run(r->pool, mm_phase, &ml);
+}
 
-    /* Final norm and LM head: the vocabulary is split across ranks; each
-     * logit is one whole dot product, so the split changes no bits. */
-    if (e->n_out == 0) return;
+void pt_cpu_mlp_block(pt_engine *e, pt_rank *r, uint32_t l) {
+    const pt_weights *w = &e->w;
+    const pt_model_config *cfg = &w->cfg;
+    size_t d = cfg->d_model, T = e->T, mc = w->mlp_chunk;
+    const pt_layer_weights *L = &r->shard.layers[l];
+    phase_ctx pc = {e, r, l};
+    for (int i = 0; i < 3; i++) r->act_type[i] = PT_DTYPE_COUNT;
+    pt_dtype gu_types[2] = {L->gate[r->c0].type, L->up[r->c0].type};
+    run_norm(e, r, r->part_attn, w->n_groups, L->ffn_norm, gu_types, 2);
+    mm_list ml = {.T = (uint32_t)T, .exact = e->opts.exact_activations};
+    for (uint32_t m = r->c0; m < r->c1; m++) {
+        mm_add(&ml, &L->gate[m], act_of(e, r, L->gate[m].type), act_row_bytes(e, L->gate[m].type, d),
+               r->gate + m * mc, cfg->d_ff);
+        mm_add(&ml, &L->up[m], act_of(e, r, L->up[m].type), act_row_bytes(e, L->up[m].type, d), r->up + m * mc,
+               cfg->d_ff);
+    }
+    pt_pool_run(r->pool, mm_phase, &ml);
+    pt_pool_run(r->pool, swiglu_phase, &pc);
+    ml = (mm_list){.T = (uint32_t)T, .exact = e->opts.exact_activations};
+    for (uint32_t m = r->c0; m < r->c1; m++) {
+        size_t rb = act_row_bytes(e, L->down[m].type, mc);
+        mm_add(&ml, &L->down[m], r->h_act + m * rb, rb * w->n_mlp_chunks, r->part_mlp + (size_t)m * T * d, d);
+    }
+    pt_pool_run(r->pool, mm_phase, &ml);
+}
+
+/* The vocabulary is split across ranks; each logit is one whole dot
+ * product, so the split changes no bits. */
+void pt_cpu_logits(pt_engine *e, pt_rank *r, uint32_t unused) {
+    const pt_weights *w = &e->w;
+    phase_ctx pc = {e, r, 0};
     pt_pool_run(r->pool, final_phase, &pc);
-    rank_barrier(e);
-    uint32_t V = cfg->vocab_size;
-    uint32_t v0 = (uint32_t)((uint64_t)V * r->rank / e->tp), v1 = (uint32_t)((uint64_t)V * (r->rank + 1) / e->tp);
+    uint32_t V = w->cfg.vocab_size, v0 = pt_cpu_vocab_begin(e, r->rank), v1 = pt_cpu_vocab_begin(e, r->rank + 1);
     pt_wmat head = w->output;
     head.data = (const uint8_t *)head.data + (size_t)v0 * head.stride;
     head.rows = v1 - v0;
     mm_list ml = {.T = e->n_out, .exact = e->opts.exact_activations};
-    mm_add(&ml, &head, e->final_act, act_row_bytes(e, head.type, d), e->out_scratch + v0, V);
+    mm_add(&ml, &head, r->final_act, act_row_bytes(e, head.type, w->cfg.d_model), r->logits + v0, V);
     pt_pool_run(r->pool, mm_phase, &ml);
 }
