@@ -33,6 +33,7 @@ int pt_comm_world_init(pt_comm_world *w, const pt_comm_iface *iface, const pt_co
     memcpy(devices, cfg->devices, (size_t)w->n * sizeof(int));
     w->groups = groups;
     w->timeout_s = cfg->timeout_s > 0 ? cfg->timeout_s : PT_COMM_DEFAULT_TIMEOUT_S;
+    atomic_init(&w->aborting, false);
     atomic_init(&w->aborted, false);
     pt_comm_group_desc desc[PT_COMM_MAX_RANKS * 8];
     int n_desc = pt_comm_layout(w->n, cfg->tp_degrees, cfg->n_tp_degrees, desc,
@@ -69,13 +70,17 @@ int pt_comm_group_size(const pt_comm_group *g) { return g ? g->size : 0; }
 void pt_comm_abort(pt_comm_world *w, const char *reason) {
     if (!w) return;
     bool expected = false;
-    if (!atomic_compare_exchange_strong(&w->aborted, &expected, true)) return;
+    if (!atomic_compare_exchange_strong(&w->aborting, &expected, true)) return;
     snprintf(w->abort_reason, sizeof(w->abort_reason), "%s", reason && reason[0] ? reason : "aborted by the caller");
+    /* Readers that see the flag see the reason. */
+    atomic_store_explicit(&w->aborted, true, memory_order_release);
     pt_log(PT_LOG_ERROR, "comm: aborting the %s world of %d devices: %s", w->iface->name, w->n, w->abort_reason);
     w->iface->abort(w);
 }
 
-bool pt_comm_is_aborted(const pt_comm_world *w) { return w && atomic_load(&((pt_comm_world *)w)->aborted); }
+bool pt_comm_is_aborted(const pt_comm_world *w) {
+    return w && atomic_load_explicit(&((pt_comm_world *)w)->aborted, memory_order_acquire);
+}
 
 int pt_comm_fail(pt_comm_world *w, int rc, pt_err *err) {
     pt_comm_abort(w, err->msg);

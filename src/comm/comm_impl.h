@@ -48,7 +48,8 @@ struct pt_comm_world {
     pt_comm_group *groups; /* (n_groups) in pt_comm_layout order */
     int n_groups;
     double timeout_s;      /* bound on set-up, enqueue and teardown waits */
-    atomic_bool aborted;
+    atomic_bool aborting;  /* won by the one caller that aborts */
+    atomic_bool aborted;   /* set (release) once abort_reason is written */
     char abort_reason[sizeof(((pt_err *)0)->msg)];
     void *impl;
 };

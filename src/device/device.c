@@ -78,7 +78,8 @@ uint64_t pt_device_used(const pt_device *d, pt_mem_class c) {
 
 uint64_t pt_device_used_total(const pt_device *d) {
     uint64_t s = 0;
-    for (int c = 0; c < PT_MEM_CLASS_COUNT; c++) s += pt_device_used(d, (pt_mem_class)c);
+    for (int c = 0; c < PT_MEM_CLASS_COUNT; c++)
+        if (!pt_add_size(s, pt_device_used(d, (pt_mem_class)c), &s)) return UINT64_MAX;
     return s;
 }
 
@@ -97,6 +98,11 @@ int pt_device_reserve(pt_device *d, pt_mem_class c, uint64_t bytes, const char *
     if (left == 0)
         return pt_err_set(err, PT_ERR_NOMEM, "device %s: out of memory for %s (%llu bytes of %s; injected failure)",
                           d->name, what, (unsigned long long)bytes, class_names[c]);
+    /* Above the budget on its own (or near 2^64): refused before any sum can wrap. */
+    if ((d->spec.budget_bytes && bytes > d->spec.budget_bytes) || bytes > UINT64_MAX / 4)
+        return pt_err_set(err, PT_ERR_NOMEM, "device %s: %s needs %llu bytes of %s, more than its budget of %llu",
+                          d->name, what, (unsigned long long)bytes, class_names[c],
+                          (unsigned long long)d->spec.budget_bytes);
     atomic_fetch_add(&d->used[c], bytes);
     if (d->spec.budget_bytes) {
         /* Other classes may grow concurrently: the check reads them after our add,
