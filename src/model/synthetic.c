@@ -34,6 +34,8 @@ static const shape shapes[] = {
      false, false},
     {"tiny-llama", PT_ARCH_LLAMA, 2, 64, 4, 2, 128, 256, 2048, 10000.0f, 0, 0, 0, 0, false, false},
     {"tiny-qwen2", PT_ARCH_QWEN2, 2, 64, 4, 2, 128, 256, 2048, 10000.0f, 0, 0, 0, 0, false, true},
+    /* Enough KV heads for TP 4 (layout tests). */
+    {"tiny-gqa", PT_ARCH_LLAMA, 2, 128, 8, 4, 256, 256, 2048, 10000.0f, 0, 0, 0, 0, false, false},
 };
 
 static const struct {
@@ -184,7 +186,7 @@ int pt_synthetic_open(pt_model_file *mf, const char *spec, pt_err *err) {
         if (strlen(shapes[i].name) == name_len && !strncmp(spec, shapes[i].name, name_len)) s = &shapes[i];
     if (!s)
         return pt_err_set(err, PT_ERR_INVALID,
-                          "%s: unknown synthetic shape (smollm2-135m, llama3-8b, tiny-llama, tiny-qwen2)",
+                          "%s: unknown synthetic shape (smollm2-135m, llama3-8b, tiny-llama, tiny-qwen2, tiny-gqa)",
                           mf->path);
     pt_dtype wt = PT_DTYPE_Q4_0;
     if (spec[name_len] == ':') {
