@@ -90,6 +90,27 @@ int pt_engine_seq_new(pt_engine *e);            /* < 0 when no slot is free */
 void pt_engine_seq_free(pt_engine *e, int seq); /* returns its pages */
 uint32_t pt_engine_seq_len(const pt_engine *e, int seq);
 
+/* Moving a running sequence between instances of one fabric (the primitive
+ * of a TP transformation, DESIGN.md section 6). Both instances must be
+ * paused at a step boundary (no step running) while these run.
+ *
+ * Detach takes the sequence out of its instance without copying anything:
+ * its length and, for every KV head, the pages that hold it -- which device,
+ * which slots -- become a value that owns those pages. Attach gives the
+ * sequence a slot in another instance (same model and KV geometry, any TP
+ * degree), allocates pages on the ranks there that hold each head, moves the
+ * page contents through the fabric's comm world (whole head pages: K, V and
+ * the key bounding boxes of every layer), and returns the source pages. On
+ * failure nothing changes: the value still owns its pages, and may be
+ * attached elsewhere or released back to its source. */
+typedef struct pt_seq_state pt_seq_state;
+
+int pt_engine_seq_detach(pt_engine *e, int seq, pt_seq_state **out, pt_err *err);
+int pt_engine_seq_attach(pt_engine *e, pt_seq_state *st, int *seq, pt_err *err); /* st freed on success */
+/* Gives the pages back to the source instance's pools and frees the value. */
+void pt_seq_state_release(pt_seq_state *st);
+uint32_t pt_seq_state_len(const pt_seq_state *st);
+
 /* One entry of a step: append `n_tokens` tokens to sequence `seq` (positions
  * continue from its current length) and optionally receive logits. */
 typedef struct {

@@ -77,12 +77,6 @@ uint64_t pt_engine_kv_pages_for(const pt_engine *e, uint32_t n_groups, uint64_t 
     return n > UINT32_MAX - 1 ? UINT32_MAX - 1 : n;
 }
 
-static int rank_of_group(const pt_engine *e, uint32_t g) {
-    for (int i = 0; i < e->tp; i++)
-        if (g >= e->ranks[i].g0 && g < e->ranks[i].g1) return i;
-    return 0;
-}
-
 int pt_engine_create_on(pt_engine **out, const pt_model_file *mf, pt_fabric *f, int first, int tp,
                         const pt_engine_opts *opts, pt_err *err) {
     *out = NULL;
@@ -221,7 +215,7 @@ int pt_engine_seq_new(pt_engine *e) {
 
 static void seq_trim_pages(pt_engine *e, pt_seq *s, uint32_t keep) {
     for (uint32_t g = 0; g < e->w.n_groups; g++) {
-        pt_kv_pool *kv = &e->ranks[rank_of_group(e, g)].kv;
+        pt_kv_pool *kv = &e->ranks[pt_rank_of_group(e, g)].kv;
         for (uint32_t p = keep; p < s->n_pages; p++) pt_kv_page_release(kv, s->pages[g][p]);
     }
     s->n_pages = keep;
@@ -247,11 +241,11 @@ static bool seq_reserve(pt_engine *e, pt_seq *s, uint32_t len) {
     uint32_t have = s->n_pages;
     for (uint32_t p = have; p < need; p++) {
         for (uint32_t g = 0; g < e->w.n_groups; g++) {
-            int64_t slot = pt_kv_page_alloc(&e->ranks[rank_of_group(e, g)].kv);
+            int64_t slot = pt_kv_page_alloc(&e->ranks[pt_rank_of_group(e, g)].kv);
             if (slot < 0) {
                 /* Undo this page index's partial allocation, then the earlier ones. */
                 for (uint32_t h = 0; h < g; h++)
-                    pt_kv_page_release(&e->ranks[rank_of_group(e, h)].kv, s->pages[h][p]);
+                    pt_kv_page_release(&e->ranks[pt_rank_of_group(e, h)].kv, s->pages[h][p]);
                 seq_trim_pages(e, s, have);
                 return false;
             }

@@ -155,6 +155,13 @@ struct pt_engine {
  * budget_bytes: as many as fit, at most enough for max_seqs full contexts. */
 uint64_t pt_engine_kv_pages_for(const pt_engine *e, uint32_t n_groups, uint64_t budget_bytes);
 
+/* The rank that holds KV-head group g. */
+static inline int pt_rank_of_group(const pt_engine *e, uint32_t g) {
+    for (int i = 0; i < e->tp; i++)
+        if (g >= e->ranks[i].g0 && g < e->ranks[i].g1) return i;
+    return 0;
+}
+
 /* Whether row t of the staged step is a decode token (the only token of its
  * sequence in the step), and whether query-aware page selection applies to
  * it in `layer` (DESIGN.md section 5). */

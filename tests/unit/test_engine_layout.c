@@ -246,5 +246,90 @@ static void test_comm_failure(void) {
     pt_model_file_close(&mf);
 }
 
-TEST_MAIN(TEST(test_layouts_same_bits), TEST(test_groups_refused), TEST(test_memory_accounting),
+/* Greedy steps of sequence s from the logits in l, n steps, logits of each
+ * into l + (i + 1) * V. */
+static void decode_steps(pt_engine *e, int s, float *l, int from, int to) {
+    uint32_t V = pt_engine_config(e)->vocab_size;
+    pt_err err = {{0}};
+    for (int g = from; g < to; g++) {
+        const float *x = l + (size_t)g * V;
+        int32_t best = 0;
+        for (uint32_t v = 1; v < V; v++)
+            if (x[v] > x[best]) best = (int32_t)v;
+        pt_batch_entry b = {s, &best, 1, l + (size_t)(g + 1) * V, false};
+        CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
+    }
+}
+
+/* A sequence decoded for two tokens on a TP1 instance, detached, attached
+ * to a TP2 instance on other devices and decoded on: the same bits as the
+ * uninterrupted run. Then back to TP1; and a failed attach changes nothing. */
+static void test_detach_attach(void) {
+    pt_model_file mf;
+    pt_err err = {{0}};
+    CHECK(pt_model_file_open(&mf, "synthetic:tiny-gqa", &err) == 0);
+    int allowed[] = {1, 2};
+    pt_fabric *f = fabric_of(4, 1, 0, allowed, 2);
+    pt_engine_opts o = small_opts();
+    pt_engine *a = NULL, *b = NULL, *c = NULL;
+    CHECK_MSG(pt_engine_create_on(&a, &mf, f, 0, 1, &o, &err) == 0, "%s", err.msg);
+    CHECK_MSG(pt_engine_create_on(&b, &mf, f, 2, 2, &o, &err) == 0, "%s", err.msg);
+    o.kv_pages = 4; /* room for one page per head: too small for the sequence */
+    CHECK_MSG(pt_engine_create_on(&c, &mf, f, 1, 1, &o, &err) == 0, "%s", err.msg);
+    uint32_t V = mf.config.vocab_size;
+    size_t sz = (size_t)(GEN + 1) * V;
+    float *ref = calloc(sz, sizeof(float)), *got = calloc(sz, sizeof(float));
+    run_greedy(a, ref);
+
+    int32_t prompt[N_PROMPT];
+    for (uint32_t i = 0; i < N_PROMPT; i++) prompt[i] = (int32_t)((i * 40503u + 7) % V);
+    int s = pt_engine_seq_new(a);
+    pt_batch_entry pre = {s, prompt, N_PROMPT, got, false};
+    CHECK(pt_engine_step(a, &pre, 1, &err) == 0);
+    decode_steps(a, s, got, 0, 2);
+    uint64_t total, free_a0, free_a1, free_b0, free_b1;
+    pt_engine_kv_pages(a, 0, &total, &free_a0);
+    pt_engine_kv_pages(b, 0, &total, &free_b0);
+
+    pt_seq_state *st = NULL;
+    CHECK(pt_engine_seq_detach(a, s, &st, &err) == 0);
+    CHECK_EQ_INT(pt_seq_state_len(st), N_PROMPT + 2);
+    CHECK_EQ_INT(pt_engine_seq_len(a, s), 0);
+    int sc = -1;
+    CHECK_EQ_INT(pt_engine_seq_attach(c, st, &sc, &err), PT_ERR_NOMEM); /* no room: nothing changes */
+    pt_engine_kv_pages(c, 0, &total, &free_a1);
+    CHECK_EQ_INT(free_a1, 4);
+    int sb = -1;
+    CHECK_MSG(pt_engine_seq_attach(b, st, &sb, &err) == 0, "%s", err.msg);
+    CHECK_EQ_INT(pt_engine_seq_len(b, sb), N_PROMPT + 2);
+    pt_engine_kv_pages(a, 0, &total, &free_a1);
+    CHECK_EQ_INT(free_a1, free_a0 + 4 * ((N_PROMPT + 2 + 15) / 16)); /* the source pages came back */
+    pt_engine_kv_pages(b, 0, &total, &free_b1);
+    CHECK_EQ_INT(free_b0 - free_b1, 2 * ((N_PROMPT + 2 + 15) / 16)); /* rank 0 of TP2 holds 2 of 4 heads */
+    decode_steps(b, sb, got, 2, 3);
+
+    /* And back to a TP1 instance for the last token. */
+    CHECK(pt_engine_seq_detach(b, sb, &st, &err) == 0);
+    int sa = -1;
+    CHECK_MSG(pt_engine_seq_attach(a, st, &sa, &err) == 0, "%s", err.msg);
+    decode_steps(a, sa, got, 3, GEN);
+    CHECK_MSG(memcmp(ref, got, sz * sizeof(float)) == 0, "the moved sequence's logits differ");
+
+    /* Released instead of attached: the pages go back to the source. */
+    pt_engine_kv_pages(a, 0, &total, &free_a0);
+    CHECK(pt_engine_seq_detach(a, sa, &st, &err) == 0);
+    pt_seq_state_release(st);
+    pt_engine_kv_pages(a, 0, &total, &free_a1);
+    CHECK_EQ_INT(free_a1, total);
+    CHECK_EQ_INT(pt_engine_seq_detach(a, sa, &st, &err), PT_ERR_INVALID);
+    free(ref);
+    free(got);
+    pt_engine_free(a);
+    pt_engine_free(b);
+    pt_engine_free(c);
+    pt_fabric_free(f);
+    pt_model_file_close(&mf);
+}
+
+TEST_MAIN(TEST(test_layouts_same_bits), TEST(test_detach_attach), TEST(test_groups_refused), TEST(test_memory_accounting),
           TEST(test_allocation_failures), TEST(test_comm_failure))
