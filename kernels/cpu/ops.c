@@ -132,12 +132,12 @@ void kcpu_attn_paged(float *out, const float *q, size_t n_q, size_t hd, const vo
 
 void kcpu_matmul_dequant(pt_dtype wtype, const void *W, size_t w_stride, size_t n0, size_t n1, const float *X,
                          size_t x_stride, size_t T, size_t K, float *Y, size_t ldy) {
-    float *row = malloc(K * sizeof(float));
-    if (!row) abort();
+    /* One row of K floats (at most a few hundred KiB for the widest models): on the stack, so that this
+     * kernel cannot fail. */
+    float row[K];
     for (size_t n = n0; n < n1; n++) {
         kcpu_dequantize_row(wtype, row, (const uint8_t *)W + n * w_stride, K);
         for (size_t t = 0; t < T; t++)
             Y[t * ldy + n] = kcpu_dot_f32(row, (const float *)((const uint8_t *)X + t * x_stride), K);
     }
-    free(row);
 }

@@ -79,16 +79,20 @@ static void req_free(req *r) {
     free(r);
 }
 
-static void out_append(req *r, const char *s, size_t n) {
-    if (n == 0) return; /* s may be NULL then */
+/* False (the text so far kept) when out of memory: the caller ends the request with an error. */
+static bool out_append(req *r, const char *s, size_t n) {
+    if (n == 0) return true; /* s may be NULL then */
     if (r->out_len + n + 1 > r->out_cap) {
-        r->out_cap = (r->out_len + n + 1) * 2;
-        r->out = realloc(r->out, r->out_cap);
-        if (!r->out) abort();
+        size_t cap = (r->out_len + n + 1) * 2;
+        char *grown = realloc(r->out, cap);
+        if (!grown) return false;
+        r->out = grown;
+        r->out_cap = cap;
     }
     memcpy(r->out + r->out_len, s, n);
     r->out_len += n;
     r->out[r->out_len] = 0;
+    return true;
 }
 
 static void emit(pt_batcher *b, req *r, int32_t token, float lp, size_t n_top, pt_finish_reason fin,
@@ -177,9 +181,16 @@ int pt_batcher_submit(pt_batcher *b, const pt_gen_params *p, uint64_t *id, pt_er
 void pt_batcher_cancel(pt_batcher *b, uint64_t id) {
     pthread_mutex_lock(&b->mu);
     if (b->n_cancels == b->cap_cancels) {
-        b->cap_cancels = b->cap_cancels ? b->cap_cancels * 2 : 16;
-        b->cancels = realloc(b->cancels, b->cap_cancels * sizeof(uint64_t));
-        if (!b->cancels) abort();
+        size_t cap = b->cap_cancels ? b->cap_cancels * 2 : 16;
+        uint64_t *grown = realloc(b->cancels, cap * sizeof(uint64_t));
+        if (!grown) {
+            /* Not fatal: the request runs to its end instead. */
+            pthread_mutex_unlock(&b->mu);
+            pt_log(PT_LOG_ERROR, "out of memory queueing the cancellation of request %llu", (unsigned long long)id);
+            return;
+        }
+        b->cancels = grown;
+        b->cap_cancels = cap;
     }
     b->cancels[b->n_cancels++] = id;
     pthread_cond_signal(&b->cv);
@@ -381,34 +392,36 @@ static bool sample_and_emit(pt_batcher *b, req *r, const float *logits) {
     r->tokens[r->n_prompt + r->n_gen++] = tok;
     pt_stop_result sr;
     pt_finish_reason fin = PT_FINISH_NONE;
+    bool text_ok = true;
     if (!r->ignore_eos && pt_tokenizer_is_eog(b->tok, tok)) {
         fin = PT_FINISH_STOP;
     } else {
         pt_sampler_accept(&r->sampler, tok, NULL);
         size_t len = pt_detok_push(&r->detok, tok, b->piece, b->piece_cap);
-        if (pt_stop_matcher_feed(&r->stop, b->piece, len, &sr, NULL) == 0) out_append(r, sr.text, sr.len);
+        if (pt_stop_matcher_feed(&r->stop, b->piece, len, &sr, NULL) == 0) text_ok &= out_append(r, sr.text, sr.len);
         if (sr.stop >= 0) fin = PT_FINISH_STOP;
         else if (r->n_gen == r->max_tokens) fin = PT_FINISH_LENGTH;
     }
     if (fin != PT_FINISH_NONE && r->stop.stop < 0) {
         /* Release what was held back: a partial character, a stop prefix. */
         size_t len = pt_detok_flush(&r->detok, b->piece, b->piece_cap);
-        if (pt_stop_matcher_feed(&r->stop, b->piece, len, &sr, NULL) == 0) out_append(r, sr.text, sr.len);
+        if (pt_stop_matcher_feed(&r->stop, b->piece, len, &sr, NULL) == 0) text_ok &= out_append(r, sr.text, sr.len);
         if (sr.stop < 0) {
             pt_stop_matcher_flush(&r->stop, &sr);
-            out_append(r, sr.text, sr.len);
+            text_ok &= out_append(r, sr.text, sr.len);
         } else {
             fin = PT_FINISH_STOP;
         }
     }
-    if (fin == PT_FINISH_NONE) {
+    if (fin == PT_FINISH_NONE && text_ok) {
         emit(b, r, tok, lp, n_top, PT_FINISH_NONE, NULL);
         return false;
     }
+    if (!text_ok) fin = PT_FINISH_ERROR;
     /* The last token and the finish reason travel in one event. */
     pt_engine_seq_free(b->e, r->seq);
     r->seq = -1;
-    emit(b, r, tok, lp, n_top, fin, NULL);
+    emit(b, r, tok, lp, n_top, fin, text_ok ? NULL : "out of memory holding the generated text");
     req_free(r);
     return true;
 }
@@ -507,8 +520,17 @@ int pt_batcher_create(pt_batcher **out, pt_engine *e, const pt_tokenizer *tok, c
         goto fail;
     }
     if ((rc = pt_sample_work_init(&b->work, b->V, err))) goto fail;
-    pthread_mutex_init(&b->mu, NULL);
-    pthread_cond_init(&b->cv, NULL);
+    if (pthread_mutex_init(&b->mu, NULL) != 0) {
+        pt_sample_work_free(&b->work);
+        rc = pt_err_set(err, PT_ERR_NOMEM, "cannot create the batcher's mutex");
+        goto fail;
+    }
+    if (pthread_cond_init(&b->cv, NULL) != 0) {
+        pt_sample_work_free(&b->work);
+        pthread_mutex_destroy(&b->mu);
+        rc = pt_err_set(err, PT_ERR_NOMEM, "cannot create the batcher's condition variable");
+        goto fail;
+    }
     update_stats(b);
     if (pthread_create(&b->thread, NULL, batcher_main, b) != 0) {
         pt_sample_work_free(&b->work);
