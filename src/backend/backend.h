@@ -5,7 +5,8 @@
  * ids are free), validation and staging of a step. A backend owns the device
  * side: the weights in the layout its kernels want, the storage of the KV
  * pages, scratch, and the computation of a step. Slot ids mean the same on
- * both sides, so the engine's block tables address the backend's pages. */
+ * both sides, so the engine's block tables address the backend's pages.
+ * Backends see the instance (backend/instance.h), never the engine. */
 #ifndef PROTEUS_BACKEND_H
 #define PROTEUS_BACKEND_H
 
@@ -13,7 +14,7 @@
 
 #include "proteus/util.h"
 
-typedef struct pt_engine pt_engine;
+typedef struct pt_instance pt_instance;
 typedef struct pt_backend pt_backend;
 
 struct pt_backend {
@@ -22,7 +23,7 @@ struct pt_backend {
      * e->out_row wanting logits): writes every token's K and V into its
      * pages and leaves the logits of the n_out rows in e->out_scratch. The
      * pages are reserved before the call. */
-    int (*step)(pt_backend *b, pt_engine *e, pt_err *err);
+    int (*step)(pt_backend *b, pt_instance *e, pt_err *err);
     void (*destroy)(pt_backend *b);
     /* CUDA graphs captured and steps replayed from them (0 on the CPU). */
     uint64_t graphs_captured, graphs_replayed;
@@ -31,8 +32,8 @@ struct pt_backend {
 /* Each create sets up the KV pool accounting of every rank of `e`
  * (e->ranks[i].kv) with as many pages as its device holds for the options,
  * and fails with a message naming the device when it cannot. */
-int pt_backend_cpu_create(pt_backend **out, pt_engine *e, pt_err *err);
+int pt_backend_cpu_create(pt_backend **out, pt_instance *e, pt_err *err);
 /* PT_ERR_UNSUPPORTED when built without CUDA or when no CUDA device exists. */
-int pt_backend_cuda_create(pt_backend **out, pt_engine *e, pt_err *err);
+int pt_backend_cuda_create(pt_backend **out, pt_instance *e, pt_err *err);
 
 #endif

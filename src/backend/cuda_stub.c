@@ -2,7 +2,7 @@
 #ifndef PROTEUS_HAVE_CUDA
 #include "backend/backend.h"
 
-int pt_backend_cuda_create(pt_backend **out, pt_engine *e, pt_err *err) {
+int pt_backend_cuda_create(pt_backend **out, pt_instance *e, pt_err *err) {
     *out = NULL;
     return pt_err_set(err, PT_ERR_UNSUPPORTED, "this build of proteus has no CUDA backend (nvcc was not found at build time)");
 }

@@ -19,8 +19,8 @@ void pt_engine_opts_default(pt_engine_opts *o) {
     o->select_dense_layers = 2;
 }
 
-const pt_model_config *pt_engine_config(const pt_engine *e) { return &e->w.cfg; }
-const pt_engine_opts *pt_engine_get_opts(const pt_engine *e) { return &e->opts; }
+const pt_model_config *pt_engine_config(const pt_engine *e) { return &e->in.w.cfg; }
+const pt_engine_opts *pt_engine_get_opts(const pt_engine *e) { return &e->in.opts; }
 
 void pt_engine_graph_stats(const pt_engine *e, uint64_t *captured, uint64_t *replayed) {
     *captured = e->backend->graphs_captured;
@@ -28,53 +28,44 @@ void pt_engine_graph_stats(const pt_engine *e, uint64_t *captured, uint64_t *rep
 }
 
 void pt_engine_device_name(const pt_engine *e, int rank, char *buf, size_t n) {
-    snprintf(buf, n, "%s", rank >= 0 && rank < e->tp ? pt_device_name(e->ranks[rank].dev) : "?");
+    snprintf(buf, n, "%s", rank >= 0 && rank < e->in.tp ? pt_device_name(e->in.ranks[rank].dev) : "?");
 }
 
-int pt_engine_tp(const pt_engine *e) { return e->tp; }
-pt_device *pt_engine_device(pt_engine *e, int rank) { return rank >= 0 && rank < e->tp ? e->ranks[rank].dev : NULL; }
+int pt_engine_tp(const pt_engine *e) { return e->in.tp; }
+pt_device *pt_engine_device(pt_engine *e, int rank) { return rank >= 0 && rank < e->in.tp ? e->in.ranks[rank].dev : NULL; }
 
 void pt_engine_weight_bytes(const pt_engine *e, int rank, uint64_t *shard, uint64_t *replicated) {
     *shard = *replicated = 0;
-    if (rank < 0 || rank >= e->tp) return;
-    *shard = e->ranks[rank].shard.bytes;
-    *replicated = e->ranks[rank].shard.replicated_bytes;
+    if (rank < 0 || rank >= e->in.tp) return;
+    *shard = e->in.ranks[rank].shard.bytes;
+    *replicated = e->in.ranks[rank].shard.replicated_bytes;
 }
 
 void pt_engine_kv_pages(const pt_engine *e, int rank, uint64_t *total, uint64_t *free_pages) {
     *total = *free_pages = 0;
-    if (rank < 0 || rank >= e->tp) return;
-    *total = e->ranks[rank].kv.n_slots;
-    *free_pages = e->ranks[rank].kv.n_free;
+    if (rank < 0 || rank >= e->in.tp) return;
+    *total = e->in.ranks[rank].kv.n_slots;
+    *free_pages = e->in.ranks[rank].kv.n_free;
 }
 
 void pt_engine_free(pt_engine *e) {
     if (!e) return;
     if (e->backend) e->backend->destroy(e->backend);
-    if (e->ranks)
-        for (int i = 0; i < e->tp; i++) pt_kv_pool_free(&e->ranks[i].kv);
-    free(e->ranks);
-    if (e->out_scratch) pt_device_release(pt_fabric_device(e->fabric, e->first), PT_MEM_SCRATCH, e->out_scratch, e->out_bytes);
-    if (e->seqs)
-        for (uint32_t s = 0; s < e->opts.max_seqs; s++)
-            for (uint32_t g = 0; g < PT_MAX_GROUPS; g++) free(e->seqs[s].pages[g]);
-    free(e->seqs);
+    if (e->in.ranks)
+        for (int i = 0; i < e->in.tp; i++) pt_kv_pool_free(&e->in.ranks[i].kv);
+    free(e->in.ranks);
+    if (e->in.out_scratch) pt_device_release(pt_fabric_device(e->fabric, e->first), PT_MEM_SCRATCH, e->in.out_scratch, e->in.out_bytes);
+    if (e->in.seqs)
+        for (uint32_t s = 0; s < e->in.opts.max_seqs; s++)
+            for (uint32_t g = 0; g < PT_MAX_GROUPS; g++) free(e->in.seqs[s].pages[g]);
+    free(e->in.seqs);
     free(e->stage_tok);
     free(e->stage_seq);
     free(e->stage_pos);
     free(e->stage_out);
-    pt_weights_free(&e->w);
+    pt_weights_free(&e->in.w);
     pt_fabric_free(e->own_fabric);
     free(e);
-}
-
-uint64_t pt_engine_kv_pages_for(const pt_engine *e, uint32_t n_groups, uint64_t budget_bytes) {
-    const pt_model_config *c = &e->w.cfg;
-    const pt_engine_opts *o = &e->opts;
-    uint64_t want = (uint64_t)o->max_seqs * e->pages_per_seq * n_groups;
-    uint64_t fit = budget_bytes / pt_kv_page_bytes(c->n_layers, c->head_dim, o->page_size, o->kv_dtype);
-    uint64_t n = want < fit ? want : fit;
-    return n > UINT32_MAX - 1 ? UINT32_MAX - 1 : n;
 }
 
 int pt_engine_create_on(pt_engine **out, const pt_model_file *mf, pt_fabric *f, int first, int tp,
@@ -90,30 +81,30 @@ int pt_engine_create_on(pt_engine **out, const pt_model_file *mf, pt_fabric *f, 
     pt_engine *e = calloc(1, sizeof(*e));
     if (!e) return pt_err_set(err, PT_ERR_NOMEM, "out of memory creating an engine");
     e->mf = mf;
-    e->opts = *opts;
+    e->in.opts = *opts;
     e->fabric = f;
     e->first = first;
-    e->tp = tp;
-    pt_engine_opts *o = &e->opts;
+    e->in.tp = tp;
+    pt_engine_opts *o = &e->in.opts;
     o->tp = tp;
     o->device = pt_device_kind_of(pt_fabric_device(f, first));
     if (o->device == PT_DEVICE_CUDA) o->device_index = pt_device_ordinal(pt_fabric_device(f, first));
     if (!o->tp_chunks) o->tp_chunks = pt_fabric_tp_chunks(f);
-    if ((rc = pt_weights_build(&e->w, mf, o->tp_chunks, err))) {
+    if ((rc = pt_weights_build(&e->in.w, mf, o->tp_chunks, err))) {
         pt_engine_free(e);
         return rc;
     }
-    const pt_model_config *c = &e->w.cfg;
+    const pt_model_config *c = &e->in.w.cfg;
     if (o->n_threads < 1) o->n_threads = 1;
     if (o->page_size == 0) o->page_size = 16;
     if (o->max_seqs == 0) o->max_seqs = 64;
     if (o->max_batch_tokens == 0) o->max_batch_tokens = 512;
     if (o->max_ctx == 0 || o->max_ctx > c->max_ctx) o->max_ctx = c->max_ctx ? c->max_ctx : 4096;
-    if ((uint32_t)tp > e->w.n_groups || (uint32_t)tp > e->w.n_mlp_chunks) {
+    if ((uint32_t)tp > e->in.w.n_groups || (uint32_t)tp > e->in.w.n_mlp_chunks) {
         rc = pt_err_set(err, PT_ERR_INVALID,
                         "TP %d exceeds the model's %u KV heads or %u MLP chunks (every rank needs at least one of "
                         "each)",
-                        tp, e->w.n_groups, e->w.n_mlp_chunks);
+                        tp, e->in.w.n_groups, e->in.w.n_mlp_chunks);
         pt_engine_free(e);
         return rc;
     }
@@ -128,45 +119,45 @@ int pt_engine_create_on(pt_engine **out, const pt_model_file *mf, pt_fabric *f, 
         pt_engine_free(e);
         return rc;
     }
-    if (tp > 1) e->group = pt_fabric_group(f, first, tp);
+    if (tp > 1) e->in.group = pt_fabric_group(f, first, tp);
     size_t Tm = o->max_batch_tokens, V = c->vocab_size;
-    e->max_out = o->max_seqs > 64 ? o->max_seqs : 64;
-    e->pages_per_seq = (o->max_ctx + o->page_size - 1) / o->page_size;
+    e->in.max_out = o->max_seqs > 64 ? o->max_seqs : 64;
+    e->in.pages_per_seq = (o->max_ctx + o->page_size - 1) / o->page_size;
 
-    e->ranks = calloc((size_t)tp, sizeof(pt_rank));
+    e->in.ranks = calloc((size_t)tp, sizeof(pt_rank));
     e->stage_tok = malloc(Tm * sizeof(int32_t));
     e->stage_seq = malloc(Tm * sizeof(int));
     e->stage_pos = malloc(Tm * sizeof(uint32_t));
-    e->stage_out = malloc(e->max_out * sizeof(uint32_t));
-    e->seqs = calloc(o->max_seqs, sizeof(pt_seq));
-    bool ok = e->ranks && e->stage_tok && e->stage_seq && e->stage_pos && e->stage_out && e->seqs;
+    e->stage_out = malloc(e->in.max_out * sizeof(uint32_t));
+    e->in.seqs = calloc(o->max_seqs, sizeof(pt_seq));
+    bool ok = e->in.ranks && e->stage_tok && e->stage_seq && e->stage_pos && e->stage_out && e->in.seqs;
     for (int i = 0; ok && i < tp; i++) {
-        pt_rank *r = &e->ranks[i];
+        pt_rank *r = &e->in.ranks[i];
         r->rank = i;
         r->dev = pt_fabric_device(f, first + i);
         r->pool = pt_device_pool(r->dev);
-        r->g0 = e->w.n_groups * i / tp;
-        r->g1 = e->w.n_groups * (i + 1) / tp;
-        r->c0 = e->w.n_mlp_chunks * i / tp;
-        r->c1 = e->w.n_mlp_chunks * (i + 1) / tp;
+        r->g0 = e->in.w.n_groups * i / tp;
+        r->g1 = e->in.w.n_groups * (i + 1) / tp;
+        r->c0 = e->in.w.n_mlp_chunks * i / tp;
+        r->c1 = e->in.w.n_mlp_chunks * (i + 1) / tp;
     }
     for (uint32_t s = 0; s < o->max_seqs && ok; s++) {
-        e->seqs[s].cap_pages = e->pages_per_seq;
-        for (uint32_t g = 0; g < e->w.n_groups && ok; g++)
-            ok = (e->seqs[s].pages[g] = malloc((size_t)e->pages_per_seq * sizeof(uint32_t))) != NULL;
+        e->in.seqs[s].cap_pages = e->in.pages_per_seq;
+        for (uint32_t g = 0; g < e->in.w.n_groups && ok; g++)
+            ok = (e->in.seqs[s].pages[g] = malloc((size_t)e->in.pages_per_seq * sizeof(uint32_t))) != NULL;
     }
     if (!ok) {
         pt_engine_free(e);
         return pt_err_set(err, PT_ERR_NOMEM, "out of memory allocating engine buffers");
     }
-    e->out_bytes = (size_t)e->max_out * V * sizeof(float);
-    if ((rc = pt_device_alloc(e->ranks[0].dev, PT_MEM_SCRATCH, e->out_bytes, (void **)&e->out_scratch, "logits",
+    e->in.out_bytes = (size_t)e->in.max_out * V * sizeof(float);
+    if ((rc = pt_device_alloc(e->in.ranks[0].dev, PT_MEM_SCRATCH, e->in.out_bytes, (void **)&e->in.out_scratch, "logits",
                               err))) {
         pt_engine_free(e);
         return rc;
     }
-    rc = o->device == PT_DEVICE_CUDA ? pt_backend_cuda_create(&e->backend, e, err)
-                                     : pt_backend_cpu_create(&e->backend, e, err);
+    rc = o->device == PT_DEVICE_CUDA ? pt_backend_cuda_create(&e->backend, &e->in, err)
+                                     : pt_backend_cpu_create(&e->backend, &e->in, err);
     if (rc) {
         pt_engine_free(e);
         return rc;
@@ -201,12 +192,12 @@ int pt_engine_create(pt_engine **out, const pt_model_file *mf, const pt_engine_o
 }
 
 int pt_engine_seq_new(pt_engine *e) {
-    for (uint32_t s = 0; s < e->opts.max_seqs; s++) {
-        if (!e->seqs[s].used) {
-            e->seqs[s].used = true;
-            e->seqs[s].len = 0;
-            e->seqs[s].n_pages = 0;
-            e->seqs[s].dirty_from = 0;
+    for (uint32_t s = 0; s < e->in.opts.max_seqs; s++) {
+        if (!e->in.seqs[s].used) {
+            e->in.seqs[s].used = true;
+            e->in.seqs[s].len = 0;
+            e->in.seqs[s].n_pages = 0;
+            e->in.seqs[s].dirty_from = 0;
             return (int)s;
         }
     }
@@ -214,8 +205,8 @@ int pt_engine_seq_new(pt_engine *e) {
 }
 
 static void seq_trim_pages(pt_engine *e, pt_seq *s, uint32_t keep) {
-    for (uint32_t g = 0; g < e->w.n_groups; g++) {
-        pt_kv_pool *kv = &e->ranks[pt_rank_of_group(e, g)].kv;
+    for (uint32_t g = 0; g < e->in.w.n_groups; g++) {
+        pt_kv_pool *kv = &e->in.ranks[pt_rank_of_group(&e->in, g)].kv;
         for (uint32_t p = keep; p < s->n_pages; p++) pt_kv_page_release(kv, s->pages[g][p]);
     }
     s->n_pages = keep;
@@ -223,29 +214,29 @@ static void seq_trim_pages(pt_engine *e, pt_seq *s, uint32_t keep) {
 }
 
 void pt_engine_seq_free(pt_engine *e, int seq) {
-    if (seq < 0 || (uint32_t)seq >= e->opts.max_seqs || !e->seqs[seq].used) return;
-    pt_seq *s = &e->seqs[seq];
+    if (seq < 0 || (uint32_t)seq >= e->in.opts.max_seqs || !e->in.seqs[seq].used) return;
+    pt_seq *s = &e->in.seqs[seq];
     seq_trim_pages(e, s, 0);
     s->used = false;
     s->len = 0;
 }
 
 uint32_t pt_engine_seq_len(const pt_engine *e, int seq) {
-    if (seq < 0 || (uint32_t)seq >= e->opts.max_seqs || !e->seqs[seq].used) return 0;
-    return e->seqs[seq].len;
+    if (seq < 0 || (uint32_t)seq >= e->in.opts.max_seqs || !e->in.seqs[seq].used) return 0;
+    return e->in.seqs[seq].len;
 }
 
 /* Makes sequence s hold pages for `len` tokens on every KV head; all or nothing. */
 static bool seq_reserve(pt_engine *e, pt_seq *s, uint32_t len) {
-    uint32_t need = (len + e->opts.page_size - 1) / e->opts.page_size;
+    uint32_t need = (len + e->in.opts.page_size - 1) / e->in.opts.page_size;
     uint32_t have = s->n_pages;
     for (uint32_t p = have; p < need; p++) {
-        for (uint32_t g = 0; g < e->w.n_groups; g++) {
-            int64_t slot = pt_kv_page_alloc(&e->ranks[pt_rank_of_group(e, g)].kv);
+        for (uint32_t g = 0; g < e->in.w.n_groups; g++) {
+            int64_t slot = pt_kv_page_alloc(&e->in.ranks[pt_rank_of_group(&e->in, g)].kv);
             if (slot < 0) {
                 /* Undo this page index's partial allocation, then the earlier ones. */
                 for (uint32_t h = 0; h < g; h++)
-                    pt_kv_page_release(&e->ranks[pt_rank_of_group(e, h)].kv, s->pages[h][p]);
+                    pt_kv_page_release(&e->in.ranks[pt_rank_of_group(&e->in, h)].kv, s->pages[h][p]);
                 seq_trim_pages(e, s, have);
                 return false;
             }
@@ -257,19 +248,19 @@ static bool seq_reserve(pt_engine *e, pt_seq *s, uint32_t len) {
 }
 
 int pt_engine_step(pt_engine *e, const pt_batch_entry *entries, size_t n_entries, pt_err *err) {
-    const pt_model_config *c = &e->w.cfg;
+    const pt_model_config *c = &e->in.w.cfg;
     uint32_t T = 0, n_out = 0;
     for (size_t i = 0; i < n_entries; i++) {
         const pt_batch_entry *b = &entries[i];
-        if (b->seq < 0 || (uint32_t)b->seq >= e->opts.max_seqs || !e->seqs[b->seq].used)
+        if (b->seq < 0 || (uint32_t)b->seq >= e->in.opts.max_seqs || !e->in.seqs[b->seq].used)
             return pt_err_set(err, PT_ERR_INVALID, "entry %zu: no such sequence %d", i, b->seq);
         for (size_t j = 0; j < i; j++)
             if (entries[j].seq == b->seq)
                 return pt_err_set(err, PT_ERR_INVALID, "sequence %d appears twice in one step", b->seq);
         if (b->n_tokens == 0) return pt_err_set(err, PT_ERR_INVALID, "entry %zu has no tokens", i);
-        if ((uint64_t)e->seqs[b->seq].len + b->n_tokens > e->opts.max_ctx)
+        if ((uint64_t)e->in.seqs[b->seq].len + b->n_tokens > e->in.opts.max_ctx)
             return pt_err_set(err, PT_ERR_INVALID, "sequence %d would exceed the context of %u tokens", b->seq,
-                              e->opts.max_ctx);
+                              e->in.opts.max_ctx);
         for (uint32_t j = 0; j < b->n_tokens; j++)
             if (b->tokens[j] < 0 || (uint32_t)b->tokens[j] >= c->vocab_size)
                 return pt_err_set(err, PT_ERR_INVALID, "token id %d out of range [0, %u)", b->tokens[j],
@@ -278,20 +269,20 @@ int pt_engine_step(pt_engine *e, const pt_batch_entry *entries, size_t n_entries
         if (b->logits) n_out += b->all_logits ? b->n_tokens : 1;
     }
     if (T == 0) return PT_OK;
-    if (T > e->opts.max_batch_tokens)
+    if (T > e->in.opts.max_batch_tokens)
         return pt_err_set(err, PT_ERR_INVALID, "%u tokens exceed the step budget of %u", T,
-                          e->opts.max_batch_tokens);
-    if (n_out > e->max_out)
-        return pt_err_set(err, PT_ERR_INVALID, "%u logit rows exceed the step limit of %u", n_out, e->max_out);
+                          e->in.opts.max_batch_tokens);
+    if (n_out > e->in.max_out)
+        return pt_err_set(err, PT_ERR_INVALID, "%u logit rows exceed the step limit of %u", n_out, e->in.max_out);
 
     /* Reserve pages for every entry first, so that a failure changes nothing. */
     uint32_t *old_pages = malloc(n_entries * sizeof(uint32_t) + 1);
     if (!old_pages) return pt_err_set(err, PT_ERR_NOMEM, "out of memory staging a step");
     for (size_t i = 0; i < n_entries; i++) {
-        pt_seq *s = &e->seqs[entries[i].seq];
+        pt_seq *s = &e->in.seqs[entries[i].seq];
         old_pages[i] = s->n_pages;
         if (!seq_reserve(e, s, s->len + entries[i].n_tokens)) {
-            for (size_t j = 0; j < i; j++) seq_trim_pages(e, &e->seqs[entries[j].seq], old_pages[j]);
+            for (size_t j = 0; j < i; j++) seq_trim_pages(e, &e->in.seqs[entries[j].seq], old_pages[j]);
             free(old_pages);
             return pt_err_set(err, PT_ERR_NOMEM, "out of KV pages for sequence %d", entries[i].seq);
         }
@@ -301,7 +292,7 @@ int pt_engine_step(pt_engine *e, const pt_batch_entry *entries, size_t n_entries
     uint32_t t = 0, o = 0;
     for (size_t i = 0; i < n_entries; i++) {
         const pt_batch_entry *b = &entries[i];
-        uint32_t len = e->seqs[b->seq].len;
+        uint32_t len = e->in.seqs[b->seq].len;
         for (uint32_t j = 0; j < b->n_tokens; j++, t++) {
             e->stage_tok[t] = b->tokens[j];
             e->stage_seq[t] = b->seq;
@@ -309,19 +300,19 @@ int pt_engine_step(pt_engine *e, const pt_batch_entry *entries, size_t n_entries
             if (b->logits && (b->all_logits || j + 1 == b->n_tokens)) e->stage_out[o++] = t;
         }
     }
-    e->T = T;
-    e->tok = e->stage_tok;
-    e->tok_seq = e->stage_seq;
-    e->tok_pos = e->stage_pos;
-    e->n_out = n_out;
-    e->out_row = e->stage_out;
+    e->in.T = T;
+    e->in.tok = e->stage_tok;
+    e->in.tok_seq = e->stage_seq;
+    e->in.tok_pos = e->stage_pos;
+    e->in.n_out = n_out;
+    e->in.out_row = e->stage_out;
 
-    int rc = e->backend->step(e->backend, e, err);
+    int rc = e->backend->step(e->backend, &e->in, err);
     if (rc) {
         /* The step's tokens were not appended: give back the pages reserved for them. */
         for (size_t i = 0; i < n_entries; i++) {
-            pt_seq *s = &e->seqs[entries[i].seq];
-            seq_trim_pages(e, s, (s->len + e->opts.page_size - 1) / e->opts.page_size);
+            pt_seq *s = &e->in.seqs[entries[i].seq];
+            seq_trim_pages(e, s, (s->len + e->in.opts.page_size - 1) / e->in.opts.page_size);
         }
         return rc;
     }
@@ -329,10 +320,10 @@ int pt_engine_step(pt_engine *e, const pt_batch_entry *entries, size_t n_entries
     o = 0;
     for (size_t i = 0; i < n_entries; i++) {
         const pt_batch_entry *b = &entries[i];
-        e->seqs[b->seq].len += b->n_tokens;
+        e->in.seqs[b->seq].len += b->n_tokens;
         if (!b->logits) continue;
         uint32_t rows = b->all_logits ? b->n_tokens : 1;
-        memcpy(b->logits, e->out_scratch + (size_t)o * c->vocab_size, (size_t)rows * c->vocab_size * sizeof(float));
+        memcpy(b->logits, e->in.out_scratch + (size_t)o * c->vocab_size, (size_t)rows * c->vocab_size * sizeof(float));
         o += rows;
     }
     return PT_OK;
@@ -341,11 +332,11 @@ int pt_engine_step(pt_engine *e, const pt_batch_entry *entries, size_t n_entries
 int pt_engine_eval_logits(pt_engine *e, const int32_t *tokens, uint32_t n, float *logits, pt_err *err) {
     int seq = pt_engine_seq_new(e);
     if (seq < 0) return pt_err_set(err, PT_ERR_NOMEM, "no free sequence slot");
-    uint32_t chunk = e->opts.max_batch_tokens < e->max_out ? e->opts.max_batch_tokens : e->max_out;
+    uint32_t chunk = e->in.opts.max_batch_tokens < e->in.max_out ? e->in.opts.max_batch_tokens : e->in.max_out;
     int rc = PT_OK;
     for (uint32_t i = 0; i < n && rc == PT_OK; i += chunk) {
         uint32_t m = n - i < chunk ? n - i : chunk;
-        pt_batch_entry b = {seq, tokens + i, m, logits + (size_t)i * e->w.cfg.vocab_size, true};
+        pt_batch_entry b = {seq, tokens + i, m, logits + (size_t)i * e->in.w.cfg.vocab_size, true};
         rc = pt_engine_step(e, &b, 1, err);
     }
     pt_engine_seq_free(e, seq);

@@ -7,19 +7,20 @@
 #include <string.h>
 
 #include "backend/cpu/cpu_forward.h"
-#include "engine/engine_internal.h"
+#include "backend/backend.h"
+#include "backend/instance.h"
 
 #define DEFAULT_KV_BUDGET (1ull << 30) /* bytes of KV per rank when its device has no budget */
 
 typedef struct {
     pt_backend base;
-    pt_engine *e;
+    pt_instance *e;
 } cpu_backend;
 
 /* ---- running a phase on every rank ---- */
 
 typedef struct {
-    pt_engine *e;
+    pt_instance *e;
     pt_cpu_phase fn;
     uint32_t layer;
 } rank_job;
@@ -29,7 +30,7 @@ static void rank_main(void *arg, int tid, int nth) {
     j->fn(j->e, &j->e->ranks[tid], j->layer);
 }
 
-static void run_ranks(pt_engine *e, pt_cpu_phase fn, uint32_t layer) {
+static void run_ranks(pt_instance *e, pt_cpu_phase fn, uint32_t layer) {
     if (e->tp == 1) {
         fn(e, &e->ranks[0], layer);
         return;
@@ -40,7 +41,7 @@ static void run_ranks(pt_engine *e, pt_cpu_phase fn, uint32_t layer) {
 
 /* Every rank computed the partial sums of its own chunks [k0, k1) into
  * part (n_chunks, T, d); after this, every rank holds all of them. */
-static int gather_partials(pt_engine *e, size_t part_offset, bool mlp, pt_err *err) {
+static int gather_partials(pt_instance *e, size_t part_offset, bool mlp, pt_err *err) {
     if (e->tp == 1) return PT_OK;
     size_t Td = (size_t)e->T * e->w.cfg.d_model;
     void *bufs[PT_COMM_MAX_RANKS];
@@ -57,7 +58,7 @@ static int gather_partials(pt_engine *e, size_t part_offset, bool mlp, pt_err *e
 
 /* Ranks above 0 computed logits columns [v0, v1) of every row that wants
  * them; they go to rank 0's rows, which are the engine's out_scratch. */
-static int gather_logits(pt_engine *e, pt_err *err) {
+static int gather_logits(pt_instance *e, pt_err *err) {
     if (e->tp == 1) return PT_OK;
     uint32_t V = e->w.cfg.vocab_size;
     size_t n = (size_t)(e->tp - 1) * e->n_out;
@@ -76,7 +77,7 @@ static int gather_logits(pt_engine *e, pt_err *err) {
     return rc;
 }
 
-static int cpu_step(pt_backend *b, pt_engine *e, pt_err *err) {
+static int cpu_step(pt_backend *b, pt_instance *e, pt_err *err) {
     int rc = PT_OK;
     for (uint32_t l = 0; l < e->w.cfg.n_layers && rc == PT_OK; l++) {
         run_ranks(e, pt_cpu_attention_block, l);
@@ -95,7 +96,7 @@ static int cpu_step(pt_backend *b, pt_engine *e, pt_err *err) {
 /* ---- lifetime ---- */
 
 static void cpu_destroy(pt_backend *b) {
-    pt_engine *e = ((cpu_backend *)b)->e;
+    pt_instance *e = ((cpu_backend *)b)->e;
     for (int i = 0; i < e->tp; i++) {
         pt_rank *r = &e->ranks[i];
         pt_device_release(r->dev, PT_MEM_SCRATCH, r->scratch, r->scratch_bytes);
@@ -109,7 +110,7 @@ static void cpu_destroy(pt_backend *b) {
 
 /* Lays the rank's step buffers out in one allocation (walked twice: once
  * to size it with base NULL, once to set the pointers). */
-static size_t layout_scratch(pt_engine *e, pt_rank *r, uint8_t *base) {
+static size_t layout_scratch(pt_instance *e, pt_rank *r, uint8_t *base) {
     const pt_model_config *c = &e->w.cfg;
     const pt_engine_opts *o = &e->opts;
     size_t d = c->d_model, hd = c->head_dim, Tm = o->max_batch_tokens;
@@ -142,7 +143,7 @@ static size_t layout_scratch(pt_engine *e, pt_rank *r, uint8_t *base) {
     return off;
 }
 
-static int rank_init(pt_engine *e, pt_rank *r, pt_err *err) {
+static int rank_init(pt_instance *e, pt_rank *r, pt_err *err) {
     const pt_model_config *c = &e->w.cfg;
     const pt_engine_opts *o = &e->opts;
     int rc = pt_shard_build(&r->shard, &e->w, r->dev, r->g0, r->g1, r->c0, r->c1, err);
@@ -157,7 +158,7 @@ static int rank_init(pt_engine *e, pt_rank *r, pt_err *err) {
     if (!kv_pages) {
         uint64_t budget = o->kv_bytes;
         if (!budget) budget = pt_device_budget(r->dev) ? pt_device_available(r->dev) : DEFAULT_KV_BUDGET;
-        kv_pages = pt_engine_kv_pages_for(e, r->g1 - r->g0, budget);
+        kv_pages = pt_instance_kv_pages_for(e, r->g1 - r->g0, budget);
     }
     if (kv_pages < r->g1 - r->g0)
         return pt_err_set(err, PT_ERR_NOMEM,
@@ -172,7 +173,7 @@ static int rank_init(pt_engine *e, pt_rank *r, pt_err *err) {
                            err);
 }
 
-int pt_backend_cpu_create(pt_backend **out, pt_engine *e, pt_err *err) {
+int pt_backend_cpu_create(pt_backend **out, pt_instance *e, pt_err *err) {
     const pt_engine_opts *o = &e->opts;
     size_t d = e->w.cfg.d_model;
     /* Per-thread scratch: attention scores (max_ctx), a folded row (d), and

@@ -9,21 +9,21 @@
 #ifndef PROTEUS_CPU_FORWARD_H
 #define PROTEUS_CPU_FORWARD_H
 
-#include "engine/engine_internal.h"
+#include "backend/instance.h"
 
-typedef void (*pt_cpu_phase)(pt_engine *e, pt_rank *r, uint32_t layer);
+typedef void (*pt_cpu_phase)(pt_instance *e, pt_rank *r, uint32_t layer);
 
 /* Layer 0: embedding; later layers: fold of the previous MLP partials into
  * the residual. Then rmsnorm, QKV, bias, RoPE, KV append, attention, and
  * O over the rank's groups into part_attn. */
-void pt_cpu_attention_block(pt_engine *e, pt_rank *r, uint32_t layer);
+void pt_cpu_attention_block(pt_instance *e, pt_rank *r, uint32_t layer);
 /* Fold of the attention partials, rmsnorm, gate/up, SwiGLU, and down over
  * the rank's chunks into part_mlp. */
-void pt_cpu_mlp_block(pt_engine *e, pt_rank *r, uint32_t layer);
+void pt_cpu_mlp_block(pt_instance *e, pt_rank *r, uint32_t layer);
 /* Fold of the last MLP partials for the rows that want logits, final
  * rmsnorm, and the rank's vocabulary columns of the LM head. */
-void pt_cpu_logits(pt_engine *e, pt_rank *r, uint32_t unused);
+void pt_cpu_logits(pt_instance *e, pt_rank *r, uint32_t unused);
 /* First vocabulary row of rank i's LM-head share (i == tp gives V). */
-uint32_t pt_cpu_vocab_begin(const pt_engine *e, int i);
+uint32_t pt_cpu_vocab_begin(const pt_instance *e, int i);
 
 #endif

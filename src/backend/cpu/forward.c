@@ -17,7 +17,7 @@
 #include "backend/cpu/cpu_forward.h"
 
 typedef struct {
-    pt_engine *e;
+    pt_instance *e;
     pt_rank *r;
     uint32_t layer;
 } phase_ctx;
@@ -25,17 +25,17 @@ typedef struct {
 /* Activations are quantized to the weights' partner format (int8 blocks:
  * fast, as llama.cpp does), or kept in F32 with exact_activations (weights are
  * then dequantized: the arithmetic of a float reference, at a cost in speed). */
-static pt_dtype act_type_of(const pt_engine *e, pt_dtype wtype) {
+static pt_dtype act_type_of(const pt_instance *e, pt_dtype wtype) {
     return e->opts.exact_activations ? PT_DTYPE_F32 : kcpu_act_type(wtype);
 }
 
-static size_t act_row_bytes(const pt_engine *e, pt_dtype wtype, size_t K) {
+static size_t act_row_bytes(const pt_instance *e, pt_dtype wtype, size_t K) {
     uint64_t rb = 0;
     pt_dtype_row_bytes(act_type_of(e, wtype), K, &rb);
     return (size_t)rb;
 }
 
-static void quantize_act(const pt_engine *e, pt_dtype wtype, void *dst, const float *x, size_t K) {
+static void quantize_act(const pt_instance *e, pt_dtype wtype, void *dst, const float *x, size_t K) {
     if (!e->opts.exact_activations) {
         kcpu_quantize_act(wtype, dst, x, K);
     } else if (e->opts.bf16_activations) {
@@ -93,7 +93,7 @@ static void mm_phase(void *arg, int tid, int nth) {
 
 /* ---- activation slots: one quantized copy of xn per weight type in use ---- */
 
-static int act_slot(const pt_engine *e, pt_rank *r, pt_dtype wtype) {
+static int act_slot(const pt_instance *e, pt_rank *r, pt_dtype wtype) {
     pt_dtype at = act_type_of(e, wtype);
     for (int i = 0; i < 3; i++) {
         if (r->act_type[i] == at) return i;
@@ -108,7 +108,7 @@ static int act_slot(const pt_engine *e, pt_rank *r, pt_dtype wtype) {
 /* ---- phase: fold partials into the residual, rmsnorm, quantize ---- */
 
 typedef struct {
-    pt_engine *e;
+    pt_instance *e;
     pt_rank *r;
     const float *part;   /* (n_chunks, T, d) or NULL */
     uint32_t n_chunks;
@@ -126,7 +126,7 @@ static void fold_into(float *x, const float *part, uint32_t n_chunks, size_t T, 
 
 static void norm_phase(void *arg, int tid, int nth) {
     norm_ctx *c = arg;
-    pt_engine *e = c->e;
+    pt_instance *e = c->e;
     pt_rank *r = c->r;
     size_t d = e->w.cfg.d_model, T = e->T;
     float *x = r->x;
@@ -145,7 +145,7 @@ static void norm_phase(void *arg, int tid, int nth) {
     }
 }
 
-static void run_norm(pt_engine *e, pt_rank *r, const float *part, uint32_t n_chunks, const float *norm_w,
+static void run_norm(pt_instance *e, pt_rank *r, const float *part, uint32_t n_chunks, const float *norm_w,
                      const pt_dtype *wtypes, int n_wtypes) {
     norm_ctx c = {e, r, part, n_chunks, norm_w, {0}, n_wtypes};
     for (int i = 0; i < n_wtypes; i++) {
@@ -155,13 +155,13 @@ static void run_norm(pt_engine *e, pt_rank *r, const float *part, uint32_t n_chu
     pt_pool_run(r->pool, norm_phase, &c);
 }
 
-static const uint8_t *act_of(const pt_engine *e, pt_rank *r, pt_dtype wtype) { return r->act[act_slot(e, r, wtype)]; }
+static const uint8_t *act_of(const pt_instance *e, pt_rank *r, pt_dtype wtype) { return r->act[act_slot(e, r, wtype)]; }
 
 /* ---- phase: embedding ---- */
 
 static void embed_phase(void *arg, int tid, int nth) {
     phase_ctx *c = arg;
-    pt_engine *e = c->e;
+    pt_instance *e = c->e;
     const pt_wmat *te = &e->w.tok_embd;
     size_t d = e->w.cfg.d_model;
     long lo, hi;
@@ -175,7 +175,7 @@ static void embed_phase(void *arg, int tid, int nth) {
 
 static void rope_phase(void *arg, int tid, int nth) {
     phase_ctx *c = arg;
-    pt_engine *e = c->e;
+    pt_instance *e = c->e;
     pt_rank *r = c->r;
     const pt_weights *w = &e->w;
     const pt_layer_weights *L = &r->shard.layers[c->layer];
@@ -204,7 +204,7 @@ static void rope_phase(void *arg, int tid, int nth) {
 
 static void append_phase(void *arg, int tid, int nth) {
     phase_ctx *c = arg;
-    pt_engine *e = c->e;
+    pt_instance *e = c->e;
     pt_rank *r = c->r;
     size_t hd = e->w.cfg.head_dim, kld = (size_t)e->w.cfg.n_kv_heads * hd;
     uint32_t P = e->opts.page_size;
@@ -222,7 +222,7 @@ static void append_phase(void *arg, int tid, int nth) {
 
 static void attn_phase(void *arg, int tid, int nth) {
     phase_ctx *c = arg;
-    pt_engine *e = c->e;
+    pt_instance *e = c->e;
     pt_rank *r = c->r;
     const pt_weights *w = &e->w;
     const pt_layer_weights *L = &r->shard.layers[c->layer];
@@ -261,7 +261,7 @@ static void attn_phase(void *arg, int tid, int nth) {
 
 static void swiglu_phase(void *arg, int tid, int nth) {
     phase_ctx *c = arg;
-    pt_engine *e = c->e;
+    pt_instance *e = c->e;
     pt_rank *r = c->r;
     const pt_weights *w = &e->w;
     const pt_layer_weights *L = &r->shard.layers[c->layer];
@@ -282,7 +282,7 @@ static void swiglu_phase(void *arg, int tid, int nth) {
 
 static void final_phase(void *arg, int tid, int nth) {
     phase_ctx *c = arg;
-    pt_engine *e = c->e;
+    pt_instance *e = c->e;
     pt_rank *r = c->r;
     const pt_weights *w = &e->w;
     size_t d = w->cfg.d_model, T = e->T;
@@ -300,11 +300,11 @@ static void final_phase(void *arg, int tid, int nth) {
     }
 }
 
-uint32_t pt_cpu_vocab_begin(const pt_engine *e, int i) {
+uint32_t pt_cpu_vocab_begin(const pt_instance *e, int i) {
     return (uint32_t)((uint64_t)e->w.cfg.vocab_size * (uint32_t)i / (uint32_t)e->tp);
 }
 
-void pt_cpu_attention_block(pt_engine *e, pt_rank *r, uint32_t l) {
+void pt_cpu_attention_block(pt_instance *e, pt_rank *r, uint32_t l) {
     const pt_weights *w = &e->w;
     const pt_model_config *cfg = &w->cfg;
     size_t d = cfg->d_model, hd = cfg->head_dim, T = e->T;
@@ -336,7 +336,7 @@ void pt_cpu_attention_block(pt_engine *e, pt_rank *r, uint32_t l) {
     pt_pool_run(r->pool, mm_phase, &ml);
 }
 
-void pt_cpu_mlp_block(pt_engine *e, pt_rank *r, uint32_t l) {
+void pt_cpu_mlp_block(pt_instance *e, pt_rank *r, uint32_t l) {
     const pt_weights *w = &e->w;
     const pt_model_config *cfg = &w->cfg;
     size_t d = cfg->d_model, T = e->T, mc = w->mlp_chunk;
@@ -364,7 +364,7 @@ void pt_cpu_mlp_block(pt_engine *e, pt_rank *r, uint32_t l) {
 
 /* The vocabulary is split across ranks; each logit is one whole dot
  * product, so the split changes no bits. */
-void pt_cpu_logits(pt_engine *e, pt_rank *r, uint32_t unused) {
+void pt_cpu_logits(pt_instance *e, pt_rank *r, uint32_t unused) {
     const pt_weights *w = &e->w;
     phase_ctx pc = {e, r, 0};
     pt_pool_run(r->pool, final_phase, &pc);

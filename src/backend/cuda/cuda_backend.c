@@ -71,14 +71,14 @@ static void cuda_destroy(pt_backend *b) {
 
 /* ---- sizes ---- */
 
-static size_t qkv_width(const pt_engine *e) { return (size_t)e->w.n_groups * (e->w.q_per_kv + 2) * e->w.cfg.head_dim; }
+static size_t qkv_width(const pt_instance *e) { return (size_t)e->w.n_groups * (e->w.q_per_kv + 2) * e->w.cfg.head_dim; }
 
 static size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
 /* Contexts are rounded up to a power of two (at least 256, at most
  * max_ctx) before they choose split counts and kernel shapes, so that a
  * captured graph serves a range of lengths. */
-static uint32_t ctx_bucket(const pt_engine *e, uint32_t ctx) {
+static uint32_t ctx_bucket(const pt_instance *e, uint32_t ctx) {
     uint32_t b = 256;
     while (b < ctx) b *= 2;
     return b < e->opts.max_ctx ? b : e->opts.max_ctx;
@@ -98,7 +98,7 @@ static kcuda_run *stage_runs(cuda_backend *cb) { return (kcuda_run *)(cb->stage_
 
 /* Fills the staging block from the engine's staged step: decode runs first,
  * then prefill runs, so that each kind is one contiguous device array. */
-static step_shape stage_step(cuda_backend *cb, const pt_engine *e) {
+static step_shape stage_step(cuda_backend *cb, const pt_instance *e) {
     step_shape sh = {0};
     int32_t *tok = (int32_t *)(cb->stage_host + cb->off_tok), *pos = (int32_t *)(cb->stage_host + cb->off_pos);
     int32_t *out = (int32_t *)(cb->stage_host + cb->off_out);
@@ -137,7 +137,7 @@ static step_shape stage_step(cuda_backend *cb, const pt_engine *e) {
 }
 
 /* Mirrors the block-table entries each sequence of the step changed. */
-static int sync_block_tables(cuda_backend *cb, pt_engine *e, pt_err *err) {
+static int sync_block_tables(cuda_backend *cb, pt_instance *e, pt_err *err) {
     size_t G = e->w.n_groups, P = e->pages_per_seq;
     for (uint32_t t = 0; t < e->T; t++) {
         if (t > 0 && e->tok_seq[t] == e->tok_seq[t - 1]) continue;
@@ -158,7 +158,7 @@ static int sync_block_tables(cuda_backend *cb, pt_engine *e, pt_err *err) {
     return PT_OK;
 }
 
-static kcuda_attn_args attn_args(cuda_backend *cb, const pt_engine *e, uint32_t layer, const kcuda_run *runs,
+static kcuda_attn_args attn_args(cuda_backend *cb, const pt_instance *e, uint32_t layer, const kcuda_run *runs,
                                  uint32_t n_runs, uint32_t max_ctx) {
     const pt_weights *w = &e->w;
     size_t hd = w->cfg.head_dim, gs = (w->q_per_kv + 2) * hd, P = e->opts.page_size;
@@ -187,7 +187,7 @@ static kcuda_attn_args attn_args(cuda_backend *cb, const pt_engine *e, uint32_t 
     } while (0)
 
 /* Everything of a step after the block tables: the part a graph captures. */
-static int run_step(cuda_backend *cb, pt_engine *e, const step_shape *sh, pt_err *err) {
+static int run_step(cuda_backend *cb, pt_instance *e, const step_shape *sh, pt_err *err) {
     const pt_weights *w = &e->w;
     const pt_model_config *c = &w->cfg;
     size_t d = c->d_model, hd = c->head_dim, ff = c->d_ff, V = c->vocab_size, T = e->T;
@@ -257,7 +257,7 @@ static int run_step(cuda_backend *cb, pt_engine *e, const step_shape *sh, pt_err
  * split-KV workspace to fit them; graphs captured with the old buffer are
  * dropped. Attention over selected pages reads at most the budget (plus the
  * partial current page), so it is split as a context of that length. */
-static int ensure_workspace(cuda_backend *cb, pt_engine *e, step_shape *sh, pt_err *err) {
+static int ensure_workspace(cuda_backend *cb, pt_instance *e, step_shape *sh, pt_err *err) {
     if (!sh->n_dec) return PT_OK;
     kcuda_attn_args a = attn_args(cb, e, 0, NULL, sh->n_dec, sh->dec_ctx);
     sh->splits = kcuda_attn_decode_splits(&a);
@@ -282,7 +282,7 @@ static int ensure_workspace(cuda_backend *cb, pt_engine *e, step_shape *sh, pt_e
 
 /* The graph of this step's shape; a new shape takes a free entry or the
  * least recently used one. */
-static cu_graph *graph_for(cuda_backend *cb, const pt_engine *e, const step_shape *sh) {
+static cu_graph *graph_for(cuda_backend *cb, const pt_instance *e, const step_shape *sh) {
     cu_graph *g = NULL;
     for (size_t i = 0; i < cb->n_graphs && !g; i++) {
         cu_graph *c = &cb->graphs[i];
@@ -307,7 +307,7 @@ static cu_graph *graph_for(cuda_backend *cb, const pt_engine *e, const step_shap
 
 /* Captures the step into g, or returns non-zero (and leaves the stream out
  * of capture) when something in it cannot be captured. */
-static int capture(cuda_backend *cb, pt_engine *e, const step_shape *sh, cu_graph *g, pt_err *err) {
+static int capture(cuda_backend *cb, pt_instance *e, const step_shape *sh, cu_graph *g, pt_err *err) {
     cudaGraph_t graph = NULL;
     CK(cudaStreamBeginCapture(cb->stream, cudaStreamCaptureModeThreadLocal), "graph capture begin");
     int rc = run_step(cb, e, sh, err);
@@ -318,7 +318,7 @@ static int capture(cuda_backend *cb, pt_engine *e, const step_shape *sh, cu_grap
     return rc;
 }
 
-static int cuda_step(pt_backend *b, pt_engine *e, pt_err *err) {
+static int cuda_step(pt_backend *b, pt_instance *e, pt_err *err) {
     cuda_backend *cb = (cuda_backend *)b;
     CK(cudaSetDevice(cb->device), "set device");
     int rc = sync_block_tables(cb, e, err);
@@ -357,7 +357,7 @@ static int cuda_step(pt_backend *b, pt_engine *e, pt_err *err) {
 /* The split-KV workspace for the largest need of any decode batch size at
  * any context, so that serving never reallocates it (which would drop the
  * captured graphs). */
-static int preallocate_workspace(cuda_backend *cb, pt_engine *e, pt_err *err) {
+static int preallocate_workspace(cuda_backend *cb, pt_instance *e, pt_err *err) {
     size_t need = 0;
     for (uint32_t n = 1; n <= e->opts.max_seqs; n++) {
         for (uint32_t ctx = 256;; ctx *= 2) {
@@ -374,7 +374,7 @@ static int preallocate_workspace(cuda_backend *cb, pt_engine *e, pt_err *err) {
     return rc;
 }
 
-static int alloc_buffers(cuda_backend *cb, pt_engine *e, pt_err *err) {
+static int alloc_buffers(cuda_backend *cb, pt_instance *e, pt_err *err) {
     const pt_model_config *c = &e->w.cfg;
     const pt_engine_opts *o = &e->opts;
     size_t d = c->d_model, hd = c->head_dim, ff = c->d_ff, V = c->vocab_size;
@@ -421,7 +421,7 @@ static int alloc_buffers(cuda_backend *cb, pt_engine *e, pt_err *err) {
 /* KV pages: the configured count, or what kv_bytes allows, or by default
  * 90% of the memory left after weights and buffers (less 1 GiB for cuBLAS,
  * graphs and the CUDA context), capped at max_seqs full contexts. */
-static int alloc_kv(cuda_backend *cb, pt_engine *e, pt_err *err) {
+static int alloc_kv(cuda_backend *cb, pt_instance *e, pt_err *err) {
     const pt_model_config *c = &e->w.cfg;
     pt_engine_opts *o = &e->opts;
     uint64_t pages = o->kv_pages;
@@ -433,7 +433,7 @@ static int alloc_kv(cuda_backend *cb, pt_engine *e, pt_err *err) {
             uint64_t reserve = 1ull << 30;
             budget = free_b > reserve ? (uint64_t)((free_b - reserve) * 0.9) : 0;
         }
-        pages = pt_engine_kv_pages_for(e, e->w.n_groups, budget);
+        pages = pt_instance_kv_pages_for(e, e->w.n_groups, budget);
     }
     if (pages > UINT32_MAX - 1) pages = UINT32_MAX - 1;
     if (pages == 0) return pt_err_set(err, PT_ERR_NOMEM, "CUDA device %d has no memory left for KV pages", cb->device);
@@ -448,7 +448,7 @@ static int alloc_kv(cuda_backend *cb, pt_engine *e, pt_err *err) {
     return rc;
 }
 
-int pt_backend_cuda_create(pt_backend **out, pt_engine *e, pt_err *err) {
+int pt_backend_cuda_create(pt_backend **out, pt_instance *e, pt_err *err) {
     *out = NULL;
     pt_engine_opts *o = &e->opts;
     int n_dev = kcuda_device_count();

@@ -8,7 +8,8 @@
 
 #include <cuda_runtime_api.h>
 
-#include "engine/engine_internal.h"
+#include "backend/backend.h"
+#include "backend/instance.h"
 #include "kcuda.h"
 #include "kcuda_attn.h"
 
@@ -35,7 +36,7 @@ typedef struct {
 
 typedef struct {
     pt_backend base;
-    pt_engine *e;
+    pt_instance *e;
     int device;
     int n_sm;
     cudaStream_t stream;

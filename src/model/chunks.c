@@ -19,7 +19,7 @@
 #include <string.h>
 
 #include "cpu/kcpu_matmul.h"
-#include "engine/engine_internal.h"
+#include "model/chunks.h"
 
 /* Records p to free with the view; NULL (and p freed) when out of memory. */
 static void *own(pt_weights *w, void *p) {
