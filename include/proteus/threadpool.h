@@ -9,7 +9,9 @@
 typedef struct pt_pool pt_pool;
 typedef void (*pt_pool_fn)(void *ctx, int tid, int nth);
 
-/* n_threads >= 1 including the caller. Returns NULL on failure. */
+/* n_threads >= 1 including the caller. Returns NULL when the pool itself
+ * cannot be made; when the system refuses some worker threads the pool runs
+ * with those it got (check pt_pool_size where the count matters). */
 pt_pool *pt_pool_create(int n_threads);
 void pt_pool_free(pt_pool *p);
 int pt_pool_size(const pt_pool *p);

@@ -277,6 +277,8 @@ int pt_synthetic_open(pt_model_file *mf, const char *spec, pt_err *err) {
     uint64_t off = 0;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     pt_pool *pool = pt_pool_create(ncpu > 1 ? (int)(ncpu < 64 ? ncpu : 64) : 1);
+    if (!pool) /* the mapping and the tensor list belong to mf: its close frees them */
+        return pt_err_set(err, PT_ERR_NOMEM, "%s: cannot start threads to fill the weights", mf->path);
     for (size_t i = 0; i < l.n; i++) {
         pt_tensor *t = &l.t[i];
         const char *nm = t->name;

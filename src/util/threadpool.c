@@ -62,13 +62,27 @@ static void *worker_main(void *arg) {
 
 pt_pool *pt_pool_create(int n_threads) {
     if (n_threads < 1) return NULL;
-    pt_pool *p = pt_xcalloc(1, sizeof(*p));
+    pt_pool *p = calloc(1, sizeof(*p));
+    if (!p) return NULL;
+    p->threads = calloc((size_t)n_threads, sizeof(pthread_t));
+    if (!p->threads || pthread_mutex_init(&p->mu, NULL) != 0) {
+        free(p->threads);
+        free(p);
+        return NULL;
+    }
+    if (pthread_cond_init(&p->cv, NULL) != 0) {
+        pthread_mutex_destroy(&p->mu);
+        free(p->threads);
+        free(p);
+        return NULL;
+    }
     p->n = n_threads;
-    p->threads = pt_xcalloc((size_t)n_threads, sizeof(pthread_t));
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->cv, NULL);
     for (int i = 1; i < n_threads; i++) {
-        worker_arg *wa = pt_xmalloc(sizeof(*wa));
+        worker_arg *wa = malloc(sizeof(*wa));
+        if (!wa) {
+            p->n = i;
+            break;
+        }
         wa->pool = p;
         wa->tid = i;
         if (pthread_create(&p->threads[i], NULL, worker_main, wa) != 0) {
