@@ -26,11 +26,46 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "proteus/device.h"
 #include "proteus/dtype.h"
+#include "proteus/fabric.h"
 #include "proteus/util.h"
 
 /* pt_config_apply_flags saw -h/--help: the caller prints pt_config_usage. */
 #define PT_CONFIG_HELP 1
+
+/* Most TP degrees engine.allowed_tp may list (what a fabric accepts). */
+#define PT_CONFIG_MAX_ALLOWED_TP 16
+
+/* A list of small integers (engine.layout, engine.allowed_tp); n == 0 = not
+ * set, the default is derived by pt_config_finalize. */
+typedef struct {
+    int n;
+    int v[PT_FABRIC_MAX_DEVICES];
+} pt_int_list;
+
+/* One entry of engine.devices given as an object; -1 = the key was absent
+ * and the default applies. */
+typedef struct {
+    pt_device_kind kind;
+    int threads;         /* CPU worker threads; -1: engine.threads shared among the CPU devices */
+    int ordinal;         /* CUDA ordinal; -1: the device's place among the CUDA devices listed */
+    long long memory_mb; /* budget, MiB, 0 = no limit; -1: engine.device_memory_mb */
+} pt_device_conf;
+
+/* The devices and the instances over them, resolved by pt_config_finalize
+ * from engine.devices, engine.layout, engine.allowed_tp, engine.tp,
+ * engine.threads, engine.cuda_device and engine.device_memory_mb: what
+ * pt_fabric_create and pt_engine_create_on take. */
+typedef struct {
+    pt_device_spec devices[PT_FABRIC_MAX_DEVICES];
+    int n_devices;                          /* 0 until finalized */
+    int tp[PT_FABRIC_MAX_DEVICES];          /* TP degree of each instance, in device order */
+    int first[PT_FABRIC_MAX_DEVICES];       /* its first device */
+    int n_instances;
+    int allowed_tp[PT_CONFIG_MAX_ALLOWED_TP];
+    int n_allowed;
+} pt_layout_plan;
 
 typedef struct {
     /* server */
@@ -45,8 +80,13 @@ typedef struct {
     size_t max_model_len;     /* tokens per sequence (prompt + output); 0 = the model's context length */
     /* engine */
     int threads;              /* worker threads over all ranks; default: the cores this process may use */
-    int tp;                   /* tensor-parallel degree of the instance, 1 */
-    char *devices;            /* "cpu" or "cuda" */
+    int tp;                   /* TP degree of the instances when engine.layout is not set, 1 */
+    char *devices;            /* "cpu", "cpu:N", "cuda", "cuda:N"; NULL when device_list is set */
+    pt_device_conf device_list[PT_FABRIC_MAX_DEVICES]; /* engine.devices as a list of objects */
+    int n_device_list;        /* 0: the string form applies */
+    size_t device_memory_mb;  /* budget of each device of the string forms, MiB; 0 = no limit */
+    pt_int_list layout;       /* TP degree of each instance in device order; unset = engine.tp repeated */
+    pt_int_list allowed_tp;   /* TP degrees instances may have; unset = 1 and the layout's */
     int cuda_device;          /* CUDA device ordinal when devices is "cuda", 0 */
     bool cuda_graphs;         /* CUDA: replay decode steps as CUDA graphs, true */
     size_t page_size;         /* tokens per KV page, a power of two in [1, 256], 16 */
@@ -69,6 +109,7 @@ typedef struct {
     pt_log_level log_level;   /* PT_LOG_INFO */
 
     char *config_path;        /* the file loaded last, or NULL: prefixes cross-key messages */
+    pt_layout_plan plan;      /* derived by pt_config_finalize */
 } pt_server_config;
 
 /* Fills *c with the defaults above (allocates its strings). */
@@ -94,8 +135,14 @@ int pt_config_load_file(pt_server_config *c, const char *path, pt_err *err);
 int pt_config_apply_flags(pt_server_config *c, int argc, char **argv, pt_err *err);
 
 /* Last step: PROTEUS_API_KEY when no API key was set, the served model name
- * when none was set, and the checks that involve several keys
- * (prefill_chunk <= max_batch_tokens, tp <= threads). */
+ * when none was set, the checks that involve several keys
+ * (prefill_chunk <= max_batch_tokens, threads enough for the CPU devices) and
+ * c->plan: the devices and instances, refused when the layout does not cover
+ * the devices, names a TP degree that is not allowed, or places an instance
+ * of TP d at a device index that is not a multiple of d; an allowed degree
+ * must divide the number of devices. What needs the model (a degree above
+ * its KV heads, a budget too small for a shard) is checked when the engines
+ * are built. */
 int pt_config_finalize(pt_server_config *c, pt_err *err);
 
 /* The served name a model spec gets by default: "default" ->

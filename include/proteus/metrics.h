@@ -7,6 +7,8 @@
 #include <stdint.h>
 
 #include "proteus/batcher.h"
+#include "proteus/device.h"
+#include "proteus/fabric.h"
 
 #define PT_HIST_MAX_BUCKETS 24
 
@@ -34,11 +36,45 @@ typedef struct {
     uint64_t http_requests;
 } pt_metrics;
 
+/* What the server reports of its devices and instances (GET /v1/layout and
+ * /metrics): a snapshot the loop thread takes from the devices' atomic
+ * counters and each batcher's stats, so that both views agree. */
+typedef struct {
+    char name[16];                     /* "cpu0", "cuda1" */
+    pt_device_kind kind;
+    int threads;                       /* CPU worker threads */
+    int ordinal;                       /* CUDA ordinal; -1 on the CPU */
+    uint64_t budget_bytes;             /* 0 = no limit */
+    uint64_t used[PT_MEM_CLASS_COUNT]; /* bytes held, by pt_mem_class */
+    int instance, rank;                /* what it serves; -1 when no instance uses it */
+    uint64_t weight_shard, weight_replicated; /* its rank's weights: own chunks, replicated tensors */
+    bool kv_known;                     /* the batcher's stats cover this rank (they hold 8 ranks) */
+    uint64_t kv_pages_total, kv_pages_free;
+} pt_device_report;
+
+typedef struct {
+    int first, tp;                     /* devices [first, first + tp) */
+    uint32_t running, waiting;
+    uint64_t kv_pages_total, kv_pages_free; /* over its ranks */
+    uint64_t requests_total;           /* requests (choices) routed to it */
+    uint64_t preemptions;
+} pt_instance_report;
+
+typedef struct {
+    pt_device_report devices[PT_FABRIC_MAX_DEVICES];
+    int n_devices;
+    pt_instance_report instances[PT_FABRIC_MAX_DEVICES];
+    int n_instances;
+    int allowed_tp[16];
+    int n_allowed;
+} pt_layout_report;
+
 void pt_metrics_init(pt_metrics *m);
 void pt_histogram_observe(pt_histogram *h, double v);
 
-/* Renders everything plus the batcher's gauges (running, waiting, KV pages
- * per device) as a malloc'd string. */
-char *pt_metrics_render(const pt_metrics *m, const pt_batcher_stats *s, const char *model_name);
+/* Renders everything plus the gauges of the layout (running and waiting in
+ * all and per instance, KV pages and memory per device) as a malloc'd
+ * string. */
+char *pt_metrics_render(const pt_metrics *m, const pt_layout_report *r, const char *model_name);
 
 #endif

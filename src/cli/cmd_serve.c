@@ -32,5 +32,6 @@ int cmd_serve(int argc, char **argv) {
     pt_log_set_level(cfg.log_level);
     rc = pt_serve_run(&cfg);
     pt_server_config_free(&cfg);
-    return rc == 0 ? CLI_OK : CLI_FAIL;
+    /* A layout the model or the devices refuse is a configuration error too. */
+    return rc == 0 ? CLI_OK : rc == PT_SERVE_ERR_LAYOUT ? CLI_USAGE : CLI_FAIL;
 }

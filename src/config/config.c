@@ -32,7 +32,10 @@
 /* Longest string value accepted (paths, keys, names). */
 #define STR_MAX 4096
 
-typedef enum { KT_STR, KT_INT, KT_SIZE, KT_NUM, KT_BOOL, KT_ENUM } key_type;
+/* KT_INTLIST: a pt_int_list (JSON array or null; flag "1,1,2"). KT_DEVICES:
+ * engine.devices, a string (char *) or, in the file, a list of objects
+ * (device_list). */
+typedef enum { KT_STR, KT_INT, KT_SIZE, KT_NUM, KT_BOOL, KT_ENUM, KT_INTLIST, KT_DEVICES } key_type;
 
 enum {
     KF_NULLABLE = 1 << 0, /* string that may be JSON null (= unset) */
@@ -55,6 +58,7 @@ typedef struct {
     const enum_name *names; /* KT_ENUM values, NULL-terminated; KT_STR: allowed values or NULL */
     const char *dflt;   /* default as documented, where the value alone would mislead */
     const char *help;
+    int max_items;      /* KT_INTLIST: longest list */
 } cfg_key;
 
 static const enum_name KV_DTYPES[] = {{"f32", PT_DTYPE_F32}, {"f16", PT_DTYPE_F16}, {NULL, 0}};
@@ -63,62 +67,72 @@ static const enum_name LOG_LEVELS[] = {
 static const enum_name CHAT_TEMPLATES[] = {
     {"chatml", PT_CHAT_CHATML}, {"llama3", PT_CHAT_LLAMA3}, {"llama2", PT_CHAT_LLAMA2}, {"mistral", PT_CHAT_MISTRAL},
     {NULL, 0}};
-static const enum_name DEVICES[] = {{"cpu", 0}, {"cuda", 1}, {NULL, 0}};
 
 #define OFF(field) offsetof(pt_server_config, field)
 
 static const cfg_key KEYS[] = {
-    {"server.host", "--host", NULL, KT_STR, OFF(host), 0, 0, 0, NULL, NULL, "address to listen on"},
-    {"server.port", "--port", NULL, KT_INT, OFF(port), 1, 65535, 0, NULL, NULL, "TCP port"},
+    {"server.host", "--host", NULL, KT_STR, OFF(host), 0, 0, 0, NULL, NULL, "address to listen on", 0},
+    {"server.port", "--port", NULL, KT_INT, OFF(port), 1, 65535, 0, NULL, NULL, "TCP port", 0},
     {"server.api_key", "--api-key", NULL, KT_STR, OFF(api_key), 0, 0, KF_NULLABLE, NULL, "null (env PROTEUS_API_KEY)",
-     "require \"Authorization: Bearer KEY\" (a flag shows in ps: prefer the file or env)"},
+     "require \"Authorization: Bearer KEY\" (a flag shows in ps: prefer the file or env)", 0},
     {"server.auth_health_metrics", "--auth-health-metrics", NULL, KT_BOOL, OFF(auth_health_metrics), 0, 0, 0, NULL,
-     NULL, "/health and /metrics also need the API key"},
+     NULL, "/health and /metrics also need the API key", 0},
     {"model.path", "--model", "-m", KT_STR, OFF(model), 0, 0, 0, NULL, "\"default\" (SmolLM2-135M-Instruct)",
-     "\"default\", a .gguf or .safetensors file, an HF directory, or synthetic:<shape>"},
+     "\"default\", a .gguf or .safetensors file, an HF directory, or synthetic:<shape>", 0},
     {"model.served_name", "--served-model-name", NULL, KT_STR, OFF(served_model_name), 0, 0, KF_NULLABLE, NULL,
-     "null (from the model's file name)", "model id in /v1/models and requests"},
+     "null (from the model's file name)", "model id in /v1/models and requests", 0},
     {"model.chat_template", "--chat-template", NULL, KT_STR, OFF(chat_template), 0, 0, KF_NULLABLE, CHAT_TEMPLATES,
-     "null (detected from the model)", "chatml, llama3, llama2 or mistral"},
+     "null (detected from the model)", "chatml, llama3, llama2 or mistral", 0},
     {"model.max_model_len", "--max-model-len", NULL, KT_SIZE, OFF(max_model_len), 0, 1 << 24, 0, NULL,
-     "0 (the model's)", "tokens per sequence, prompt + output"},
+     "0 (the model's)", "tokens per sequence, prompt + output", 0},
     {"engine.threads", "--threads", "-t", KT_INT, OFF(threads), 1, 1024, 0, NULL, "all cores",
-     "worker threads over all ranks"},
-    {"engine.tp", "--tp", NULL, KT_INT, OFF(tp), 1, 64, 0, NULL, NULL, "tensor-parallel degree"},
-    {"engine.devices", "--devices", NULL, KT_STR, OFF(devices), 0, 0, 0, DEVICES, NULL,
-     "\"cpu\" or \"cuda\" (one GPU, BF16 weights, f16 KV)"},
+     "worker threads, shared among the CPU devices (string forms of --devices)", 0},
+    {"engine.tp", "--tp", NULL, KT_INT, OFF(tp), 1, 64, 0, NULL, NULL,
+     "tensor-parallel degree of the instances when engine.layout is not set", 0},
+    {"engine.devices", "--devices", NULL, KT_DEVICES, OFF(devices), 1, PT_FABRIC_MAX_DEVICES, 0, NULL,
+     "\"cpu\" (as many as the layout needs)",
+     "cpu, cpu:N, cuda or cuda:N (in the file also a list of device objects)", 0},
+    {"engine.device_memory_mb", "--device-memory-mb", NULL, KT_SIZE, OFF(device_memory_mb), 0, 1 << 24, 0, NULL,
+     "0 (no limit)", "memory budget of each device (weights, KV, scratch), MiB", 0},
+    {"engine.layout", "--layout", NULL, KT_INTLIST, OFF(layout), 1, PT_FABRIC_MAX_DEVICES, 0, NULL,
+     "engine.tp repeated over the devices", "TP degree of each instance in device order, e.g. 1,1,2",
+     PT_FABRIC_MAX_DEVICES},
+    {"engine.allowed_tp", "--allowed-tp", NULL, KT_INTLIST, OFF(allowed_tp), 1, PT_FABRIC_MAX_DEVICES, 0, NULL,
+     "1 and the layout's degrees", "TP degrees instances may have, e.g. 1,2,4", PT_CONFIG_MAX_ALLOWED_TP},
     {"engine.cuda_device", "--cuda-device", NULL, KT_INT, OFF(cuda_device), 0, 1023, 0, NULL, NULL,
-     "CUDA device ordinal"},
+     "CUDA device ordinal", 0},
     {"engine.cuda_graphs", "--cuda-graphs", NULL, KT_BOOL, OFF(cuda_graphs), 0, 0, 0, NULL, NULL,
-     "replay decode steps as CUDA graphs"},
+     "replay decode steps as CUDA graphs", 0},
     {"engine.page_size", "--page-size", NULL, KT_SIZE, OFF(page_size), 1, 256, KF_POW2, NULL, NULL,
-     "tokens per KV page"},
-    {"engine.kv_dtype", "--kv-dtype", NULL, KT_ENUM, OFF(kv_dtype), 0, 0, 0, KV_DTYPES, NULL, "KV cache element type"},
+     "tokens per KV page", 0},
+    {"engine.kv_dtype", "--kv-dtype", NULL, KT_ENUM, OFF(kv_dtype), 0, 0, 0, KV_DTYPES, NULL, "KV cache element type",
+     0},
     {"engine.kv_memory_mb", "--kv-memory-mb", NULL, KT_SIZE, OFF(kv_memory_mb), 0, 1 << 24, 0, NULL, "0 (automatic)",
-     "KV cache budget per rank, MiB; 0 = automatic (CPU 1024, CUDA 90% of the GPU memory left)"},
+     "KV cache budget per rank, MiB; 0 = what the device budget leaves (none: CPU 1024, CUDA 90%)", 0},
     {"engine.page_select_budget", "--page-select-budget", NULL, KT_SIZE, OFF(select_budget), 0, 1 << 24, 0, NULL,
-     "0 (off)", "query-aware page selection: tokens a decode step attends to"},
+     "0 (off)", "query-aware page selection: tokens a decode step attends to", 0},
     {"engine.page_select_dense_layers", "--page-select-dense-layers", NULL, KT_SIZE, OFF(select_dense_layers), 0,
-     1 << 16, 0, NULL, NULL, "first layers that always attend densely"},
+     1 << 16, 0, NULL, NULL, "first layers that always attend densely", 0},
     {"scheduler.max_running", "--max-running", NULL, KT_INT, OFF(max_running), 1, 4096, 0, NULL, NULL,
-     "sequences decoded concurrently"},
+     "sequences decoded concurrently", 0},
     {"scheduler.max_batch_tokens", "--max-batch-tokens", NULL, KT_SIZE, OFF(max_batch_tokens), 1, 1 << 20, 0, NULL,
-     NULL, "tokens per engine step"},
+     NULL, "tokens per engine step", 0},
     {"scheduler.prefill_chunk", "--prefill-chunk", NULL, KT_SIZE, OFF(prefill_chunk), 1, 1 << 20, 0, NULL, NULL,
-     "prompt tokens of one sequence per step"},
+     "prompt tokens of one sequence per step", 0},
     {"scheduler.max_waiting", "--max-waiting", NULL, KT_INT, OFF(max_waiting), 0, 1000000, 0, NULL, NULL,
-     "queued requests before 429"},
+     "queued requests before 429", 0},
     {"scheduler.request_timeout_s", "--request-timeout", NULL, KT_NUM, OFF(request_timeout_s), 0, 604800, 0, NULL,
-     "0 (none)", "seconds a request may take in all"},
+     "0 (none)", "seconds a request may take in all", 0},
     {"scheduler.shutdown_grace_s", "--shutdown-grace", NULL, KT_NUM, OFF(shutdown_grace_s), 0, 3600, 0, NULL, NULL,
-     "seconds running requests get to finish on SIGTERM"},
+     "seconds running requests get to finish on SIGTERM", 0},
     {"http.max_body_bytes", "--max-body-bytes", NULL, KT_SIZE, OFF(max_body_bytes), 1024, 1 << 30, 0, NULL, NULL,
-     "request body limit"},
+     "request body limit", 0},
     {"http.max_header_bytes", "--max-header-bytes", NULL, KT_SIZE, OFF(max_header_bytes), 1024, 1 << 20, 0, NULL,
-     NULL, "request line + headers limit"},
+     NULL, "request line + headers limit", 0},
     {"http.idle_timeout_s", "--idle-timeout", NULL, KT_NUM, OFF(idle_timeout_s), 0, 86400, 0, NULL, NULL,
-     "close idle keep-alive connections after this; 0 = never"},
-    {"log_level", "--log-level", NULL, KT_ENUM, OFF(log_level), 0, 0, 0, LOG_LEVELS, NULL, "debug, info, warn, error"},
+     "close idle keep-alive connections after this; 0 = never", 0},
+    {"log_level", "--log-level", NULL, KT_ENUM, OFF(log_level), 0, 0, 0, LOG_LEVELS, NULL, "debug, info, warn, error",
+     0},
 };
 #define N_KEYS (sizeof(KEYS) / sizeof(KEYS[0]))
 
@@ -132,6 +146,9 @@ static int *f_int(pt_server_config *c, const cfg_key *k) { return (int *)((char 
 static size_t *f_size(pt_server_config *c, const cfg_key *k) { return (size_t *)((char *)c + k->off); }
 static double *f_num(pt_server_config *c, const cfg_key *k) { return (double *)((char *)c + k->off); }
 static bool *f_bool(pt_server_config *c, const cfg_key *k) { return (bool *)((char *)c + k->off); }
+static pt_int_list *f_list(pt_server_config *c, const cfg_key *k) { return (pt_int_list *)((char *)c + k->off); }
+/* Keys whose field is a malloc'd string (or NULL). */
+static bool owns_string(const cfg_key *k) { return k->type == KT_STR || k->type == KT_DEVICES; }
 _Static_assert(sizeof(pt_dtype) == sizeof(int) && sizeof(pt_log_level) == sizeof(int), "enum fields are int-sized");
 
 static int default_threads(void) {
@@ -169,7 +186,7 @@ void pt_server_config_default(pt_server_config *c) {
 void pt_server_config_free(pt_server_config *c) {
     if (!c) return;
     for (size_t i = 0; i < N_KEYS; i++)
-        if (KEYS[i].type == KT_STR) free(*f_str(c, &KEYS[i]));
+        if (owns_string(&KEYS[i])) free(*f_str(c, &KEYS[i]));
     free(c->config_path);
     memset(c, 0, sizeof(*c));
 }
@@ -177,7 +194,7 @@ void pt_server_config_free(pt_server_config *c) {
 void pt_server_config_copy(pt_server_config *dst, const pt_server_config *src) {
     *dst = *src;
     for (size_t i = 0; i < N_KEYS; i++) {
-        if (KEYS[i].type != KT_STR) continue;
+        if (!owns_string(&KEYS[i])) continue;
         char **s = f_str(dst, &KEYS[i]);
         if (*s) *s = pt_xstrdup(*s);
     }
@@ -199,10 +216,19 @@ static void fmt_names(char *out, size_t n, const enum_name *names, bool or_null)
     if (or_null) snprintf(out + len, n - len, " or null");
 }
 
-/* What a key accepts, as the tail of "'key' must ...". */
-static void describe(const cfg_key *k, char *out, size_t n) {
+/* What a key accepts, as the tail of "'key' must ..."; in_file: as the
+ * file spells it (a flag takes lists as "1,2" and no device objects). */
+static void describe(const cfg_key *k, bool in_file, char *out, size_t n) {
     char list[160];
     switch (k->type) {
+    case KT_INTLIST:
+        snprintf(out, n, "must be %s of 1 to %d integers in [%.0f, %.0f]",
+                 in_file ? "null or a list" : "a comma-separated list", k->max_items, k->lo, k->hi);
+        break;
+    case KT_DEVICES:
+        snprintf(out, n, "must be \"cpu\", \"cuda\", \"cpu:N\" or \"cuda:N\" with N in [1, %d]%s",
+                 PT_FABRIC_MAX_DEVICES, in_file ? ", or a list of device objects" : "");
+        break;
     case KT_INT:
     case KT_SIZE:
         snprintf(out, n, "must be %s in [%.0f, %.0f]", k->flags & KF_POW2 ? "a power of two" : "an integer", k->lo,
@@ -269,6 +295,66 @@ static bool store_string(pt_server_config *c, const cfg_key *k, const char *s) {
     free(*f);
     *f = s ? pt_xstrdup(s) : NULL;
     return true;
+}
+
+/* "cpu", "cuda", "cpu:N", "cuda:N" (N in [1, PT_FABRIC_MAX_DEVICES]): the
+ * kind and the count; count 0 ("cpu") = as many as the layout needs. */
+static bool parse_devices_string(const char *s, pt_device_kind *kind, int *count) {
+    size_t kl;
+    if (!strncmp(s, "cpu", 3)) *kind = PT_DEVICE_CPU, kl = 3;
+    else if (!strncmp(s, "cuda", 4)) *kind = PT_DEVICE_CUDA, kl = 4;
+    else return false;
+    if (s[kl] == '\0') {
+        *count = *kind == PT_DEVICE_CPU ? 0 : 1;
+        return true;
+    }
+    if (s[kl] != ':' || !isdigit((unsigned char)s[kl + 1])) return false;
+    char *end;
+    errno = 0;
+    long v = strtol(s + kl + 1, &end, 10);
+    if (*end || errno || v < 1 || v > PT_FABRIC_MAX_DEVICES) return false;
+    *count = (int)v;
+    return true;
+}
+
+/* The string form of engine.devices; it replaces a list the file gave. */
+static bool store_devices_string(pt_server_config *c, const char *s) {
+    pt_device_kind kind;
+    int count;
+    if (!parse_devices_string(s, &kind, &count)) return false;
+    free(c->devices);
+    c->devices = pt_xstrdup(s);
+    c->n_device_list = 0;
+    return true;
+}
+
+/* "1,1,2" (spaces around the numbers allowed) into a list. */
+static bool store_list_flag(pt_server_config *c, const cfg_key *k, const char *s) {
+    pt_int_list l = {0};
+    const char *p = s;
+    for (;;) {
+        while (*p == ' ') p++;
+        if (!isdigit((unsigned char)*p) || l.n == k->max_items) return false;
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (errno || v < k->lo || v > k->hi) return false;
+        l.v[l.n++] = (int)v;
+        p = end;
+        while (*p == ' ') p++;
+        if (*p == '\0') break;
+        if (*p++ != ',') return false;
+    }
+    *f_list(c, k) = l;
+    return true;
+}
+
+/* "[1,1,2]": compact, as the flag is written ("...]" when cut short). */
+static void fmt_list(char *out, size_t n, const int *v, int count) {
+    size_t len = (size_t)snprintf(out, n, "[");
+    for (int i = 0; i < count && len < n; i++) len += (size_t)snprintf(out + len, n - len, "%s%d", i ? "," : "", v[i]);
+    if (len + 2 <= n) snprintf(out + len, n - len, "]");
+    else if (n >= 5) memcpy(out + n - 5, "...]", 5);
 }
 
 /* A user-supplied name or value, made safe to print: non-printable bytes as
@@ -380,19 +466,145 @@ static int read_file(const char *path, char **out, size_t *out_len, pt_err *err)
     return PT_OK;
 }
 
+/* A JSON value as the user wrote it, printable and short. */
+static void json_got(char *out, size_t n, const cJSON *item) {
+    char *text = cJSON_PrintUnformatted(item);
+    printable(out, n, text ? text : "?", 60);
+    free(text);
+}
+
 static int json_value_error(const char *file, const cfg_key *k, const cJSON *item, pt_err *err) {
     char why[256], got[80];
-    describe(k, why, sizeof(why));
-    char *text = cJSON_PrintUnformatted(item);
-    printable(got, sizeof(got), text ? text : "?", 60);
-    free(text);
+    describe(k, true, why, sizeof(why));
+    json_got(got, sizeof(got), item);
     return pt_err_set(err, PT_ERR_FORMAT, "%s: '%s' %s, got %s", file, k->path, why, got);
+}
+
+static bool json_integer_in(const cJSON *v, double lo, double hi) {
+    return cJSON_IsNumber(v) && isfinite(v->valuedouble) && v->valuedouble == floor(v->valuedouble) &&
+           v->valuedouble >= lo && v->valuedouble <= hi;
+}
+
+/* null (= the derived default) or a non-empty array of integers in range;
+ * a bad element is named by its index. */
+static int apply_json_list(pt_server_config *c, const char *file, const cfg_key *k, const cJSON *item, pt_err *err) {
+    pt_int_list l = {0};
+    if (!cJSON_IsNull(item)) {
+        int n = cJSON_IsArray(item) ? cJSON_GetArraySize(item) : 0;
+        if (n < 1 || n > k->max_items) return json_value_error(file, k, item, err);
+        for (const cJSON *e = item->child; e; e = e->next) {
+            if (!json_integer_in(e, k->lo, k->hi)) {
+                char got[80];
+                json_got(got, sizeof(got), e);
+                return pt_err_set(err, PT_ERR_FORMAT, "%s: '%s'[%d] must be an integer in [%.0f, %.0f], got %s", file,
+                                  k->path, l.n, k->lo, k->hi, got);
+            }
+            l.v[l.n++] = (int)e->valuedouble;
+        }
+    }
+    *f_list(c, k) = l;
+    return PT_OK;
+}
+
+static const char *const DEVICE_KEYS[] = {"kind", "threads", "ordinal", "memory_mb"};
+#define N_DEVICE_KEYS (sizeof(DEVICE_KEYS) / sizeof(DEVICE_KEYS[0]))
+
+static int device_member_error(const char *file, const char *at, const cJSON *m, const char *why, pt_err *err) {
+    char got[80];
+    json_got(got, sizeof(got), m);
+    return pt_err_set(err, PT_ERR_FORMAT, "%s: '%s.%s' must be %s, got %s", file, at, m->string, why, got);
+}
+
+static int check_duplicate(const char *file, const char *section, const cJSON *obj, const cJSON *item, pt_err *err);
+static void key_path(char *out, size_t n, const char *section, const char *name);
+static const char *json_kind(const cJSON *v);
+
+/* One member of a device object into *d. */
+static int apply_device_member(const char *file, const char *at, const cJSON *m, pt_device_conf *d, pt_err *err) {
+    const char *name = m->string;
+    if (!strcmp(name, "kind")) {
+        bool cpu = cJSON_IsString(m) && !strcmp(m->valuestring, "cpu");
+        bool cuda = cJSON_IsString(m) && !strcmp(m->valuestring, "cuda");
+        if (!cpu && !cuda) return device_member_error(file, at, m, "\"cpu\" or \"cuda\"", err);
+        d->kind = cpu ? PT_DEVICE_CPU : PT_DEVICE_CUDA;
+    } else if (!strcmp(name, "threads")) {
+        if (!json_integer_in(m, 1, 1024)) return device_member_error(file, at, m, "an integer in [1, 1024]", err);
+        d->threads = (int)m->valuedouble;
+    } else if (!strcmp(name, "ordinal")) {
+        if (!json_integer_in(m, 0, 1023)) return device_member_error(file, at, m, "an integer in [0, 1023]", err);
+        d->ordinal = (int)m->valuedouble;
+    } else if (!strcmp(name, "memory_mb")) {
+        if (!json_integer_in(m, 0, 1 << 24))
+            return device_member_error(file, at, m, "an integer in [0, 16777216]", err);
+        d->memory_mb = (long long)m->valuedouble;
+    } else {
+        char path[160];
+        key_path(path, sizeof(path), at, name);
+        for (size_t j = 0; j < N_DEVICE_KEYS; j++)
+            if (edit_distance(name, DEVICE_KEYS[j]) <= 2)
+                return pt_err_set(err, PT_ERR_FORMAT, "%s: unknown key '%s' (did you mean '%s.%s'?)", file, path, at,
+                                  DEVICE_KEYS[j]);
+        return pt_err_set(err, PT_ERR_FORMAT, "%s: unknown key '%s' (a device has kind, threads, ordinal, memory_mb)",
+                          file, path);
+    }
+    return PT_OK;
+}
+
+/* {"kind": "cpu", "threads": 1, "memory_mb": 2048} or {"kind": "cuda", "ordinal": 0}. */
+static int parse_device_object(const char *file, int i, const cJSON *o, pt_device_conf *d, pt_err *err) {
+    char at[48];
+    snprintf(at, sizeof(at), "engine.devices[%d]", i);
+    if (!cJSON_IsObject(o))
+        return pt_err_set(err, PT_ERR_FORMAT,
+                          "%s: '%s' must be an object such as {\"kind\": \"cpu\", \"threads\": 1}, got %s", file, at,
+                          json_kind(o));
+    *d = (pt_device_conf){PT_DEVICE_CPU, -1, -1, -1};
+    bool have_kind = false;
+    for (const cJSON *m = o->child; m; m = m->next) {
+        int rc = check_duplicate(file, at, o, m, err);
+        if (!rc) rc = apply_device_member(file, at, m, d, err);
+        if (rc) return rc;
+        have_kind |= !strcmp(m->string, "kind");
+    }
+    if (!have_kind) return pt_err_set(err, PT_ERR_FORMAT, "%s: '%s.kind' is missing: \"cpu\" or \"cuda\"", file, at);
+    if (d->kind == PT_DEVICE_CPU && d->ordinal >= 0)
+        return pt_err_set(err, PT_ERR_FORMAT, "%s: '%s.ordinal' applies to CUDA devices only (this one is \"cpu\")",
+                          file, at);
+    if (d->kind == PT_DEVICE_CUDA && d->threads >= 0)
+        return pt_err_set(err, PT_ERR_FORMAT, "%s: '%s.threads' applies to CPU devices only (this one is \"cuda\")",
+                          file, at);
+    return PT_OK;
+}
+
+/* engine.devices: a string form, or a non-empty list of device objects. */
+static int apply_json_devices(pt_server_config *c, const char *file, const cfg_key *k, const cJSON *item,
+                              pt_err *err) {
+    if (cJSON_IsString(item))
+        return store_devices_string(c, item->valuestring) ? PT_OK : json_value_error(file, k, item, err);
+    if (!cJSON_IsArray(item)) return json_value_error(file, k, item, err);
+    int n = cJSON_GetArraySize(item);
+    if (n < 1 || n > PT_FABRIC_MAX_DEVICES)
+        return pt_err_set(err, PT_ERR_FORMAT, "%s: '%s' must list 1 to %d devices, got %d", file, k->path,
+                          PT_FABRIC_MAX_DEVICES, n);
+    pt_device_conf list[PT_FABRIC_MAX_DEVICES];
+    int i = 0;
+    for (const cJSON *o = item->child; o; o = o->next, i++) {
+        int rc = parse_device_object(file, i, o, &list[i], err);
+        if (rc) return rc;
+    }
+    memcpy(c->device_list, list, (size_t)n * sizeof(list[0]));
+    c->n_device_list = n;
+    free(c->devices);
+    c->devices = NULL;
+    return PT_OK;
 }
 
 static int apply_json_value(pt_server_config *c, const char *file, const cfg_key *k, const cJSON *item,
                             pt_err *err) {
     bool ok = false;
     switch (k->type) {
+    case KT_INTLIST: return apply_json_list(c, file, k, item, err);
+    case KT_DEVICES: return apply_json_devices(c, file, k, item, err);
     case KT_INT:
     case KT_SIZE: ok = cJSON_IsNumber(item) && store_integer(c, k, item->valuedouble); break;
     case KT_NUM: ok = cJSON_IsNumber(item) && store_number(c, k, item->valuedouble); break;
@@ -595,10 +807,12 @@ static int apply_flag_value(pt_server_config *c, const cfg_key *k, const char *f
         break;
     case KT_ENUM: ok = store_enum(c, k, v); break;
     case KT_STR: ok = store_string(c, k, v); break;
+    case KT_INTLIST: ok = store_list_flag(c, k, v); break;
+    case KT_DEVICES: ok = store_devices_string(c, v); break;
     }
     if (ok) return PT_OK;
     char why[256], got[80];
-    describe(k, why, sizeof(why));
+    describe(k, false, why, sizeof(why));
     printable(got, sizeof(got), v, 60);
     return pt_err_set(err, PT_ERR_INVALID, "%s: %s, got \"%s\"", flag, why, got);
 }
@@ -749,18 +963,181 @@ char *pt_config_derive_served_name(const char *model) {
     return name;
 }
 
-int pt_config_finalize(pt_server_config *c, pt_err *err) {
-    const char *src = c->config_path ? c->config_path : "proteus serve";
-    if (c->prefill_chunk > c->max_batch_tokens)
+/* ---- devices and layout ------------------------------------------------- */
+
+/* The instances: engine.layout, or engine.tp repeated over the devices;
+ * `count` devices named by engine.devices (0: as many as the layout needs).
+ * Sets p->n_devices. */
+static int plan_instances(const pt_server_config *c, const char *src, int count, pt_layout_plan *p, pt_err *err) {
+    if (c->layout.n == 0) {
+        int n = count ? count : c->tp;
+        if (n % c->tp)
+            return pt_err_set(err, PT_ERR_INVALID,
+                              "%s'engine.devices' has %d device%s, which 'engine.tp' (%d) does not divide: set "
+                              "'engine.layout' (--devices, --tp, --layout)",
+                              src, n, n == 1 ? "" : "s", c->tp);
+        p->n_instances = n / c->tp;
+        for (int i = 0; i < p->n_instances; i++) p->tp[i] = c->tp;
+    } else {
+        p->n_instances = c->layout.n;
+        memcpy(p->tp, c->layout.v, (size_t)c->layout.n * sizeof(int));
+    }
+    int sum = 0;
+    for (int i = 0; i < p->n_instances; i++) {
+        p->first[i] = sum;
+        sum += p->tp[i];
+    }
+    char lay[320];
+    fmt_list(lay, sizeof(lay), p->tp, p->n_instances);
+    if (sum > PT_FABRIC_MAX_DEVICES)
+        return pt_err_set(err, PT_ERR_INVALID, "%s'engine.layout' %s covers %d devices, more than the %d a server has",
+                          src, lay, sum, PT_FABRIC_MAX_DEVICES);
+    if (count && sum != count)
+        return pt_err_set(err, PT_ERR_INVALID, "%s'engine.layout' %s covers %d device%s but 'engine.devices' has %d "
+                          "(--layout, --devices)", src, lay, sum, sum == 1 ? "" : "s", count);
+    p->n_devices = sum;
+    /* An instance is one group of the comm world: the groups of degree d
+     * tile the devices from index 0, so the instance must start on one. */
+    for (int i = 0; i < p->n_instances; i++)
+        if (p->first[i] % p->tp[i])
+            return pt_err_set(err, PT_ERR_INVALID,
+                              "%s'engine.layout'[%d] = %d would start at device %d, which is not a multiple of %d: an "
+                              "instance of TP %d must start at an aligned device index (--layout %s)",
+                              src, i, p->tp[i], p->first[i], p->tp[i], p->tp[i], lay);
+    return PT_OK;
+}
+
+static bool list_has(const int *v, int n, int x) {
+    for (int i = 0; i < n; i++)
+        if (v[i] == x) return true;
+    return false;
+}
+
+/* engine.allowed_tp, or 1 and the layout's degrees (ascending). Every
+ * degree of the layout must be allowed, and every allowed degree up to the
+ * device count must divide it: the comm world builds the groups of each
+ * allowed degree over all the devices, to regroup them later. */
+static int plan_allowed(const pt_server_config *c, const char *src, pt_layout_plan *p, pt_err *err) {
+    bool derived = c->allowed_tp.n == 0;
+    p->n_allowed = 0;
+    if (!derived) {
+        p->n_allowed = c->allowed_tp.n;
+        memcpy(p->allowed_tp, c->allowed_tp.v, (size_t)p->n_allowed * sizeof(int));
+    } else {
+        p->allowed_tp[p->n_allowed++] = 1;
+        for (int i = 0; i < p->n_instances; i++) {
+            if (list_has(p->allowed_tp, p->n_allowed, p->tp[i])) continue;
+            if (p->n_allowed == PT_CONFIG_MAX_ALLOWED_TP)
+                return pt_err_set(err, PT_ERR_INVALID, "%s'engine.layout' uses more than %d TP degrees", src,
+                                  PT_CONFIG_MAX_ALLOWED_TP - 1);
+            int j = p->n_allowed++;
+            for (; j > 0 && p->allowed_tp[j - 1] > p->tp[i]; j--) p->allowed_tp[j] = p->allowed_tp[j - 1];
+            p->allowed_tp[j] = p->tp[i];
+        }
+    }
+    char al[160];
+    fmt_list(al, sizeof(al), p->allowed_tp, p->n_allowed);
+    for (int i = 0; i < p->n_instances; i++)
+        if (!list_has(p->allowed_tp, p->n_allowed, p->tp[i]))
+            return pt_err_set(err, PT_ERR_INVALID,
+                              "%s'engine.layout'[%d] = %d is not in 'engine.allowed_tp' %s (--layout, --allowed-tp)",
+                              src, i, p->tp[i], al);
+    for (int i = 0; i < p->n_allowed; i++) {
+        int d = p->allowed_tp[i];
+        if (d <= p->n_devices && p->n_devices % d)
+            return pt_err_set(err, PT_ERR_INVALID,
+                              "%s'engine.allowed_tp' %s%s: TP %d does not divide the %d devices: the instances of "
+                              "each allowed degree must tile the devices (--allowed-tp, --layout, --devices)",
+                              src, al, derived ? " (by default 1 and the layout's degrees)" : "", d, p->n_devices);
+    }
+    return PT_OK;
+}
+
+/* One pt_device_spec per device: the string forms share engine.threads
+ * among their CPU devices and give each engine.device_memory_mb; a listed
+ * device takes what its object sets, the same defaults otherwise. */
+static int plan_devices(const pt_server_config *c, const char *src, pt_device_kind kind, pt_layout_plan *p,
+                        pt_err *err) {
+    int n = p->n_devices;
+    uint64_t budget = (uint64_t)c->device_memory_mb << 20;
+    int threads = c->threads / n > 0 ? c->threads / n : 1;
+    if (c->n_device_list == 0) {
+        bool one_gpu = c->devices && !strcmp(c->devices, "cuda");
+        for (int i = 0; i < n; i++)
+            p->devices[i] = (pt_device_spec){kind, kind == PT_DEVICE_CPU ? threads : 1,
+                                             kind == PT_DEVICE_CUDA ? (one_gpu ? c->cuda_device : i) : 0, budget};
+        return PT_OK;
+    }
+    int n_cuda = 0;
+    for (int i = 0; i < n; i++) {
+        const pt_device_conf *d = &c->device_list[i];
+        if (d->kind != c->device_list[0].kind)
+            return pt_err_set(err, PT_ERR_INVALID,
+                              "%s'engine.devices'[%d] is \"%s\" but 'engine.devices'[0] is \"%s\": the devices of a "
+                              "server are of one kind",
+                              src, i, d->kind == PT_DEVICE_CUDA ? "cuda" : "cpu",
+                              kind == PT_DEVICE_CUDA ? "cuda" : "cpu");
+        pt_device_spec *sp = &p->devices[i];
+        sp->kind = d->kind;
+        sp->threads = d->kind == PT_DEVICE_CUDA ? 1 : d->threads >= 0 ? d->threads : threads;
+        sp->ordinal = d->kind == PT_DEVICE_CPU ? 0 : d->ordinal >= 0 ? d->ordinal : n_cuda;
+        sp->budget_bytes = d->memory_mb >= 0 ? (uint64_t)d->memory_mb << 20 : budget;
+        n_cuda += d->kind == PT_DEVICE_CUDA;
+        for (int j = 0; j < i && d->kind == PT_DEVICE_CUDA; j++)
+            if (p->devices[j].ordinal == sp->ordinal)
+                return pt_err_set(err, PT_ERR_INVALID,
+                                  "%s'engine.devices'[%d] has CUDA ordinal %d, as 'engine.devices'[%d] does: one "
+                                  "device per GPU",
+                                  src, i, sp->ordinal, j);
+    }
+    return PT_OK;
+}
+
+/* The string forms split engine.threads among their CPU devices: each
+ * needs one of its own (a listed device sets its threads itself). */
+static int check_threads(const pt_server_config *c, const char *src, const pt_layout_plan *p, pt_err *err) {
+    if (c->n_device_list || p->devices[0].kind != PT_DEVICE_CPU || p->n_devices <= c->threads) return PT_OK;
+    if (c->layout.n == 0 && c->tp == p->n_devices)
         return pt_err_set(err, PT_ERR_INVALID,
-                          "%s: 'scheduler.prefill_chunk' (%zu) must not exceed 'scheduler.max_batch_tokens' (%zu) "
-                          "(--prefill-chunk, --max-batch-tokens)",
-                          src, c->prefill_chunk, c->max_batch_tokens);
-    if (c->tp > c->threads)
-        return pt_err_set(err, PT_ERR_INVALID,
-                          "%s: 'engine.tp' (%d) must not exceed 'engine.threads' (%d): each rank needs a thread "
+                          "%s'engine.tp' (%d) must not exceed 'engine.threads' (%d): each rank needs a thread "
                           "(--tp, --threads)",
                           src, c->tp, c->threads);
+    return pt_err_set(err, PT_ERR_INVALID,
+                      "%sthe %d CPU devices of 'engine.devices' \"%s\" need at least %d threads, but "
+                      "'engine.threads' is %d: each device needs a thread of its own (--threads, --devices, --layout)",
+                      src, p->n_devices, c->devices, p->n_devices, c->threads);
+}
+
+static int plan_layout(const pt_server_config *c, const char *src, pt_layout_plan *out, pt_err *err) {
+    pt_layout_plan p;
+    memset(&p, 0, sizeof(p));
+    pt_device_kind kind;
+    int count;
+    if (c->n_device_list) {
+        kind = c->device_list[0].kind;
+        count = c->n_device_list;
+    } else if (!c->devices || !parse_devices_string(c->devices, &kind, &count)) {
+        return pt_err_set(err, PT_ERR_INVALID, "%s'engine.devices' is not set", src); /* set directly, not parsed */
+    }
+    int rc = plan_instances(c, src, count, &p, err);
+    if (!rc) rc = plan_allowed(c, src, &p, err);
+    if (!rc) rc = plan_devices(c, src, kind, &p, err);
+    if (!rc) rc = check_threads(c, src, &p, err);
+    if (!rc) *out = p;
+    return rc;
+}
+
+int pt_config_finalize(pt_server_config *c, pt_err *err) {
+    /* Cross-key messages begin with the file when there is one ("serve.json: "); the CLI puts its own name first. */
+    char src[STR_MAX + 3] = "";
+    if (c->config_path) snprintf(src, sizeof(src), "%s: ", c->config_path);
+    if (c->prefill_chunk > c->max_batch_tokens)
+        return pt_err_set(err, PT_ERR_INVALID,
+                          "%s'scheduler.prefill_chunk' (%zu) must not exceed 'scheduler.max_batch_tokens' (%zu) "
+                          "(--prefill-chunk, --max-batch-tokens)",
+                          src, c->prefill_chunk, c->max_batch_tokens);
+    int rc = plan_layout(c, src, &c->plan, err);
+    if (rc) return rc;
     if (!c->api_key) {
         const char *env = getenv("PROTEUS_API_KEY");
         if (env && *env) c->api_key = pt_xstrdup(env);
@@ -775,6 +1152,28 @@ static const char *enum_value_name(const cfg_key *k, int v) {
     for (size_t i = 0; k->names[i].name; i++)
         if (k->names[i].value == v) return k->names[i].name;
     return "?";
+}
+
+static cJSON *list_json(const pt_int_list *l) {
+    if (l->n == 0) return cJSON_CreateNull();
+    return cJSON_CreateIntArray(l->v, l->n);
+}
+
+/* engine.devices as it was given: the string, or the objects with the keys
+ * that were set. */
+static cJSON *devices_json(const pt_server_config *c) {
+    if (c->n_device_list == 0) return cJSON_CreateString(c->devices ? c->devices : "cpu");
+    cJSON *arr = cJSON_CreateArray();
+    for (int i = 0; i < c->n_device_list; i++) {
+        const pt_device_conf *d = &c->device_list[i];
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "kind", d->kind == PT_DEVICE_CUDA ? "cuda" : "cpu");
+        if (d->threads >= 0) cJSON_AddNumberToObject(o, "threads", d->threads);
+        if (d->ordinal >= 0) cJSON_AddNumberToObject(o, "ordinal", d->ordinal);
+        if (d->memory_mb >= 0) cJSON_AddNumberToObject(o, "memory_mb", (double)d->memory_mb);
+        cJSON_AddItemToArray(arr, o);
+    }
+    return arr;
 }
 
 char *pt_config_to_json(const pt_server_config *c, bool redact) {
@@ -799,6 +1198,8 @@ char *pt_config_to_json(const pt_server_config *c, bool redact) {
         case KT_NUM: v = cJSON_CreateNumber(*f_num(cc, k)); break;
         case KT_BOOL: v = cJSON_CreateBool(*f_bool(cc, k)); break;
         case KT_ENUM: v = cJSON_CreateString(enum_value_name(k, *f_int(cc, k))); break;
+        case KT_INTLIST: v = list_json(f_list(cc, k)); break;
+        case KT_DEVICES: v = devices_json(c); break;
         case KT_STR: {
             const char *s = *f_str(cc, k);
             if (s && redact && k->off == OFF(api_key)) s = "<redacted>";
@@ -825,7 +1226,9 @@ static void fmt_default(const pt_server_config *d, const cfg_key *k, char *out, 
     case KT_NUM: snprintf(out, n, "%g", *f_num(dd, k)); break;
     case KT_BOOL: snprintf(out, n, "%s", *f_bool(dd, k) ? "true" : "false"); break;
     case KT_ENUM: snprintf(out, n, "%s", enum_value_name(k, *f_int(dd, k))); break;
-    case KT_STR: snprintf(out, n, "%s", *f_str(dd, k) ? *f_str(dd, k) : "null"); break;
+    case KT_STR:
+    case KT_DEVICES: snprintf(out, n, "%s", *f_str(dd, k) ? *f_str(dd, k) : "null"); break;
+    case KT_INTLIST: snprintf(out, n, "null"); break;
     }
 }
 
@@ -844,7 +1247,10 @@ void pt_config_usage(FILE *f) {
     for (size_t i = 0; i < N_KEYS; i++) {
         const cfg_key *k = &KEYS[i];
         char flag[48], def[64];
-        const char *meta = k->type == KT_BOOL ? "" : k->type == KT_STR || k->type == KT_ENUM ? " S" : " N";
+        const char *meta = k->type == KT_BOOL                                               ? ""
+                           : k->type == KT_INTLIST                                          ? " N,N,..."
+                           : k->type == KT_STR || k->type == KT_ENUM || k->type == KT_DEVICES ? " S"
+                                                                                              : " N";
         if (k->sflag) snprintf(flag, sizeof(flag), "%s, %s%s", k->sflag, k->flag, meta);
         else snprintf(flag, sizeof(flag), "%s%s", k->flag, meta);
         fmt_default(&d, k, def, sizeof(def));

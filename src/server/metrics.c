@@ -77,29 +77,89 @@ static void render_hist(sbuf *b, const pt_histogram *h, const char *model) {
     sb_printf(b, "%s_count{model_name=\"%s\"} %llu\n", h->name, model, (unsigned long long)h->count);
 }
 
-char *pt_metrics_render(const pt_metrics *m, const pt_batcher_stats *s, const char *model) {
+/* Per device: KV pages (where the instance's stats cover the rank), memory
+ * by class and the budget. */
+static void render_devices(sbuf *b, const pt_layout_report *r, const char *model) {
+    sb_printf(b, "# HELP proteus_kv_pages_used KV head pages in use per device.\n"
+                 "# TYPE proteus_kv_pages_used gauge\n");
+    for (int i = 0; i < r->n_devices; i++)
+        if (r->devices[i].kv_known)
+            sb_printf(b, "proteus_kv_pages_used{model_name=\"%s\",device=\"%s\"} %llu\n", model, r->devices[i].name,
+                      (unsigned long long)(r->devices[i].kv_pages_total - r->devices[i].kv_pages_free));
+    sb_printf(b, "# HELP proteus_kv_pages_free KV head pages free per device.\n"
+                 "# TYPE proteus_kv_pages_free gauge\n");
+    for (int i = 0; i < r->n_devices; i++)
+        if (r->devices[i].kv_known)
+            sb_printf(b, "proteus_kv_pages_free{model_name=\"%s\",device=\"%s\"} %llu\n", model, r->devices[i].name,
+                      (unsigned long long)r->devices[i].kv_pages_free);
+    sb_printf(b, "# HELP proteus_device_memory_bytes Device memory held, by class.\n"
+                 "# TYPE proteus_device_memory_bytes gauge\n");
+    for (int i = 0; i < r->n_devices; i++)
+        for (int c = 0; c < PT_MEM_CLASS_COUNT; c++)
+            sb_printf(b, "proteus_device_memory_bytes{device=\"%s\",class=\"%s\"} %llu\n", r->devices[i].name,
+                      pt_mem_class_name((pt_mem_class)c), (unsigned long long)r->devices[i].used[c]);
+    sb_printf(b, "# HELP proteus_device_memory_budget_bytes Device memory budget (0 = no limit).\n"
+                 "# TYPE proteus_device_memory_budget_bytes gauge\n");
+    for (int i = 0; i < r->n_devices; i++)
+        sb_printf(b, "proteus_device_memory_budget_bytes{device=\"%s\"} %llu\n", r->devices[i].name,
+                  (unsigned long long)r->devices[i].budget_bytes);
+}
+
+/* One gauge (or counter) per instance; `f` picks the value. */
+typedef uint64_t (*instance_field)(const pt_instance_report *in);
+static uint64_t f_running(const pt_instance_report *in) { return in->running; }
+static uint64_t f_waiting(const pt_instance_report *in) { return in->waiting; }
+static uint64_t f_pages_free(const pt_instance_report *in) { return in->kv_pages_free; }
+static uint64_t f_requests(const pt_instance_report *in) { return in->requests_total; }
+
+static void render_instances(sbuf *b, const pt_layout_report *r) {
+    /* The layout itself: each instance's TP degree, its devices in a label. */
+    sb_printf(b, "# HELP proteus_instance_tp TP degree of each instance; devices lists its ranks' devices.\n"
+                 "# TYPE proteus_instance_tp gauge\n");
+    for (int i = 0; i < r->n_instances; i++) {
+        const pt_instance_report *in = &r->instances[i];
+        sb_printf(b, "proteus_instance_tp{instance=\"%d\",devices=\"", i);
+        for (int k = 0; k < in->tp && in->first + k < r->n_devices; k++)
+            sb_printf(b, "%s%s", k ? "," : "", r->devices[in->first + k].name);
+        sb_printf(b, "\"} %d\n", in->tp);
+    }
+    static const struct {
+        const char *name, *type, *help;
+        instance_field f;
+    } G[] = {
+        {"proteus_instance_running", "gauge", "Requests prefilling or decoding per instance.", f_running},
+        {"proteus_instance_waiting", "gauge", "Requests queued for admission per instance.", f_waiting},
+        {"proteus_instance_kv_pages_free", "gauge", "KV head pages free over an instance's ranks.", f_pages_free},
+        {"proteus_instance_requests_total", "counter", "Requests routed to each instance.", f_requests},
+    };
+    for (size_t g = 0; g < sizeof(G) / sizeof(G[0]); g++) {
+        sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", G[g].name, G[g].help, G[g].name, G[g].type);
+        for (int i = 0; i < r->n_instances; i++)
+            sb_printf(b, "%s{instance=\"%d\"} %llu\n", G[g].name, i, (unsigned long long)G[g].f(&r->instances[i]));
+    }
+}
+
+char *pt_metrics_render(const pt_metrics *m, const pt_layout_report *r, const char *model) {
     sbuf b = {pt_xmalloc(4096), 0, 4096};
     b.s[0] = 0;
     render_hist(&b, &m->ttft, model);
     render_hist(&b, &m->itl, model);
     render_hist(&b, &m->e2e, model);
     render_hist(&b, &m->queue, model);
+    uint64_t running = 0, waiting = 0, preemptions = 0;
+    for (int i = 0; i < r->n_instances; i++) {
+        running += r->instances[i].running;
+        waiting += r->instances[i].waiting;
+        preemptions += r->instances[i].preemptions;
+    }
     sb_printf(&b, "# HELP proteus_num_requests_running Requests prefilling or decoding.\n"
-                  "# TYPE proteus_num_requests_running gauge\nproteus_num_requests_running{model_name=\"%s\"} %u\n",
-              model, s->running);
+                  "# TYPE proteus_num_requests_running gauge\nproteus_num_requests_running{model_name=\"%s\"} %llu\n",
+              model, (unsigned long long)running);
     sb_printf(&b, "# HELP proteus_num_requests_waiting Requests queued for admission.\n"
-                  "# TYPE proteus_num_requests_waiting gauge\nproteus_num_requests_waiting{model_name=\"%s\"} %u\n",
-              model, s->waiting);
-    sb_printf(&b, "# HELP proteus_kv_pages_used KV head pages in use per device.\n"
-                  "# TYPE proteus_kv_pages_used gauge\n");
-    for (int i = 0; i < s->n_ranks && i < 8; i++)
-        sb_printf(&b, "proteus_kv_pages_used{model_name=\"%s\",device=\"%s\"} %llu\n", model, s->device[i],
-                  (unsigned long long)(s->kv_pages_total[i] - s->kv_pages_free[i]));
-    sb_printf(&b, "# HELP proteus_kv_pages_free KV head pages free per device.\n"
-                  "# TYPE proteus_kv_pages_free gauge\n");
-    for (int i = 0; i < s->n_ranks && i < 8; i++)
-        sb_printf(&b, "proteus_kv_pages_free{model_name=\"%s\",device=\"%s\"} %llu\n", model, s->device[i],
-                  (unsigned long long)s->kv_pages_free[i]);
+                  "# TYPE proteus_num_requests_waiting gauge\nproteus_num_requests_waiting{model_name=\"%s\"} %llu\n",
+              model, (unsigned long long)waiting);
+    render_devices(&b, r, model);
+    render_instances(&b, r);
     sb_printf(&b, "# HELP proteus_prompt_tokens_total Prompt tokens processed.\n"
                   "# TYPE proteus_prompt_tokens_total counter\nproteus_prompt_tokens_total{model_name=\"%s\"} %llu\n",
               model, (unsigned long long)m->prompt_tokens);
@@ -118,6 +178,6 @@ char *pt_metrics_render(const pt_metrics *m, const pt_batcher_stats *s, const ch
               model, (unsigned long long)m->rejected_busy);
     sb_printf(&b, "# HELP proteus_preemptions_total Sequences preempted for lack of KV pages.\n"
                   "# TYPE proteus_preemptions_total counter\nproteus_preemptions_total{model_name=\"%s\"} %llu\n",
-              model, (unsigned long long)s->preemptions);
+              model, (unsigned long long)preemptions);
     return b.s;
 }

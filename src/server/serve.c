@@ -1,15 +1,21 @@
 /* The server: routes, authentication, generation calls and their events.
  *
- * A generation call (one HTTP request) fans out into n_choices batcher
- * requests (prompts x n). The batcher thread reports events through
- * on_batch_event, which copies them into a queue; the loop thread drains it in
- * on_async and writes SSE chunks or, at the end, one JSON body. A call lives
- * until every choice has sent its final event AND the HTTP side is done
+ * The server holds one fabric of devices and one or more instances over it
+ * (engine.layout), each an engine with its own batcher (its batching loop
+ * and thread). A generation call (one HTTP request) fans out into n_choices
+ * batcher requests (prompts x n); each choice goes to the instance
+ * pt_route_pick chooses (server/layout.h) and remembers it, so that a cancel
+ * reaches the right batcher. The batcher threads report events through
+ * on_batch_event, which copies them into one queue; the loop thread drains it
+ * in on_async and writes SSE chunks or, at the end, one JSON body. A call
+ * lives until every choice has sent its final event AND the HTTP side is done
  * (answered, or released after the client went away). */
 #define _GNU_SOURCE
 #include "proteus/serve.h"
 
 #include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -18,11 +24,13 @@
 #include "proteus/batcher.h"
 #include "proteus/chat_template.h"
 #include "proteus/engine.h"
+#include "proteus/fabric.h"
 #include "proteus/http.h"
 #include "proteus/metrics.h"
 #include "proteus/model_file.h"
 #include "proteus/openai_api.h"
 #include "proteus/tokenizer.h"
+#include "server/layout.h"
 
 typedef struct serve serve;
 typedef struct call call;
@@ -30,6 +38,8 @@ typedef struct call call;
 typedef struct {
     call *c;
     uint32_t index;
+    int inst;             /* the instance it was submitted to */
+    uint64_t pages;       /* KV head pages promised to it there (prompt + max_tokens) */
     uint64_t batch_id;
     bool submitted, done;
     pt_oai_finish finish;
@@ -79,6 +89,16 @@ typedef struct event {
     char *error;
 } event;
 
+/* One instance: an engine over devices [first, first + tp) of the fabric,
+ * and its batching loop. */
+typedef struct {
+    pt_engine *engine;
+    pt_batcher *batcher;
+    int first, tp;
+    uint64_t requests_total; /* choices routed here */
+    uint64_t pages_promised; /* KV head pages the unfinished ones may need (routing) */
+} instance;
+
 struct serve {
     const pt_server_config *cfg;
     uv_loop_t loop;
@@ -89,13 +109,15 @@ struct serve {
     pt_http_server *http;
     pt_model_file mf;
     pt_tokenizer *tok;
-    pt_engine *engine;
-    pt_batcher *batcher;
+    pt_fabric *fabric;
+    instance *inst;       /* (n_inst) in device order */
+    int n_inst;
     pt_chat_template ct;
     bool have_ct;
     pt_metrics metrics;
     const char *model_name;
-    uint32_t max_ctx;
+    uint32_t max_ctx;     /* the longest context an instance takes */
+    uint32_t page_size, n_kv_heads; /* to count the KV pages a request needs */
     pthread_mutex_t mu;
     event *ev_head, *ev_tail;
     call *calls;
@@ -142,7 +164,7 @@ static pt_oai_finish oai_finish(pt_finish_reason f) {
 }
 
 static pt_oai_limits limits_of(serve *s) {
-    pt_oai_limits lim = {&s->model_name, 1, s->max_ctx, pt_engine_config(s->engine)->vocab_size};
+    pt_oai_limits lim = {&s->model_name, 1, s->max_ctx, pt_engine_config(s->inst[0].engine)->vocab_size};
     return lim;
 }
 
@@ -172,8 +194,14 @@ static void call_maybe_free(call *c) {
 }
 
 static void call_cancel_all(call *c) {
-    for (uint32_t i = 0; i < c->n_choices; i++)
-        if (c->choices[i].submitted && !c->choices[i].done) pt_batcher_cancel(c->s->batcher, c->choices[i].batch_id);
+    for (uint32_t i = 0; i < c->n_choices; i++) {
+        choice *ch = &c->choices[i];
+        if (ch->submitted && !ch->done) pt_batcher_cancel(c->s->inst[ch->inst].batcher, ch->batch_id);
+    }
+}
+
+static void cancel_everything(serve *s) {
+    for (int i = 0; i < s->n_inst; i++) pt_batcher_cancel_all(s->inst[i].batcher);
 }
 
 /* The client went away: stop generating, give the request back. */
@@ -291,6 +319,7 @@ static void handle_event(serve *s, event *e) {
     if (final) {
         ch->done = true;
         c->n_done++;
+        s->inst[ch->inst].pages_promised -= ch->pages;
         ch->finish = oai_finish(e->finish);
         ch->prompt_tokens = e->prompt_tokens;
         ch->completion_tokens = e->completion_tokens;
@@ -385,6 +414,49 @@ static void on_async(uv_async_t *h) {
 }
 
 /* ---- generation requests ---- */
+
+/* What routing sees of instance i: its batcher's last snapshot (KV pages of
+ * up to 8 ranks, load) and the pages promised to what was routed since. */
+static void route_candidate(serve *s, int i, pt_route_candidate *c) {
+    pt_batcher_stats st;
+    pt_batcher_get_stats(s->inst[i].batcher, &st);
+    *c = (pt_route_candidate){.max_ctx = pt_batcher_max_ctx(s->inst[i].batcher),
+                              .pages_promised = s->inst[i].pages_promised,
+                              .load = st.running + st.waiting};
+    for (int r = 0; r < st.n_ranks && r < 8; r++) {
+        c->pages_total += st.kv_pages_total[r];
+        c->pages_free += st.kv_pages_free[r];
+    }
+}
+
+/* Routes one choice and queues it on that instance. An instance whose queue
+ * is full is passed over for the next best: PT_ERR_BUSY only when every
+ * instance that could take it refused. */
+static int submit_choice(serve *s, choice *ch, const pt_gen_params *p, pt_err *err) {
+    uint64_t tokens = (uint64_t)p->n_prompt + p->max_tokens;
+    uint64_t pages = pt_route_pages(tokens, s->page_size, s->n_kv_heads);
+    pt_route_candidate cand[PT_FABRIC_MAX_DEVICES];
+    for (int i = 0; i < s->n_inst; i++) route_candidate(s, i, &cand[i]);
+    bool refused = false;
+    int i;
+    while ((i = pt_route_pick(cand, s->n_inst, tokens, pages)) >= 0) {
+        int rc = pt_batcher_submit(s->inst[i].batcher, p, &ch->batch_id, err);
+        if (rc == PT_ERR_BUSY) {
+            cand[i].refused = refused = true;
+            continue;
+        }
+        if (rc) return rc;
+        ch->submitted = true;
+        ch->inst = i;
+        ch->pages = pages;
+        s->inst[i].pages_promised += pages;
+        s->inst[i].requests_total++;
+        return PT_OK;
+    }
+    if (refused) return PT_ERR_BUSY; /* err holds the last refusal */
+    return pt_err_set(err, PT_ERR_INVALID, "no instance holds %llu tokens (context %u)", (unsigned long long)tokens,
+                      s->max_ctx);
+}
 
 static int tokenize_text(serve *s, const char *text, bool add_bos, int32_t **ids, size_t *n, pt_oai_error *oe) {
     pt_err err;
@@ -491,12 +563,11 @@ static void handle_generate(serve *s, pt_http_request *req, pt_oai_kind kind) {
         p.top_logprobs = r.logprobs ? r.top_logprobs : -1;
         p.cb = on_batch_event;
         p.user = ch;
-        int src = pt_batcher_submit(s->batcher, &p, &ch->batch_id, &err);
+        int src = submit_choice(s, ch, &p, &err);
         if (src != 0) {
             busy = src;
             break;
         }
-        ch->submitted = true;
         c->tokens_in += lens[pi];
         if (i % (uint32_t)r.n == 0) s->metrics.prompt_tokens += lens[pi];
     }
@@ -583,6 +654,79 @@ static void handle_detokenize(serve *s, pt_http_request *req) {
     pt_oai_detokenize_request_free(&r);
 }
 
+/* ---- layout ---- */
+
+/* The snapshot behind GET /v1/layout and /metrics: the devices' own
+ * counters (atomic) and each batcher's stats (taken under its lock). */
+static void layout_report(serve *s, pt_layout_report *r) {
+    memset(r, 0, sizeof(*r));
+    r->n_devices = pt_fabric_size(s->fabric);
+    for (int i = 0; i < r->n_devices; i++) {
+        pt_device *d = pt_fabric_device(s->fabric, i);
+        pt_device_report *dr = &r->devices[i];
+        snprintf(dr->name, sizeof(dr->name), "%s", pt_device_name(d));
+        dr->kind = pt_device_kind_of(d);
+        dr->threads = pt_device_threads(d);
+        dr->ordinal = pt_device_ordinal(d);
+        dr->budget_bytes = pt_device_budget(d);
+        for (int c = 0; c < PT_MEM_CLASS_COUNT; c++) dr->used[c] = pt_device_used(d, (pt_mem_class)c);
+        dr->instance = dr->rank = -1;
+    }
+    r->n_instances = s->n_inst;
+    for (int i = 0; i < s->n_inst; i++) {
+        const instance *in = &s->inst[i];
+        pt_instance_report *ir = &r->instances[i];
+        pt_batcher_stats st;
+        pt_batcher_get_stats(in->batcher, &st);
+        *ir = (pt_instance_report){.first = in->first, .tp = in->tp, .running = st.running, .waiting = st.waiting,
+                                   .requests_total = in->requests_total, .preemptions = st.preemptions};
+        for (int k = 0; k < in->tp; k++) {
+            pt_device_report *dr = &r->devices[in->first + k];
+            dr->instance = i;
+            dr->rank = k;
+            pt_engine_weight_bytes(in->engine, k, &dr->weight_shard, &dr->weight_replicated);
+            if (k >= st.n_ranks || k >= 8) continue;
+            dr->kv_known = true;
+            dr->kv_pages_total = st.kv_pages_total[k];
+            dr->kv_pages_free = st.kv_pages_free[k];
+            ir->kv_pages_total += dr->kv_pages_total;
+            ir->kv_pages_free += dr->kv_pages_free;
+        }
+    }
+    r->n_allowed = s->cfg->plan.n_allowed;
+    memcpy(r->allowed_tp, s->cfg->plan.allowed_tp, (size_t)r->n_allowed * sizeof(int));
+}
+
+static void handle_metrics(serve *s, pt_http_request *req) {
+    pt_layout_report *r = pt_xmalloc(sizeof(*r));
+    layout_report(s, r);
+    char *t = pt_metrics_render(&s->metrics, r, s->model_name);
+    pt_http_respond(req, 200, "text/plain; version=0.0.4", t, strlen(t), NULL);
+    free(t);
+    free(r);
+}
+
+/* GET: the layout. POST is where an operator will ask for another one; that
+ * takes live TP transformations (DESIGN.md section 6), so it says so. */
+static void handle_layout(serve *s, pt_http_request *req, bool get, bool post) {
+    if (post) {
+        send_error(req, 501, "not_implemented_error", "layout_change_not_implemented", NULL,
+                   "changing the layout of a running server comes with live TP transformations, which are not "
+                   "implemented yet: restart the server with the layout wanted (--devices, --layout)",
+                   NULL);
+        return;
+    }
+    if (!get) {
+        send_error(req, 405, "invalid_request_error", NULL, NULL, "method not allowed for this route",
+                   "Allow: GET, POST\r\n");
+        return;
+    }
+    pt_layout_report *r = pt_xmalloc(sizeof(*r));
+    layout_report(s, r);
+    send_json(req, 200, pt_layout_json(r));
+    free(r);
+}
+
 static void handle_request(void *user, pt_http_request *req) {
     serve *s = user;
     const char *m = pt_http_method(req), *path = pt_http_path(req);
@@ -594,6 +738,10 @@ static void handle_request(void *user, pt_http_request *req) {
         return;
     }
     s->metrics.http_requests++;
+    if (!strcmp(path, "/v1/layout")) {
+        handle_layout(s, req, get, post);
+        return;
+    }
     struct {
         const char *path;
         bool post;
@@ -615,14 +763,9 @@ static void handle_request(void *user, pt_http_request *req) {
         case 0:
             pt_http_respond(req, 200, "application/json", "{}", 2, NULL);
             return;
-        case 1: {
-            pt_batcher_stats st;
-            pt_batcher_get_stats(s->batcher, &st);
-            char *t = pt_metrics_render(&s->metrics, &st, s->model_name);
-            pt_http_respond(req, 200, "text/plain; version=0.0.4", t, strlen(t), NULL);
-            free(t);
+        case 1:
+            handle_metrics(s, req);
             return;
-        }
         case 2:
             send_json(req, 200, pt_oai_models_json(&s->model_name, 1, (int64_t)time(NULL), s->max_ctx));
             return;
@@ -670,14 +813,14 @@ static void on_sweep(uv_timer_t *t) {
 static void on_grace_expired(uv_timer_t *t) {
     serve *s = t->data;
     pt_log(PT_LOG_WARN, "shutdown grace period over: cancelling the requests still running");
-    pt_batcher_cancel_all(s->batcher);
+    cancel_everything(s);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
     serve *s = h->data;
     if (s->shutting_down) {
         pt_log(PT_LOG_WARN, "second signal: cancelling everything now");
-        pt_batcher_cancel_all(s->batcher);
+        cancel_everything(s);
         return;
     }
     s->shutting_down = true;
@@ -688,6 +831,81 @@ static void on_signal(uv_signal_t *h, int signum) {
     pt_http_server_close(s->http, on_http_closed, s);
 }
 
+/* Puts a printf-formed prefix before the message already in err. */
+static int err_prefixed(pt_err *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int err_prefixed(pt_err *err, int code, const char *fmt, ...) {
+    char prefix[192], msg[sizeof(err->msg)];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof(prefix), fmt, ap);
+    va_end(ap);
+    snprintf(msg, sizeof(msg), "%s", err->msg);
+    return pt_err_set(err, code, "%s%s", prefix, msg);
+}
+
+/* What every instance's engine shares; its devices come from the fabric. */
+static void engine_opts(const pt_server_config *cfg, pt_engine_opts *eo) {
+    pt_engine_opts_default(eo);
+    eo->page_size = (uint32_t)cfg->page_size;
+    eo->kv_dtype = cfg->kv_dtype;
+    eo->max_ctx = (uint32_t)cfg->max_model_len;
+    eo->max_seqs = (uint32_t)cfg->max_running;
+    eo->max_batch_tokens = (uint32_t)cfg->max_batch_tokens;
+    eo->kv_bytes = (uint64_t)cfg->kv_memory_mb << 20;
+    eo->cuda_graphs = cfg->cuda_graphs;
+    eo->select_budget = (uint32_t)cfg->select_budget;
+    eo->select_dense_layers = (uint32_t)cfg->select_dense_layers;
+}
+
+/* The fabric and one engine per instance of the plan. What the devices or
+ * the model refuse (a TP degree above the model's KV heads, a budget too
+ * small for a shard) is a configuration error: PT_SERVE_ERR_LAYOUT, the
+ * message naming the key and the instance's devices. */
+static int open_engines(serve *s, const pt_layout_plan *p, pt_err *err) {
+    if (p->n_devices == 0) return pt_err_set(err, PT_ERR_INVALID, "no devices: the configuration was not finalized");
+    char allowed[96];
+    size_t len = 0;
+    for (int i = 0; i < p->n_allowed && len < sizeof(allowed); i++)
+        len += (size_t)snprintf(allowed + len, sizeof(allowed) - len, "%s%d", i ? "," : "", p->allowed_tp[i]);
+    if (pt_fabric_create(&s->fabric, p->devices, p->n_devices, p->allowed_tp, p->n_allowed, err))
+        return err_prefixed(err, PT_SERVE_ERR_LAYOUT, "engine.devices (%d %s device%s, engine.allowed_tp [%s]): ",
+                            p->n_devices, p->devices[0].kind == PT_DEVICE_CUDA ? "cuda" : "cpu",
+                            p->n_devices == 1 ? "" : "s", allowed);
+    s->inst = pt_xcalloc((size_t)p->n_instances, sizeof(instance));
+    s->n_inst = p->n_instances;
+    pt_engine_opts eo;
+    engine_opts(s->cfg, &eo);
+    for (int i = 0; i < s->n_inst; i++) {
+        instance *in = &s->inst[i];
+        in->first = p->first[i];
+        in->tp = p->tp[i];
+        if (!pt_fabric_group_ok(s->fabric, in->first, in->tp))
+            return pt_err_set(err, PT_SERVE_ERR_LAYOUT,
+                              "engine.layout[%d] (devices [%d, %d)): the fabric does not allow an instance of TP %d "
+                              "there (allowed TP [%s], aligned to the degree)",
+                              i, in->first, in->first + in->tp, in->tp, allowed);
+        if (pt_engine_create_on(&in->engine, &s->mf, s->fabric, in->first, in->tp, &eo, err))
+            return err_prefixed(err, PT_SERVE_ERR_LAYOUT, "engine.layout[%d] (devices [%d, %d)): ", i, in->first,
+                                in->first + in->tp);
+    }
+    return PT_OK;
+}
+
+/* One batching loop per instance; the limits a request is checked against. */
+static int open_batchers(serve *s, const pt_server_config *cfg, pt_err *err) {
+    pt_batcher_opts bo = {(uint32_t)cfg->max_running, (uint32_t)cfg->max_waiting, (uint32_t)cfg->max_batch_tokens,
+                          (uint32_t)cfg->prefill_chunk};
+    for (int i = 0; i < s->n_inst; i++) {
+        int rc = pt_batcher_create(&s->inst[i].batcher, s->inst[i].engine, s->tok, &bo, err);
+        if (rc) return rc;
+        uint32_t ctx = pt_batcher_max_ctx(s->inst[i].batcher);
+        if (ctx > s->max_ctx) s->max_ctx = ctx;
+    }
+    s->page_size = pt_engine_get_opts(s->inst[0].engine)->page_size;
+    s->n_kv_heads = pt_engine_config(s->inst[0].engine)->n_kv_heads;
+    return PT_OK;
+}
+
 static int serve_open(serve *s, const pt_server_config *cfg, pt_err *err) {
     int rc;
     s->cfg = cfg;
@@ -695,26 +913,8 @@ static int serve_open(serve *s, const pt_server_config *cfg, pt_err *err) {
     pt_rng_seed(&s->rng, (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32));
     if ((rc = pt_model_file_open(&s->mf, cfg->model, err))) return rc;
     if ((rc = pt_tokenizer_load(&s->tok, &s->mf, err))) return rc;
-    pt_engine_opts eo;
-    pt_engine_opts_default(&eo);
-    eo.tp = cfg->tp;
-    eo.n_threads = cfg->threads / cfg->tp > 0 ? cfg->threads / cfg->tp : 1;
-    eo.page_size = (uint32_t)cfg->page_size;
-    eo.kv_dtype = cfg->kv_dtype;
-    eo.max_ctx = (uint32_t)cfg->max_model_len;
-    eo.max_seqs = (uint32_t)cfg->max_running;
-    eo.max_batch_tokens = (uint32_t)cfg->max_batch_tokens;
-    eo.kv_bytes = (uint64_t)cfg->kv_memory_mb << 20;
-    eo.device = strcmp(cfg->devices, "cuda") == 0 ? PT_DEVICE_CUDA : PT_DEVICE_CPU;
-    eo.device_index = cfg->cuda_device;
-    eo.cuda_graphs = cfg->cuda_graphs;
-    eo.select_budget = (uint32_t)cfg->select_budget;
-    eo.select_dense_layers = (uint32_t)cfg->select_dense_layers;
-    if ((rc = pt_engine_create(&s->engine, &s->mf, &eo, err))) return rc;
-    s->max_ctx = pt_engine_get_opts(s->engine)->max_ctx;
-    pt_batcher_opts bo = {(uint32_t)cfg->max_running, (uint32_t)cfg->max_waiting, (uint32_t)cfg->max_batch_tokens,
-                          (uint32_t)cfg->prefill_chunk};
-    if ((rc = pt_batcher_create(&s->batcher, s->engine, s->tok, &bo, err))) return rc;
+    if ((rc = open_engines(s, &cfg->plan, err))) return rc;
+    if ((rc = open_batchers(s, cfg, err))) return rc;
     s->model_name = cfg->served_model_name;
     /* Chat template: the model's (or the configured one); without one, chat requests get a 400. */
     pt_err terr;
@@ -749,7 +949,7 @@ static int serve_open(serve *s, const pt_server_config *cfg, pt_err *err) {
 }
 
 static void serve_close(serve *s) {
-    pt_batcher_free(s->batcher);
+    for (int i = 0; i < s->n_inst; i++) pt_batcher_free(s->inst[i].batcher);
     /* Events the batcher sent while stopping. */
     for (event *e = s->ev_head; e;) {
         event *n = e->next;
@@ -760,7 +960,9 @@ static void serve_close(serve *s) {
     }
     while (s->calls) call_free(s->calls);
     if (s->have_ct) pt_chat_template_free(&s->ct);
-    pt_engine_free(s->engine);
+    for (int i = 0; i < s->n_inst; i++) pt_engine_free(s->inst[i].engine);
+    free(s->inst);
+    pt_fabric_free(s->fabric);
     pt_tokenizer_free(s->tok);
     pt_model_file_close(&s->mf);
 }
@@ -775,9 +977,13 @@ int pt_serve_run(const pt_server_config *cfg) {
         free(s);
         return rc;
     }
-    pt_log(PT_LOG_INFO, "serving %s on http://%s:%d (context %u tokens, %d rank(s) x %d thread(s))", s->model_name,
-           cfg->host, pt_http_server_port(s->http), s->max_ctx, cfg->tp,
-           cfg->threads / cfg->tp > 0 ? cfg->threads / cfg->tp : 1);
+    pt_layout_report *r = pt_xmalloc(sizeof(*r));
+    layout_report(s, r);
+    char layout[512];
+    pt_layout_describe(r, layout, sizeof(layout));
+    free(r);
+    pt_log(PT_LOG_INFO, "serving %s on http://%s:%d (context %u tokens): %s", s->model_name, cfg->host,
+           pt_http_server_port(s->http), s->max_ctx, layout);
     uv_run(&s->loop, UV_RUN_DEFAULT);
     int lc = uv_loop_close(&s->loop);
     if (lc) pt_log(PT_LOG_WARN, "loop closed with handles open: %s", uv_strerror(lc));

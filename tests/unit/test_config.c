@@ -53,6 +53,11 @@ static void test_defaults(void) {
     CHECK(c.threads <= sysconf(_SC_NPROCESSORS_CONF)); /* the cores this process may use */
     CHECK_EQ_INT(c.tp, 1);
     CHECK(!strcmp(c.devices, "cpu"));
+    CHECK_EQ_INT(c.n_device_list, 0);
+    CHECK_EQ_INT(c.device_memory_mb, 0);
+    CHECK_EQ_INT(c.layout.n, 0);     /* derived by finalize */
+    CHECK_EQ_INT(c.allowed_tp.n, 0); /* derived by finalize */
+    CHECK_EQ_INT(c.plan.n_devices, 0);
     CHECK_EQ_INT(c.page_size, 16);
     CHECK_EQ_INT(c.kv_dtype, PT_DTYPE_F32);
     CHECK_EQ_INT(c.kv_memory_mb, 0);
@@ -77,7 +82,7 @@ static const char *FULL =
     "  \"model\": {\"path\": \"/models/Llama-3-8B-Instruct-Q4_K_M.gguf\", \"served_name\": \"llama\",\n"
     "            \"chat_template\": \"llama3\", \"max_model_len\": 4096},\n"
     "  \"engine\": {\"threads\": 6, \"tp\": 2, \"devices\": \"cpu\", \"page_size\": 32, \"kv_dtype\": \"f16\",\n"
-    "             \"kv_memory_mb\": 2048},\n"
+    "             \"kv_memory_mb\": 2048, \"device_memory_mb\": 512, \"layout\": [2, 2], \"allowed_tp\": [1, 2, 4]},\n"
     "  \"scheduler\": {\"max_running\": 64, \"max_batch_tokens\": 1024, \"prefill_chunk\": 128, \"max_waiting\": 10,\n"
     "                \"request_timeout_s\": 120.5, \"shutdown_grace_s\": 5},\n"
     "  \"http\": {\"max_body_bytes\": 1048576, \"max_header_bytes\": 8192, \"idle_timeout_s\": 0},\n"
@@ -99,6 +104,11 @@ static void check_full(const pt_server_config *c) {
     CHECK_EQ_INT(c->page_size, 32);
     CHECK_EQ_INT(c->kv_dtype, PT_DTYPE_F16);
     CHECK_EQ_INT(c->kv_memory_mb, 2048);
+    CHECK_EQ_INT(c->device_memory_mb, 512);
+    CHECK_EQ_INT(c->layout.n, 2);
+    CHECK(c->layout.v[0] == 2 && c->layout.v[1] == 2);
+    CHECK_EQ_INT(c->allowed_tp.n, 3);
+    CHECK(c->allowed_tp.v[0] == 1 && c->allowed_tp.v[1] == 2 && c->allowed_tp.v[2] == 4);
     CHECK_EQ_INT(c->max_running, 64);
     CHECK_EQ_INT(c->max_batch_tokens, 1024);
     CHECK_EQ_INT(c->prefill_chunk, 128);
@@ -122,6 +132,13 @@ static void test_full_file(void) {
     CHECK(c.config_path && !strcmp(c.config_path, path));
     CHECK(pt_config_finalize(&c, &err) == PT_OK);
     CHECK(!strcmp(c.served_model_name, "llama")); /* set in the file: not derived */
+    /* "cpu" with layout [2, 2]: four CPU devices, 6 threads shared (1 each), 512 MiB each. */
+    CHECK_EQ_INT(c.plan.n_devices, 4);
+    CHECK_EQ_INT(c.plan.n_instances, 2);
+    CHECK(c.plan.first[1] == 2 && c.plan.tp[1] == 2);
+    CHECK(c.plan.devices[3].kind == PT_DEVICE_CPU && c.plan.devices[3].threads == 1);
+    CHECK(c.plan.devices[3].budget_bytes == 512ull << 20);
+    CHECK_EQ_INT(c.plan.n_allowed, 3);
     pt_server_config_free(&c);
 }
 
@@ -209,6 +226,7 @@ static void test_help(void) {
     static const char *flags[] = {"--config", "--host", "--port", "-m, --model", "--served-model-name",
                                   "--chat-template", "--api-key", "-t, --threads", "--tp", "--page-size",
                                   "--kv-dtype", "--kv-memory-mb", "--max-model-len", "--max-running",
+                                  "--devices S", "--layout N,N,...", "--allowed-tp N,N,...", "--device-memory-mb",
                                   "--max-batch-tokens", "--max-waiting", "--log-level", "--help"};
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
         CHECK_MSG(contains(text, flags[i]), "usage lacks %s", flags[i]);
@@ -295,6 +313,154 @@ static void test_finalize_cross_checks(void) {
     pt_server_config_free(&c);
 }
 
+/* Loads `file` (a JSON body, or NULL) and applies `flags`, then finalizes. */
+static int load_and_finalize(pt_server_config *c, const char *file, const char *flags, pt_err *err) {
+    char line[512], *argv[32];
+    if (file) snprintf(line, sizeof(line), "--config %s %s", write_file("layout.json", file, 0), flags);
+    else snprintf(line, sizeof(line), "%s", flags);
+    int rc = pt_config_apply_flags(c, split_args(line, argv, 32), argv, err);
+    return rc ? rc : pt_config_finalize(c, err);
+}
+
+/* The plan in short: each device as c<threads> (CPU) or g<ordinal> (CUDA),
+ * "@<MiB>" when it has a budget; then the instances' TP degrees and the
+ * allowed degrees: "c1 c1 c2@64 | 1,1,2 | 1,2". */
+static void plan_summary(const pt_layout_plan *p, char *out, size_t n) {
+    size_t len = 0;
+#define PUT(...) len += (size_t)snprintf(out + len, len < n ? n - len : 0, __VA_ARGS__)
+    for (int i = 0; i < p->n_devices; i++) {
+        const pt_device_spec *d = &p->devices[i];
+        if (d->kind == PT_DEVICE_CPU) PUT("%sc%d", i ? " " : "", d->threads);
+        else PUT("%sg%d", i ? " " : "", d->ordinal);
+        if (d->budget_bytes) PUT("@%llu", (unsigned long long)(d->budget_bytes >> 20));
+    }
+    PUT(" |");
+    for (int i = 0; i < p->n_instances; i++) PUT("%s%d", i ? "," : " ", p->tp[i]);
+    PUT(" |");
+    for (int i = 0; i < p->n_allowed; i++) PUT("%s%d", i ? "," : " ", p->allowed_tp[i]);
+#undef PUT
+}
+
+/* Devices, layout and allowed degrees that finalize accepts, and the plan
+ * each gives; also the instances' first devices. */
+static void test_layout_plans(void) {
+    static const struct {
+        const char *file, *flags, *want;
+    } OK[] = {
+        {NULL, "-t 4", "c4 | 1 | 1"},
+        {NULL, "-t 4 --tp 2", "c2 c2 | 2 | 1,2"}, /* the old --tp: one TP2 instance over two CPU devices */
+        {NULL, "-t 4 --devices cpu:4", "c1 c1 c1 c1 | 1,1,1,1 | 1"},
+        {NULL, "-t 8 --devices cpu:4 --tp 2", "c2 c2 c2 c2 | 2,2 | 1,2"},
+        {NULL, "-t 4 --devices cpu:4 --layout 1,1,2", "c1 c1 c1 c1 | 1,1,2 | 1,2"},
+        {NULL, "-t 4 --layout 2,1,1", "c1 c1 c1 c1 | 2,1,1 | 1,2"},
+        {NULL, "-t 5 --devices cpu:2 --layout 2 --allowed-tp 2", "c2 c2 | 2 | 2"},
+        {NULL, "-t 4 --devices cpu:4 --layout 4 --allowed-tp 1,2,4 --device-memory-mb 100",
+         "c1@100 c1@100 c1@100 c1@100 | 4 | 1,2,4"},
+        {NULL, "-t 4 --devices cpu:4 --allowed-tp 1,8", "c1 c1 c1 c1 | 1,1,1,1 | 1,8"}, /* 8 > 4 devices: unused */
+        {NULL, "--devices cuda --cuda-device 3", "g3 | 1 | 1"},
+        {NULL, "--devices cuda:2 --device-memory-mb 1000", "g0@1000 g1@1000 | 1,1 | 1"},
+        {"{\"engine\": {\"threads\": 4, \"device_memory_mb\": 64, \"devices\": [{\"kind\": \"cpu\", \"threads\": 3, "
+         "\"memory_mb\": 2048}, {\"kind\": \"cpu\"}]}}",
+         "", "c3@2048 c2@64 | 1,1 | 1"},
+        /* A listed device sets its own threads: one thread in all is no limit. */
+        {"{\"engine\": {\"devices\": [{\"kind\": \"cpu\", \"threads\": 1}, {\"kind\": \"cpu\", \"threads\": 1}], "
+         "\"layout\": [2]}}",
+         "-t 1", "c1 c1 | 2 | 1,2"},
+        {"{\"engine\": {\"devices\": [{\"kind\": \"cuda\", \"ordinal\": 2}, "
+         "{\"kind\": \"cuda\", \"ordinal\": 0}]}}",
+         "",
+         "g2 g0 | 1,1 | 1"},
+        {"{\"engine\": {\"devices\": [{\"kind\": \"cuda\"}, {\"kind\": \"cuda\"}]}}", "", "g0 g1 | 1,1 | 1"},
+        /* The flag replaces the file's list. */
+        {"{\"engine\": {\"devices\": [{\"kind\": \"cuda\"}]}}", "-t 2 --devices cpu:2", "c1 c1 | 1,1 | 1"},
+        {"{\"engine\": {\"devices\": \"cpu:2\", \"layout\": null}}", "-t 4", "c2 c2 | 1,1 | 1"},
+    };
+    for (size_t i = 0; i < sizeof(OK) / sizeof(OK[0]); i++) {
+        pt_server_config c;
+        pt_err err = {{0}};
+        pt_server_config_default(&c);
+        int rc = load_and_finalize(&c, OK[i].file, OK[i].flags, &err);
+        CHECK_MSG(rc == PT_OK, "case %zu (%s): %s", i, OK[i].flags, err.msg);
+        char got[256];
+        plan_summary(&c.plan, got, sizeof(got));
+        CHECK_MSG(!strcmp(got, OK[i].want), "case %zu (%s): plan '%s', want '%s'", i, OK[i].flags, got, OK[i].want);
+        int first = 0;
+        for (int k = 0; k < c.plan.n_instances; k++) {
+            CHECK_MSG(c.plan.first[k] == first, "case %zu: instance %d starts at %d, want %d", i, k, c.plan.first[k],
+                      first);
+            first += c.plan.tp[k];
+        }
+        pt_server_config_free(&c);
+    }
+
+    /* The list survives a dump and a reload with exactly the keys it set. */
+    pt_server_config a, b;
+    pt_err err = {{0}};
+    pt_server_config_default(&a);
+    CHECK(pt_config_load_file(&a, write_file("layout.json", OK[11].file, 0), &err) == PT_OK);
+    char *json = pt_config_to_json(&a, false);
+    CHECK_MSG(contains(json, "\"memory_mb\":\t2048") || contains(json, "\"memory_mb\": 2048"), "%s", json);
+    pt_server_config_default(&b);
+    CHECK_MSG(pt_config_load_file(&b, write_file("layout.json", json, 0), &err) == PT_OK, "%s", err.msg);
+    CHECK_EQ_INT(b.n_device_list, 2);
+    CHECK(b.devices == NULL);
+    CHECK(b.device_list[0].threads == 3 && b.device_list[0].memory_mb == 2048 && b.device_list[0].ordinal == -1);
+    CHECK(b.device_list[1].threads == -1 && b.device_list[1].memory_mb == -1);
+    free(json);
+    pt_server_config_free(&a);
+    pt_server_config_free(&b);
+}
+
+/* Layouts finalize refuses, each with the words its message must contain;
+ * the plan stays unset. */
+static void test_layout_refused(void) {
+    static const struct {
+        const char *file, *flags, *want;
+    } BADL[] = {
+        {NULL, "-t 4 --devices cpu:3 --layout 1,1",
+         "'engine.layout' [1,1] covers 2 devices but 'engine.devices' has 3"},
+        {NULL, "-t 2 --devices cpu:2 --layout 1", "'engine.layout' [1] covers 1 device but 'engine.devices' has 2"},
+        {NULL, "-t 4 --layout 1,2",
+         "'engine.layout'[1] = 2 would start at device 1, which is not a multiple of 2"},
+        {NULL, "-t 4 --devices cpu:4 --layout 1,2,1", "'engine.layout'[1] = 2 would start at device 1"},
+        {NULL, "-t 8 --devices cpu:8 --layout 2,4,2", "'engine.layout'[1] = 4 would start at device 2"},
+        {NULL, "-t 4 --devices cpu:4 --layout 1,1,2 --allowed-tp 1",
+         "'engine.layout'[2] = 2 is not in 'engine.allowed_tp' [1]"},
+        {NULL, "-t 4 --devices cpu:4 --allowed-tp 1,3",
+         "'engine.allowed_tp' [1,3]: TP 3 does not divide the 4 devices"},
+        {NULL, "-t 4 --layout 2,1",
+         "'engine.allowed_tp' [1,2] (by default 1 and the layout's degrees): TP 2 does not divide the 3 devices"},
+        {NULL, "-t 4 --devices cpu:3 --tp 2", "'engine.devices' has 3 devices, which 'engine.tp' (2) does not divide"},
+        {NULL, "--devices cuda --tp 2", "'engine.devices' has 1 device, which 'engine.tp' (2) does not divide"},
+        {NULL, "-t 2 --devices cpu:4",
+         "the 4 CPU devices of 'engine.devices' \"cpu:4\" need at least 4 threads, but 'engine.threads' is 2"},
+        {NULL, "-t 2 --tp 4", "'engine.tp' (4) must not exceed 'engine.threads' (2)"},
+        {NULL, "-t 64 --layout 64,1", "'engine.layout' [64,1] covers 65 devices, more than the 64 a server has"},
+        {"{\"engine\": {\"devices\": [{\"kind\": \"cpu\"}, {\"kind\": \"cuda\"}]}}", "",
+         "'engine.devices'[1] is \"cuda\" but 'engine.devices'[0] is \"cpu\": the devices of a server are of one kind"},
+        {"{\"engine\": {\"devices\": [{\"kind\": \"cuda\", \"ordinal\": 1}, {\"kind\": \"cuda\"}]}}", "",
+         "'engine.devices'[1] has CUDA ordinal 1, as 'engine.devices'[0] does"},
+        {"{\"engine\": {\"devices\": [{\"kind\": \"cpu\"}, {\"kind\": \"cpu\"}], \"layout\": [1]}}", "",
+         "'engine.layout' [1] covers 1 device but 'engine.devices' has 2"},
+    };
+    for (size_t i = 0; i < sizeof(BADL) / sizeof(BADL[0]); i++) {
+        pt_server_config c;
+        pt_err err = {{0}};
+        pt_server_config_default(&c);
+        int rc = load_and_finalize(&c, BADL[i].file, BADL[i].flags, &err);
+        CHECK_MSG(rc < 0, "case %zu (%s) accepted", i, BADL[i].flags);
+        CHECK_MSG(contains(err.msg, BADL[i].want), "case %zu: got '%s', want '%s'", i, err.msg, BADL[i].want);
+        /* The file's path first when there is one (the CLI puts its own name first). */
+        if (BADL[i].file)
+            CHECK_MSG(c.config_path && !strncmp(err.msg, c.config_path, strlen(c.config_path)),
+                      "case %zu: '%s' does not begin with the path", i, err.msg);
+        else
+            CHECK_MSG(!strncmp(err.msg, BADL[i].want, 4), "case %zu: '%s' has a prefix", i, err.msg);
+        CHECK_EQ_INT(c.plan.n_devices, 0);
+        pt_server_config_free(&c);
+    }
+}
+
 /* Each bad input: a file body (NULL: only flags), extra flags, and the
  * substring the message must contain. File messages must also begin with
  * the file's path; the configuration must be left as it was. */
@@ -313,7 +479,43 @@ static const struct {
     {"{\"engine\": {\"page_size\": 24}}", NULL, "'engine.page_size' must be a power of two in [1, 256], got 24"},
     {"{\"engine\": {\"page_size\": 512}}", NULL, "'engine.page_size' must be a power of two in [1, 256], got 512"},
     {"{\"engine\": {\"kv_dtype\": \"bf16\"}}", NULL, "'engine.kv_dtype' must be one of \"f32\" or \"f16\", got \"bf16\""},
-    {"{\"engine\": {\"devices\": \"gpu\"}}", NULL, "'engine.devices' must be one of \"cpu\" or \"cuda\""},
+    {"{\"engine\": {\"devices\": \"gpu\"}}", NULL,
+     "'engine.devices' must be \"cpu\", \"cuda\", \"cpu:N\" or \"cuda:N\" with N in [1, 64], or a list of device "
+     "objects, got \"gpu\""},
+    {"{\"engine\": {\"devices\": \"cpu:0\"}}", NULL, "'engine.devices' must be \"cpu\", \"cuda\", \"cpu:N\""},
+    {"{\"engine\": {\"devices\": \"cpu:65\"}}", NULL, "got \"cpu:65\""},
+    {"{\"engine\": {\"devices\": \"cuda:\"}}", NULL, "got \"cuda:\""},
+    {"{\"engine\": {\"devices\": \"cpu:2x\"}}", NULL, "got \"cpu:2x\""},
+    {"{\"engine\": {\"devices\": null}}", NULL, "'engine.devices' must be \"cpu\""},
+    {"{\"engine\": {\"devices\": []}}", NULL, "'engine.devices' must list 1 to 64 devices, got 0"},
+    {"{\"engine\": {\"devices\": [{\"kind\": \"cpu\"}, {\"kind\": \"cpu\", \"thread\": 1}]}}", NULL,
+     "unknown key 'engine.devices[1].thread' (did you mean 'engine.devices[1].threads'?)"},
+    {"{\"engine\": {\"devices\": [{\"kind\": \"cpu\", \"bogus\": 1}]}}", NULL, "unknown key 'engine.devices[0].bogus'"},
+    {"{\"engine\": {\"devices\": [5]}}", NULL, "'engine.devices[0]' must be an object"},
+    {"{\"engine\": {\"devices\": [{\"threads\": 1}]}}", NULL, "'engine.devices[0].kind' is missing"},
+    {"{\"engine\": {\"devices\": [{\"kind\": \"tpu\"}]}}", NULL,
+     "'engine.devices[0].kind' must be \"cpu\" or \"cuda\", got \"tpu\""},
+    {"{\"engine\": {\"devices\": [{\"kind\": \"cpu\", \"threads\": 0}]}}", NULL,
+     "'engine.devices[0].threads' must be an integer in [1, 1024], got 0"},
+    {"{\"engine\": {\"devices\": [{\"kind\": \"cpu\", \"memory_mb\": -1}]}}", NULL,
+     "'engine.devices[0].memory_mb' must be an integer in [0, 16777216], got -1"},
+    {"{\"engine\": {\"devices\": [{\"kind\": \"cuda\", \"ordinal\": \"0\"}]}}", NULL,
+     "'engine.devices[0].ordinal' must be an integer in [0, 1023], got \"0\""},
+    {"{\"engine\": {\"devices\": [{\"kind\": \"cpu\", \"ordinal\": 1}]}}", NULL,
+     "'engine.devices[0].ordinal' applies to CUDA devices only"},
+    {"{\"engine\": {\"devices\": [{\"kind\": \"cuda\", \"threads\": 2}]}}", NULL,
+     "'engine.devices[0].threads' applies to CPU devices only"},
+    {"{\"engine\": {\"devices\": [{\"kind\": \"cpu\", \"kind\": \"cpu\"}]}}", NULL,
+     "duplicate key 'engine.devices[0].kind'"},
+    {"{\"engine\": {\"layout\": []}}", NULL,
+     "'engine.layout' must be null or a list of 1 to 64 integers in [1, 64], got []"},
+    {"{\"engine\": {\"layout\": \"1,2\"}}", NULL, "'engine.layout' must be null or a list of 1 to 64 integers"},
+    {"{\"engine\": {\"layout\": [1, 0]}}", NULL, "'engine.layout'[1] must be an integer in [1, 64], got 0"},
+    {"{\"engine\": {\"layout\": [1.5]}}", NULL, "'engine.layout'[0] must be an integer in [1, 64], got 1.5"},
+    {"{\"engine\": {\"allowed_tp\": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]}}", NULL,
+     "'engine.allowed_tp' must be null or a list of 1 to 16 integers in [1, 64]"},
+    {"{\"engine\": {\"allowed_tp\": [65]}}", NULL, "'engine.allowed_tp'[0] must be an integer in [1, 64], got 65"},
+    {"{\"engine\": {\"device_memory_mb\": -1}}", NULL, "'engine.device_memory_mb' must be an integer"},
     {"{\"engine\": {\"page_select_budget\": -1}}", NULL, "'engine.page_select_budget' must be an integer"},
     {"{\"engine\": {\"tp\": 0}}", NULL, "'engine.tp' must be an integer in [1, 64], got 0"},
     {"{\"model\": {\"chat_template\": \"vicuna\"}}", NULL,
@@ -347,7 +549,19 @@ static const struct {
     {NULL, "--threads 4x", "--threads: must be an integer in [1, 1024], got \"4x\""},
     {NULL, "--kv-dtype q8", "--kv-dtype: must be one of \"f32\" or \"f16\", got \"q8\""},
     {NULL, "--prot 9000", "unknown option '--prot' (did you mean '--port'?)"},
-    {NULL, "--devices tpu", "--devices: must be one of \"cpu\" or \"cuda\""},
+    {NULL, "--devices tpu",
+     "--devices: must be \"cpu\", \"cuda\", \"cpu:N\" or \"cuda:N\" with N in [1, 64], got \"tpu\""},
+    {NULL, "--devices cpu:0", "--devices: must be \"cpu\""},
+    {NULL, "--devices=cuda:x", "--devices: must be \"cpu\""},
+    {NULL, "--layout 1,,2", "--layout: must be a comma-separated list of 1 to 64 integers in [1, 64], got \"1,,2\""},
+    {NULL, "--layout 1,2,", "--layout: must be a comma-separated list"},
+    {NULL, "--layout=", "--layout: must be a comma-separated list"},
+    {NULL, "--layout 0", "--layout: must be a comma-separated list"},
+    {NULL, "--layout -1", "--layout: must be a comma-separated list"},
+    {NULL, "--layout 1;2", "--layout: must be a comma-separated list"},
+    {NULL, "--allowed-tp 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17",
+     "--allowed-tp: must be a comma-separated list of 1 to 16"},
+    {NULL, "--device-memory-mb lots", "--device-memory-mb: must be an integer"},
     {NULL, "--cuda-graphs=maybe", "--cuda-graphs: must be true or false"},
     {NULL, "--api-key=", "--api-key: must be a non-empty string or null, got \"\""},
     {NULL, "--request-timeout nan", "--request-timeout: must be a number in [0, 604800], got \"nan\""},
@@ -415,7 +629,8 @@ static void test_every_key_documented(void) {
     static const char *keys[] = {
         "server.host", "server.port", "server.api_key", "server.auth_health_metrics", "model.path",
         "model.served_name", "model.chat_template", "model.max_model_len", "engine.threads", "engine.tp",
-        "engine.devices", "engine.cuda_device", "engine.cuda_graphs", "engine.page_size", "engine.kv_dtype",
+        "engine.devices", "engine.device_memory_mb", "engine.layout", "engine.allowed_tp", "engine.cuda_device",
+        "engine.cuda_graphs", "engine.page_size", "engine.kv_dtype",
         "engine.kv_memory_mb", "engine.page_select_budget", "engine.page_select_dense_layers", "scheduler.max_running",
         "scheduler.max_batch_tokens", "scheduler.prefill_chunk", "scheduler.max_waiting",
         "scheduler.request_timeout_s", "scheduler.shutdown_grace_s", "http.max_body_bytes", "http.max_header_bytes",
@@ -467,7 +682,7 @@ static void setup(void) {
 
 static void teardown(void) {
     static const char *files[] = {"full.json", "partial.json", "dump.json", "prec.json", "key.json",
-                                  "config.json", "nul.json", "ctl.json"};
+                                  "config.json", "nul.json", "ctl.json", "layout.json"};
     char path[128];
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
         snprintf(path, sizeof(path), "%s/%s", tmpdir, files[i]);
@@ -478,5 +693,6 @@ static void teardown(void) {
 
 TEST_MAIN(TEST(setup), TEST(test_defaults), TEST(test_full_file), TEST(test_partial_file_keeps_rest),
           TEST(test_dump_round_trip), TEST(test_flags_over_file), TEST(test_help), TEST(test_env_api_key),
-          TEST(test_served_name), TEST(test_finalize_cross_checks), TEST(test_bad_inputs), TEST(test_bad_file_bytes),
+          TEST(test_served_name), TEST(test_finalize_cross_checks), TEST(test_layout_plans), TEST(test_layout_refused),
+          TEST(test_bad_inputs), TEST(test_bad_file_bytes),
           TEST(test_every_key_documented), TEST(teardown))
