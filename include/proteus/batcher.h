@@ -75,10 +75,13 @@ typedef struct {
     void *user;
 } pt_gen_params;
 
+/* Every rank of an instance as large as a fabric (PT_FABRIC_MAX_DEVICES). */
+#define PT_BATCHER_MAX_RANKS 64
+
 typedef struct {
     uint32_t running, waiting;
-    uint64_t kv_pages_total[8], kv_pages_free[8]; /* per rank (device) */
-    char device[8][16];                           /* each rank's device: "cpu0", "cuda1" */
+    uint64_t kv_pages_total[PT_BATCHER_MAX_RANKS], kv_pages_free[PT_BATCHER_MAX_RANKS]; /* per rank (device) */
+    char device[PT_BATCHER_MAX_RANKS][16]; /* each rank's device: "cpu0", "cuda1" */
     int n_ranks;
     uint64_t preemptions;
     uint64_t steps;

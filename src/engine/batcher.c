@@ -220,7 +220,7 @@ static void update_stats(pt_batcher *b) {
     b->stats.running = b->n_running;
     b->stats.waiting = b->n_waiting;
     b->stats.n_ranks = pt_engine_get_opts(b->e)->tp;
-    for (int i = 0; i < b->stats.n_ranks && i < 8; i++) {
+    for (int i = 0; i < b->stats.n_ranks && i < PT_BATCHER_MAX_RANKS; i++) {
         pt_engine_kv_pages(b->e, i, &b->stats.kv_pages_total[i], &b->stats.kv_pages_free[i]);
         pt_engine_device_name(b->e, i, b->stats.device[i], sizeof(b->stats.device[i]));
     }

@@ -423,7 +423,7 @@ static void route_candidate(serve *s, int i, pt_route_candidate *c) {
     *c = (pt_route_candidate){.max_ctx = pt_batcher_max_ctx(s->inst[i].batcher),
                               .pages_promised = s->inst[i].pages_promised,
                               .load = st.running + st.waiting};
-    for (int r = 0; r < st.n_ranks && r < 8; r++) {
+    for (int r = 0; r < st.n_ranks && r < PT_BATCHER_MAX_RANKS; r++) {
         c->pages_total += st.kv_pages_total[r];
         c->pages_free += st.kv_pages_free[r];
     }
@@ -685,7 +685,7 @@ static void layout_report(serve *s, pt_layout_report *r) {
             dr->instance = i;
             dr->rank = k;
             pt_engine_weight_bytes(in->engine, k, &dr->weight_shard, &dr->weight_replicated);
-            if (k >= st.n_ranks || k >= 8) continue;
+            if (k >= st.n_ranks || k >= PT_BATCHER_MAX_RANKS) continue;
             dr->kv_known = true;
             dr->kv_pages_total = st.kv_pages_total[k];
             dr->kv_pages_free = st.kv_pages_free[k];
