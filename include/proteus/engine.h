@@ -66,7 +66,8 @@ void pt_engine_opts_default(pt_engine_opts *o);
 int pt_engine_create_on(pt_engine **out, const pt_model_file *mf, pt_fabric *f, int first, int tp,
                         const pt_engine_opts *opts, pt_err *err);
 /* A stand-alone instance on its own fabric: opts->tp CPU devices of
- * opts->n_threads threads without a budget, or one CUDA device. */
+ * opts->n_threads threads without a budget, or opts->tp CUDA devices with
+ * ordinals device_index, device_index + 1, ... */
 int pt_engine_create(pt_engine **out, const pt_model_file *mf, const pt_engine_opts *opts, pt_err *err);
 void pt_engine_free(pt_engine *e);
 

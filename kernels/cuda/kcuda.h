@@ -129,6 +129,17 @@ cudaError_t kcuda_swiglu_chunked_bf16(uint16_t *out, size_t ld_out, const float 
 /* out[i] = bf16(in[i]) (round to nearest even; NaN stays NaN). */
 cudaError_t kcuda_f32_to_bf16(uint16_t *out, const float *in, size_t n, cudaStream_t stream);
 
+/* The row-parallel reduction of a tensor-parallel step (DESIGN.md section 3):
+ * n_chunks partial sums, chunk c at part + c * chunk_stride floats, folded
+ * left to right in chunk order and added to x:
+ *   x[i] = x[i] + ((part_0[i] + part_1[i]) + part_2[i] + ...),  i < n,
+ * every add rounded to float on its own, so the result is bit-identical to
+ * the reference and to the CPU engine's fold of the same partials.
+ * n_chunks >= 1; chunk_stride >= n when n_chunks > 1; x must not overlap
+ * part. */
+cudaError_t kcuda_fold_partials(float *x, const float *part, size_t n_chunks, size_t chunk_stride,
+                                size_t n, cudaStream_t stream);
+
 /* ---- GEMMs through cuBLASLt (kcuda_gemm.c) ---- */
 
 typedef struct kcuda_blas kcuda_blas;
@@ -139,6 +150,8 @@ typedef struct kcuda_blas kcuda_blas;
  * (or on streams ordered with each other). */
 kcuda_blas *kcuda_blas_create(void);
 void kcuda_blas_destroy(kcuda_blas *b);
+/* Device memory one handle holds (its workspace), for accounting. */
+size_t kcuda_blas_workspace_bytes(void);
 
 typedef enum { KCUDA_GEMM_BF16 = 0, KCUDA_GEMM_F16 = 1 } kcuda_gemm_type;
 

@@ -1,6 +1,7 @@
 /* Fused forms the CUDA backend uses around its bf16 GEMMs: RMSNorm to bf16
  * (with an optional row gather), bias + RoPE over a fused QKV row in the chunk
- * layout, SwiGLU over a chunked gate|up row to bf16, and f32 -> bf16.
+ * layout, SwiGLU over a chunked gate|up row to bf16, f32 -> bf16, and the fold of
+ * row-parallel partial sums into the residual stream.
  *
  * Each keeps the float math of the unfused kernel it replaces (kcuda_rmsnorm,
  * kcuda_rope, kcuda_swiglu), operation for operation, so that the fused and
@@ -214,5 +215,34 @@ extern "C" cudaError_t kcuda_f32_to_bf16(uint16_t *out, const float *in, size_t 
         return cudaErrorInvalidValue;
     kcuda_f32_to_bf16_kernel<<<kcuda_grid_1d(n), KCUDA_BLOCK, 0, stream>>>(out, in, n);
     CUDA_CHECK_LAUNCH("kcuda_f32_to_bf16_kernel");
+    return cudaSuccess;
+}
+
+/* ---- fold of row-parallel partial sums ----------------------------------------- */
+
+/* __fadd_rn: each add rounded on its own, in the reference's order, whatever
+ * the compiler would otherwise reassociate or fuse. */
+__global__ void kcuda_fold_partials_kernel(float *__restrict__ x, const float *__restrict__ part,
+                                           size_t n_chunks, size_t chunk_stride, size_t n)
+{
+    for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < n;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        float acc = part[idx];
+        for (size_t c = 1; c < n_chunks; c++)
+            acc = __fadd_rn(acc, part[c * chunk_stride + idx]);
+        x[idx] = __fadd_rn(x[idx], acc);
+    }
+}
+
+extern "C" cudaError_t kcuda_fold_partials(float *x, const float *part, size_t n_chunks,
+                                           size_t chunk_stride, size_t n, cudaStream_t stream)
+{
+    if (n == 0)
+        return cudaSuccess;
+    if (!x || !part || n_chunks == 0 || (n_chunks > 1 && chunk_stride < n))
+        return cudaErrorInvalidValue;
+    kcuda_fold_partials_kernel<<<kcuda_grid_1d(n), KCUDA_BLOCK, 0, stream>>>(x, part, n_chunks,
+                                                                           chunk_stride, n);
+    CUDA_CHECK_LAUNCH("kcuda_fold_partials_kernel");
     return cudaSuccess;
 }

@@ -123,6 +123,11 @@ kcuda_blas *kcuda_blas_create(void)
     return b;
 }
 
+size_t kcuda_blas_workspace_bytes(void)
+{
+    return KCUDA_GEMM_WORKSPACE;
+}
+
 void kcuda_blas_destroy(kcuda_blas *b)
 {
     if (!b)

@@ -33,7 +33,15 @@ struct pt_backend {
  * (e->ranks[i].kv) with as many pages as its device holds for the options,
  * and fails with a message naming the device when it cannot. */
 int pt_backend_cpu_create(pt_backend **out, pt_instance *e, pt_err *err);
-/* PT_ERR_UNSUPPORTED when built without CUDA or when no CUDA device exists. */
+/* PT_ERR_UNSUPPORTED when built without CUDA or when no CUDA device exists.
+ * One GPU per rank (the ordinal of the rank's device); at TP > 1 the ranks
+ * exchange partial sums through the instance's comm group, which must be
+ * an NCCL one. */
 int pt_backend_cuda_create(pt_backend **out, pt_instance *e, pt_err *err);
+/* Whether CUDA devices with ordinals [first, first + n) exist, before a
+ * fabric is built over them: PT_OK, or an error naming the first ordinal
+ * that is missing (PT_ERR_UNSUPPORTED without CUDA in the build or without
+ * any device, PT_ERR_INVALID when some devices exist but not that one). */
+int pt_backend_cuda_probe(int first, int n, pt_err *err);
 
 #endif

@@ -108,11 +108,6 @@ int pt_engine_create_on(pt_engine **out, const pt_model_file *mf, pt_fabric *f, 
         pt_engine_free(e);
         return rc;
     }
-    if (o->device == PT_DEVICE_CUDA && tp > 1) {
-        pt_engine_free(e);
-        return pt_err_set(err, PT_ERR_UNSUPPORTED,
-                          "TP %d on CUDA is not supported yet: the CUDA backend runs one GPU per instance", tp);
-    }
     if (o->select_budget && o->select_budget < 2 * o->page_size) {
         rc = pt_err_set(err, PT_ERR_INVALID, "page_select_budget %u is below two pages (%u tokens)", o->select_budget,
                         2 * o->page_size);
@@ -169,13 +164,17 @@ int pt_engine_create_on(pt_engine **out, const pt_model_file *mf, pt_fabric *f, 
 int pt_engine_create(pt_engine **out, const pt_model_file *mf, const pt_engine_opts *opts, pt_err *err) {
     *out = NULL;
     int tp = opts->tp < 1 ? 1 : opts->tp;
-    if (opts->device == PT_DEVICE_CUDA && tp > 1)
-        return pt_err_set(err, PT_ERR_UNSUPPORTED,
-                          "TP %d on CUDA is not supported yet: the CUDA backend runs one GPU per instance", tp);
     if (tp > PT_FABRIC_MAX_DEVICES) return pt_err_set(err, PT_ERR_INVALID, "TP %d is above %d", tp, PT_FABRIC_MAX_DEVICES);
+    /* TP N on CUDA: GPUs device_index .. device_index + N - 1, connected by
+     * NCCL; refused up front, naming the GPU that is missing. */
+    if (opts->device == PT_DEVICE_CUDA && tp > 1) {
+        int rc = pt_backend_cuda_probe(opts->device_index, tp, err);
+        if (rc) return rc;
+    }
     pt_device_spec specs[PT_FABRIC_MAX_DEVICES];
     for (int i = 0; i < tp; i++)
-        specs[i] = (pt_device_spec){opts->device, opts->n_threads < 1 ? 1 : opts->n_threads, opts->device_index, 0};
+        specs[i] = (pt_device_spec){opts->device, opts->n_threads < 1 ? 1 : opts->n_threads,
+                                    opts->device == PT_DEVICE_CUDA ? opts->device_index + i : opts->device_index, 0};
     pt_fabric *f;
     int rc = pt_fabric_create(&f, specs, tp, &tp, 1, err);
     if (rc) return rc;

@@ -58,6 +58,17 @@ void kcuda_ref_swiglu_chunked_bf16(uint16_t *out, size_t ld_out, const float *gu
     }
 }
 
+void kcuda_ref_fold_partials(float *x, const float *part, size_t n_chunks, size_t chunk_stride,
+                             size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float acc = part[i];
+        for (size_t c = 1; c < n_chunks; c++)
+            acc += part[c * chunk_stride + i];
+        x[i] += acc;
+    }
+}
+
 /* ---- GEMM ------------------------------------------------------------------- */
 
 /* Widening tables, built on first use (not thread-safe; tests are single

@@ -31,6 +31,12 @@ void kcuda_ref_qkv_bias_rope(float *qkv, size_t ld, const float *bias, const int
 void kcuda_ref_swiglu_chunked_bf16(uint16_t *out, size_t ld_out, const float *gu, size_t ld_gu,
                                    size_t T, size_t n_chunks, size_t chunk);
 
+/* x[i] += ((part_0[i] + part_1[i]) + ... + part_{n_chunks-1}[i]), chunk c at
+ * part + c * chunk_stride: the fold of row-parallel partial sums, in float,
+ * left to right (the CPU engine's fold_into). */
+void kcuda_ref_fold_partials(float *x, const float *part, size_t n_chunks, size_t chunk_stride,
+                             size_t n);
+
 /* Y (T, N) = beta * Y + X W^T, exactly as kcuda_gemm defines it: X (T, K)
  * rows ldx apart; W (N, K) rows ldw apart when w_kn == 0 (KCUDA_W_NK), else
  * (K, N) rows ldw apart (KCUDA_W_KN); elements bf16 when f16 == 0, else f16.

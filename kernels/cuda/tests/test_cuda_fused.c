@@ -1,7 +1,7 @@
 /* The fused CUDA kernels of kcuda.h (RMSNorm to bf16, QKV bias + RoPE, chunked
- * SwiGLU to bf16, f32 -> bf16) against their C references
- * (ref/kcuda_fused_ref.c) and against the unfused kernels whose float math
- * they promise to keep. T = tokens (rows), D = row width.
+ * SwiGLU to bf16, f32 -> bf16, the fold of row-parallel partials) against
+ * their C references (ref/kcuda_fused_ref.c) and against the unfused kernels
+ * whose float math they promise to keep. T = tokens (rows), D = row width.
  *
  * Tolerances:
  *   bf16 outputs: within 1 bf16 ulp of the reference's rounding (the float
@@ -13,7 +13,9 @@
  *   f32_to_bf16: bit-identical to the reference (NaN only has to stay NaN);
  *   qkv_bias_rope: rtol 1e-5, atol 2e-6 against the reference (device sincosf
  *     vs libm; values within [-1.5, 1.5]), and bit-identical to a host bias
- *     add followed by kcuda_rope on each group's query and K heads.
+ *     add followed by kcuda_rope on each group's query and K heads;
+ *   fold_partials: bit-identical to the reference (the order of the adds is
+ *     the point).
  * Every output buffer has gaps (rows longer than the data, untouched columns)
  * filled with a sentinel that must come back unchanged.
  * Host-only parts (reference conversions, argument checks) run everywhere;
@@ -219,7 +221,13 @@ static void test_invalid_args(void)
         kcuda_swiglu_chunked_bf16(NULL, 0, NULL, 0, 3, 0, 4, 0) == cudaSuccess &&
         /* f32_to_bf16 */
         kcuda_f32_to_bf16(NULL, f, 8, 0) == inval && kcuda_f32_to_bf16(h, NULL, 8, 0) == inval &&
-        kcuda_f32_to_bf16(NULL, NULL, 0, 0) == cudaSuccess;
+        kcuda_f32_to_bf16(NULL, NULL, 0, 0) == cudaSuccess &&
+        /* fold_partials: NULLs, no chunks, chunks that overlap */
+        kcuda_fold_partials(NULL, f, 1, 8, 8, 0) == inval &&
+        kcuda_fold_partials(f, NULL, 1, 8, 8, 0) == inval &&
+        kcuda_fold_partials(f, f, 0, 8, 8, 0) == inval &&
+        kcuda_fold_partials(f, f, 2, 4, 8, 0) == inval &&
+        kcuda_fold_partials(NULL, NULL, 0, 0, 0, 0) == cudaSuccess;
     report(ok, "fused launchers reject bad arguments and accept empty work");
 }
 
@@ -461,6 +469,38 @@ static void test_swiglu_chunked_bf16(void)
     }
 }
 
+static void test_fold_partials(void)
+{
+    /* The TP chunk counts: one chunk (a rank's own), SmolLM2's 3 KV heads,
+     * 4 MLP chunks, Llama-3-8B's 8 KV heads; partials of mixed magnitude so
+     * that the order of the adds shows in the bits. */
+    static const size_t chunks[] = {1, 3, 4, 8};
+    static const size_t Ds[] = {64, 576, 4096};
+    char name[128];
+    for (size_t c = 0; c < COUNT(chunks); c++) {
+        for (size_t a = 0; a < COUNT(Ts); a++) {
+            for (size_t b = 0; b < COUNT(Ds); b++) {
+                const size_t M = chunks[c], n = Ts[a] * Ds[b], stride = n + (c % 2 ? 32 : 0);
+                float *x = rand_floats(n, -4.0f, 4.0f), *part = malloc(M * stride * sizeof *part);
+                for (size_t i = 0; i < M * stride; i++)
+                    part[i] = rng_uniform(-1.0f, 1.0f) * (i % 3 == 0 ? 1000.0f : 1.0f);
+                float *want = malloc(n * sizeof *want), *got = malloc(n * sizeof *got);
+                memcpy(want, x, n * sizeof *want);
+                kcuda_ref_fold_partials(want, part, M, stride, n);
+                float *dx = dev_upload(x, n * 4), *dp = dev_upload(part, M * stride * 4);
+                bool ok = kcuda_fold_partials(dx, dp, M, stride, n, stream) == cudaSuccess;
+                dev_download(got, dx, n * 4);
+                ok = ok && memcmp(got, want, n * sizeof *got) == 0;
+                snprintf(name, sizeof name, "fold_partials chunks=%zu n=%zu stride=%zu (bitwise)", M, n,
+                         stride);
+                report(ok, name);
+                cudaFree(dx), cudaFree(dp);
+                free(x), free(part), free(want), free(got);
+            }
+        }
+    }
+}
+
 int main(void)
 {
     test_seed(0x5eedf05eull);
@@ -474,6 +514,7 @@ int main(void)
     test_rmsnorm_bf16();
     test_qkv_bias_rope();
     test_swiglu_chunked_bf16();
+    test_fold_partials();
 
     return test_finish();
 }
