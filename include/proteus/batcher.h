@@ -106,7 +106,8 @@ void pt_batcher_pause(pt_batcher *b, bool paused);
 void pt_batcher_cancel_all(pt_batcher *b);
 
 void pt_batcher_get_stats(pt_batcher *b, pt_batcher_stats *s);
-/* Context length requests are checked against. */
+/* The longest request (prompt + max_tokens) it takes: the context length,
+ * or what its KV pages hold for one sequence when that is less. */
 uint32_t pt_batcher_max_ctx(const pt_batcher *b);
 
 #endif

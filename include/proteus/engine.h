@@ -83,6 +83,10 @@ pt_device *pt_engine_device(pt_engine *e, int rank);
 /* Bytes of rank `rank`'s own weight chunks (its shard, without the
  * replicated tensors), and of the replicated ones it uses. */
 void pt_engine_weight_bytes(const pt_engine *e, int rank, uint64_t *shard, uint64_t *replicated);
+/* The most tokens one sequence can hold: the context limit, or less when
+ * the KV pools are smaller (each rank holds a page per page_size tokens of
+ * every head it owns). A request longer than this can never run. */
+uint32_t pt_engine_seq_capacity(const pt_engine *e);
 /* Head pages of rank `rank`'s KV pool: total and free. */
 void pt_engine_kv_pages(const pt_engine *e, int rank, uint64_t *total, uint64_t *free_pages);
 

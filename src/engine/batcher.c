@@ -41,6 +41,7 @@ struct pt_batcher {
     const pt_tokenizer *tok;
     pt_batcher_opts o;
     uint32_t V, max_ctx, page_size;
+    uint32_t kv_ctx;             /* tokens one sequence's pages can hold (<= max_ctx) */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -123,6 +124,13 @@ int pt_batcher_submit(pt_batcher *b, const pt_gen_params *p, uint64_t *id, pt_er
                           "this model's maximum context length is %u tokens; the request has %zu prompt tokens and "
                           "max_tokens %u",
                           b->max_ctx, p->n_prompt, p->max_tokens);
+    /* A request that the KV pages could not hold even alone would fail
+     * only after its whole prefill: refused now. */
+    if ((uint64_t)p->n_prompt + p->max_tokens > b->kv_ctx)
+        return pt_err_set(err, PT_ERR_INVALID,
+                          "this instance's KV cache holds at most %u tokens per sequence; the request has %zu "
+                          "prompt tokens and max_tokens %u",
+                          b->kv_ctx, p->n_prompt, p->max_tokens);
     for (size_t i = 0; i < p->n_prompt; i++)
         if (p->prompt[i] < 0 || (uint32_t)p->prompt[i] >= b->V)
             return pt_err_set(err, PT_ERR_INVALID, "prompt token %d is outside the vocabulary [0, %u)", p->prompt[i],
@@ -211,7 +219,7 @@ void pt_batcher_get_stats(pt_batcher *b, pt_batcher_stats *s) {
     pthread_mutex_unlock(&b->mu);
 }
 
-uint32_t pt_batcher_max_ctx(const pt_batcher *b) { return b->max_ctx; }
+uint32_t pt_batcher_max_ctx(const pt_batcher *b) { return b->kv_ctx; }
 
 /* ---- batcher thread ---- */
 
@@ -507,6 +515,7 @@ int pt_batcher_create(pt_batcher **out, pt_engine *e, const pt_tokenizer *tok, c
     if (b->o.max_waiting == 0) b->o.max_waiting = 256;
     b->V = pt_engine_config(e)->vocab_size;
     b->max_ctx = eo->max_ctx;
+    b->kv_ctx = pt_engine_seq_capacity(e);
     b->page_size = eo->page_size;
     b->running = pt_xcalloc(b->o.max_running, sizeof(req *));
     b->entries = pt_xcalloc(b->o.max_running, sizeof(pt_batch_entry));

@@ -31,6 +31,16 @@ void pt_engine_device_name(const pt_engine *e, int rank, char *buf, size_t n) {
     snprintf(buf, n, "%s", rank >= 0 && rank < e->in.tp ? pt_device_name(e->in.ranks[rank].dev) : "?");
 }
 
+uint32_t pt_engine_seq_capacity(const pt_engine *e) {
+    uint64_t cap = e->in.opts.max_ctx;
+    for (int i = 0; i < e->in.tp; i++) {
+        const pt_rank *r = &e->in.ranks[i];
+        uint64_t tokens = (uint64_t)(r->kv.n_slots / (r->g1 - r->g0)) * e->in.opts.page_size;
+        if (tokens < cap) cap = tokens;
+    }
+    return (uint32_t)cap;
+}
+
 int pt_engine_tp(const pt_engine *e) { return e->in.tp; }
 pt_device *pt_engine_device(pt_engine *e, int rank) { return rank >= 0 && rank < e->in.tp ? e->in.ranks[rank].dev : NULL; }
 

@@ -210,4 +210,30 @@ static void test_cancel_and_limits(void) {
     fixture_close(&f);
 }
 
-TEST_MAIN(TEST(test_concurrent_matches_solo), TEST(test_preemption_recomputes_exactly), TEST(test_cancel_and_limits))
+/* 40 pages of 4 tokens over 2 heads hold 80 tokens of one sequence: a
+ * request of 81 is refused at submit (it could never run), 80 is taken. */
+static void test_request_longer_than_kv_refused(void) {
+    fixture f;
+    if (!fixture_open(&f, 40, 4)) return;
+    CHECK_EQ_INT(pt_batcher_max_ctx(f.b), 80);
+    int32_t prompt[40];
+    make_prompt(prompt, 40, 3);
+    sink s;
+    sink_init(&s);
+    pt_gen_params p = {.prompt = prompt, .n_prompt = 40, .max_tokens = 41, .ignore_eos = true, .top_logprobs = -1,
+                       .cb = on_event, .user = &s};
+    pt_sampler_params_default(&p.sampling);
+    uint64_t id;
+    pt_err err;
+    CHECK_EQ_INT(pt_batcher_submit(f.b, &p, &id, &err), PT_ERR_INVALID);
+    CHECK_MSG(strstr(err.msg, "KV cache holds at most 80 tokens") != NULL, "%s", err.msg);
+    p.max_tokens = 40;
+    CHECK_EQ_INT(pt_batcher_submit(f.b, &p, &id, &err), PT_OK);
+    sink_wait(&s);
+    CHECK_EQ_INT(s.fin, PT_FINISH_LENGTH);
+    CHECK_EQ_INT(s.n, 40);
+    fixture_close(&f);
+}
+
+TEST_MAIN(TEST(test_concurrent_matches_solo), TEST(test_preemption_recomputes_exactly), TEST(test_cancel_and_limits),
+          TEST(test_request_longer_than_kv_refused))

@@ -28,6 +28,21 @@ static pt_fabric *fabric_of(int n, int threads, uint64_t budget, const int *allo
     return f;
 }
 
+/* Greedy decode of sequence s: step i in [from, to) feeds the argmax of the
+ * logits at l + i * V and writes the next logits at l + (i + 1) * V. */
+static void decode_steps(pt_engine *e, int s, float *l, int from, int to) {
+    uint32_t V = pt_engine_config(e)->vocab_size;
+    pt_err err = {{0}};
+    for (int g = from; g < to; g++) {
+        const float *x = l + (size_t)g * V;
+        int32_t best = 0;
+        for (uint32_t v = 1; v < V; v++)
+            if (x[v] > x[best]) best = (int32_t)v;
+        pt_batch_entry b = {s, &best, 1, l + (size_t)(g + 1) * V, false};
+        CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
+    }
+}
+
 /* Greedy run of a fixed prompt (prefill in chunks of 7): logits after the
  * prompt and after each generated token, into out ((GEN + 1) * V). */
 static void run_greedy(pt_engine *e, float *out) {
@@ -41,14 +56,7 @@ static void run_greedy(pt_engine *e, float *out) {
         pt_batch_entry b = {s, prompt + i, m, i + m == N_PROMPT ? out : NULL, false};
         CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
     }
-    for (int g = 0; g < GEN; g++) {
-        const float *l = out + (size_t)g * V;
-        int32_t best = 0;
-        for (uint32_t v = 1; v < V; v++)
-            if (l[v] > l[best]) best = (int32_t)v;
-        pt_batch_entry b = {s, &best, 1, out + (size_t)(g + 1) * V, false};
-        CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
-    }
+    decode_steps(e, s, out, 0, GEN);
     pt_engine_seq_free(e, s);
 }
 
@@ -226,7 +234,11 @@ static void test_comm_failure(void) {
     pt_engine_opts o = small_opts();
     pt_engine *e = NULL;
     CHECK_MSG(pt_engine_create_on(&e, &mf, f, 0, 2, &o, &err) == 0, "%s", err.msg);
-    if (!e) return;
+    if (!e) {
+        pt_fabric_free(f);
+        pt_model_file_close(&mf);
+        return;
+    }
     int s = pt_engine_seq_new(e);
     int32_t toks[5] = {1, 2, 3, 4, 5};
     pt_batch_entry b = {s, toks, 5, NULL, false};
@@ -244,21 +256,6 @@ static void test_comm_failure(void) {
     pt_engine_free(e);
     pt_fabric_free(f);
     pt_model_file_close(&mf);
-}
-
-/* Greedy steps of sequence s from the logits in l, n steps, logits of each
- * into l + (i + 1) * V. */
-static void decode_steps(pt_engine *e, int s, float *l, int from, int to) {
-    uint32_t V = pt_engine_config(e)->vocab_size;
-    pt_err err = {{0}};
-    for (int g = from; g < to; g++) {
-        const float *x = l + (size_t)g * V;
-        int32_t best = 0;
-        for (uint32_t v = 1; v < V; v++)
-            if (x[v] > x[best]) best = (int32_t)v;
-        pt_batch_entry b = {s, &best, 1, l + (size_t)(g + 1) * V, false};
-        CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
-    }
 }
 
 /* A sequence decoded for two tokens on a TP1 instance, detached, attached
