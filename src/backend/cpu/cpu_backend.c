@@ -39,9 +39,10 @@ static void run_ranks(pt_instance *e, pt_cpu_phase fn, uint32_t layer) {
     pt_pool_run(e->rank_pool, rank_main, &j);
 }
 
-/* Every rank computed the partial sums of its own chunks [k0, k1) into
- * part (n_chunks, T, d); after this, every rank holds all of them. */
-static int gather_partials(pt_instance *e, size_t part_offset, bool mlp, pt_err *err) {
+/* Every rank computed the partial sums of its own chunks [k0, k1) (KV-head
+ * groups for O, MLP chunks for down) into part_attn or part_mlp
+ * (n_chunks, T, d); after this, every rank holds all of them. */
+static int gather_partials(pt_instance *e, bool mlp, pt_err *err) {
     if (e->tp == 1) return PT_OK;
     size_t Td = (size_t)e->T * e->w.cfg.d_model;
     void *bufs[PT_COMM_MAX_RANKS];
@@ -49,7 +50,7 @@ static int gather_partials(pt_instance *e, size_t part_offset, bool mlp, pt_err 
     for (int i = 0; i < e->tp; i++) {
         const pt_rank *r = &e->ranks[i];
         uint32_t k0 = mlp ? r->c0 : r->g0, k1 = mlp ? r->c1 : r->g1;
-        bufs[i] = *(float **)((uint8_t *)r + part_offset);
+        bufs[i] = mlp ? r->part_mlp : r->part_attn;
         offs[i] = k0 * Td;
         counts[i] = (k1 - k0) * Td;
     }
@@ -81,10 +82,10 @@ static int cpu_step(pt_backend *b, pt_instance *e, pt_err *err) {
     int rc = PT_OK;
     for (uint32_t l = 0; l < e->w.cfg.n_layers && rc == PT_OK; l++) {
         run_ranks(e, pt_cpu_attention_block, l);
-        rc = gather_partials(e, offsetof(pt_rank, part_attn), false, err);
+        rc = gather_partials(e, false, err);
         if (rc) break;
         run_ranks(e, pt_cpu_mlp_block, l);
-        rc = gather_partials(e, offsetof(pt_rank, part_mlp), true, err);
+        rc = gather_partials(e, true, err);
     }
     if (rc == PT_OK && e->n_out) {
         run_ranks(e, pt_cpu_logits, 0);
