@@ -116,6 +116,9 @@ def main():
     ap.add_argument("--speedup", type=float, default=1.0)
     ap.add_argument("--memory-mb", type=int, default=256, help="budget of each device")
     ap.add_argument("--max-model-len", type=int, default=8192)
+    ap.add_argument("--longest", choices=["probe", "models"], default="probe",
+                    help="probe: binary search with real requests; models: the server's max_model_len "
+                         "(GET /v1/models, which follows what the KV pages hold) minus the one generated token")
     ap.add_argument("--out")
     args = ap.parse_args()
 
@@ -127,7 +130,10 @@ def main():
             proc = start(args, layout, port, log)
             try:
                 _, lay = http(port, "/v1/layout")
-                longest = longest_prompt(port, args.max_model_len - 1)
+                if args.longest == "probe":
+                    longest = longest_prompt(port, args.max_model_len - 1)
+                else:
+                    longest = http(port, "/v1/models")[1]["data"][0]["max_model_len"] - 1
                 rep = run_bench(args, port, os.path.join(tmp, f"bench_{layout}.json"))
             finally:
                 proc.terminate()
