@@ -75,7 +75,7 @@ void pt_comm_abort(pt_comm_world *w, const char *reason) {
     /* Readers that see the flag see the reason. */
     atomic_store_explicit(&w->aborted, true, memory_order_release);
     pt_log(PT_LOG_ERROR, "comm: aborting the %s world of %d devices: %s", w->iface->name, w->n, w->abort_reason);
-    w->iface->abort(w);
+    w->iface->abort_comms(w);
 }
 
 bool pt_comm_is_aborted(const pt_comm_world *w) {

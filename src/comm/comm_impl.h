@@ -29,7 +29,7 @@ typedef struct {
     int (*wait)(pt_comm_group *g, void *const *streams, double timeout_s, pt_err *err);
     /* Tears down the implementation's resources after the world was marked
      * aborted (idempotent). */
-    void (*abort)(pt_comm_world *w);
+    void (*abort_comms)(pt_comm_world *w);
     /* Releases everything, the world's block included. */
     void (*destroy)(pt_comm_world *w);
 } pt_comm_iface;

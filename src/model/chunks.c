@@ -223,14 +223,42 @@ static size_t wmat_bytes(const pt_wmat *m) {
     return (size_t)rb * m->rows;
 }
 
-/* Copies m into dst, rows packed (stride = row bytes); returns the bytes used. */
+/* Copies m into dst, rows packed (stride = row bytes), or with dst NULL only
+ * sizes it; returns the bytes it takes, rounded so that every chunk starts
+ * 64-byte aligned for the kernels. */
 static size_t wmat_pack(pt_wmat *out, const pt_wmat *m, uint8_t *dst) {
     uint64_t rb = 0;
     pt_dtype_row_bytes(m->type, m->cols, &rb);
-    for (uint32_t r = 0; r < m->rows; r++)
-        memcpy(dst + (size_t)r * rb, (const uint8_t *)m->data + (size_t)r * m->stride, (size_t)rb);
-    *out = (pt_wmat){dst, m->type, (size_t)rb, m->rows, m->cols};
-    return (size_t)(rb * m->rows + 63) / 64 * 64; /* each chunk 64-byte aligned for the kernels */
+    if (dst) {
+        for (uint32_t r = 0; r < m->rows; r++)
+            memcpy(dst + (size_t)r * rb, (const uint8_t *)m->data + (size_t)r * m->stride, (size_t)rb);
+        *out = (pt_wmat){dst, m->type, (size_t)rb, m->rows, m->cols};
+    }
+    return (size_t)(rb * m->rows + 63) / 64 * 64;
+}
+
+/* Lays the chunks of groups [g0, g1) and MLP chunks [c0, c1) out from base
+ * into the tables `layers` (walked twice: with base NULL to size the shard,
+ * then to fill it); returns the bytes. */
+static size_t shard_walk(const pt_weights *w, pt_layer_weights *layers, uint8_t *base, uint32_t g0, uint32_t g1,
+                         uint32_t c0, uint32_t c1) {
+    size_t off = 0;
+    for (uint32_t l = 0; l < w->cfg.n_layers; l++) {
+        const pt_layer_weights *L = &w->layers[l];
+        pt_layer_weights *S = &layers[l];
+        for (uint32_t g = g0; g < g1; g++) {
+            off += wmat_pack(&S->q[g], &L->q[g], base ? base + off : NULL);
+            off += wmat_pack(&S->k[g], &L->k[g], base ? base + off : NULL);
+            off += wmat_pack(&S->v[g], &L->v[g], base ? base + off : NULL);
+            off += wmat_pack(&S->o[g], &L->o[g], base ? base + off : NULL);
+        }
+        for (uint32_t m = c0; m < c1; m++) {
+            off += wmat_pack(&S->gate[m], &L->gate[m], base ? base + off : NULL);
+            off += wmat_pack(&S->up[m], &L->up[m], base ? base + off : NULL);
+            off += wmat_pack(&S->down[m], &L->down[m], base ? base + off : NULL);
+        }
+    }
+    return off;
 }
 
 static uint64_t replicated_bytes(const pt_weights *w) {
@@ -245,52 +273,33 @@ int pt_shard_build(pt_shard *s, const pt_weights *w, pt_device *dev, uint32_t g0
                    uint32_t c1, pt_err *err) {
     memset(s, 0, sizeof(*s));
     const pt_model_config *c = &w->cfg;
-    s->dev = dev;
-    size_t bytes = 0;
-    for (uint32_t l = 0; l < c->n_layers; l++) {
-        const pt_layer_weights *L = &w->layers[l];
-        for (uint32_t g = g0; g < g1; g++)
-            bytes += (wmat_bytes(&L->q[g]) + 63) / 64 * 64 + (wmat_bytes(&L->k[g]) + 63) / 64 * 64 +
-                     (wmat_bytes(&L->v[g]) + 63) / 64 * 64 + (wmat_bytes(&L->o[g]) + 63) / 64 * 64;
-        for (uint32_t m = c0; m < c1; m++)
-            bytes += (wmat_bytes(&L->gate[m]) + 63) / 64 * 64 + (wmat_bytes(&L->up[m]) + 63) / 64 * 64 +
-                     (wmat_bytes(&L->down[m]) + 63) / 64 * 64;
-    }
-    int rc = pt_device_reserve(dev, PT_MEM_WEIGHTS, replicated_bytes(w), "replicated weights", err);
+    uint64_t replicated = replicated_bytes(w);
+    int rc = pt_device_reserve(dev, PT_MEM_WEIGHTS, replicated, "replicated weights", err);
     if (rc) return rc;
-    s->replicated_bytes = replicated_bytes(w);
+    s->dev = dev;
+    s->replicated_bytes = replicated;
     s->layers = calloc(c->n_layers, sizeof(pt_layer_weights));
     if (!s->layers) {
         pt_shard_free(s);
         return pt_err_set(err, PT_ERR_NOMEM, "out of memory for a shard's tables");
     }
+    size_t bytes = shard_walk(w, s->layers, NULL, g0, g1, c0, c1);
     if ((rc = pt_device_alloc(dev, PT_MEM_WEIGHTS, bytes, &s->mem, "weight shard", err))) {
         pt_shard_free(s);
         return rc;
     }
     s->bytes = bytes;
-    uint8_t *p = s->mem;
+    shard_walk(w, s->layers, s->mem, g0, g1, c0, c1);
+    /* Replicated vectors point into the model view; chunks outside the
+     * shard stay empty. */
     for (uint32_t l = 0; l < c->n_layers; l++) {
         const pt_layer_weights *L = &w->layers[l];
         pt_layer_weights *S = &s->layers[l];
-        /* Replicated vectors point into the model view; chunks outside the
-         * shard stay empty. */
         S->attn_norm = L->attn_norm;
         S->ffn_norm = L->ffn_norm;
         S->bq = L->bq;
         S->bk = L->bk;
         S->bv = L->bv;
-        for (uint32_t g = g0; g < g1; g++) {
-            p += wmat_pack(&S->q[g], &L->q[g], p);
-            p += wmat_pack(&S->k[g], &L->k[g], p);
-            p += wmat_pack(&S->v[g], &L->v[g], p);
-            p += wmat_pack(&S->o[g], &L->o[g], p);
-        }
-        for (uint32_t m = c0; m < c1; m++) {
-            p += wmat_pack(&S->gate[m], &L->gate[m], p);
-            p += wmat_pack(&S->up[m], &L->up[m], p);
-            p += wmat_pack(&S->down[m], &L->down[m], p);
-        }
     }
     return PT_OK;
 }
