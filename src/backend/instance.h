@@ -28,7 +28,7 @@ typedef struct {
     pt_pool *pool;    /* the device's workers */
     uint32_t g0, g1, c0, c1;
     pt_shard shard;
-    pt_kv_pool kv;
+    pt_kv_pool *kv;   /* its device's pool: a transformation hands it to the next instance there */
     /* Scratch, sized for max_batch_tokens rows: one device allocation. */
     void *scratch;
     size_t scratch_bytes;

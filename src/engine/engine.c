@@ -35,7 +35,7 @@ uint32_t pt_engine_seq_capacity(const pt_engine *e) {
     uint64_t cap = e->in.opts.max_ctx;
     for (int i = 0; i < e->in.tp; i++) {
         const pt_rank *r = &e->in.ranks[i];
-        uint64_t tokens = (uint64_t)(r->kv.n_slots / (r->g1 - r->g0)) * e->in.opts.page_size;
+        uint64_t tokens = (uint64_t)(r->kv->n_enabled / (r->g1 - r->g0)) * e->in.opts.page_size;
         if (tokens < cap) cap = tokens;
     }
     return (uint32_t)cap;
@@ -54,15 +54,21 @@ void pt_engine_weight_bytes(const pt_engine *e, int rank, uint64_t *shard, uint6
 void pt_engine_kv_pages(const pt_engine *e, int rank, uint64_t *total, uint64_t *free_pages) {
     *total = *free_pages = 0;
     if (rank < 0 || rank >= e->in.tp) return;
-    *total = e->in.ranks[rank].kv.n_slots;
-    *free_pages = e->in.ranks[rank].kv.n_free;
+    pt_kv_pool *kv = e->in.ranks[rank].kv;
+    if (!kv) return;
+    *total = kv->n_enabled;
+    *free_pages = pt_kv_pool_free_pages(kv);
 }
 
 void pt_engine_free(pt_engine *e) {
     if (!e) return;
     if (e->backend) e->backend->destroy(e->backend);
     if (e->in.ranks)
-        for (int i = 0; i < e->in.tp; i++) pt_kv_pool_free(&e->in.ranks[i].kv);
+        for (int i = 0; i < e->in.tp; i++)
+            if (e->in.ranks[i].kv) {
+                pt_kv_pool_free(e->in.ranks[i].kv);
+                free(e->in.ranks[i].kv);
+            }
     free(e->in.ranks);
     if (e->in.out_scratch) pt_device_release(pt_fabric_device(e->fabric, e->first), PT_MEM_SCRATCH, e->in.out_scratch, e->in.out_bytes);
     if (e->in.seqs)
@@ -80,6 +86,11 @@ void pt_engine_free(pt_engine *e) {
 
 int pt_engine_create_on(pt_engine **out, const pt_model_file *mf, pt_fabric *f, int first, int tp,
                         const pt_engine_opts *opts, pt_err *err) {
+    return pt_engine_create_ranks(out, mf, f, first, tp, opts, true, err);
+}
+
+int pt_engine_create_ranks(pt_engine **out, const pt_model_file *mf, pt_fabric *f, int first, int tp,
+                           const pt_engine_opts *opts, bool own_kv, pt_err *err) {
     *out = NULL;
     int rc = pt_model_file_validate(mf, err);
     if (rc) return rc;
@@ -145,6 +156,7 @@ int pt_engine_create_on(pt_engine **out, const pt_model_file *mf, pt_fabric *f, 
         r->g1 = e->in.w.n_groups * (i + 1) / tp;
         r->c0 = e->in.w.n_mlp_chunks * i / tp;
         r->c1 = e->in.w.n_mlp_chunks * (i + 1) / tp;
+        if (own_kv) ok = (r->kv = calloc(1, sizeof(pt_kv_pool))) != NULL;
     }
     for (uint32_t s = 0; s < o->max_seqs && ok; s++) {
         e->in.seqs[s].cap_pages = e->in.pages_per_seq;
@@ -215,7 +227,7 @@ int pt_engine_seq_new(pt_engine *e) {
 
 static void seq_trim_pages(pt_engine *e, pt_seq *s, uint32_t keep) {
     for (uint32_t g = 0; g < e->in.w.n_groups; g++) {
-        pt_kv_pool *kv = &e->in.ranks[pt_rank_of_group(&e->in, g)].kv;
+        pt_kv_pool *kv = e->in.ranks[pt_rank_of_group(&e->in, g)].kv;
         for (uint32_t p = keep; p < s->n_pages; p++) pt_kv_page_release(kv, s->pages[g][p]);
     }
     s->n_pages = keep;
@@ -241,11 +253,11 @@ static bool seq_reserve(pt_engine *e, pt_seq *s, uint32_t len) {
     uint32_t have = s->n_pages;
     for (uint32_t p = have; p < need; p++) {
         for (uint32_t g = 0; g < e->in.w.n_groups; g++) {
-            int64_t slot = pt_kv_page_alloc(&e->in.ranks[pt_rank_of_group(&e->in, g)].kv);
+            int64_t slot = pt_kv_page_alloc(e->in.ranks[pt_rank_of_group(&e->in, g)].kv);
             if (slot < 0) {
                 /* Undo this page index's partial allocation, then the earlier ones. */
                 for (uint32_t h = 0; h < g; h++)
-                    pt_kv_page_release(&e->in.ranks[pt_rank_of_group(&e->in, h)].kv, s->pages[h][p]);
+                    pt_kv_page_release(e->in.ranks[pt_rank_of_group(&e->in, h)].kv, s->pages[h][p]);
                 seq_trim_pages(e, s, have);
                 return false;
             }

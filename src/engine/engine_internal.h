@@ -21,4 +21,10 @@ struct pt_engine {
     uint32_t *stage_out;
 };
 
+/* pt_engine_create_on, with own_kv false for a transformation's target:
+ * its ranks have no KV pool until the transformation hands them their
+ * devices' pools (src/xform). */
+int pt_engine_create_ranks(pt_engine **out, const pt_model_file *mf, pt_fabric *f, int first, int tp,
+                           const pt_engine_opts *opts, bool own_kv, pt_err *err);
+
 #endif

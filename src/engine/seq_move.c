@@ -43,7 +43,7 @@ int pt_engine_seq_detach(pt_engine *e, int seq, pt_seq_state **out, pt_err *err)
 void pt_seq_state_release(pt_seq_state *st) {
     if (!st) return;
     for (uint32_t g = 0; g < st->n_groups; g++) {
-        pt_kv_pool *kv = &st->src->in.ranks[pt_rank_of_group(&st->src->in, g)].kv;
+        pt_kv_pool *kv = st->src->in.ranks[pt_rank_of_group(&st->src->in, g)].kv;
         for (uint32_t p = 0; p < st->n_pages; p++) pt_kv_page_release(kv, st->slots[(size_t)g * st->n_pages + p]);
     }
     free(st->slots);
@@ -51,7 +51,7 @@ void pt_seq_state_release(pt_seq_state *st) {
 }
 
 static bool same_geometry(const pt_engine *a, const pt_engine *b) {
-    const pt_kv_pool *ka = &a->in.ranks[0].kv, *kb = &b->in.ranks[0].kv;
+    const pt_kv_pool *ka = a->in.ranks[0].kv, *kb = b->in.ranks[0].kv;
     return a->fabric == b->fabric && a->in.w.n_groups == b->in.w.n_groups && ka->n_layers == kb->n_layers &&
            ka->head_dim == kb->head_dim && ka->page_size == kb->page_size && ka->dtype == kb->dtype &&
            a->backend->name == b->backend->name;
@@ -76,7 +76,7 @@ int pt_engine_seq_attach(pt_engine *e, pt_seq_state *st, int *seq_out, pt_err *e
     if (!same_geometry(src, e))
         return pt_err_set(err, PT_ERR_INVALID,
                           "attach: the instances differ in fabric, model, KV geometry or backend");
-    if (!e->in.ranks[0].kv.data)
+    if (!e->in.ranks[0].kv->data)
         return pt_err_set(err, PT_ERR_UNSUPPORTED, "attach: moving pages of the %s backend is not supported yet",
                           e->backend->name);
     if (st->len > e->in.opts.max_ctx || st->n_pages > e->in.pages_per_seq)
@@ -90,19 +90,19 @@ int pt_engine_seq_attach(pt_engine *e, pt_seq_state *st, int *seq_out, pt_err *e
     size_t got = 0, want = (size_t)st->n_groups * st->n_pages;
     for (uint32_t h = 0; h < st->n_groups; h++)
         for (uint32_t q = 0; q < st->n_pages; q++, got++) {
-            int64_t slot = pt_kv_page_alloc(&e->in.ranks[pt_rank_of_group(&e->in, h)].kv);
+            int64_t slot = pt_kv_page_alloc(e->in.ranks[pt_rank_of_group(&e->in, h)].kv);
             if (slot < 0) goto undo;
             s->pages[h][q] = (uint32_t)slot;
         }
-    size_t per_page = 2 * (size_t)src->in.ranks[0].kv.n_layers;
+    size_t per_page = 2 * (size_t)src->in.ranks[0].kv->n_layers;
     pt_comm_transfer *t = malloc((want * per_page + 1) * sizeof(*t));
     if (!t) goto undo;
     size_t n = 0;
     for (uint32_t h = 0; h < st->n_groups; h++) {
         int rs = pt_rank_of_group(&src->in, h), rd = pt_rank_of_group(&e->in, h);
         for (uint32_t q = 0; q < st->n_pages; q++)
-            n += page_transfers(t + n, &src->in.ranks[rs].kv, src->first + rs, st->slots[(size_t)h * st->n_pages + q],
-                                &e->in.ranks[rd].kv, e->first + rd, s->pages[h][q]);
+            n += page_transfers(t + n, src->in.ranks[rs].kv, src->first + rs, st->slots[(size_t)h * st->n_pages + q],
+                                e->in.ranks[rd].kv, e->first + rd, s->pages[h][q]);
     }
     pt_comm_world *w = e->fabric->world;
     rc = pt_comm_send_recv(pt_comm_group_find(w, 0, pt_comm_world_size(w)), t, n, NULL, err);
@@ -121,7 +121,7 @@ undo:
 undo_rc:
     for (size_t k = 0; k < got; k++) {
         uint32_t h = (uint32_t)(k / st->n_pages), q = (uint32_t)(k % st->n_pages);
-        pt_kv_page_release(&e->in.ranks[pt_rank_of_group(&e->in, h)].kv, s->pages[h][q]);
+        pt_kv_page_release(e->in.ranks[pt_rank_of_group(&e->in, h)].kv, s->pages[h][q]);
     }
     s->used = false;
     return rc;

@@ -153,6 +153,7 @@ static int rank_init(pt_instance *e, pt_rank *r, pt_err *err) {
     if ((rc = pt_device_alloc(r->dev, PT_MEM_SCRATCH, r->scratch_bytes, &r->scratch, "step buffers", err)))
         return rc;
     layout_scratch(e, r, r->scratch);
+    if (!r->kv) return PT_OK; /* a transformation's target: it takes the device's pool over */
     /* KV pages: as configured, or what the device has left, at most enough
      * for max_seqs full contexts of the heads this rank holds. */
     uint64_t kv_pages = o->kv_pages;
@@ -170,8 +171,14 @@ static int rank_init(pt_instance *e, pt_rank *r, pt_err *err) {
                           (unsigned long long)pt_device_budget(r->dev), r->g1 - r->g0,
                           (unsigned long long)((r->g1 - r->g0) *
                                                pt_kv_page_bytes(c->n_layers, c->head_dim, o->page_size, o->kv_dtype)));
-    return pt_kv_pool_init(&r->kv, r->dev, c->n_layers, c->head_dim, o->page_size, (uint32_t)kv_pages, o->kv_dtype,
-                           err);
+    /* Address space for every head of the model on this device, so that the
+     * pool can grow when a transformation leaves this device more heads or
+     * frees weights; only the enabled pages are charged. */
+    uint64_t cap = pt_instance_kv_pages_for(e, e->w.n_groups, pt_device_budget(r->dev) ? pt_device_budget(r->dev)
+                                                                                       : DEFAULT_KV_BUDGET);
+    if (o->kv_pages || o->kv_bytes || cap < kv_pages) cap = kv_pages;
+    return pt_kv_pool_init(r->kv, r->dev, c->n_layers, c->head_dim, o->page_size, (uint32_t)kv_pages, (uint32_t)cap,
+                           o->kv_dtype, err);
 }
 
 int pt_backend_cpu_create(pt_backend **out, pt_instance *e, pt_err *err) {

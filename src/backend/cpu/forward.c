@@ -212,7 +212,7 @@ static void append_phase(void *arg, int tid, int nth) {
         for (size_t t = 0; t < e->T; t++) {
             const pt_seq *s = &e->seqs[e->tok_seq[t]];
             uint32_t pos = e->tok_pos[t];
-            pt_kv_append(&r->kv, c->layer, s->pages[g][pos / P], pos % P, r->k + t * kld + g * hd,
+            pt_kv_append(r->kv, c->layer, s->pages[g][pos / P], pos % P, r->k + t * kld + g * hd,
                          r->v + t * kld + g * hd);
         }
     }
@@ -238,7 +238,7 @@ static void attn_phase(void *arg, int tid, int nth) {
     for (long it = lo; it < hi; it++) {
         size_t t = (size_t)it / ng, g = r->g0 + (size_t)it % ng;
         const pt_seq *s = &e->seqs[e->tok_seq[t]];
-        const pt_kv_pool *kv = &r->kv;
+        const pt_kv_pool *kv = r->kv;
         float *out = r->att + t * qld + g * qw;
         const float *q = r->q + t * qld + g * qw;
         uint32_t n_ctx = e->tok_pos[t] + 1;

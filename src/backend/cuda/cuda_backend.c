@@ -244,7 +244,7 @@ static int alloc_kv(cu_rank *rk, pt_instance *e, pt_err *err) {
     int rc = cu_alloc(rk, PT_MEM_KV, (void **)&rk->kv_data, data_bytes, "KV pages", err);
     if (rc == PT_OK) rc = cu_alloc(rk, PT_MEM_KV, (void **)&rk->kv_minmax, mm_bytes, "KV key bounds", err);
     if (rc == PT_OK)
-        rc = pt_kv_pool_init_accounting(&rk->r->kv, c->n_layers, c->head_dim, o->page_size, rk->n_slots, PT_DTYPE_F16,
+        rc = pt_kv_pool_init_accounting(rk->r->kv, c->n_layers, c->head_dim, o->page_size, rk->n_slots, PT_DTYPE_F16,
                                         err);
     return rc;
 }
