@@ -261,6 +261,16 @@ static size_t shard_walk(const pt_weights *w, pt_layer_weights *layers, uint8_t 
     return off;
 }
 
+static uint64_t replicated_bytes(const pt_weights *w);
+
+uint64_t pt_shard_bytes(const pt_weights *w, uint32_t g0, uint32_t g1, uint32_t c0, uint32_t c1) {
+    pt_layer_weights *layers = calloc(w->cfg.n_layers, sizeof(pt_layer_weights));
+    if (!layers) return UINT64_MAX; /* out of memory sizing: as if it could not fit */
+    uint64_t n = shard_walk(w, layers, NULL, g0, g1, c0, c1) + replicated_bytes(w);
+    free(layers);
+    return n;
+}
+
 static uint64_t replicated_bytes(const pt_weights *w) {
     const pt_model_config *c = &w->cfg;
     uint64_t b = wmat_bytes(&w->tok_embd) + (c->tied_embeddings ? 0 : wmat_bytes(&w->output));

@@ -72,5 +72,7 @@ typedef struct {
 int pt_shard_build(pt_shard *s, const pt_weights *w, pt_device *dev, uint32_t g0, uint32_t g1, uint32_t c0,
                    uint32_t c1, pt_err *err);
 void pt_shard_free(pt_shard *s);
+/* What pt_shard_build charges its device: the chunks and the replicated tensors. */
+uint64_t pt_shard_bytes(const pt_weights *w, uint32_t g0, uint32_t g1, uint32_t c0, uint32_t c1);
 
 #endif

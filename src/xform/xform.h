@@ -94,26 +94,32 @@ bool pt_xform_precopy_done(const pt_xform *x);
 #define PT_XFORM_STOP_PAGES 64
 #define PT_XFORM_MAX_STAGES 4
 
-/* A live sequence of a source and the target it goes to. */
+/* A live sequence of a source, and where the commit put it. */
 typedef struct {
-    int src, seq; /* source index and its sequence id */
-    int dst;      /* target index */
+    int src, seq; /* in: source index and its sequence id */
+    int dst;      /* out: target index */
+    int dst_seq;  /* out: its sequence id there */
 } pt_xform_move;
 
 /* Commit -- every source stopped at a step boundary, `moves` naming every
  * live sequence of every source: copies what remains, rebuilds the block
- * tables on the targets (dst_seq[i]: the sequence id of moves[i] there)
- * and hands the pools over. On failure nothing changed: the sources still
- * hold every sequence and can go on (then call pt_xform_free). */
-int pt_xform_commit(pt_xform *x, const pt_xform_move *moves, size_t n, int *dst_seq, pt_err *err);
+ * tables on the targets and hands the pools over. A merge puts every
+ * sequence on its one target; a split keeps the target each sequence was
+ * given at its first snapshot and gives the others, longest first, to the
+ * target holding the fewest pages. On failure nothing changed: the sources
+ * still hold every sequence and can go on (then call pt_xform_free). */
+int pt_xform_commit(pt_xform *x, pt_xform_move *moves, size_t n, pt_err *err);
 bool pt_xform_committed(const pt_xform *x);
 
-/* Target i after a commit; the caller owns it from then on (NULL before). */
-pt_engine *pt_xform_take_target(pt_xform *x, int i);
+/* Target i. It belongs to the transformation until a commit and to the
+ * caller after it; before the commit the caller may read it (build a
+ * batcher on it) but must not step it. */
+pt_engine *pt_xform_target(const pt_xform *x, int i);
 /* After a commit: frees the sources (a successful commit hands them to the
  * transformation; the caller must have stopped using them) and grows the
- * pools. Otherwise: rollback. NULL is a no-op. */
-void pt_xform_free(pt_xform *x);
+ * pools. Otherwise: rollback. The final statistics (weights freed, pages
+ * gained) into *final when not NULL. NULL is a no-op. */
+void pt_xform_free(pt_xform *x, pt_xform_stats *final);
 
 const pt_xform_stats *pt_xform_get_stats(const pt_xform *x);
 /* Tests: the next operation of that stage fails as the real failure would

@@ -1,0 +1,591 @@
+/* A live TP transformation of engine instances: see xform.h.
+ *
+ * Every device of the range has one KV pool, used by the source rank on it
+ * until the commit and by the target rank on it after. A head page whose
+ * head stays on its device never moves; one whose head changes device is
+ * copied once, by pre-copy while it is full and pinned, or in the pause.
+ * Transfers go through a comm world of the transformation's own, so that a
+ * failed transfer aborts only the transformation, never the instances that
+ * keep serving. */
+#include "xform/xform.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "device/fabric_internal.h"
+#include "engine/engine_internal.h"
+
+/* A head page recorded by a snapshot: copied from src_slot (pinned) on
+ * device sd to dst_slot (owned by the record) on device dd. */
+typedef struct {
+    int src, seq;
+    uint32_t head, idx;
+    uint32_t src_slot, dst_slot;
+    int sd, dd;      /* fabric device indices */
+    bool copied;
+    bool stale;      /* its sequence ended or changed: dropped at commit */
+    bool taken;      /* the commit gave dst_slot to a target's block table */
+} page_rec;
+
+/* What the pre-copy knows of one source sequence. */
+typedef struct {
+    int dst;        /* target, once given; -1 before */
+    uint32_t upto;  /* pages [0, upto) of every moving head are recorded */
+    uint32_t *rec;  /* (n_groups * pages_per_seq) record index + 1 of (head, page); 0: none */
+} seq_track;
+
+struct pt_xform {
+    pt_fabric *f;
+    int first, n_dev;               /* the device range */
+    int n_src, n_dst;
+    pt_engine *src[PT_FABRIC_MAX_DEVICES];
+    pt_engine *dst[PT_FABRIC_MAX_DEVICES];
+    pt_kv_pool *pool[PT_FABRIC_MAX_DEVICES]; /* per device of the range */
+    uint32_t shrunk[PT_FABRIC_MAX_DEVICES];  /* pages retired to make room for the targets */
+    pt_comm_world *world;           /* transfers only */
+    seq_track *track[PT_FABRIC_MAX_DEVICES]; /* per source: (max_seqs) */
+    page_rec *recs;
+    size_t n_recs, cap_recs, n_copied;
+    uint32_t last_new;              /* pages the last snapshot round recorded */
+    bool snapshot_since_copy;
+    uint64_t dst_pages[PT_FABRIC_MAX_DEVICES]; /* pages given to each target, for balance */
+    pt_xform_fail fail;
+    bool committed;
+    pt_xform_stats st;
+};
+
+/* ---- geometry ---- */
+
+static int dev_of_head(const pt_engine *e, uint32_t h) { return e->first + pt_rank_of_group(&e->in, h); }
+static pt_kv_pool *pool_at(pt_xform *x, int dev) { return x->pool[dev - x->first]; }
+static uint32_t full_pages(const pt_engine *e, const pt_seq *s) { return s->len / e->in.opts.page_size; }
+static uint32_t n_groups(const pt_xform *x) { return x->src[0]->in.w.n_groups; }
+
+/* Transfers of every layer's K+V block and key bounds of one page. */
+static size_t page_transfers(pt_comm_transfer *t, pt_kv_pool *src, int sd, uint32_t src_slot, pt_kv_pool *dst, int dd,
+                             uint32_t dst_slot) {
+    size_t kv_bytes = pt_kv_slot_stride(src) * src->elem, mm_bytes = 2 * (size_t)src->head_dim * sizeof(float);
+    size_t n = 0;
+    for (uint32_t l = 0; l < src->n_layers; l++) {
+        t[n++] = (pt_comm_transfer){sd, dd, pt_kv_k(src, l, src_slot), pt_kv_k(dst, l, dst_slot), kv_bytes};
+        t[n++] = (pt_comm_transfer){sd, dd, pt_kv_kmin(src, l, src_slot), pt_kv_kmin(dst, l, dst_slot), mm_bytes};
+    }
+    return n;
+}
+
+static int transfer(pt_xform *x, pt_comm_transfer *t, size_t n, pt_xform_fail injected, pt_err *err) {
+    if (x->fail == injected) {
+        x->fail = PT_XFORM_FAIL_NONE;
+        pt_comm_local_fail_after(x->world, 0);
+    }
+    return pt_comm_send_recv(pt_comm_group_find(x->world, 0, pt_comm_world_size(x->world)), t, n, NULL, err);
+}
+
+/* ---- plan ---- */
+
+static int check_sources(pt_engine *const *src, int n_src, pt_err *err) {
+    for (int i = 0; i < n_src; i++) {
+        const pt_engine *e = src[i], *a = src[0];
+        if (e->fabric != a->fabric || e->mf != a->mf)
+            return pt_err_set(err, PT_ERR_INVALID, "source %d is on another fabric or model", i);
+        if (strcmp(e->backend->name, "cpu") != 0)
+            return pt_err_set(err, PT_ERR_UNSUPPORTED,
+                              "live transformation of %s instances is not implemented yet (CPU only)",
+                              e->backend->name);
+        if (i > 0 && e->first != src[i - 1]->first + src[i - 1]->in.tp)
+            return pt_err_set(err, PT_ERR_INVALID, "source %d does not follow source %d on the devices", i, i - 1);
+        const pt_engine_opts *o = &e->in.opts, *p = &a->in.opts;
+        if (o->page_size != p->page_size || o->kv_dtype != p->kv_dtype || o->max_ctx != p->max_ctx ||
+            o->tp_chunks != p->tp_chunks)
+            return pt_err_set(err, PT_ERR_INVALID, "source %d differs in KV geometry, context or chunking", i);
+    }
+    return PT_OK;
+}
+
+static int check_targets(pt_xform *x, const pt_xform_group *dst, int n_dst, pt_err *err) {
+    int at = x->first;
+    bool same = n_dst == x->n_src;
+    for (int i = 0; i < n_dst; i++) {
+        if (dst[i].first != at)
+            return pt_err_set(err, PT_ERR_INVALID, "target %d starts at device %d, not %d: the targets must tile "
+                              "the sources' devices [%d, %d)", i, dst[i].first, at, x->first, x->first + x->n_dev);
+        if (!pt_fabric_group_ok(x->f, dst[i].first, dst[i].tp))
+            return pt_err_set(err, PT_ERR_INVALID, "target %d (TP %d on devices [%d, %d)) is not allowed by the fabric",
+                              i, dst[i].tp, dst[i].first, dst[i].first + dst[i].tp);
+        if ((uint32_t)dst[i].tp > n_groups(x) || (uint32_t)dst[i].tp > x->src[0]->in.w.n_mlp_chunks)
+            return pt_err_set(err, PT_ERR_INVALID, "target %d: TP %d exceeds the model's %u KV heads", i, dst[i].tp,
+                              n_groups(x));
+        same = same && x->src[i]->first == dst[i].first && x->src[i]->in.tp == dst[i].tp;
+        at += dst[i].tp;
+    }
+    if (at != x->first + x->n_dev)
+        return pt_err_set(err, PT_ERR_INVALID, "the targets cover devices [%d, %d), the sources [%d, %d)", x->first, at,
+                          x->first, x->first + x->n_dev);
+    if (same) return pt_err_set(err, PT_ERR_INVALID, "the targets are the sources: nothing to transform");
+    return PT_OK;
+}
+
+/* Bytes a target rank will charge device d: its shard, its step buffers
+ * (as large as a source rank's, whose sizes do not depend on the TP
+ * degree) and, on a target's first rank, its logits. */
+static uint64_t target_rank_bytes(const pt_xform *x, const pt_engine *src_on_d, const pt_rank *like,
+                                  uint32_t g0, uint32_t g1, uint32_t c0, uint32_t c1) {
+    return pt_shard_bytes(&src_on_d->in.w, g0, g1, c0, c1) + like->scratch_bytes + src_on_d->in.out_bytes;
+}
+
+/* Makes room on every device for the targets' ranks: free KV pages are
+ * retired where the budget is short, or the plan is refused. */
+static int reserve_room(pt_xform *x, const pt_xform_group *dst, int n_dst, pt_err *err) {
+    const pt_weights *w = &x->src[0]->in.w;
+    for (int k = 0; k < n_dst; k++)
+        for (int r = 0; r < dst[k].tp; r++) {
+            int d = dst[k].first + r;
+            pt_device *dev = pt_fabric_device(x->f, d);
+            const pt_engine *s = NULL;
+            for (int i = 0; i < x->n_src; i++)
+                if (d >= x->src[i]->first && d < x->src[i]->first + x->src[i]->in.tp) s = x->src[i];
+            const pt_rank *like = &s->in.ranks[d - s->first];
+            int tp = dst[k].tp;
+            uint64_t need = target_rank_bytes(x, s, like, w->n_groups * r / tp, w->n_groups * (r + 1) / tp,
+                                              w->n_mlp_chunks * r / tp, w->n_mlp_chunks * (r + 1) / tp);
+            uint64_t avail = pt_device_available(dev);
+            if (avail >= need) continue;
+            pt_kv_pool *kv = pool_at(x, d);
+            uint64_t pages = (need - avail + kv->page_bytes - 1) / kv->page_bytes;
+            if (pages > UINT32_MAX || !pt_kv_pool_shrink(kv, (uint32_t)pages))
+                return pt_err_set(err, PT_ERR_NOMEM,
+                                  "device %s: the target instance needs %.1f MiB for weights and step buffers; %.1f "
+                                  "MiB are free and its KV pool has %u free pages (%.1f MiB) of the %llu needed",
+                                  pt_device_name(dev), need / 1048576.0, avail / 1048576.0, pt_kv_pool_free_pages(kv),
+                                  (double)pt_kv_pool_free_pages(kv) * kv->page_bytes / 1048576.0,
+                                  (unsigned long long)pages);
+            x->shrunk[d - x->first] += (uint32_t)pages;
+            x->st.kv_pages_reserved += pages;
+        }
+    return PT_OK;
+}
+
+static int build_targets(pt_xform *x, const pt_xform_group *dst, int n_dst, pt_err *err) {
+    pt_engine_opts o = x->src[0]->in.opts;
+    for (int k = 0; k < n_dst; k++) {
+        int rc = pt_engine_create_ranks(&x->dst[k], x->src[0]->mf, x->f, dst[k].first, dst[k].tp, &o, false, err);
+        if (rc) return rc;
+        x->n_dst = k + 1;
+        pt_engine *t = x->dst[k];
+        for (int r = 0; r < t->in.tp; r++) {
+            t->in.ranks[r].kv = pool_at(x, t->first + r);
+            x->st.weight_bytes_new += t->in.ranks[r].shard.bytes + t->in.ranks[r].shard.replicated_bytes;
+        }
+    }
+    return PT_OK;
+}
+
+static int create_world(pt_xform *x, pt_err *err) {
+    int ids[PT_FABRIC_MAX_DEVICES];
+    for (int i = 0; i < x->f->n; i++) ids[i] = i;
+    pt_comm_config cc = {ids, x->f->n, x->f->allowed, x->f->n_allowed, 0};
+    return pt_comm_world_create_local(&x->world, &cc, err);
+}
+
+int pt_xform_create(pt_xform **out, pt_engine *const *src, int n_src, const pt_xform_group *dst, int n_dst,
+                    pt_err *err) {
+    *out = NULL;
+    if (n_src < 1 || n_dst < 1 || n_src > PT_FABRIC_MAX_DEVICES || n_dst > PT_FABRIC_MAX_DEVICES)
+        return pt_err_set(err, PT_ERR_INVALID, "a transformation needs 1 to %d sources and targets",
+                          PT_FABRIC_MAX_DEVICES);
+    int rc = check_sources(src, n_src, err);
+    if (rc) return rc;
+    double t0 = pt_now();
+    pt_xform *x = calloc(1, sizeof(*x));
+    if (!x) return pt_err_set(err, PT_ERR_NOMEM, "out of memory planning a transformation");
+    x->f = src[0]->fabric;
+    x->first = src[0]->first;
+    x->n_src = n_src;
+    for (int i = 0; i < n_src; i++) {
+        x->src[i] = src[i];
+        for (int r = 0; r < src[i]->in.tp; r++) x->pool[src[i]->first + r - x->first] = src[i]->in.ranks[r].kv;
+        x->n_dev += src[i]->in.tp;
+        x->track[i] = calloc(src[i]->in.opts.max_seqs, sizeof(seq_track));
+        if (!x->track[i]) {
+            pt_xform_free(x, NULL);
+            return pt_err_set(err, PT_ERR_NOMEM, "out of memory planning a transformation");
+        }
+        for (uint32_t s = 0; s < src[i]->in.opts.max_seqs; s++) x->track[i][s].dst = -1;
+    }
+    x->st.n_src = n_src;
+    x->st.n_dst = n_dst;
+    if ((rc = check_targets(x, dst, n_dst, err)) || (rc = reserve_room(x, dst, n_dst, err)) ||
+        (rc = create_world(x, err)) || (rc = build_targets(x, dst, n_dst, err))) {
+        pt_xform_free(x, NULL);
+        return rc;
+    }
+    x->st.build_s = pt_now() - t0;
+    *out = x;
+    return PT_OK;
+}
+
+/* ---- pre-copy ---- */
+
+/* The target a sequence goes to: a merge's one target, or for a split the
+ * target holding the fewest pages so far. */
+static int give_target(pt_xform *x, seq_track *t, uint32_t len) {
+    if (t->dst >= 0) return t->dst;
+    int best = 0;
+    for (int k = 1; k < x->n_dst; k++)
+        if (x->dst_pages[k] < x->dst_pages[best]) best = k;
+    t->dst = best;
+    x->dst_pages[best] += (len + x->src[0]->in.opts.page_size - 1) / x->src[0]->in.opts.page_size;
+    return best;
+}
+
+/* Drops the records of a sequence that ended or changed since they were
+ * made: their pins and destination pages go back at the commit or free. */
+static void forget_seq(pt_xform *x, seq_track *t, const pt_engine *e) {
+    if (!t->rec) return;
+    size_t n = (size_t)n_groups(x) * e->in.pages_per_seq;
+    for (size_t i = 0; i < n; i++)
+        if (t->rec[i]) x->recs[t->rec[i] - 1].stale = true;
+    memset(t->rec, 0, n * sizeof(uint32_t));
+    t->upto = 0;
+}
+
+/* Whether the records of a tracked sequence still describe it: the slot it
+ * had at its first recorded page is still there (a pinned slot is never
+ * reused, so another request in the same sequence id cannot hold it). */
+static bool track_valid(const pt_xform *x, const seq_track *t, const pt_seq *s, const pt_engine *e) {
+    size_t P = e->in.pages_per_seq;
+    for (uint32_t h = 0; h < n_groups(x); h++)
+        if (t->rec[h * P]) {
+            const page_rec *r = &x->recs[t->rec[h * P] - 1];
+            return s->used && s->n_pages > 0 && s->pages[h][0] == r->src_slot;
+        }
+    return true;
+}
+
+static int add_rec(pt_xform *x, const page_rec *r) {
+    if (x->n_recs == x->cap_recs) {
+        size_t cap = x->cap_recs ? x->cap_recs * 2 : 256;
+        page_rec *grown = realloc(x->recs, cap * sizeof(*grown));
+        if (!grown) return PT_ERR_NOMEM;
+        x->recs = grown;
+        x->cap_recs = cap;
+    }
+    x->recs[x->n_recs++] = *r;
+    return PT_OK;
+}
+
+int pt_xform_snapshot(pt_xform *x, int src, uint32_t *new_pages, pt_err *err) {
+    *new_pages = 0;
+    if (x->committed || src < 0 || src >= x->n_src)
+        return pt_err_set(err, PT_ERR_INVALID, "snapshot: no source %d before the commit", src);
+    pt_engine *e = x->src[src];
+    size_t P = e->in.pages_per_seq;
+    for (uint32_t q = 0; q < e->in.opts.max_seqs; q++) {
+        pt_seq *s = &e->in.seqs[q];
+        seq_track *t = &x->track[src][q];
+        if (t->rec && !track_valid(x, t, s, e)) {
+            forget_seq(x, t, e);
+            t->dst = -1;
+        }
+        if (!s->used) continue;
+        pt_engine *d = x->dst[give_target(x, t, s->len)];
+        uint32_t full = full_pages(e, s);
+        if (full <= t->upto) continue;
+        if (!t->rec && !(t->rec = calloc((size_t)n_groups(x) * P, sizeof(uint32_t))))
+            return pt_err_set(err, PT_ERR_NOMEM, "snapshot: out of memory");
+        for (uint32_t h = 0; h < n_groups(x); h++) {
+            int sd = dev_of_head(e, h), dd = dev_of_head(d, h);
+            if (sd == dd) continue;
+            for (uint32_t p = t->upto; p < full; p++) {
+                int64_t slot = -1;
+                if (x->fail == PT_XFORM_FAIL_PRECOPY_ALLOC) x->fail = PT_XFORM_FAIL_NONE;
+                else slot = pt_kv_page_alloc(pool_at(x, dd));
+                if (slot < 0)
+                    return pt_err_set(err, PT_ERR_NOMEM, "pre-copy: device %s has no free KV page for head %u",
+                                      pt_device_name(pt_fabric_device(x->f, dd)), h);
+                page_rec r = {src, (int)q, h, p, s->pages[h][p], (uint32_t)slot, sd, dd, false, false, false};
+                if (add_rec(x, &r)) {
+                    pt_kv_page_release(pool_at(x, dd), (uint32_t)slot);
+                    return pt_err_set(err, PT_ERR_NOMEM, "snapshot: out of memory");
+                }
+                pt_kv_page_ref(pool_at(x, sd), r.src_slot); /* the pin */
+                t->rec[h * P + p] = (uint32_t)x->n_recs;
+                (*new_pages)++;
+            }
+        }
+        t->upto = full;
+    }
+    if (!x->snapshot_since_copy) x->last_new = 0;
+    x->snapshot_since_copy = true;
+    x->last_new += *new_pages;
+    return PT_OK;
+}
+
+int pt_xform_copy(pt_xform *x, pt_err *err) {
+    double t0 = pt_now();
+    size_t per_page = 2 * (size_t)x->pool[0]->n_layers, n = 0;
+    pt_comm_transfer *t = malloc(((x->n_recs - x->n_copied) * per_page + 1) * sizeof(*t));
+    if (!t) return pt_err_set(err, PT_ERR_NOMEM, "pre-copy: out of memory");
+    uint64_t pages = 0;
+    for (size_t i = x->n_copied; i < x->n_recs; i++) {
+        page_rec *r = &x->recs[i];
+        if (r->stale) continue;
+        n += page_transfers(t + n, pool_at(x, r->sd), r->sd, r->src_slot, pool_at(x, r->dd), r->dd, r->dst_slot);
+        pages++;
+    }
+    int rc = transfer(x, t, n, PT_XFORM_FAIL_PRECOPY_COMM, err);
+    free(t);
+    if (rc) return rc;
+    for (size_t i = x->n_copied; i < x->n_recs; i++) x->recs[i].copied = true;
+    x->n_copied = x->n_recs;
+    x->st.pages_precopied += pages;
+    x->st.kv_bytes_moved += pages * x->pool[0]->page_bytes;
+    x->st.stages++;
+    x->st.precopy_s += pt_now() - t0;
+    x->snapshot_since_copy = false;
+    return PT_OK;
+}
+
+bool pt_xform_precopy_done(const pt_xform *x) {
+    return x->st.stages >= PT_XFORM_MAX_STAGES || (x->st.stages > 0 && x->last_new < PT_XFORM_STOP_PAGES);
+}
+
+/* ---- commit ---- */
+
+/* A page the commit allocated, released again if the commit fails. */
+typedef struct {
+    pt_kv_pool *kv;
+    uint32_t slot;
+} taken_page;
+
+static int cmp_longest_first(const void *a, const void *b) {
+    const pt_xform_move *x = a, *y = b;
+    return (x->dst_seq < y->dst_seq) - (x->dst_seq > y->dst_seq); /* dst_seq holds the length while sorting */
+}
+
+/* Gives every move a target: its pre-copy target, or (the others, longest
+ * first) the target with the fewest pages. */
+static void assign_targets(pt_xform *x, pt_xform_move *moves, size_t n) {
+    pt_xform_move *fresh = malloc((n + 1) * sizeof(*fresh));
+    size_t n_fresh = 0;
+    for (size_t i = 0; i < n; i++) {
+        seq_track *t = &x->track[moves[i].src][moves[i].seq];
+        moves[i].dst = t->dst;
+        if (t->dst < 0 && fresh) {
+            fresh[n_fresh] = moves[i];
+            fresh[n_fresh++].dst_seq = (int)x->src[moves[i].src]->in.seqs[moves[i].seq].len;
+        }
+    }
+    if (fresh) {
+        qsort(fresh, n_fresh, sizeof(*fresh), cmp_longest_first);
+        for (size_t i = 0; i < n_fresh; i++)
+            give_target(x, &x->track[fresh[i].src][fresh[i].seq], (uint32_t)fresh[i].dst_seq);
+        free(fresh);
+    }
+    for (size_t i = 0; i < n; i++) {
+        seq_track *t = &x->track[moves[i].src][moves[i].seq];
+        moves[i].dst = give_target(x, t, x->src[moves[i].src]->in.seqs[moves[i].seq].len);
+        moves[i].dst_seq = -1;
+    }
+}
+
+static int check_moves(const pt_xform *x, const pt_xform_move *moves, size_t n, pt_err *err) {
+    size_t live = 0;
+    for (int i = 0; i < x->n_src; i++)
+        for (uint32_t q = 0; q < x->src[i]->in.opts.max_seqs; q++) live += x->src[i]->in.seqs[q].used;
+    if (n != live) return pt_err_set(err, PT_ERR_INVALID, "commit: %zu moves for %zu live sequences", n, live);
+    for (size_t i = 0; i < n; i++) {
+        if (moves[i].src < 0 || moves[i].src >= x->n_src || moves[i].seq < 0 ||
+            (uint32_t)moves[i].seq >= x->src[moves[i].src]->in.opts.max_seqs ||
+            !x->src[moves[i].src]->in.seqs[moves[i].seq].used)
+            return pt_err_set(err, PT_ERR_INVALID, "commit: move %zu names no live sequence", i);
+        for (size_t j = 0; j < i; j++)
+            if (moves[j].src == moves[i].src && moves[j].seq == moves[i].seq)
+                return pt_err_set(err, PT_ERR_INVALID, "commit: sequence %d of source %d moves twice", moves[i].seq,
+                                  moves[i].src);
+    }
+    return PT_OK;
+}
+
+/* The pre-copied page for (head, page) of a move, if it still holds what
+ * the source's block table holds. */
+static page_rec *precopied(pt_xform *x, const pt_xform_move *m, const pt_seq *s, uint32_t h, uint32_t p) {
+    seq_track *t = &x->track[m->src][m->seq];
+    if (!t->rec) return NULL;
+    uint32_t i = t->rec[h * x->src[m->src]->in.pages_per_seq + p];
+    if (!i) return NULL;
+    page_rec *r = &x->recs[i - 1];
+    return r->copied && !r->stale && r->src_slot == s->pages[h][p] ? r : NULL;
+}
+
+/* Fills target sequence `ds` with the pages of source sequence `s`: in
+ * place, pre-copied, or newly allocated with a transfer queued. */
+static int fill_target_seq(pt_xform *x, const pt_xform_move *m, const pt_seq *s, pt_seq *ds, pt_comm_transfer *t,
+                           size_t *n_t, taken_page *taken, size_t *n_taken, pt_err *err) {
+    const pt_engine *e = x->src[m->src], *d = x->dst[m->dst];
+    for (uint32_t h = 0; h < n_groups(x); h++) {
+        int sd = dev_of_head(e, h), dd = dev_of_head(d, h);
+        for (uint32_t p = 0; p < s->n_pages; p++) {
+            page_rec *r;
+            if (sd == dd) {
+                ds->pages[h][p] = s->pages[h][p];
+                continue;
+            }
+            if ((r = precopied(x, m, s, h, p))) {
+                ds->pages[h][p] = r->dst_slot;
+                continue;
+            }
+            int64_t slot = -1;
+            if (x->fail == PT_XFORM_FAIL_COMMIT_ALLOC) x->fail = PT_XFORM_FAIL_NONE;
+            else slot = pt_kv_page_alloc(pool_at(x, dd));
+            if (slot < 0)
+                return pt_err_set(err, PT_ERR_NOMEM, "commit: device %s has no free KV page for head %u",
+                                  pt_device_name(pt_fabric_device(x->f, dd)), h);
+            taken[(*n_taken)++] = (taken_page){pool_at(x, dd), (uint32_t)slot};
+            ds->pages[h][p] = (uint32_t)slot;
+            *n_t += page_transfers(t + *n_t, pool_at(x, sd), sd, s->pages[h][p], pool_at(x, dd), dd, (uint32_t)slot);
+        }
+    }
+    ds->len = s->len;
+    ds->n_pages = s->n_pages;
+    ds->dirty_from = 0;
+    return PT_OK;
+}
+
+/* The source sequence's pages now belong to the target: moved heads give
+ * their source pages back, heads in place hand theirs over as they are. */
+static void release_source_seq(pt_xform *x, const pt_xform_move *m, pt_seq *s) {
+    const pt_engine *e = x->src[m->src], *d = x->dst[m->dst];
+    for (uint32_t h = 0; h < n_groups(x); h++) {
+        int sd = dev_of_head(e, h), dd = dev_of_head(d, h);
+        for (uint32_t p = 0; p < s->n_pages; p++) {
+            page_rec *r;
+            if (sd == dd) continue;
+            if ((r = precopied(x, m, s, h, p))) r->taken = true;
+            else x->st.pages_at_commit++;
+            pt_kv_page_release(pool_at(x, sd), s->pages[h][p]);
+        }
+        if (sd == dd) x->st.pages_in_place += s->n_pages;
+    }
+    s->used = false;
+    s->len = s->n_pages = s->dirty_from = 0;
+}
+
+/* Unpins every recorded source page; frees the destination pages that no
+ * block table took. */
+static void release_recs(pt_xform *x) {
+    for (size_t i = 0; i < x->n_recs; i++) {
+        page_rec *r = &x->recs[i];
+        pt_kv_page_release(pool_at(x, r->sd), r->src_slot);
+        if (!r->taken) {
+            pt_kv_page_release(pool_at(x, r->dd), r->dst_slot);
+            if (r->copied) x->st.pages_wasted++;
+        }
+    }
+    x->n_recs = x->n_copied = 0;
+}
+
+int pt_xform_commit(pt_xform *x, pt_xform_move *moves, size_t n, pt_err *err) {
+    if (x->committed) return pt_err_set(err, PT_ERR_INVALID, "commit: already committed");
+    int rc = check_moves(x, moves, n, err);
+    if (rc) return rc;
+    double t0 = pt_now();
+    /* Sequences whose records no longer describe them (they ended and the
+     * id was reused since the last snapshot) start over. */
+    for (int i = 0; i < x->n_src; i++)
+        for (uint32_t q = 0; q < x->src[i]->in.opts.max_seqs; q++) {
+            seq_track *t = &x->track[i][q];
+            if (t->rec && !track_valid(x, t, &x->src[i]->in.seqs[q], x->src[i])) forget_seq(x, t, x->src[i]);
+        }
+    assign_targets(x, moves, n);
+    size_t max_pages = 0;
+    for (size_t i = 0; i < n; i++) max_pages += x->src[moves[i].src]->in.seqs[moves[i].seq].n_pages;
+    max_pages *= n_groups(x);
+    size_t per_page = 2 * (size_t)x->pool[0]->n_layers, n_t = 0, n_taken = 0;
+    pt_comm_transfer *t = malloc((max_pages * per_page + 1) * sizeof(*t));
+    taken_page *taken = malloc((max_pages + 1) * sizeof(*taken));
+    if (!t || !taken) {
+        free(t);
+        free(taken);
+        return pt_err_set(err, PT_ERR_NOMEM, "commit: out of memory");
+    }
+    size_t i = 0;
+    for (; i < n; i++) {
+        pt_xform_move *m = &moves[i];
+        pt_engine *d = x->dst[m->dst];
+        if ((m->dst_seq = pt_engine_seq_new(d)) < 0) {
+            rc = pt_err_set(err, PT_ERR_NOMEM, "commit: target %d has no free sequence slot", m->dst);
+            break;
+        }
+        if ((rc = fill_target_seq(x, m, &x->src[m->src]->in.seqs[m->seq], &d->in.seqs[m->dst_seq], t, &n_t, taken,
+                                  &n_taken, err))) {
+            i++; /* its slot is taken: undone below */
+            break;
+        }
+    }
+    if (!rc) rc = transfer(x, t, n_t, PT_XFORM_FAIL_COMMIT_COMM, err);
+    free(t);
+    if (rc) {
+        /* Nothing changed on the sources: give back what the commit took. */
+        for (size_t k = 0; k < n_taken; k++) pt_kv_page_release(taken[k].kv, taken[k].slot);
+        for (size_t k = 0; k < i; k++) {
+            pt_seq *ds = &x->dst[moves[k].dst]->in.seqs[moves[k].dst_seq];
+            ds->used = false;
+            ds->len = ds->n_pages = ds->dirty_from = 0;
+            moves[k].dst_seq = -1;
+        }
+        free(taken);
+        return rc;
+    }
+    free(taken);
+    for (size_t k = 0; k < n; k++) release_source_seq(x, &moves[k], &x->src[moves[k].src]->in.seqs[moves[k].seq]);
+    x->st.kv_bytes_moved += x->st.pages_at_commit * x->pool[0]->page_bytes;
+    x->st.seqs_moved = (uint32_t)n;
+    release_recs(x);
+    /* The pools now serve the targets. */
+    for (int s = 0; s < x->n_src; s++)
+        for (int r = 0; r < x->src[s]->in.tp; r++) x->src[s]->in.ranks[r].kv = NULL;
+    x->committed = true;
+    x->st.commit_s = pt_now() - t0;
+    return PT_OK;
+}
+
+bool pt_xform_committed(const pt_xform *x) { return x->committed; }
+
+pt_engine *pt_xform_target(const pt_xform *x, int i) { return i >= 0 && i < x->n_dst ? x->dst[i] : NULL; }
+
+const pt_xform_stats *pt_xform_get_stats(const pt_xform *x) { return &x->st; }
+
+void pt_xform_fail_at(pt_xform *x, pt_xform_fail where) { x->fail = where; }
+
+/* ---- finish ---- */
+
+void pt_xform_free(pt_xform *x, pt_xform_stats *final) {
+    if (!x) return;
+    for (int s = 0; s < x->n_src; s++) {
+        if (x->track[s])
+            for (uint32_t q = 0; q < x->src[s]->in.opts.max_seqs; q++) free(x->track[s][q].rec);
+        free(x->track[s]);
+    }
+    if (x->committed) {
+        for (int s = 0; s < x->n_src; s++) {
+            for (int r = 0; r < x->src[s]->in.tp; r++)
+                x->st.weight_bytes_freed += x->src[s]->in.ranks[r].shard.bytes + x->src[s]->in.ranks[r].shard.replicated_bytes;
+            pt_engine_free(x->src[s]);
+        }
+        /* The memory the sources' weights and buffers leave becomes KV pages. */
+        for (int d = 0; d < x->n_dev; d++) x->st.kv_pages_gained += pt_kv_pool_grow(x->pool[d], UINT32_MAX);
+    } else {
+        release_recs(x);
+        for (int k = 0; k < x->n_dst; k++) {
+            for (int r = 0; r < x->dst[k]->in.tp; r++) x->dst[k]->in.ranks[r].kv = NULL; /* the sources' */
+            pt_engine_free(x->dst[k]);
+        }
+        for (int d = 0; d < x->n_dev; d++)
+            if (x->shrunk[d]) pt_kv_pool_grow(x->pool[d], x->shrunk[d]);
+    }
+    if (final) *final = x->st;
+    pt_comm_world_destroy(x->world);
+    free(x->recs);
+    free(x);
+}
