@@ -6,9 +6,11 @@
 #include "proteus/batcher.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/batcher_internal.h"
 #include "proteus/stop_matcher.h"
 
 typedef enum { RQ_WAITING, RQ_PREFILL, RQ_DECODE } rq_state;
@@ -41,18 +43,21 @@ struct pt_batcher {
     const pt_tokenizer *tok;
     pt_batcher_opts o;
     uint32_t V, max_ctx, page_size;
-    uint32_t kv_ctx;             /* tokens one sequence's pages can hold (<= max_ctx) */
+    _Atomic uint32_t kv_ctx;     /* tokens one sequence's pages can hold (<= max_ctx); grows after a merge */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool stop;
     bool paused;      /* pt_batcher_pause */
+    bool parked;      /* the thread is waiting at a step boundary while paused */
+    bool exited;      /* the thread has left its loop */
+    pthread_cond_t parked_cv; /* parked changed, or a boundary job finished */
+    struct boundary_job *job; /* pt_batcher_at_boundary: run by the thread at the next boundary */
     req *incoming, *incoming_tail;
     uint32_t n_incoming;
     uint64_t *cancels;
     size_t n_cancels, cap_cancels;
     bool cancel_all;
-    uint64_t next_id;
     pt_batcher_stats stats;
     /* Batcher thread only. */
     req *waiting;
@@ -67,6 +72,18 @@ struct pt_batcher {
     char *piece;
     size_t piece_cap;
     pt_token_logprob top[PT_LOGPROBS_MAX];
+};
+
+/* Request ids are unique in the process, so that a request keeps its id
+ * when a transformation hands it to another batcher. */
+static _Atomic uint64_t next_request_id;
+
+struct boundary_job {
+    int (*fn)(void *arg, pt_err *err);
+    void *arg;
+    int rc;
+    pt_err err;
+    bool done;
 };
 
 /* ---- request lifetime ---- */
@@ -126,11 +143,12 @@ int pt_batcher_submit(pt_batcher *b, const pt_gen_params *p, uint64_t *id, pt_er
                           b->max_ctx, p->n_prompt, p->max_tokens);
     /* A request that the KV pages could not hold even alone would fail
      * only after its whole prefill: refused now. */
-    if ((uint64_t)p->n_prompt + p->max_tokens > b->kv_ctx)
+    uint32_t kv_ctx = atomic_load(&b->kv_ctx);
+    if ((uint64_t)p->n_prompt + p->max_tokens > kv_ctx)
         return pt_err_set(err, PT_ERR_INVALID,
                           "this instance's KV cache holds at most %u tokens per sequence; the request has %zu "
                           "prompt tokens and max_tokens %u",
-                          b->kv_ctx, p->n_prompt, p->max_tokens);
+                          kv_ctx, p->n_prompt, p->max_tokens);
     for (size_t i = 0; i < p->n_prompt; i++)
         if (p->prompt[i] < 0 || (uint32_t)p->prompt[i] >= b->V)
             return pt_err_set(err, PT_ERR_INVALID, "prompt token %d is outside the vocabulary [0, %u)", p->prompt[i],
@@ -175,7 +193,7 @@ int pt_batcher_submit(pt_batcher *b, const pt_gen_params *p, uint64_t *id, pt_er
         req_free(r);
         return pt_err_set(err, PT_ERR_BUSY, stopping ? "the server is shutting down" : "too many requests waiting");
     }
-    r->id = ++b->next_id;
+    r->id = atomic_fetch_add(&next_request_id, 1) + 1;
     *id = r->id;
     if (b->incoming_tail) b->incoming_tail->next = r;
     else b->incoming = r;
@@ -219,7 +237,7 @@ void pt_batcher_get_stats(pt_batcher *b, pt_batcher_stats *s) {
     pthread_mutex_unlock(&b->mu);
 }
 
-uint32_t pt_batcher_max_ctx(const pt_batcher *b) { return b->kv_ctx; }
+uint32_t pt_batcher_max_ctx(const pt_batcher *b) { return atomic_load(&((pt_batcher *)b)->kv_ctx); }
 
 /* ---- batcher thread ---- */
 
@@ -325,11 +343,14 @@ static void admit(pt_batcher *b) {
 
 /* Frees the most recently admitted request's pages and queues it first, to be
  * recomputed from its prompt and generated tokens. */
-static bool preempt_one(pt_batcher *b) {
-    if (b->n_running <= 1) return false;
+static uint32_t newest_running(const pt_batcher *b) {
     uint32_t v = 0;
     for (uint32_t i = 1; i < b->n_running; i++)
         if (b->running[i]->admit_order > b->running[v]->admit_order) v = i;
+    return v;
+}
+
+static void preempt_at(pt_batcher *b, uint32_t v) {
     req *r = b->running[v];
     remove_running(b, v);
     pt_engine_seq_free(b->e, r->seq);
@@ -346,6 +367,11 @@ static bool preempt_one(pt_batcher *b) {
     pthread_mutex_lock(&b->mu);
     b->stats.preemptions++;
     pthread_mutex_unlock(&b->mu);
+}
+
+static bool preempt_one(pt_batcher *b) {
+    if (b->n_running <= 1) return false;
+    preempt_at(b, newest_running(b));
     return true;
 }
 
@@ -481,15 +507,42 @@ static void run_iteration(pt_batcher *b) {
     }
 }
 
+/* Waits (mu held) until there is work, a boundary job or a stop; marks the
+ * thread parked while it waits paused. */
+static void wait_for_work(pt_batcher *b) {
+    for (;;) {
+        bool idle = !b->incoming && !b->n_cancels && !b->cancel_all && b->n_running == 0 && !b->waiting;
+        if (b->stop || b->job || (!b->paused && !idle)) break;
+        if (b->paused && !b->parked) {
+            b->parked = true;
+            pthread_cond_broadcast(&b->parked_cv);
+        }
+        pthread_cond_wait(&b->cv, &b->mu);
+    }
+    if (!b->paused) b->parked = false;
+}
+
+static void run_job(pt_batcher *b, struct boundary_job *job) {
+    job->rc = job->fn(job->arg, &job->err);
+    pthread_mutex_lock(&b->mu);
+    job->done = true;
+    pthread_cond_broadcast(&b->parked_cv);
+    pthread_mutex_unlock(&b->mu);
+}
+
 static void *batcher_main(void *arg) {
     pt_batcher *b = arg;
     for (;;) {
         pthread_mutex_lock(&b->mu);
-        while (!b->stop &&
-               (b->paused || (!b->incoming && !b->n_cancels && !b->cancel_all && b->n_running == 0 && !b->waiting)))
-            pthread_cond_wait(&b->cv, &b->mu);
+        wait_for_work(b);
+        struct boundary_job *job = b->job;
+        b->job = NULL;
         bool stop = b->stop;
         pthread_mutex_unlock(&b->mu);
+        if (job) {
+            run_job(b, job);
+            continue;
+        }
         take_inbox(b);
         if (stop) break;
         admit(b);
@@ -497,6 +550,10 @@ static void *batcher_main(void *arg) {
         update_stats(b);
     }
     update_stats(b);
+    pthread_mutex_lock(&b->mu);
+    b->exited = true;
+    pthread_cond_broadcast(&b->parked_cv);
+    pthread_mutex_unlock(&b->mu);
     return NULL;
 }
 
@@ -515,7 +572,7 @@ int pt_batcher_create(pt_batcher **out, pt_engine *e, const pt_tokenizer *tok, c
     if (b->o.max_waiting == 0) b->o.max_waiting = 256;
     b->V = pt_engine_config(e)->vocab_size;
     b->max_ctx = eo->max_ctx;
-    b->kv_ctx = pt_engine_seq_capacity(e);
+    atomic_init(&b->kv_ctx, pt_engine_seq_capacity(e));
     b->page_size = eo->page_size;
     b->running = pt_xcalloc(b->o.max_running, sizeof(req *));
     b->entries = pt_xcalloc(b->o.max_running, sizeof(pt_batch_entry));
@@ -534,10 +591,11 @@ int pt_batcher_create(pt_batcher **out, pt_engine *e, const pt_tokenizer *tok, c
         rc = pt_err_set(err, PT_ERR_NOMEM, "cannot create the batcher's mutex");
         goto fail;
     }
-    if (pthread_cond_init(&b->cv, NULL) != 0) {
+    if (pthread_cond_init(&b->cv, NULL) != 0 || pthread_cond_init(&b->parked_cv, NULL) != 0) {
         pt_sample_work_free(&b->work);
         pthread_mutex_destroy(&b->mu);
-        rc = pt_err_set(err, PT_ERR_NOMEM, "cannot create the batcher's condition variable");
+        pthread_cond_destroy(&b->cv);
+        rc = pt_err_set(err, PT_ERR_NOMEM, "cannot create the batcher's condition variables");
         goto fail;
     }
     update_stats(b);
@@ -545,6 +603,7 @@ int pt_batcher_create(pt_batcher **out, pt_engine *e, const pt_tokenizer *tok, c
         pt_sample_work_free(&b->work);
         pthread_mutex_destroy(&b->mu);
         pthread_cond_destroy(&b->cv);
+        pthread_cond_destroy(&b->parked_cv);
         rc = pt_err_set(err, PT_ERR_NOMEM, "cannot start the batcher thread");
         goto fail;
     }
@@ -580,6 +639,7 @@ void pt_batcher_free(pt_batcher *b) {
     pt_sample_work_free(&b->work);
     pthread_mutex_destroy(&b->mu);
     pthread_cond_destroy(&b->cv);
+    pthread_cond_destroy(&b->parked_cv);
     free(b->cancels);
     free(b->running);
     free(b->entries);
@@ -588,3 +648,106 @@ void pt_batcher_free(pt_batcher *b) {
     free(b->piece);
     free(b);
 }
+
+/* ---- a live transformation's access (engine/batcher_internal.h) ---- */
+
+int pt_batcher_at_boundary(pt_batcher *b, int (*fn)(void *arg, pt_err *err), void *arg, pt_err *err) {
+    struct boundary_job job = {fn, arg, PT_OK, {{0}}, false};
+    pthread_mutex_lock(&b->mu);
+    while (b->job && !b->exited) pthread_cond_wait(&b->parked_cv, &b->mu);
+    if (b->exited || b->stop) {
+        pthread_mutex_unlock(&b->mu);
+        return pt_err_set(err, PT_ERR_INVALID, "the batcher is stopping");
+    }
+    b->job = &job;
+    pthread_cond_signal(&b->cv);
+    while (!job.done) pthread_cond_wait(&b->parked_cv, &b->mu);
+    pthread_mutex_unlock(&b->mu);
+    if (job.rc && err) *err = job.err;
+    return job.rc;
+}
+
+double pt_batcher_park(pt_batcher *b) {
+    pthread_mutex_lock(&b->mu);
+    b->paused = true;
+    pthread_cond_signal(&b->cv);
+    while (!b->parked && !b->exited) pthread_cond_wait(&b->parked_cv, &b->mu);
+    pthread_mutex_unlock(&b->mu);
+    return pt_now();
+}
+
+void pt_batcher_unpark(pt_batcher *b) { pt_batcher_pause(b, false); }
+
+uint32_t pt_batcher_running_seqs(const pt_batcher *b, int *seqs, uint32_t cap) {
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < b->n_running && n < cap; i++) seqs[n++] = b->running[i]->seq;
+    return n;
+}
+
+void pt_batcher_preempt(pt_batcher *b, uint32_t n) {
+    for (uint32_t i = 0; i < n && b->n_running > 0; i++) preempt_at(b, newest_running(b));
+}
+
+uint32_t pt_batcher_capacity(const pt_batcher *b) { return b->o.max_running; }
+uint32_t pt_batcher_n_running(const pt_batcher *b) { return b->n_running; }
+
+/* The target with the fewest requests, running and waiting. */
+static int least_loaded(pt_batcher *const *dst, int n_dst) {
+    int best = 0;
+    for (int k = 1; k < n_dst; k++)
+        if (dst[k]->n_running + dst[k]->n_waiting < dst[best]->n_running + dst[best]->n_waiting) best = k;
+    return best;
+}
+
+static void append_waiting(pt_batcher *b, req *r) {
+    req **tail = &b->waiting;
+    while (*tail) tail = &(*tail)->next;
+    r->next = NULL;
+    *tail = r;
+    b->n_waiting++;
+}
+
+void pt_batcher_hand_over(pt_batcher *src, pt_batcher *const *dst, int n_dst, pt_batcher_route_fn route,
+                          pt_batcher_moved_fn moved, void *arg) {
+    pthread_mutex_lock(&src->mu);
+    req *in = src->incoming;
+    src->incoming = src->incoming_tail = NULL;
+    src->n_incoming = 0;
+    uint64_t *cancels = src->cancels;
+    size_t n_cancels = src->n_cancels;
+    bool all = src->cancel_all;
+    src->cancels = NULL;
+    src->n_cancels = src->cap_cancels = 0;
+    src->cancel_all = false;
+    pthread_mutex_unlock(&src->mu);
+
+    for (uint32_t i = 0; i < src->n_running; i++) {
+        req *r = src->running[i];
+        int k, seq;
+        route(arg, r->seq, &k, &seq);
+        r->seq = seq;
+        dst[k]->running[dst[k]->n_running++] = r;
+        if (r->admit_order > dst[k]->admit_counter) dst[k]->admit_counter = r->admit_order;
+        moved(arg, r->id, k);
+    }
+    src->n_running = 0;
+    req *queue[2] = {src->waiting, in};
+    src->waiting = NULL;
+    src->n_waiting = 0;
+    for (int q = 0; q < 2; q++)
+        for (req *r = queue[q], *next; r; r = next) {
+            next = r->next;
+            int k = least_loaded(dst, n_dst);
+            append_waiting(dst[k], r);
+            moved(arg, r->id, k);
+        }
+    for (int k = 0; k < n_dst; k++) {
+        for (size_t i = 0; i < n_cancels; i++) pt_batcher_cancel(dst[k], cancels[i]);
+        if (all) pt_batcher_cancel_all(dst[k]);
+        update_stats(dst[k]);
+    }
+    free(cancels);
+    update_stats(src);
+}
+
+void pt_batcher_refresh_capacity(pt_batcher *b) { atomic_store(&b->kv_ctx, pt_engine_seq_capacity(b->e)); }

@@ -35,6 +35,13 @@
 typedef struct pt_live_xform pt_live_xform;
 
 typedef struct {
+    pt_xform_stats xf;
+    double pause_s;      /* first source parked -> targets started */
+    double precopy_s;    /* start of pre-copy -> every source parked */
+    uint32_t requests_moved;
+} pt_live_xform_stats;
+
+typedef struct {
     pt_engine *engine;
     pt_batcher *batcher;
 } pt_live_instance;
@@ -50,14 +57,11 @@ int pt_live_xform_commit(pt_live_xform *x, pt_err *err);
  * had finished). */
 pt_live_instance pt_live_xform_target(const pt_live_xform *x, int i);
 int pt_live_xform_where(const pt_live_xform *x, uint64_t id);
-void pt_live_xform_free(pt_live_xform *x);
+/* The final statistics (weights freed, pages gained) into *final when not
+ * NULL. NULL is a no-op. */
+void pt_live_xform_free(pt_live_xform *x, pt_live_xform_stats *final);
 
-typedef struct {
-    pt_xform_stats xf;
-    double pause_s;      /* first source parked -> targets started */
-    double precopy_s;    /* start of pre-copy -> every source parked */
-    uint32_t requests_moved;
-} pt_live_xform_stats;
+/* So far (GET /v1/layout while it runs). */
 void pt_live_xform_get_stats(const pt_live_xform *x, pt_live_xform_stats *s);
 
 /* Tests: see pt_xform_fail_at. */

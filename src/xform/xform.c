@@ -49,6 +49,7 @@ struct pt_xform {
     uint32_t last_new;              /* pages the last snapshot round recorded */
     bool snapshot_since_copy;
     uint64_t dst_pages[PT_FABRIC_MAX_DEVICES]; /* pages given to each target, for balance */
+    uint32_t dst_seqs[PT_FABRIC_MAX_DEVICES];  /* sequences given to each target (at most its max_seqs) */
     pt_xform_fail fail;
     bool committed;
     pt_xform_stats st;
@@ -230,11 +231,14 @@ int pt_xform_create(pt_xform **out, pt_engine *const *src, int n_src, const pt_x
  * target holding the fewest pages so far. */
 static int give_target(pt_xform *x, seq_track *t, uint32_t len) {
     if (t->dst >= 0) return t->dst;
-    int best = 0;
-    for (int k = 1; k < x->n_dst; k++)
-        if (x->dst_pages[k] < x->dst_pages[best]) best = k;
+    int best = -1;
+    for (int k = 0; k < x->n_dst; k++)
+        if (x->dst_seqs[k] < x->dst[k]->in.opts.max_seqs && (best < 0 || x->dst_pages[k] < x->dst_pages[best]))
+            best = k;
+    if (best < 0) best = 0; /* more sequences than the targets hold: the commit refuses */
     t->dst = best;
     x->dst_pages[best] += (len + x->src[0]->in.opts.page_size - 1) / x->src[0]->in.opts.page_size;
+    x->dst_seqs[best]++;
     return best;
 }
 
@@ -314,6 +318,10 @@ int pt_xform_snapshot(pt_xform *x, int src, uint32_t *new_pages, pt_err *err) {
             }
         }
         t->upto = full;
+    }
+    if (x->fail == PT_XFORM_FAIL_PRECOPY_ALLOC) { /* armed, and no page needed one: fail as the next would */
+        x->fail = PT_XFORM_FAIL_NONE;
+        return pt_err_set(err, PT_ERR_NOMEM, "pre-copy: no free KV page (injected)");
     }
     if (!x->snapshot_since_copy) x->last_new = 0;
     x->snapshot_since_copy = true;
@@ -522,6 +530,10 @@ int pt_xform_commit(pt_xform *x, pt_xform_move *moves, size_t n, pt_err *err) {
             i++; /* its slot is taken: undone below */
             break;
         }
+    }
+    if (!rc && x->fail == PT_XFORM_FAIL_COMMIT_ALLOC) { /* armed, and no page needed one */
+        x->fail = PT_XFORM_FAIL_NONE;
+        rc = pt_err_set(err, PT_ERR_NOMEM, "commit: no free KV page (injected)");
     }
     if (!rc) rc = transfer(x, t, n_t, PT_XFORM_FAIL_COMMIT_COMM, err);
     free(t);
