@@ -50,6 +50,7 @@ struct pt_batcher {
     bool stop;
     bool paused;      /* pt_batcher_pause */
     bool parked;      /* the thread is waiting at a step boundary while paused */
+    double parked_at; /* pt_now() when it parked */
     bool exited;      /* the thread has left its loop */
     pthread_cond_t parked_cv; /* parked changed, or a boundary job finished */
     struct boundary_job *job; /* pt_batcher_at_boundary: run by the thread at the next boundary */
@@ -515,6 +516,7 @@ static void wait_for_work(pt_batcher *b) {
         if (b->stop || b->job || (!b->paused && !idle)) break;
         if (b->paused && !b->parked) {
             b->parked = true;
+            b->parked_at = pt_now();
             pthread_cond_broadcast(&b->parked_cv);
         }
         pthread_cond_wait(&b->cv, &b->mu);
@@ -672,8 +674,9 @@ double pt_batcher_park(pt_batcher *b) {
     b->paused = true;
     pthread_cond_signal(&b->cv);
     while (!b->parked && !b->exited) pthread_cond_wait(&b->parked_cv, &b->mu);
+    double at = b->parked ? b->parked_at : pt_now();
     pthread_mutex_unlock(&b->mu);
-    return pt_now();
+    return at;
 }
 
 void pt_batcher_unpark(pt_batcher *b) { pt_batcher_pause(b, false); }

@@ -11,7 +11,9 @@
 int pt_batcher_at_boundary(pt_batcher *b, int (*fn)(void *arg, pt_err *err), void *arg, pt_err *err);
 
 /* Pauses the batcher and waits until its thread stands at a step boundary;
- * returns pt_now() at that moment (when its requests stopped advancing). */
+ * returns pt_now() at the moment it stopped there (its requests stopped
+ * advancing). Pause several with pt_batcher_pause first so that they stop
+ * together. */
 double pt_batcher_park(pt_batcher *b);
 void pt_batcher_unpark(pt_batcher *b);
 

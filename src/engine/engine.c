@@ -35,7 +35,7 @@ uint32_t pt_engine_seq_capacity(const pt_engine *e) {
     uint64_t cap = e->in.opts.max_ctx;
     for (int i = 0; i < e->in.tp; i++) {
         const pt_rank *r = &e->in.ranks[i];
-        uint64_t tokens = (uint64_t)(r->kv->n_enabled / (r->g1 - r->g0)) * e->in.opts.page_size;
+        uint64_t tokens = (uint64_t)(pt_kv_pool_enabled_pages(r->kv) / (r->g1 - r->g0)) * e->in.opts.page_size;
         if (tokens < cap) cap = tokens;
     }
     return (uint32_t)cap;
@@ -56,7 +56,7 @@ void pt_engine_kv_pages(const pt_engine *e, int rank, uint64_t *total, uint64_t 
     if (rank < 0 || rank >= e->in.tp) return;
     pt_kv_pool *kv = e->in.ranks[rank].kv;
     if (!kv) return;
-    *total = kv->n_enabled;
+    *total = pt_kv_pool_enabled_pages(kv);
     *free_pages = pt_kv_pool_free_pages(kv);
 }
 

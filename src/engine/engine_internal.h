@@ -21,6 +21,20 @@ struct pt_engine {
     uint32_t *stage_out;
 };
 
+/* The transfers that copy one head page (every layer's K+V block and key
+ * bounds) from a slot of src on fabric device sd to a slot of dst on dd;
+ * returns how many (2 * n_layers). */
+static inline size_t pt_page_transfers(pt_comm_transfer *t, pt_kv_pool *src, int sd, uint32_t src_slot,
+                                       pt_kv_pool *dst, int dd, uint32_t dst_slot) {
+    size_t kv_bytes = pt_kv_slot_stride(src) * src->elem, mm_bytes = 2 * (size_t)src->head_dim * sizeof(float);
+    size_t n = 0;
+    for (uint32_t l = 0; l < src->n_layers; l++) {
+        t[n++] = (pt_comm_transfer){sd, dd, pt_kv_k(src, l, src_slot), pt_kv_k(dst, l, dst_slot), kv_bytes};
+        t[n++] = (pt_comm_transfer){sd, dd, pt_kv_kmin(src, l, src_slot), pt_kv_kmin(dst, l, dst_slot), mm_bytes};
+    }
+    return n;
+}
+
 /* pt_engine_create_on, with own_kv false for a transformation's target:
  * its ranks have no KV pool until the transformation hands them their
  * devices' pools (src/xform). */

@@ -57,19 +57,6 @@ static bool same_geometry(const pt_engine *a, const pt_engine *b) {
            a->backend->name == b->backend->name;
 }
 
-/* Transfers of every layer's K+V block and key bounds of one page. */
-static size_t page_transfers(pt_comm_transfer *t, const pt_kv_pool *src, int src_dev, uint32_t src_slot,
-                             pt_kv_pool *dst, int dst_dev, uint32_t dst_slot) {
-    size_t kv_bytes = pt_kv_slot_stride(src) * src->elem, mm_bytes = 2 * (size_t)src->head_dim * sizeof(float);
-    size_t n = 0;
-    for (uint32_t l = 0; l < src->n_layers; l++) {
-        t[n++] = (pt_comm_transfer){src_dev, dst_dev, pt_kv_k(src, l, src_slot), pt_kv_k(dst, l, dst_slot), kv_bytes};
-        t[n++] = (pt_comm_transfer){src_dev, dst_dev, pt_kv_kmin(src, l, src_slot), pt_kv_kmin(dst, l, dst_slot),
-                                    mm_bytes};
-    }
-    return n;
-}
-
 int pt_engine_seq_attach(pt_engine *e, pt_seq_state *st, int *seq_out, pt_err *err) {
     *seq_out = -1;
     pt_engine *src = st->src;
@@ -101,7 +88,7 @@ int pt_engine_seq_attach(pt_engine *e, pt_seq_state *st, int *seq_out, pt_err *e
     for (uint32_t h = 0; h < st->n_groups; h++) {
         int rs = pt_rank_of_group(&src->in, h), rd = pt_rank_of_group(&e->in, h);
         for (uint32_t q = 0; q < st->n_pages; q++)
-            n += page_transfers(t + n, src->in.ranks[rs].kv, src->first + rs, st->slots[(size_t)h * st->n_pages + q],
+            n += pt_page_transfers(t + n, src->in.ranks[rs].kv, src->first + rs, st->slots[(size_t)h * st->n_pages + q],
                                 e->in.ranks[rd].kv, e->first + rd, s->pages[h][q]);
     }
     pt_comm_world *w = e->fabric->world;

@@ -137,6 +137,13 @@ uint32_t pt_kv_pool_free_pages(pt_kv_pool *kv) {
     return n;
 }
 
+uint32_t pt_kv_pool_enabled_pages(pt_kv_pool *kv) {
+    pthread_mutex_lock(&kv->mu);
+    uint32_t n = kv->n_enabled;
+    pthread_mutex_unlock(&kv->mu);
+    return n;
+}
+
 uint32_t pt_kv_pool_grow(pt_kv_pool *kv, uint32_t n) {
     if (!kv->dev) return 0;
     pthread_mutex_lock(&kv->mu);

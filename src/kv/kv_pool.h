@@ -81,6 +81,8 @@ void pt_kv_page_ref(pt_kv_pool *kv, uint32_t slot);
 void pt_kv_page_release(pt_kv_pool *kv, uint32_t slot);
 /* Free pages now (a snapshot: other threads may allocate). */
 uint32_t pt_kv_pool_free_pages(pt_kv_pool *kv);
+/* Enabled pages now (a transformation may grow or shrink the pool). */
+uint32_t pt_kv_pool_enabled_pages(pt_kv_pool *kv);
 
 /* Enables up to `n` retired pages, as many as the device's budget allows;
  * returns how many. */

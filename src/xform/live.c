@@ -75,6 +75,8 @@ static int snapshot_at_boundary(void *arg, pt_err *err) {
 }
 
 static void park_sources(pt_live_xform *x) {
+    /* All asked at once: each stops at the end of its own step. */
+    for (int i = 0; i < x->n_src; i++) pt_batcher_pause(x->src[i].batcher, true);
     for (int i = 0; i < x->n_src; i++) {
         double t = pt_batcher_park(x->src[i].batcher);
         if (i == 0 || t < x->t_first_park) x->t_first_park = t;

@@ -62,18 +62,6 @@ static pt_kv_pool *pool_at(pt_xform *x, int dev) { return x->pool[dev - x->first
 static uint32_t full_pages(const pt_engine *e, const pt_seq *s) { return s->len / e->in.opts.page_size; }
 static uint32_t n_groups(const pt_xform *x) { return x->src[0]->in.w.n_groups; }
 
-/* Transfers of every layer's K+V block and key bounds of one page. */
-static size_t page_transfers(pt_comm_transfer *t, pt_kv_pool *src, int sd, uint32_t src_slot, pt_kv_pool *dst, int dd,
-                             uint32_t dst_slot) {
-    size_t kv_bytes = pt_kv_slot_stride(src) * src->elem, mm_bytes = 2 * (size_t)src->head_dim * sizeof(float);
-    size_t n = 0;
-    for (uint32_t l = 0; l < src->n_layers; l++) {
-        t[n++] = (pt_comm_transfer){sd, dd, pt_kv_k(src, l, src_slot), pt_kv_k(dst, l, dst_slot), kv_bytes};
-        t[n++] = (pt_comm_transfer){sd, dd, pt_kv_kmin(src, l, src_slot), pt_kv_kmin(dst, l, dst_slot), mm_bytes};
-    }
-    return n;
-}
-
 static int transfer(pt_xform *x, pt_comm_transfer *t, size_t n, pt_xform_fail injected, pt_err *err) {
     if (x->fail == injected) {
         x->fail = PT_XFORM_FAIL_NONE;
@@ -338,7 +326,7 @@ int pt_xform_copy(pt_xform *x, pt_err *err) {
     for (size_t i = x->n_copied; i < x->n_recs; i++) {
         page_rec *r = &x->recs[i];
         if (r->stale) continue;
-        n += page_transfers(t + n, pool_at(x, r->sd), r->sd, r->src_slot, pool_at(x, r->dd), r->dd, r->dst_slot);
+        n += pt_page_transfers(t + n, pool_at(x, r->sd), r->sd, r->src_slot, pool_at(x, r->dd), r->dd, r->dst_slot);
         pages++;
     }
     int rc = transfer(x, t, n, PT_XFORM_FAIL_PRECOPY_COMM, err);
@@ -451,7 +439,7 @@ static int fill_target_seq(pt_xform *x, const pt_xform_move *m, const pt_seq *s,
                                   pt_device_name(pt_fabric_device(x->f, dd)), h);
             taken[(*n_taken)++] = (taken_page){pool_at(x, dd), (uint32_t)slot};
             ds->pages[h][p] = (uint32_t)slot;
-            *n_t += page_transfers(t + *n_t, pool_at(x, sd), sd, s->pages[h][p], pool_at(x, dd), dd, (uint32_t)slot);
+            *n_t += pt_page_transfers(t + *n_t, pool_at(x, sd), sd, s->pages[h][p], pool_at(x, dd), dd, (uint32_t)slot);
         }
     }
     ds->len = s->len;
