@@ -351,9 +351,9 @@ static uint32_t newest_running(const pt_batcher *b) {
     return v;
 }
 
-static void preempt_at(pt_batcher *b, uint32_t v) {
-    req *r = b->running[v];
-    remove_running(b, v);
+/* Frees a request's pages and queues it first, to be recomputed from its
+ * prompt and generated tokens. */
+static void requeue(pt_batcher *b, req *r) {
     pt_engine_seq_free(b->e, r->seq);
     r->seq = -1;
     r->n_cached = 0;
@@ -368,6 +368,12 @@ static void preempt_at(pt_batcher *b, uint32_t v) {
     pthread_mutex_lock(&b->mu);
     b->stats.preemptions++;
     pthread_mutex_unlock(&b->mu);
+}
+
+static void preempt_at(pt_batcher *b, uint32_t v) {
+    req *r = b->running[v];
+    remove_running(b, v);
+    requeue(b, r);
 }
 
 static bool preempt_one(pt_batcher *b) {
@@ -729,9 +735,12 @@ void pt_batcher_hand_over(pt_batcher *src, pt_batcher *const *dst, int n_dst, pt
         int k, seq;
         route(arg, r->seq, &k, &seq);
         r->seq = seq;
-        dst[k]->running[dst[k]->n_running++] = r;
         if (r->admit_order > dst[k]->admit_counter) dst[k]->admit_counter = r->admit_order;
         moved(arg, r->id, k);
+        /* A target that runs fewer requests than its engine holds
+         * sequences: the rest wait there, recomputed when admitted. */
+        if (dst[k]->n_running == dst[k]->o.max_running) requeue(dst[k], r);
+        else dst[k]->running[dst[k]->n_running++] = r;
     }
     src->n_running = 0;
     req *queue[2] = {src->waiting, in};

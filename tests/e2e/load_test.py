@@ -2,7 +2,7 @@
 """Load test of `proteus serve` (run by hand; not a ctest).
 
 usage: load_test.py [PATH/TO/proteus] [--clients 64] [--duration 60] [--max-running 16] [--max-waiting 32]
-                    [--threads N] [--url http://HOST:PORT (use a running server instead of starting one)]
+                    [--threads N] [--devices cpu:2 --layout 1,1 --relayout "2;1,1" --relayout-every 5]
 
 N client threads send, back to back, a mix of streamed and non-streamed
 /v1/completions and /v1/chat/completions with max_tokens 8..32 (ignore_eos,
@@ -11,6 +11,12 @@ failure (must be 0; a streamed answer must end with [DONE] and carry the
 right number of tokens). RSS of the server is sampled every 5 s, along with
 `uptime`'s load average. At the end: a /metrics snapshot (pages used must
 be 0, nothing running) and SIGTERM (exit code 0). Exit code 1 on any failure.
+
+With --relayout, an operator thread asks for the next layout of the list
+(POST /v1/layout) every --relayout-every seconds, cycling, while the clients
+run: the live TP transformations must lose no request. It counts the
+transformations asked, accepted, refused as busy (409), and their results
+from GET /v1/layout.
 """
 import argparse
 import collections
@@ -112,6 +118,39 @@ def client_loop(i, port, stop_at, stats):
             time.sleep(rng.uniform(0.05, 0.3))  # a polite client backs off a little
 
 
+def relayout_loop(port, layouts, every, stop_at, out):
+    """Asks for the next layout every `every` seconds; records what came back."""
+    i = 0
+    while time.time() + every < stop_at:
+        time.sleep(every)
+        body = json.dumps({"layout": layouts[i % len(layouts)]})
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            c.request("POST", "/v1/layout", body, {"Content-Type": "application/json"})
+            r = c.getresponse()
+            text = r.read().decode("utf-8", "replace")
+            c.close()
+        except OSError as e:
+            out["post_errors"].append(str(e))
+            continue
+        if r.status in (200, 202):
+            out["accepted"] += 1
+            i += 1
+        elif r.status == 409:
+            out["busy"] += 1
+        else:
+            out["post_errors"].append("%d %s" % (r.status, text[:200]))
+
+
+def layout_state(port):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request("GET", "/v1/layout")
+    r = c.getresponse()
+    doc = json.loads(r.read())
+    c.close()
+    return doc
+
+
 def loadavg():
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -132,12 +171,20 @@ def main():
     ap.add_argument("--max-running", type=int, default=16)
     ap.add_argument("--max-waiting", type=int, default=32)
     ap.add_argument("--threads", default=None)
+    ap.add_argument("--devices", default=None, help="e.g. cpu:2 (CPU virtual devices)")
+    ap.add_argument("--layout", default=None, help="start-up layout, e.g. 1,1")
+    ap.add_argument("--relayout", default=None, help="layouts to cycle through, e.g. \"2;1,1\"")
+    ap.add_argument("--relayout-every", type=float, default=5.0)
     a = ap.parse_args()
     binary = serverlib.find_binary([sys.argv[0], a.binary] if a.binary else [sys.argv[0]])
     serverlib.skip_unless_ready(binary)
 
-    srv = serverlib.Server(binary, ["--max-running", str(a.max_running), "--max-waiting", str(a.max_waiting)],
-                           name="load", threads=a.threads).start()
+    args = ["--max-running", str(a.max_running), "--max-waiting", str(a.max_waiting)]
+    if a.devices:
+        args += ["--devices", a.devices]
+    if a.layout:
+        args += ["--layout", a.layout]
+    srv = serverlib.Server(binary, args, name="load", threads=a.threads).start()
     print("server pid %d port %d, %d clients for %.0f s, max-running %d, max-waiting %d"
           % (srv.proc.pid, srv.port, a.clients, a.duration, a.max_running, a.max_waiting), flush=True)
     stats = Stats()
@@ -146,6 +193,11 @@ def main():
     stop_at = t0 + a.duration
     threads = [threading.Thread(target=client_loop, args=(i, srv.port, stop_at, stats), daemon=True)
                for i in range(a.clients)]
+    relayout = {"accepted": 0, "busy": 0, "post_errors": []}
+    if a.relayout:
+        layouts = [[int(t) for t in l.split(",")] for l in a.relayout.split(";")]
+        threads.append(threading.Thread(target=relayout_loop,
+                                         args=(srv.port, layouts, a.relayout_every, stop_at, relayout), daemon=True))
     for th in threads:
         th.start()
     while time.time() < stop_at:
@@ -163,6 +215,7 @@ def main():
     elapsed = time.time() - t0
     time.sleep(1)
     m = srv.metrics()
+    final_layout = layout_state(srv.port) if a.relayout else None
     rss.append((time.time() - t0, srv.rss_kb(), loadavg()))
     code = srv.stop()
 
@@ -188,10 +241,20 @@ def main():
         for lab, v in m.get(name, []):
             extra = ",".join("%s=%s" % kv for kv in lab.items() if kv[0] != "model_name")
             print("  %s{%s} %g" % (name, extra, v))
+    xform_bad = False
+    if a.relayout:
+        results = {}
+        for lab, v in m.get("proteus_transformations_total", []):
+            results["%s/%s" % (lab.get("kind"), lab.get("result"))] = v
+        print("layout changes:      %d accepted, %d refused as busy (409), POST errors %s"
+              % (relayout["accepted"], relayout["busy"], relayout["post_errors"] or "none"))
+        print("transformations:     %s" % (results or "none counted"))
+        print("layout at the end:   %s" % [i.get("tp") for i in final_layout.get("instances", [])])
+        xform_bad = bool(relayout["post_errors"]) or relayout["accepted"] == 0
     pages = [v for _, v in m.get("proteus_kv_pages_used", [])]
     running = m.get("proteus_num_requests_running", [({}, -1)])[0][1]
     print("SIGTERM exit code:   %s" % code)
-    bad = stats.c["fail"] != 0 or not pages or any(pages) or running != 0 or code != 0 or ok == 0
+    bad = stats.c["fail"] != 0 or not pages or any(pages) or running != 0 or code != 0 or ok == 0 or xform_bad
     print("RESULT: %s" % ("FAIL" if bad else "PASS"))
     return 1 if bad else 0
 

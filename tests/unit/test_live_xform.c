@@ -18,7 +18,7 @@
 #include "xform/live.h"
 
 #define MODEL "synthetic:tiny-gqa"
-enum { MAX_REQ = 96, MAX_GEN = 120, N_DEV = 4, MIN_XFORMS = 20, IN_FLIGHT = 10 };
+enum { MAX_REQ = 200, MAX_GEN = 120, N_DEV = 4, MIN_XFORMS = 20, IN_FLIGHT = 10 };
 
 typedef struct {
     pthread_mutex_t mu;
@@ -212,10 +212,13 @@ static int transform(layout *l, requests *rq, const pt_tokenizer *tok, int a, in
     pt_live_xform *x = NULL;
     pt_err err = {{0}};
     if (pt_live_xform_start(&x, &l->inst[a], b - a, dst, n_dst, tok, &batcher_opts, &err)) {
-        CHECK_MSG(fail != PT_XFORM_FAIL_NONE, "start: %s", err.msg);
+        CHECK_MSG(0, "start: %s", err.msg);
+        for (int i = 0; i < l->n; i++) pt_batcher_pause(l->inst[i].batcher, false);
         return -1;
     }
     pt_live_xform_fail_at(x, fail);
+    /* The requests just queued start now, with the transformation under way. */
+    for (int i = 0; i < l->n; i++) pt_batcher_pause(l->inst[i].batcher, false);
     if (cancel >= 0 && rq->at[cancel]) {
         pt_batcher_cancel(rq->at[cancel], rq->ids[cancel]);
         rq->cancelled[cancel] = true;
@@ -285,10 +288,13 @@ static void test_transformations_lose_nothing(void) {
     static requests rq;
     memset(&rq, 0, sizeof rq);
     uint64_t rng = 0x9e3779b97f4a7c15ull;
-    int moving = 0, total = 0;
+    int moving = 0, total = 0, n_cancel_asked = 0;
     const pt_xform_fail fails[] = {PT_XFORM_FAIL_PRECOPY_ALLOC, PT_XFORM_FAIL_PRECOPY_COMM,
                                    PT_XFORM_FAIL_COMMIT_ALLOC, PT_XFORM_FAIL_COMMIT_COMM};
     while (moving < MIN_XFORMS && rq.n < MAX_REQ) {
+        /* Queued with every instance held, so that the transformation
+         * finds them in flight however fast the model is. */
+        for (int i = 0; i < l.n; i++) pt_batcher_pause(l.inst[i].batcher, true);
         while (in_flight(&rq) < IN_FLIGHT && rq.n < MAX_REQ) submit_next(&l, &rq);
         int a, b, n_dst;
         pt_xform_group dst[2];
@@ -296,12 +302,17 @@ static void test_transformations_lose_nothing(void) {
         /* Every fifth transformation fails at a stage and rolls back; every
          * third cancels a request of a random number while it runs. */
         pt_xform_fail fail = total % 5 == 4 ? fails[(total / 5) % 4] : PT_XFORM_FAIL_NONE;
-        int cancel = total % 3 == 2 ? (int)(roll(&rng) % (uint64_t)rq.n) : -1;
+        int cancel = -1;
+        if (total % 3 == 2) /* a request still in flight, the one the dice name */
+            for (int k = 0, skip = (int)(roll(&rng) % IN_FLIGHT); k < rq.n && cancel < 0; k++)
+                if (!sink_done(&rq.sinks[k]) && skip-- == 0) cancel = k;
+        n_cancel_asked += cancel >= 0;
         int moved = transform(&l, &rq, tok, a, b, dst, n_dst, cancel, fail);
         total++;
         if (moved > 0) moving++;
     }
     CHECK_MSG(moving >= MIN_XFORMS, "only %d transformations moved requests (%d requests)", moving, rq.n);
+    CHECK_MSG(n_cancel_asked > 0, "no cancellation was asked mid-move");
     for (int i = 0; i < rq.n; i++)
         while (!sink_done(&rq.sinks[i])) usleep(1000);
     /* Back to [1, 1, 1, 1] for the accounting. */
