@@ -1,5 +1,6 @@
 /* Live transformations of running batchers (src/xform/live.h): requests
- * of mixed prompt and output lengths, greedy and seeded, some cancelled
+ * of mixed prompt and output lengths (32 in flight at every
+ * transformation), greedy and seeded, some cancelled
  * while their instance is being transformed, served while a seeded
  * schedule merges and splits instances over four CPU devices (at least 20
  * transformations that move running requests). Every request's tokens are
@@ -18,7 +19,7 @@
 #include "xform/live.h"
 
 #define MODEL "synthetic:tiny-gqa"
-enum { MAX_REQ = 200, MAX_GEN = 120, N_DEV = 4, MIN_XFORMS = 20, IN_FLIGHT = 10 };
+enum { MAX_REQ = 200, MAX_GEN = 120, N_DEV = 4, MIN_XFORMS = 20, IN_FLIGHT = 32 };
 
 typedef struct {
     pthread_mutex_t mu;
@@ -106,12 +107,11 @@ typedef struct {
 } layout;
 
 static void open_instance(layout *l, int at, const pt_model_file *mf, pt_fabric *f, const pt_tokenizer *tok,
-                          int first, int tp) {
+                          int first, int tp, const pt_batcher_opts *bo) {
     pt_engine_opts o = opts();
     pt_err err = {{0}};
     CHECK_MSG(pt_engine_create_on(&l->inst[at].engine, mf, f, first, tp, &o, &err) == 0, "%s", err.msg);
-    CHECK_MSG(pt_batcher_create(&l->inst[at].batcher, l->inst[at].engine, tok, &batcher_opts, &err) == 0, "%s",
-              err.msg);
+    CHECK_MSG(pt_batcher_create(&l->inst[at].batcher, l->inst[at].engine, tok, bo, &err) == 0, "%s", err.msg);
     l->first[at] = first;
     l->tp[at] = tp;
 }
@@ -128,14 +128,16 @@ static void close_layout(layout *l) {
 static void reference(const pt_model_file *mf, const pt_tokenizer *tok, sink *ref, int n) {
     pt_fabric *f = fabric_of(1);
     layout l = {.n = 1};
-    open_instance(&l, 0, mf, f, tok, 0, 1);
+    pt_batcher_opts bo = batcher_opts;
+    bo.max_waiting = MAX_REQ; /* every request queued at once */
+    open_instance(&l, 0, mf, f, tok, 0, 1, &bo);
     pt_batcher_pause(l.inst[0].batcher, true);
     for (int i = 0; i < n; i++) {
         request r;
         request_of(&r, i);
         pthread_mutex_init(&ref[i].mu, NULL);
         uint64_t id;
-        submit(l.inst[0].batcher, &r, i, &ref[i], &id);
+        if (submit(l.inst[0].batcher, &r, i, &ref[i], &id)) ref[i].done = true; /* reported by submit */
     }
     pt_batcher_pause(l.inst[0].batcher, false);
     for (int i = 0; i < n; i++)
@@ -280,7 +282,7 @@ static void test_transformations_lose_nothing(void) {
     }
     pt_fabric *f = fabric_of(N_DEV);
     layout l = {.n = N_DEV};
-    for (int i = 0; i < N_DEV; i++) open_instance(&l, i, &mf, f, tok, i, 1);
+    for (int i = 0; i < N_DEV; i++) open_instance(&l, i, &mf, f, tok, i, 1, &batcher_opts);
     uint64_t start_used[N_DEV][PT_MEM_CLASS_COUNT];
     for (int d = 0; d < N_DEV; d++)
         for (int c = 0; c < PT_MEM_CLASS_COUNT; c++) start_used[d][c] = pt_device_used(pt_fabric_device(f, d), c);
@@ -313,8 +315,17 @@ static void test_transformations_lose_nothing(void) {
     }
     CHECK_MSG(moving >= MIN_XFORMS, "only %d transformations moved requests (%d requests)", moving, rq.n);
     CHECK_MSG(n_cancel_asked > 0, "no cancellation was asked mid-move");
-    for (int i = 0; i < rq.n; i++)
-        while (!sink_done(&rq.sinks[i])) usleep(1000);
+    for (int i = 0; i < rq.n; i++) {
+        /* Bounded: a request lost in a move would hang here. */
+        for (int ms = 0; !sink_done(&rq.sinks[i]) && ms < 120000; ms++) usleep(1000);
+        if (!sink_done(&rq.sinks[i])) {
+            pt_batcher_stats s;
+            pt_batcher_get_stats(rq.at[i], &s);
+            CHECK_MSG(0, "request %d never finished (%d tokens; its batcher: %u running, %u waiting)", i,
+                      rq.sinks[i].n, s.running, s.waiting);
+            return; /* the batchers still hold it: nothing can be freed */
+        }
+    }
     /* Back to [1, 1, 1, 1] for the accounting. */
     while (l.n < N_DEV) {
         int a = 0;
