@@ -44,4 +44,11 @@ int pt_backend_cuda_create(pt_backend **out, pt_instance *e, pt_err *err);
  * any device, PT_ERR_INVALID when some devices exist but not that one). */
 int pt_backend_cuda_probe(int first, int n, pt_err *err);
 
+/* For moving pages between GPUs outside any step (src/xform): one
+ * non-blocking stream per ordinal (streams[i] on ordinals[i]), and a wait
+ * until every device has finished what was queued on it. */
+int pt_backend_cuda_streams_create(const int *ordinals, int n, void **streams, pt_err *err);
+void pt_backend_cuda_streams_free(const int *ordinals, int n, void **streams);
+int pt_backend_cuda_sync(const int *ordinals, int n, pt_err *err);
+
 #endif

@@ -13,4 +13,22 @@ int pt_backend_cuda_probe(int first, int n, pt_err *err) {
                       "build time)",
                       first, first + n - 1);
 }
+
+int pt_backend_cuda_streams_create(const int *ordinals, int n, void **streams, pt_err *err) {
+    (void)ordinals;
+    for (int i = 0; i < n; i++) streams[i] = NULL;
+    return pt_err_set(err, PT_ERR_UNSUPPORTED, "this build of proteus has no CUDA backend");
+}
+
+void pt_backend_cuda_streams_free(const int *ordinals, int n, void **streams) {
+    (void)ordinals;
+    (void)n;
+    (void)streams;
+}
+
+int pt_backend_cuda_sync(const int *ordinals, int n, pt_err *err) {
+    (void)ordinals;
+    (void)n;
+    return pt_err_set(err, PT_ERR_UNSUPPORTED, "this build of proteus has no CUDA backend");
+}
 #endif

@@ -63,7 +63,7 @@ int pt_engine_seq_attach(pt_engine *e, pt_seq_state *st, int *seq_out, pt_err *e
     if (!same_geometry(src, e))
         return pt_err_set(err, PT_ERR_INVALID,
                           "attach: the instances differ in fabric, model, KV geometry or backend");
-    if (!e->in.ranks[0].kv->data)
+    if (strcmp(e->backend->name, "cpu") != 0)
         return pt_err_set(err, PT_ERR_UNSUPPORTED, "attach: moving pages of the %s backend is not supported yet",
                           e->backend->name);
     if (st->len > e->in.opts.max_ctx || st->n_pages > e->in.pages_per_seq)

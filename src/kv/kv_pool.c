@@ -92,7 +92,9 @@ int pt_kv_pool_init(pt_kv_pool *kv, pt_device *dev, uint32_t n_layers, uint32_t 
 
 void pt_kv_pool_free(pt_kv_pool *kv) {
     if (!kv->free_slots) return; /* never initialized, or freed */
-    if (kv->dev) {
+    if (kv->release_data) {
+        kv->release_data(kv);
+    } else if (kv->dev) {
         pt_device_unreserve(kv->dev, PT_MEM_KV, (uint64_t)kv->n_enabled * kv->page_bytes);
         if (kv->data) munmap(kv->data, kv->data_bytes);
         if (kv->minmax) munmap(kv->minmax, kv->minmax_bytes);

@@ -38,7 +38,7 @@
 #include "proteus/dtype.h"
 #include "proteus/util.h"
 
-typedef struct {
+typedef struct pt_kv_pool {
     uint32_t n_layers;
     uint32_t head_dim;
     uint32_t page_size;
@@ -57,6 +57,11 @@ typedef struct {
     uint32_t n_free;
     uint32_t *retired;    /* stack of slots not charged (capacity beyond n_enabled) */
     uint32_t n_retired;
+    /* Pages in memory another layer allocated (a GPU's): data and minmax
+     * point there, and this releases them when the pool is freed, so that
+     * they follow the pool from instance to instance. */
+    void (*release_data)(struct pt_kv_pool *kv);
+    void *release_ctx;
 } pt_kv_pool;
 
 /* Pages in the memory of `dev` (accounted as KV; NULL = plain heap memory):

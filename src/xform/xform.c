@@ -6,12 +6,15 @@
  * copied once, by pre-copy while it is full and pinned, or in the pause.
  * Transfers go through a comm world of the transformation's own, so that a
  * failed transfer aborts only the transformation, never the instances that
- * keep serving. */
+ * keep serving: a local one on CPU devices; on GPUs an NCCL one, on streams
+ * of its own, so that pre-copy overlaps the decode steps on theirs.
+ * (The GPU path is compile-checked only: no GPU has run it yet.) */
 #include "xform/xform.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/backend.h"
 #include "device/fabric_internal.h"
 #include "engine/engine_internal.h"
 
@@ -43,6 +46,9 @@ struct pt_xform {
     pt_kv_pool *pool[PT_FABRIC_MAX_DEVICES]; /* per device of the range */
     uint32_t shrunk[PT_FABRIC_MAX_DEVICES];  /* pages retired to make room for the targets */
     pt_comm_world *world;           /* transfers only */
+    bool cuda;
+    int ordinals[PT_FABRIC_MAX_DEVICES];     /* CUDA: per fabric device */
+    void *streams[PT_FABRIC_MAX_DEVICES];    /* CUDA: the transfers' streams, per fabric device */
     seq_track *track[PT_FABRIC_MAX_DEVICES]; /* per source: (max_seqs) */
     page_rec *recs;
     size_t n_recs, cap_recs, n_copied;
@@ -67,7 +73,10 @@ static int transfer(pt_xform *x, pt_comm_transfer *t, size_t n, pt_xform_fail in
         x->fail = PT_XFORM_FAIL_NONE;
         pt_comm_local_fail_after(x->world, 0);
     }
-    return pt_comm_send_recv(pt_comm_group_find(x->world, 0, pt_comm_world_size(x->world)), t, n, NULL, err);
+    pt_comm_group *g = pt_comm_group_find(x->world, 0, pt_comm_world_size(x->world));
+    int rc = pt_comm_send_recv(g, t, n, x->cuda ? x->streams : NULL, err);
+    if (!rc && x->cuda) rc = pt_comm_wait(g, x->streams, 0, err);
+    return rc;
 }
 
 /* ---- plan ---- */
@@ -77,10 +86,9 @@ static int check_sources(pt_engine *const *src, int n_src, pt_err *err) {
         const pt_engine *e = src[i], *a = src[0];
         if (e->fabric != a->fabric || e->mf != a->mf)
             return pt_err_set(err, PT_ERR_INVALID, "source %d is on another fabric or model", i);
-        if (strcmp(e->backend->name, "cpu") != 0)
-            return pt_err_set(err, PT_ERR_UNSUPPORTED,
-                              "live transformation of %s instances is not implemented yet (CPU only)",
-                              e->backend->name);
+        if (strcmp(e->backend->name, a->backend->name) != 0)
+            return pt_err_set(err, PT_ERR_INVALID, "source %d runs on another backend (%s, not %s)", i,
+                              e->backend->name, a->backend->name);
         if (i > 0 && e->first != src[i - 1]->first + src[i - 1]->in.tp)
             return pt_err_set(err, PT_ERR_INVALID, "source %d does not follow source %d on the devices", i, i - 1);
         const pt_engine_opts *o = &e->in.opts, *p = &a->in.opts;
@@ -125,6 +133,9 @@ static uint64_t target_rank_bytes(const pt_xform *x, const pt_engine *src_on_d, 
 /* Makes room on every device for the targets' ranks: free KV pages are
  * retired where the budget is short, or the plan is refused. */
 static int reserve_room(pt_xform *x, const pt_xform_group *dst, int n_dst, pt_err *err) {
+    /* GPU pools cannot give pages back (their memory is one allocation):
+     * a target that does not fit fails to build, with the device named. */
+    if (x->cuda) return PT_OK;
     const pt_weights *w = &x->src[0]->in.w;
     for (int k = 0; k < n_dst; k++)
         for (int r = 0; r < dst[k].tp; r++) {
@@ -171,9 +182,11 @@ static int build_targets(pt_xform *x, const pt_xform_group *dst, int n_dst, pt_e
 
 static int create_world(pt_xform *x, pt_err *err) {
     int ids[PT_FABRIC_MAX_DEVICES];
-    for (int i = 0; i < x->f->n; i++) ids[i] = i;
+    for (int i = 0; i < x->f->n; i++) ids[i] = x->cuda ? x->ordinals[i] : i;
     pt_comm_config cc = {ids, x->f->n, x->f->allowed, x->f->n_allowed, 0};
-    return pt_comm_world_create_local(&x->world, &cc, err);
+    if (!x->cuda) return pt_comm_world_create_local(&x->world, &cc, err);
+    int rc = pt_comm_world_create_nccl(&x->world, &cc, err);
+    return rc ? rc : pt_backend_cuda_streams_create(x->ordinals, x->f->n, x->streams, err);
 }
 
 int pt_xform_create(pt_xform **out, pt_engine *const *src, int n_src, const pt_xform_group *dst, int n_dst,
@@ -189,6 +202,8 @@ int pt_xform_create(pt_xform **out, pt_engine *const *src, int n_src, const pt_x
     if (!x) return pt_err_set(err, PT_ERR_NOMEM, "out of memory planning a transformation");
     x->f = src[0]->fabric;
     x->first = src[0]->first;
+    x->cuda = strcmp(src[0]->backend->name, "cuda") == 0;
+    for (int i = 0; i < x->f->n; i++) x->ordinals[i] = pt_device_ordinal(pt_fabric_device(x->f, i));
     x->n_src = n_src;
     for (int i = 0; i < n_src; i++) {
         x->src[i] = src[i];
@@ -493,6 +508,9 @@ int pt_xform_commit(pt_xform *x, pt_xform_move *moves, size_t n, pt_err *err) {
             seq_track *t = &x->track[i][q];
             if (t->rec && !track_valid(x, t, &x->src[i]->in.seqs[q], x->src[i])) forget_seq(x, t, x->src[i]);
         }
+    /* The sources' last steps have written their pages (a GPU's queue may
+     * still hold them). */
+    if (x->cuda && (rc = pt_backend_cuda_sync(x->ordinals + x->first, x->n_dev, err))) return rc;
     assign_targets(x, moves, n);
     size_t max_pages = 0;
     for (size_t i = 0; i < n; i++) max_pages += x->src[moves[i].src]->in.seqs[moves[i].seq].n_pages;
@@ -585,6 +603,7 @@ void pt_xform_free(pt_xform *x, pt_xform_stats *final) {
             if (x->shrunk[d]) pt_kv_pool_grow(x->pool[d], x->shrunk[d]);
     }
     if (final) *final = x->st;
+    if (x->cuda) pt_backend_cuda_streams_free(x->ordinals, x->f->n, x->streams);
     pt_comm_world_destroy(x->world);
     free(x->recs);
     free(x);

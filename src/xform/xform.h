@@ -24,7 +24,9 @@
  *
  * The caller (src/xform/live.c for batchers, bench/bench_transform.c for
  * bare engines) owns the step boundaries: it calls snapshot and commit
- * where no source step is running. Only the CPU backend is supported yet. */
+ * where no source step is running. CPU devices move pages by memcpy; GPUs
+ * by NCCL send/recv on streams of the transformation's own (compile-checked
+ * only: tests/unit/test_cuda_xform.c needs two GPUs). */
 #ifndef PROTEUS_XFORM_H
 #define PROTEUS_XFORM_H
 

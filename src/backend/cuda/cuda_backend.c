@@ -205,7 +205,31 @@ static int alloc_host(cuda_backend *cb, pt_instance *e, pt_err *err) {
  * weights and buffers (less 1 GiB for cuBLAS, NCCL, graphs and the CUDA
  * context) and within the device's budget when it has one (as the CPU
  * backend's rank_init), capped at max_seqs full contexts. */
+/* What frees a rank's GPU pages with its pool (kv_pool.h release_data):
+ * the pool, not the backend, owns them, because a TP transformation hands
+ * the pool of a device to the next instance there (src/xform). */
+typedef struct {
+    int ordinal;
+    pt_device *dev;
+} kv_owner;
+
+static void release_kv(pt_kv_pool *kv) {
+    kv_owner *o = kv->release_ctx;
+    int caller = -1;
+    if (cudaGetDevice(&caller) != cudaSuccess) caller = -1;
+    if (cudaSetDevice(o->ordinal) == cudaSuccess) {
+        (void)cudaDeviceSynchronize(); /* no step or transfer still reads them */
+        (void)cudaFree(kv->data);
+        (void)cudaFree(kv->minmax);
+    }
+    (void)cudaGetLastError();
+    if (caller >= 0) (void)cudaSetDevice(caller);
+    pt_device_unreserve(o->dev, PT_MEM_KV, kv->data_bytes + kv->minmax_bytes);
+    free(o);
+}
+
 static int alloc_kv(cu_rank *rk, pt_instance *e, pt_err *err) {
+    if (!rk->r->kv) return PT_OK; /* a transformation's target: it takes the device's pool over */
     const pt_model_config *c = &e->w.cfg;
     const pt_engine_opts *o = &e->opts;
     pt_device *dev = rk->r->dev;
@@ -240,13 +264,33 @@ static int alloc_kv(cu_rank *rk, pt_instance *e, pt_err *err) {
         data_bytes > SIZE_MAX / 2 || mm_bytes > SIZE_MAX / 2)
         return pt_err_set(err, PT_ERR_INVALID, "device %s: a KV pool of %llu pages is too large", pt_device_name(dev),
                           (unsigned long long)pages);
-    rk->n_slots = (uint32_t)pages;
-    int rc = cu_alloc(rk, PT_MEM_KV, (void **)&rk->kv_data, data_bytes, "KV pages", err);
-    if (rc == PT_OK) rc = cu_alloc(rk, PT_MEM_KV, (void **)&rk->kv_minmax, mm_bytes, "KV key bounds", err);
-    if (rc == PT_OK)
-        rc = pt_kv_pool_init_accounting(rk->r->kv, c->n_layers, c->head_dim, o->page_size, rk->n_slots, PT_DTYPE_F16,
-                                        err);
-    return rc;
+    int rc = pt_kv_pool_init_accounting(rk->r->kv, c->n_layers, c->head_dim, o->page_size, (uint32_t)pages,
+                                        PT_DTYPE_F16, err);
+    if (rc) return rc;
+    kv_owner *own = malloc(sizeof(*own));
+    if (!own) return pt_err_set(err, PT_ERR_NOMEM, "out of memory for a KV pool");
+    *own = (kv_owner){rk->ordinal, dev};
+    void *data = NULL, *minmax = NULL;
+    if ((rc = pt_device_reserve(dev, PT_MEM_KV, data_bytes + mm_bytes, "KV pages", err))) {
+        free(own);
+        return rc;
+    }
+    if ((rc = cu_check(rk, cudaSetDevice(rk->ordinal), "set device", err)) ||
+        (rc = cu_check(rk, cudaMalloc(&data, data_bytes), "KV pages", err)) ||
+        (rc = cu_check(rk, cudaMalloc(&minmax, mm_bytes), "KV key bounds", err))) {
+        if (data) (void)cudaFree(data);
+        pt_device_unreserve(dev, PT_MEM_KV, data_bytes + mm_bytes);
+        free(own);
+        return rc;
+    }
+    pt_kv_pool *kv = rk->r->kv;
+    kv->data = data;
+    kv->minmax = minmax;
+    kv->data_bytes = data_bytes;
+    kv->minmax_bytes = mm_bytes;
+    kv->release_data = release_kv;
+    kv->release_ctx = own;
+    return PT_OK;
 }
 
 /* Everything of every rank, in the order that leaves the KV pages what the
@@ -299,7 +343,7 @@ static int setup(cuda_backend *cb, pt_instance *e, pt_err *err) {
                "CUDA device %d (rank %d of %d): %s, %d SMs; KV heads [%u, %u), MLP chunks [%u, %u); %u KV pages of %u "
                "tokens",
                rk->ordinal, i, cb->tp, n_sm ? prop.name : "?", n_sm, rk->r->g0, rk->r->g1, rk->r->c0, rk->r->c1,
-               rk->n_slots, o->page_size);
+               rk->r->kv ? rk->r->kv->n_slots : 0, o->page_size);
     }
     return PT_OK;
 }
@@ -375,4 +419,40 @@ int pt_backend_cuda_create(pt_backend **out, pt_instance *e, pt_err *err) {
     rc = setup(cb, e, err);
     (void)cudaSetDevice(caller); /* steps set the devices they use, and restore the caller's */
     return rc;
+}
+
+/* ---- streams for transfers outside a step (backend.h) ---- */
+
+int pt_backend_cuda_streams_create(const int *ordinals, int n, void **streams, pt_err *err) {
+    for (int i = 0; i < n; i++) streams[i] = NULL;
+    for (int i = 0; i < n; i++) {
+        cudaStream_t st = NULL;
+        cudaError_t ce = cudaSetDevice(ordinals[i]);
+        if (ce == cudaSuccess) ce = cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);
+        if (ce != cudaSuccess) {
+            pt_backend_cuda_streams_free(ordinals, i, streams);
+            return cu_check(NULL, ce, "transfer stream", err);
+        }
+        streams[i] = st;
+    }
+    return PT_OK;
+}
+
+void pt_backend_cuda_streams_free(const int *ordinals, int n, void **streams) {
+    for (int i = 0; i < n; i++)
+        if (streams[i] && cudaSetDevice(ordinals[i]) == cudaSuccess) {
+            (void)cudaStreamSynchronize((cudaStream_t)streams[i]);
+            (void)cudaStreamDestroy((cudaStream_t)streams[i]);
+            streams[i] = NULL;
+        }
+    (void)cudaGetLastError();
+}
+
+int pt_backend_cuda_sync(const int *ordinals, int n, pt_err *err) {
+    for (int i = 0; i < n; i++) {
+        cudaError_t ce = cudaSetDevice(ordinals[i]);
+        if (ce == cudaSuccess) ce = cudaDeviceSynchronize();
+        if (ce != cudaSuccess) return cu_check(NULL, ce, "synchronize", err);
+    }
+    return PT_OK;
 }

@@ -60,10 +60,8 @@ typedef struct {
     float *inv_freq;      /* (rope_dim / 2) */
     uint64_t shard_bytes, replicated_bytes;
 
-    /* KV pages of the rank's heads: the layout of src/kv/kv_pool.h in f16. */
-    uint16_t *kv_data;
-    float *kv_minmax;
-    uint32_t n_slots;
+    /* KV pages of the rank's heads: in its device's pool (r->kv: data and
+     * minmax in GPU memory, the layout of src/kv/kv_pool.h in f16). */
     int32_t *block_tables; /* (max_seqs, ng, pages_per_seq): rows of the rank's heads */
 
     /* Step buffers, sized for Tm rows (logits: max_out rows). */

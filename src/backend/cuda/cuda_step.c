@@ -67,9 +67,12 @@ kcuda_attn_args cu_attn_args(const cu_rank *rk, const pt_instance *e, uint32_t l
     a.in = (kcuda_qkv){rk->qkv, rk->qkv + w->q_per_kv * hd, rk->qkv + (w->q_per_kv + 1) * hd, rk->ng * gs, gs};
     a.out_bf16 = rk->att;
     a.ld_out = (size_t)rk->ng * w->q_per_kv * hd;
-    a.kv = (kcuda_kv_layer){rk->kv_data ? rk->kv_data + (size_t)layer * rk->n_slots * 2 * P * hd : NULL,
-                            rk->kv_minmax ? rk->kv_minmax + (size_t)layer * rk->n_slots * 2 * hd : NULL,
-                            rk->n_slots, (uint32_t)P, (uint32_t)hd};
+    const pt_kv_pool *kv = rk->r->kv;
+    uint16_t *kv_data = kv->data;
+    float *kv_minmax = kv->minmax;
+    a.kv = (kcuda_kv_layer){kv_data ? kv_data + (size_t)layer * kv->n_slots * 2 * P * hd : NULL,
+                            kv_minmax ? kv_minmax + (size_t)layer * kv->n_slots * 2 * hd : NULL, kv->n_slots,
+                            (uint32_t)P, (uint32_t)hd};
     a.bt = (kcuda_pages){rk->block_tables, e->pages_per_seq};
     a.runs = runs;
     a.n_runs = n_runs;
