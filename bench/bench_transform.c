@@ -6,12 +6,14 @@
  * stdout, a table on stderr).
  *
  *   build/bench_transform [-m MODEL] [--sizes 1024,4096,16384] [--seqs 8] [--reps 5]
- *                         [-t THREADS] [--kv f32|f16] [--fill prefill|fast]
+ *                         [--warmup 1] [-t THREADS] [--kv f32|f16] [--fill prefill|fast]
  *                         [--budget-mb N] [--target-steps 3]
  *
  * For each size (tokens of KV in flight, summed over --seqs sequences of
- * equal length) and each repetition, the sequences are filled afresh on two
- * TP1 instances (devices 0 and 1, sequences alternating), then:
+ * equal length) and each repetition, after --warmup repetitions that are
+ * not recorded (the first touch of the pools' memory would otherwise land
+ * in the first stop-the-world pause), the sequences are filled afresh on
+ * two TP1 instances (devices 0 and 1, sequences alternating), then:
  *   1. stop-the-world merge: pt_xform_create, then pt_xform_commit at once
  *      (every moving page is copied in the pause);
  *   2. decode steps of the merged TP2 instance, every sequence one token:
@@ -60,10 +62,11 @@ typedef struct {
     const char *model;
     uint32_t sizes[MAX_SIZES];
     int n_sizes;
-    int n_seqs, reps, threads, target_steps;
+    int n_seqs, reps, warmup, threads, target_steps;
     pt_dtype kv;
     fill_mode fill;
     uint64_t budget; /* bytes per device; 0 = derived */
+    pt_xform_weights weights; /* where the targets' chunks come from */
 } args;
 
 /* Where the bench's sequences are: two TP1 instances or one TP2. */
@@ -203,7 +206,7 @@ static void *prefill_main(void *arg) {
 
 /* Fresh sequences of `len` tokens each, alternating over the two TP1
  * instances; the prefill of each instance on its own thread. */
-static void fill(bench *b, uint32_t len) {
+static void fill(bench *b, uint32_t len, fill_mode mode) {
     layout *L = &b->L;
     if (L->n_inst != 2) die("fill: expects TP1 + TP1", NULL);
     for (int i = 0; i < b->a->n_seqs; i++) {
@@ -212,7 +215,7 @@ static void fill(bench *b, uint32_t len) {
         L->id[i] = pt_engine_seq_new(L->inst[i % 2]);
         if (L->id[i] < 0) die("fill: no free sequence slot", NULL);
     }
-    if (b->a->fill == FILL_FAST) {
+    if (mode == FILL_FAST) {
         for (int i = 0; i < b->a->n_seqs; i++) fill_fast(b, L->inst[L->where[i]], L->id[i], len);
         return;
     }
@@ -305,7 +308,8 @@ static void transform(bench *b, bool merge, bool live, run *r) {
     pt_err err = {{0}};
     pt_xform *x = NULL;
     double t0 = pt_now();
-    if (pt_xform_create(&x, L->inst, L->n_inst, dst, n_dst, &err) != 0) die("pt_xform_create", &err);
+    if (pt_xform_create_from(&x, L->inst, L->n_inst, dst, n_dst, b->a->weights, &err) != 0)
+        die("pt_xform_create", &err);
     r->build_s = pt_now() - t0;
 
     static double steps[MAX_STEPS];
@@ -399,8 +403,9 @@ static void parse_sizes(args *a, const char *s) {
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: bench_transform [-m MODEL] [--sizes 1024,4096,16384] [--seqs 8] [--reps 5] [-t THREADS]\n"
-                    "                       [--kv f32|f16] [--fill prefill|fast] [--budget-mb N] [--target-steps 3]\n");
+    fprintf(stderr, "usage: bench_transform [-m MODEL] [--sizes 1024,4096,16384] [--seqs 8] [--reps 5] [--warmup 1]\n"
+                    "                       [-t THREADS] [--kv f32|f16] [--fill prefill|fast] [--budget-mb N]\n"
+                    "                       [--target-steps 3] [--weights peers|file]\n");
     exit(2);
 }
 
@@ -409,8 +414,10 @@ static void print_run(const bench *b, const run *r) {
     printf("{\"model\":\"%s\",\"kv_dtype\":\"%s\",\"fill\":\"%s\",\"threads_per_device\":%d,\"budget_bytes\":%llu,"
            "\"size\":%u,\"seqs\":%d,\"rep\":%d,\"op\":\"%s\",\"mode\":\"%s\",\"kv_tokens\":%u,"
            "\"kv_bytes_moved\":%llu,\"pages_precopied\":%llu,\"pages_at_commit\":%llu,\"pages_in_place\":%llu,"
-           "\"pages_wasted\":%llu,\"stages\":%d,\"precopy_steps\":%d,\"precopy_s\":%.6f,\"src_step_s\":%.6f,"
+           "\"pages_wasted\":%llu,\"stages\":%d,\"precopy_steps\":%d,\"precopy_s\":%.6f,\"copy_s\":%.6f,"
+           "\"src_step_s\":%.6f,"
            "\"pause_s\":%.6f,\"commit_s\":%.6f,\"build_s\":%.6f,\"free_s\":%.6f,"
+           "\"weights_from\":\"%s\",\"weight_bytes_from_peers\":%llu,"
            "\"weight_bytes_new\":%llu,\"weight_bytes_freed\":%llu,\"kv_pages_reserved\":%llu,\"kv_pages_gained\":%llu,"
            "\"kv_pages_before\":%llu,\"kv_pages_after\":%llu,\"device_used_at_commit\":[%llu,%llu],"
            "\"target_first_step_s\":%.6f,\"target_step_s\":%.6f}\n",
@@ -419,8 +426,9 @@ static void print_run(const bench *b, const run *r) {
            r->live ? "precopy" : "stop_the_world", r->kv_tokens, (unsigned long long)s->kv_bytes_moved,
            (unsigned long long)s->pages_precopied, (unsigned long long)s->pages_at_commit,
            (unsigned long long)s->pages_in_place, (unsigned long long)s->pages_wasted, s->stages, r->precopy_steps,
-           r->precopy_s, r->src_step_s, r->pause_s, s->commit_s, r->build_s, r->free_s,
-           (unsigned long long)s->weight_bytes_new, (unsigned long long)s->weight_bytes_freed,
+           r->precopy_s, s->precopy_s, r->src_step_s, r->pause_s, s->commit_s, r->build_s, r->free_s,
+           b->a->weights == PT_XFORM_WEIGHTS_FROM_FILE ? "file" : "peers",
+           (unsigned long long)s->weight_bytes_from_peers, (unsigned long long)s->weight_bytes_new, (unsigned long long)s->weight_bytes_freed,
            (unsigned long long)s->kv_pages_reserved,
            (unsigned long long)s->kv_pages_gained, (unsigned long long)r->pages_before,
            (unsigned long long)r->pages_after, (unsigned long long)r->used_peak[0],
@@ -434,7 +442,7 @@ static void summarize(const bench *b, uint32_t size, const run *runs, int n) {
     for (int op = 0; op < 2; op++) {
         const char *name = op ? "split" : "merge";
         double live_p[64], stw_p[64], pre[64], step[64], moved[64], stages[64], psteps[64], tok[64];
-        double gained[64], reserved[64], at_commit[64], srcstep[64];
+        double gained[64], reserved[64], at_commit[64], srcstep[64], copy[64];
         int nl = 0, ns = 0, nt = 0;
         for (int i = 0; i < n; i++) {
             const run *r = &runs[i];
@@ -442,6 +450,7 @@ static void summarize(const bench *b, uint32_t size, const run *runs, int n) {
             if (r->live) {
                 live_p[nl] = r->pause_s;
                 pre[nl] = r->precopy_s;
+                copy[nl] = r->st.precopy_s;
                 moved[nl] = (double)r->st.kv_bytes_moved;
                 stages[nl] = r->st.stages;
                 psteps[nl] = r->precopy_steps;
@@ -461,18 +470,22 @@ static void summarize(const bench *b, uint32_t size, const run *runs, int n) {
         double lmax = maxd(live_p, nl), smax = maxd(stw_p, ns);
         double lmed = median(live_p, nl), smed = median(stw_p, ns), tstep = median(step, nt);
         double mb = median(moved, nl) / 1048576.0;
-        printf("{\"summary\":true,\"model\":\"%s\",\"kv_dtype\":\"%s\",\"size\":%u,\"seqs\":%d,\"op\":\"%s\",\"reps\":%d,"
+        printf("{\"summary\":true,\"model\":\"%s\",\"kv_dtype\":\"%s\",\"size\":%u,\"seqs\":%d,\"op\":\"%s\","
+               "\"reps\":%d,"
                "\"kv_tokens_median\":%.0f,\"kv_mib_moved_median\":%.2f,\"stages_median\":%.1f,"
-               "\"precopy_steps_median\":%.1f,\"precopy_s_median\":%.6f,\"src_step_s_median\":%.6f,"
+               "\"precopy_steps_median\":%.1f,\"precopy_s_median\":%.6f,\"copy_s_median\":%.6f,"
+               "\"src_step_s_median\":%.6f,"
                "\"pages_at_commit_median\":%.0f,\"pause_s_median\":%.6f,"
                "\"pause_s_max\":%.6f,\"stw_pause_s_median\":%.6f,\"stw_pause_s_max\":%.6f,"
                "\"merged_step_s_median\":%.6f,\"kv_pages_reserved_median\":%.0f,\"kv_pages_gained_median\":%.0f}\n",
                b->a->model, b->a->kv == PT_DTYPE_F16 ? "f16" : "f32", size, b->a->n_seqs, name, nl, median(tok, nl),
-               mb, median(stages, nl), median(psteps, nl), median(pre, nl), median(srcstep, nl),
+               mb, median(stages, nl), median(psteps, nl), median(pre, nl), median(copy, nl), median(srcstep, nl),
                median(at_commit, nl), lmed, lmax, smed, smax, tstep, median(reserved, nl), median(gained, nl));
         fflush(stdout);
-        fprintf(stderr, "%-6u %-5s %7.0f %9.1f %6.1f %6.1f %9.1f %9.2f %9.2f %9.2f %9.2f %7.1fx %9.1f %8.0f %8.0f\n",
-                size, name, median(tok, nl), mb, median(stages, nl), median(psteps, nl), 1e3 * median(pre, nl),
+        fprintf(stderr,
+                "%-6u %-5s %7.0f %9.1f %6.1f %6.1f %8.1f %9.1f %9.2f %9.2f %9.2f %9.2f %8.1fx %9.1f %8.0f %8.0f\n",
+                size, name, median(tok, nl), mb, median(stages, nl), median(psteps, nl), 1e3 * median(copy, nl),
+                1e3 * median(pre, nl),
                 1e3 * lmed, 1e3 * lmax, 1e3 * smed, 1e3 * smax, lmed > 0 ? smed / lmed : 0, 1e3 * tstep,
                 median(reserved, nl), median(gained, nl));
     }
@@ -492,7 +505,8 @@ int main(int argc, char **argv) {
             snprintf(default_model, sizeof default_model, "%s/.cache/proteus/models/SmolLM2-135M-Instruct.Q4_1.gguf",
                      home ? home : ".");
     }
-    args a = {default_model, {1024, 4096, 16384}, 3, 8, 5, 1, 3, PT_DTYPE_F32, FILL_PREFILL, 0};
+    args a = {default_model, {1024, 4096, 16384}, 3, 8, 5, 1, 1, 3, PT_DTYPE_F32, FILL_PREFILL, 0,
+              PT_XFORM_WEIGHTS_DEFAULT};
     int fill_set = 0;
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i];
@@ -504,9 +518,15 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--sizes")) parse_sizes(&a, v);
         else if (!strcmp(k, "--seqs")) a.n_seqs = atoi(v);
         else if (!strcmp(k, "--reps")) a.reps = atoi(v);
+        else if (!strcmp(k, "--warmup")) a.warmup = atoi(v);
         else if (!strcmp(k, "-t")) a.threads = atoi(v);
         else if (!strcmp(k, "--target-steps")) a.target_steps = atoi(v);
         else if (!strcmp(k, "--budget-mb")) a.budget = strtoull(v, NULL, 10) << 20;
+        else if (!strcmp(k, "--weights")) {
+            if (!strcmp(v, "peers")) a.weights = PT_XFORM_WEIGHTS_FROM_PEERS;
+            else if (!strcmp(v, "file")) a.weights = PT_XFORM_WEIGHTS_FROM_FILE;
+            else usage();
+        }
         else if (!strcmp(k, "--kv")) {
             if (!strcmp(v, "f16")) a.kv = PT_DTYPE_F16;
             else if (!strcmp(v, "f32")) a.kv = PT_DTYPE_F32;
@@ -518,7 +538,8 @@ int main(int argc, char **argv) {
             else usage();
         } else usage();
     }
-    if (a.n_seqs < 2 || a.n_seqs > MAX_SEQS || a.reps < 1 || a.reps > 32 || a.threads < 1 || a.target_steps < 1)
+    if (a.n_seqs < 2 || a.n_seqs > MAX_SEQS || a.reps < 1 || a.reps > 32 || a.warmup < 0 || a.threads < 1 ||
+        a.target_steps < 1 || a.target_steps > 64)
         usage();
     if (!fill_set && !strncmp(a.model, "synthetic:", 10)) a.fill = FILL_FAST;
 
@@ -570,14 +591,16 @@ int main(int argc, char **argv) {
     int n_runs[MAX_SIZES] = {0};
     for (int si = 0; si < a.n_sizes; si++) {
         uint32_t size = a.sizes[si], len = size / a.n_seqs;
-        for (int rep = 0; rep < a.reps; rep++) {
+        for (int rep = -a.warmup; rep < a.reps; rep++) {
+            /* Warm-up repetitions (rep < 0, pages filled directly): the
+             * pools' memory is touched once before anything is recorded. */
             double tf = pt_now();
-            fill(&b, len);
-            fprintf(stderr, "bench_transform: size %u rep %d: filled %u tokens in %.1f s\n", size, rep, kv_tokens(&b),
-                    pt_now() - tf);
+            fill(&b, len, rep < 0 ? FILL_FAST : a.fill);
+            fprintf(stderr, "bench_transform: size %u %s %d: filled %u tokens in %.1f s\n", size,
+                    rep < 0 ? "warm-up" : "rep", rep < 0 ? rep + a.warmup : rep, kv_tokens(&b), pt_now() - tf);
             for (int step = 0; step < 4; step++) {
                 bool merge = step % 2 == 0, live = step >= 2;
-                run *r = &runs[si][n_runs[si]++];
+                run scratch, *r = rep < 0 ? &scratch : &runs[si][n_runs[si]++];
                 memset(r, 0, sizeof *r);
                 r->size = size;
                 r->rep = rep;
@@ -588,14 +611,14 @@ int main(int argc, char **argv) {
                     for (int k = 0; k < a.target_steps; k++) ts[k] = decode_step(&b, 0);
                     r->target_step_s = median(ts, a.target_steps);
                 }
-                print_run(&b, r);
+                if (rep >= 0) print_run(&b, r);
             }
         }
     }
     fprintf(stderr, "\n%s, KV %s, %d sequences, %d rep(s), budget %.0f MiB per device (times in ms)\n", a.model,
             a.kv == PT_DTYPE_F16 ? "f16" : "f32", a.n_seqs, a.reps, a.budget / 1048576.0);
-    fprintf(stderr, "%-6s %-5s %7s %9s %6s %6s %9s %9s %9s %9s %9s %8s %9s %8s %8s\n", "size", "op", "tokens",
-            "MiB moved", "stages", "steps", "precopy", "pause", "pause max", "stw", "stw max", "stw/pause",
+    fprintf(stderr, "%-6s %-5s %7s %9s %6s %6s %8s %9s %9s %9s %9s %9s %9s %9s %8s %8s\n", "size", "op", "tokens",
+            "MiB moved", "stages", "steps", "copy", "precopy", "pause", "pause max", "stw", "stw max", "stw/pause",
             "TP2 step", "reserved", "gained");
     for (int si = 0; si < a.n_sizes; si++) summarize(&b, a.sizes[si], runs[si], n_runs[si]);
 

@@ -28,6 +28,8 @@ typedef struct {
     pt_pool *pool;    /* the device's workers */
     uint32_t g0, g1, c0, c1;
     pt_shard shard;
+    const pt_layer_weights *shard_from; /* at creation: the layers its chunks are copied from (the sources'
+                                           shards in a transformation); NULL: the model view */
     pt_kv_pool *kv;   /* its device's pool: a transformation hands it to the next instance there */
     /* Scratch, sized for max_batch_tokens rows: one device allocation. */
     void *scratch;

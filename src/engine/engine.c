@@ -86,11 +86,12 @@ void pt_engine_free(pt_engine *e) {
 
 int pt_engine_create_on(pt_engine **out, const pt_model_file *mf, pt_fabric *f, int first, int tp,
                         const pt_engine_opts *opts, pt_err *err) {
-    return pt_engine_create_ranks(out, mf, f, first, tp, opts, true, err);
+    return pt_engine_create_ranks(out, mf, f, first, tp, opts, true, NULL, err);
 }
 
 int pt_engine_create_ranks(pt_engine **out, const pt_model_file *mf, pt_fabric *f, int first, int tp,
-                           const pt_engine_opts *opts, bool own_kv, pt_err *err) {
+                           const pt_engine_opts *opts, bool own_kv, const pt_layer_weights *const *shard_from,
+                           pt_err *err) {
     *out = NULL;
     int rc = pt_model_file_validate(mf, err);
     if (rc) return rc;
@@ -156,6 +157,7 @@ int pt_engine_create_ranks(pt_engine **out, const pt_model_file *mf, pt_fabric *
         r->g1 = e->in.w.n_groups * (i + 1) / tp;
         r->c0 = e->in.w.n_mlp_chunks * i / tp;
         r->c1 = e->in.w.n_mlp_chunks * (i + 1) / tp;
+        if (shard_from) r->shard_from = shard_from[i];
         if (own_kv) ok = (r->kv = calloc(1, sizeof(pt_kv_pool))) != NULL;
     }
     for (uint32_t s = 0; s < o->max_seqs && ok; s++) {
@@ -175,6 +177,7 @@ int pt_engine_create_ranks(pt_engine **out, const pt_model_file *mf, pt_fabric *
     }
     rc = o->device == PT_DEVICE_CUDA ? pt_backend_cuda_create(&e->backend, &e->in, err)
                                      : pt_backend_cpu_create(&e->backend, &e->in, err);
+    for (int i = 0; i < tp; i++) e->in.ranks[i].shard_from = NULL; /* the caller's tables: creation only */
     if (rc) {
         pt_engine_free(e);
         return rc;

@@ -35,10 +35,13 @@ static inline size_t pt_page_transfers(pt_comm_transfer *t, pt_kv_pool *src, int
     return n;
 }
 
-/* pt_engine_create_on, with own_kv false for a transformation's target:
- * its ranks have no KV pool until the transformation hands them their
- * devices' pools (src/xform). */
+/* pt_engine_create_on, for a transformation's target (src/xform): with
+ * own_kv false its ranks have no KV pool until the transformation hands
+ * them their devices' pools; shard_from (NULL, or one per rank, each NULL
+ * or n_layers tables) names where each rank copies its weight chunks from
+ * instead of the model view: the sources' shards. */
 int pt_engine_create_ranks(pt_engine **out, const pt_model_file *mf, pt_fabric *f, int first, int tp,
-                           const pt_engine_opts *opts, bool own_kv, pt_err *err);
+                           const pt_engine_opts *opts, bool own_kv, const pt_layer_weights *const *shard_from,
+                           pt_err *err);
 
 #endif

@@ -237,14 +237,14 @@ static size_t wmat_pack(pt_wmat *out, const pt_wmat *m, uint8_t *dst) {
     return (size_t)(rb * m->rows + 63) / 64 * 64;
 }
 
-/* Lays the chunks of groups [g0, g1) and MLP chunks [c0, c1) out from base
+/* Lays the chunks of groups [g0, g1) and MLP chunks [c0, c1) of `from` out from base
  * into the tables `layers` (walked twice: with base NULL to size the shard,
  * then to fill it); returns the bytes. */
-static size_t shard_walk(const pt_weights *w, pt_layer_weights *layers, uint8_t *base, uint32_t g0, uint32_t g1,
-                         uint32_t c0, uint32_t c1) {
+static size_t shard_walk(const pt_weights *w, const pt_layer_weights *from, pt_layer_weights *layers, uint8_t *base,
+                         uint32_t g0, uint32_t g1, uint32_t c0, uint32_t c1) {
     size_t off = 0;
     for (uint32_t l = 0; l < w->cfg.n_layers; l++) {
-        const pt_layer_weights *L = &w->layers[l];
+        const pt_layer_weights *L = &from[l];
         pt_layer_weights *S = &layers[l];
         for (uint32_t g = g0; g < g1; g++) {
             off += wmat_pack(&S->q[g], &L->q[g], base ? base + off : NULL);
@@ -266,7 +266,7 @@ static uint64_t replicated_bytes(const pt_weights *w);
 uint64_t pt_shard_bytes(const pt_weights *w, uint32_t g0, uint32_t g1, uint32_t c0, uint32_t c1) {
     pt_layer_weights *layers = calloc(w->cfg.n_layers, sizeof(pt_layer_weights));
     if (!layers) return UINT64_MAX; /* out of memory sizing: as if it could not fit */
-    uint64_t n = shard_walk(w, layers, NULL, g0, g1, c0, c1) + replicated_bytes(w);
+    uint64_t n = shard_walk(w, w->layers, layers, NULL, g0, g1, c0, c1) + replicated_bytes(w);
     free(layers);
     return n;
 }
@@ -279,8 +279,9 @@ static uint64_t replicated_bytes(const pt_weights *w) {
     return b + c->n_layers * per_layer + (uint64_t)c->d_model * sizeof(float) + c->rope_dim / 2 * sizeof(float);
 }
 
-int pt_shard_build(pt_shard *s, const pt_weights *w, pt_device *dev, uint32_t g0, uint32_t g1, uint32_t c0,
-                   uint32_t c1, pt_err *err) {
+int pt_shard_build(pt_shard *s, const pt_weights *w, const pt_layer_weights *chunks_from, pt_device *dev, uint32_t g0,
+                   uint32_t g1, uint32_t c0, uint32_t c1, pt_err *err) {
+    if (!chunks_from) chunks_from = w->layers;
     memset(s, 0, sizeof(*s));
     const pt_model_config *c = &w->cfg;
     uint64_t replicated = replicated_bytes(w);
@@ -293,13 +294,13 @@ int pt_shard_build(pt_shard *s, const pt_weights *w, pt_device *dev, uint32_t g0
         pt_shard_free(s);
         return pt_err_set(err, PT_ERR_NOMEM, "out of memory for a shard's tables");
     }
-    size_t bytes = shard_walk(w, s->layers, NULL, g0, g1, c0, c1);
+    size_t bytes = shard_walk(w, chunks_from, s->layers, NULL, g0, g1, c0, c1);
     if ((rc = pt_device_alloc(dev, PT_MEM_WEIGHTS, bytes, &s->mem, "weight shard", err))) {
         pt_shard_free(s);
         return rc;
     }
     s->bytes = bytes;
-    shard_walk(w, s->layers, s->mem, g0, g1, c0, c1);
+    shard_walk(w, chunks_from, s->layers, s->mem, g0, g1, c0, c1);
     /* Replicated vectors point into the model view; chunks outside the
      * shard stay empty. */
     for (uint32_t l = 0; l < c->n_layers; l++) {

@@ -69,8 +69,11 @@ typedef struct {
     uint64_t replicated_bytes; /* charged to dev for the tensors every rank reads */
 } pt_shard;
 
-int pt_shard_build(pt_shard *s, const pt_weights *w, pt_device *dev, uint32_t g0, uint32_t g1, uint32_t c0,
-                   uint32_t c1, pt_err *err);
+/* The chunks of groups [g0, g1) and MLP chunks [c0, c1), copied from
+ * chunks_from (n_layers tables: another shard's chunks; NULL: the model
+ * view w); replicated tensors always from w. */
+int pt_shard_build(pt_shard *s, const pt_weights *w, const pt_layer_weights *chunks_from, pt_device *dev, uint32_t g0,
+                   uint32_t g1, uint32_t c0, uint32_t c1, pt_err *err);
 void pt_shard_free(pt_shard *s);
 /* What pt_shard_build charges its device: the chunks and the replicated tensors. */
 uint64_t pt_shard_bytes(const pt_weights *w, uint32_t g0, uint32_t g1, uint32_t c0, uint32_t c1);

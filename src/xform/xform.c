@@ -165,10 +165,77 @@ static int reserve_room(pt_xform *x, const pt_xform_group *dst, int n_dst, pt_er
     return PT_OK;
 }
 
-static int build_targets(pt_xform *x, const pt_xform_group *dst, int n_dst, pt_err *err) {
+/* The source rank that holds KV-head group g (mlp false) or MLP chunk g
+ * (mlp true), preferring one on device d. */
+static const pt_rank *holder(const pt_xform *x, uint32_t g, bool mlp, int d) {
+    const pt_rank *any = NULL;
+    for (int i = 0; i < x->n_src; i++)
+        for (int r = 0; r < x->src[i]->in.tp; r++) {
+            const pt_rank *k = &x->src[i]->in.ranks[r];
+            if (mlp ? g >= k->c0 && g < k->c1 : g >= k->g0 && g < k->g1) {
+                if (x->src[i]->first + r == d) return k;
+                if (!any) any = k;
+            }
+        }
+    return any;
+}
+
+static uint64_t wmat_size(const pt_wmat *m) {
+    uint64_t rb = 0;
+    pt_dtype_row_bytes(m->type, m->cols, &rb);
+    return rb * m->rows;
+}
+
+/* The layers a target rank on device d copies its chunks from: each chunk
+ * from a source rank holding it, on d when one does (a local copy), else
+ * from a peer device (counted in weight_bytes_from_peers). */
+static pt_layer_weights *peer_layers(pt_xform *x, int d, uint32_t g0, uint32_t g1, uint32_t c0, uint32_t c1) {
+    const pt_weights *w = &x->src[0]->in.w;
+    pt_layer_weights *t = malloc(w->cfg.n_layers * sizeof(*t));
+    if (!t) return NULL;
+    for (uint32_t l = 0; l < w->cfg.n_layers; l++) {
+        memset(&t[l], 0, sizeof(t[l])); /* only the chunks are read (pt_shard_build) */
+        for (uint32_t g = g0; g < g1; g++) {
+            const pt_rank *h = holder(x, g, false, d);
+            const pt_layer_weights *s = &h->shard.layers[l];
+            t[l].q[g] = s->q[g];
+            t[l].k[g] = s->k[g];
+            t[l].v[g] = s->v[g];
+            t[l].o[g] = s->o[g];
+            if (h->dev != pt_fabric_device(x->f, d))
+                x->st.weight_bytes_from_peers += wmat_size(&s->q[g]) + wmat_size(&s->k[g]) + wmat_size(&s->v[g]) +
+                                                 wmat_size(&s->o[g]);
+        }
+        for (uint32_t m = c0; m < c1; m++) {
+            const pt_rank *h = holder(x, m, true, d);
+            const pt_layer_weights *s = &h->shard.layers[l];
+            t[l].gate[m] = s->gate[m];
+            t[l].up[m] = s->up[m];
+            t[l].down[m] = s->down[m];
+            if (h->dev != pt_fabric_device(x->f, d))
+                x->st.weight_bytes_from_peers +=
+                    wmat_size(&s->gate[m]) + wmat_size(&s->up[m]) + wmat_size(&s->down[m]);
+        }
+    }
+    return t;
+}
+
+static int build_targets(pt_xform *x, const pt_xform_group *dst, int n_dst, pt_xform_weights from, pt_err *err) {
     pt_engine_opts o = x->src[0]->in.opts;
+    const pt_weights *w = &x->src[0]->in.w;
+    /* GPU shards are uploaded in their own layout: from the model file. */
+    bool peers = from == PT_XFORM_WEIGHTS_FROM_PEERS && !x->cuda;
     for (int k = 0; k < n_dst; k++) {
-        int rc = pt_engine_create_ranks(&x->dst[k], x->src[0]->mf, x->f, dst[k].first, dst[k].tp, &o, false, err);
+        pt_layer_weights *tables[PT_FABRIC_MAX_DEVICES] = {NULL};
+        int rc = PT_OK, tp = dst[k].tp;
+        for (int r = 0; peers && r < tp && !rc; r++)
+            if (!(tables[r] = peer_layers(x, dst[k].first + r, w->n_groups * r / tp, w->n_groups * (r + 1) / tp,
+                                          w->n_mlp_chunks * r / tp, w->n_mlp_chunks * (r + 1) / tp)))
+                rc = pt_err_set(err, PT_ERR_NOMEM, "out of memory planning the weights' moves");
+        if (!rc)
+            rc = pt_engine_create_ranks(&x->dst[k], x->src[0]->mf, x->f, dst[k].first, tp, &o, false,
+                                        peers ? (const pt_layer_weights *const *)tables : NULL, err);
+        for (int r = 0; r < tp; r++) free(tables[r]);
         if (rc) return rc;
         x->n_dst = k + 1;
         pt_engine *t = x->dst[k];
@@ -191,6 +258,11 @@ static int create_world(pt_xform *x, pt_err *err) {
 
 int pt_xform_create(pt_xform **out, pt_engine *const *src, int n_src, const pt_xform_group *dst, int n_dst,
                     pt_err *err) {
+    return pt_xform_create_from(out, src, n_src, dst, n_dst, PT_XFORM_WEIGHTS_DEFAULT, err);
+}
+
+int pt_xform_create_from(pt_xform **out, pt_engine *const *src, int n_src, const pt_xform_group *dst, int n_dst,
+                         pt_xform_weights from, pt_err *err) {
     *out = NULL;
     if (n_src < 1 || n_dst < 1 || n_src > PT_FABRIC_MAX_DEVICES || n_dst > PT_FABRIC_MAX_DEVICES)
         return pt_err_set(err, PT_ERR_INVALID, "a transformation needs 1 to %d sources and targets",
@@ -219,7 +291,7 @@ int pt_xform_create(pt_xform **out, pt_engine *const *src, int n_src, const pt_x
     x->st.n_src = n_src;
     x->st.n_dst = n_dst;
     if ((rc = check_targets(x, dst, n_dst, err)) || (rc = reserve_room(x, dst, n_dst, err)) ||
-        (rc = create_world(x, err)) || (rc = build_targets(x, dst, n_dst, err))) {
+        (rc = create_world(x, err)) || (rc = build_targets(x, dst, n_dst, from, err))) {
         pt_xform_free(x, NULL);
         return rc;
     }

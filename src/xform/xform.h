@@ -55,6 +55,7 @@ typedef struct {
     int n_src, n_dst;
     /* Plan. */
     uint64_t weight_bytes_new;   /* shards built for the targets */
+    uint64_t weight_bytes_from_peers; /* of them, chunks copied from a source rank on another device */
     uint64_t weight_bytes_freed; /* source shards freed after the commit */
     uint64_t kv_pages_reserved;  /* free KV pages given up to make room for the targets */
     uint64_t kv_pages_gained;    /* KV pages enabled in the memory the sources left */
@@ -79,6 +80,17 @@ typedef struct pt_xform pt_xform;
  * move pages, or the targets do not fit. */
 int pt_xform_create(pt_xform **out, pt_engine *const *src, int n_src, const pt_xform_group *dst, int n_dst,
                     pt_err *err);
+
+/* Where the targets' weight chunks come from: the sources' shards (a chunk
+ * the target's device holds already is a local copy; the rest come from
+ * peer devices), or the mmapped model file. pt_xform_create uses
+ * PT_XFORM_WEIGHTS_DEFAULT, the faster on the measurements of
+ * bench/README.md; GPUs always read the file (their shards are uploaded in
+ * the kernels' layout). */
+typedef enum { PT_XFORM_WEIGHTS_FROM_PEERS = 0, PT_XFORM_WEIGHTS_FROM_FILE } pt_xform_weights;
+#define PT_XFORM_WEIGHTS_DEFAULT PT_XFORM_WEIGHTS_FROM_PEERS
+int pt_xform_create_from(pt_xform **out, pt_engine *const *src, int n_src, const pt_xform_group *dst, int n_dst,
+                         pt_xform_weights from, pt_err *err);
 
 /* Pre-copy, stage part 1 -- at a step boundary of source `src` (its step
  * thread, or with it stopped): records the full pages of its live

@@ -147,7 +147,7 @@ static size_t layout_scratch(pt_instance *e, pt_rank *r, uint8_t *base) {
 static int rank_init(pt_instance *e, pt_rank *r, pt_err *err) {
     const pt_model_config *c = &e->w.cfg;
     const pt_engine_opts *o = &e->opts;
-    int rc = pt_shard_build(&r->shard, &e->w, r->dev, r->g0, r->g1, r->c0, r->c1, err);
+    int rc = pt_shard_build(&r->shard, &e->w, r->shard_from, r->dev, r->g0, r->g1, r->c0, r->c1, err);
     if (rc) return rc;
     r->scratch_bytes = layout_scratch(e, r, NULL);
     if ((rc = pt_device_alloc(r->dev, PT_MEM_SCRATCH, r->scratch_bytes, &r->scratch, "step buffers", err)))
