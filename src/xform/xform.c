@@ -57,9 +57,35 @@ struct pt_xform {
     uint64_t dst_pages[PT_FABRIC_MAX_DEVICES]; /* pages given to each target, for balance */
     uint32_t dst_seqs[PT_FABRIC_MAX_DEVICES];  /* sequences given to each target (at most its max_seqs) */
     pt_xform_fail fail;
-    bool committed;
+    pt_xform_state state;
     pt_xform_stats st;
 };
+
+const char *pt_xform_state_name(pt_xform_state s) {
+    static const char *const names[] = {"planned", "precopy", "committed", "failed"};
+    return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "?";
+}
+
+pt_xform_state pt_xform_get_state(const pt_xform *x) { return x->state; }
+
+static void set_state(pt_xform *x, pt_xform_state s, const char *why) {
+    pt_log(PT_LOG_DEBUG, "transformation %p: %s -> %s%s%s", (void *)x, pt_xform_state_name(x->state),
+           pt_xform_state_name(s), why ? ": " : "", why ? why : "");
+    x->state = s;
+}
+
+/* A failed stage: the error stands, and only the rollback is left. */
+static int fail(pt_xform *x, int rc, const pt_err *err) {
+    set_state(x, PT_XFORM_FAILED, err ? err->msg : NULL);
+    return rc;
+}
+
+/* Whether a stage may run now; else an error naming the state. */
+static int check_state(const pt_xform *x, const char *stage, pt_err *err) {
+    if (x->state == PT_XFORM_PLANNED || x->state == PT_XFORM_PRECOPY) return PT_OK;
+    return pt_err_set(err, PT_ERR_INVALID, "%s: the transformation is %s%s", stage, pt_xform_state_name(x->state),
+                      x->state == PT_XFORM_FAILED ? " (only the rollback is left)" : "");
+}
 
 /* ---- geometry ---- */
 
@@ -353,10 +379,7 @@ static int add_rec(pt_xform *x, const page_rec *r) {
     return PT_OK;
 }
 
-int pt_xform_snapshot(pt_xform *x, int src, uint32_t *new_pages, pt_err *err) {
-    *new_pages = 0;
-    if (x->committed || src < 0 || src >= x->n_src)
-        return pt_err_set(err, PT_ERR_INVALID, "snapshot: no source %d before the commit", src);
+static int snapshot_source(pt_xform *x, int src, uint32_t *new_pages, pt_err *err) {
     pt_engine *e = x->src[src];
     size_t P = e->in.pages_per_seq;
     for (uint32_t q = 0; q < e->in.opts.max_seqs; q++) {
@@ -404,7 +427,17 @@ int pt_xform_snapshot(pt_xform *x, int src, uint32_t *new_pages, pt_err *err) {
     return PT_OK;
 }
 
-int pt_xform_copy(pt_xform *x, pt_err *err) {
+int pt_xform_snapshot(pt_xform *x, int src, uint32_t *new_pages, pt_err *err) {
+    *new_pages = 0;
+    int rc = check_state(x, "snapshot", err);
+    if (rc) return rc;
+    if (src < 0 || src >= x->n_src) return fail(x, pt_err_set(err, PT_ERR_INVALID, "snapshot: no source %d", src), err);
+    if ((rc = snapshot_source(x, src, new_pages, err))) return fail(x, rc, err);
+    if (x->state == PT_XFORM_PLANNED) set_state(x, PT_XFORM_PRECOPY, NULL);
+    return PT_OK;
+}
+
+static int copy_recorded(pt_xform *x, pt_err *err) {
     double t0 = pt_now();
     size_t per_page = 2 * (size_t)x->pool[0]->n_layers, n = 0;
     pt_comm_transfer *t = malloc(((x->n_recs - x->n_copied) * per_page + 1) * sizeof(*t));
@@ -427,6 +460,12 @@ int pt_xform_copy(pt_xform *x, pt_err *err) {
     x->st.precopy_s += pt_now() - t0;
     x->snapshot_since_copy = false;
     return PT_OK;
+}
+
+int pt_xform_copy(pt_xform *x, pt_err *err) {
+    int rc = check_state(x, "pre-copy", err);
+    if (rc) return rc;
+    return (rc = copy_recorded(x, err)) ? fail(x, rc, err) : PT_OK;
 }
 
 bool pt_xform_precopy_done(const pt_xform *x) {
@@ -568,8 +607,7 @@ static void release_recs(pt_xform *x) {
     x->n_recs = x->n_copied = 0;
 }
 
-int pt_xform_commit(pt_xform *x, pt_xform_move *moves, size_t n, pt_err *err) {
-    if (x->committed) return pt_err_set(err, PT_ERR_INVALID, "commit: already committed");
+static int commit_moves(pt_xform *x, pt_xform_move *moves, size_t n, pt_err *err) {
     int rc = check_moves(x, moves, n, err);
     if (rc) return rc;
     double t0 = pt_now();
@@ -635,12 +673,19 @@ int pt_xform_commit(pt_xform *x, pt_xform_move *moves, size_t n, pt_err *err) {
     /* The pools now serve the targets. */
     for (int s = 0; s < x->n_src; s++)
         for (int r = 0; r < x->src[s]->in.tp; r++) x->src[s]->in.ranks[r].kv = NULL;
-    x->committed = true;
     x->st.commit_s = pt_now() - t0;
     return PT_OK;
 }
 
-bool pt_xform_committed(const pt_xform *x) { return x->committed; }
+int pt_xform_commit(pt_xform *x, pt_xform_move *moves, size_t n, pt_err *err) {
+    int rc = check_state(x, "commit", err);
+    if (rc) return rc;
+    if ((rc = commit_moves(x, moves, n, err))) return fail(x, rc, err);
+    set_state(x, PT_XFORM_COMMITTED, NULL);
+    return PT_OK;
+}
+
+bool pt_xform_committed(const pt_xform *x) { return x->state == PT_XFORM_COMMITTED; }
 
 pt_engine *pt_xform_target(const pt_xform *x, int i) { return i >= 0 && i < x->n_dst ? x->dst[i] : NULL; }
 
@@ -657,7 +702,7 @@ void pt_xform_free(pt_xform *x, pt_xform_stats *final) {
             for (uint32_t q = 0; q < x->src[s]->in.opts.max_seqs; q++) free(x->track[s][q].rec);
         free(x->track[s]);
     }
-    if (x->committed) {
+    if (x->state == PT_XFORM_COMMITTED) {
         for (int s = 0; s < x->n_src; s++) {
             for (int r = 0; r < x->src[s]->in.tp; r++)
                 x->st.weight_bytes_freed += x->src[s]->in.ranks[r].shard.bytes + x->src[s]->in.ranks[r].shard.replicated_bytes;
@@ -666,6 +711,7 @@ void pt_xform_free(pt_xform *x, pt_xform_stats *final) {
         /* The memory the sources' weights and buffers leave becomes KV pages. */
         for (int d = 0; d < x->n_dev; d++) x->st.kv_pages_gained += pt_kv_pool_grow(x->pool[d], UINT32_MAX);
     } else {
+        pt_log(PT_LOG_DEBUG, "transformation %p: %s, rolled back", (void *)x, pt_xform_state_name(x->state));
         release_recs(x);
         for (int k = 0; k < x->n_dst; k++) {
             for (int r = 0; r < x->dst[k]->in.tp; r++) x->dst[k]->in.ranks[r].kv = NULL; /* the sources' */

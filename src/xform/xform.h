@@ -72,6 +72,19 @@ typedef struct {
 
 typedef struct pt_xform pt_xform;
 
+/* The protocol's states; every call checks it, every change is logged
+ * (debug level). A failed stage leaves only the rollback (pt_xform_free):
+ * as with NCCL, a failed transfer is never retried on a half-done move. */
+typedef enum {
+    PT_XFORM_PLANNED,   /* targets built beside the sources; nothing moved */
+    PT_XFORM_PRECOPY,   /* snapshots taken: pages pinned, copied while the sources run */
+    PT_XFORM_COMMITTED, /* the targets hold every sequence and the pools */
+    PT_XFORM_FAILED,    /* a stage failed; the sources are as they were */
+} pt_xform_state;
+
+pt_xform_state pt_xform_get_state(const pt_xform *x);
+const char *pt_xform_state_name(pt_xform_state s);
+
 /* Plans the transformation of src[0..n_src) (instances over one contiguous
  * range of devices of one fabric, in device order) into instances over
  * dst[0..n_dst) (the same range, each allowed by the fabric), and builds the

@@ -377,6 +377,49 @@ static void test_memory_follows_weights(void) {
     pt_model_file_close(&mf);
 }
 
+/* The protocol's states: planned -> precopy -> committed, and a failure
+ * leaves only the rollback (no retry on a half-done move). */
+static void test_state_machine(void) {
+    pt_model_file mf;
+    pt_err err = {{0}};
+    CHECK_MSG(pt_model_file_open(&mf, MODEL, &err) == 0, "%s", err.msg);
+    pt_fabric *f = fabric_of(2, 0);
+    pt_engine *inst[2] = {engine_on(&mf, f, 0, 1), engine_on(&mf, f, 1, 1)};
+    stream st[N_STREAMS];
+    for (int i = 0; i < N_STREAMS; i++) {
+        prompt_of(&st[i], i, mf.config.vocab_size);
+        start(&st[i], inst[i % 2]);
+    }
+    pt_xform_group tp2 = {0, 2};
+    pt_xform *x = NULL;
+    uint32_t n;
+    CHECK_MSG(pt_xform_create(&x, inst, 2, &tp2, 1, &err) == 0, "%s", err.msg);
+    CHECK_EQ_INT(pt_xform_get_state(x), PT_XFORM_PLANNED);
+    CHECK(pt_xform_snapshot(x, 0, &n, &err) == 0 && n > 0);
+    CHECK_EQ_INT(pt_xform_get_state(x), PT_XFORM_PRECOPY);
+    pt_xform_fail_at(x, PT_XFORM_FAIL_PRECOPY_COMM);
+    CHECK(pt_xform_copy(x, &err) != 0);
+    CHECK_EQ_INT(pt_xform_get_state(x), PT_XFORM_FAILED);
+    CHECK(pt_xform_snapshot(x, 1, &n, &err) == PT_ERR_INVALID && strstr(err.msg, "only the rollback"));
+    pt_xform_move none[1];
+    CHECK(pt_xform_commit(x, none, 0, &err) == PT_ERR_INVALID && strstr(err.msg, "failed"));
+    CHECK(!pt_xform_committed(x));
+    pt_xform_free(x, NULL);
+    /* A commit that names the wrong sequences fails, and rolls back too. */
+    CHECK_MSG(pt_xform_create(&x, inst, 2, &tp2, 1, &err) == 0, "%s", err.msg);
+    CHECK(pt_xform_commit(x, none, 0, &err) == PT_ERR_INVALID && strstr(err.msg, "live sequences"));
+    CHECK_EQ_INT(pt_xform_get_state(x), PT_XFORM_FAILED);
+    pt_xform_free(x, NULL);
+    /* And the whole way to committed, on the same sources. */
+    pt_engine *merged[1];
+    CHECK_MSG(transform(inst, 2, &tp2, 1, st, 1, 0, PT_XFORM_FAIL_NONE, merged, NULL, &err) == 0, "%s", err.msg);
+    free_streams(st);
+    check_pools_free(merged, 1);
+    pt_engine_free(merged[0]);
+    pt_fabric_free(f);
+    pt_model_file_close(&mf);
+}
+
 /* Plans that cannot be: each refused with its reason, nothing changed. */
 static void test_plan_refused(void) {
     pt_model_file mf;
@@ -401,4 +444,4 @@ static void test_plan_refused(void) {
 }
 
 TEST_MAIN(TEST(test_merge_split_same_tokens), TEST(test_rollback_each_stage), TEST(test_request_ends_mid_move),
-          TEST(test_memory_follows_weights), TEST(test_plan_refused))
+          TEST(test_memory_follows_weights), TEST(test_state_machine), TEST(test_plan_refused))
