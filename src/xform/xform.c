@@ -151,8 +151,8 @@ static int check_targets(pt_xform *x, const pt_xform_group *dst, int n_dst, pt_e
 /* Bytes a target rank will charge device d: its shard, its step buffers
  * (as large as a source rank's, whose sizes do not depend on the TP
  * degree) and, on a target's first rank, its logits. */
-static uint64_t target_rank_bytes(const pt_xform *x, const pt_engine *src_on_d, const pt_rank *like,
-                                  uint32_t g0, uint32_t g1, uint32_t c0, uint32_t c1) {
+static uint64_t target_rank_bytes(const pt_engine *src_on_d, const pt_rank *like, uint32_t g0, uint32_t g1,
+                                  uint32_t c0, uint32_t c1) {
     return pt_shard_bytes(&src_on_d->in.w, g0, g1, c0, c1) + like->scratch_bytes + src_on_d->in.out_bytes;
 }
 
@@ -172,7 +172,7 @@ static int reserve_room(pt_xform *x, const pt_xform_group *dst, int n_dst, pt_er
                 if (d >= x->src[i]->first && d < x->src[i]->first + x->src[i]->in.tp) s = x->src[i];
             const pt_rank *like = &s->in.ranks[d - s->first];
             int tp = dst[k].tp;
-            uint64_t need = target_rank_bytes(x, s, like, w->n_groups * r / tp, w->n_groups * (r + 1) / tp,
+            uint64_t need = target_rank_bytes(s, like, w->n_groups * r / tp, w->n_groups * (r + 1) / tp,
                                               w->n_mlp_chunks * r / tp, w->n_mlp_chunks * (r + 1) / tp);
             uint64_t avail = pt_device_available(dev);
             if (avail >= need) continue;
