@@ -174,23 +174,55 @@ static int transform(pt_engine **src, int n_src, const pt_xform_group *dst, int 
 }
 
 static void free_streams(stream *st) {
-    for (int i = 0; i < N_STREAMS; i++) pt_engine_seq_free(st[i].e, st[i].seq);
+    for (int i = 0; i < N_STREAMS; i++)
+        if (st[i].e) pt_engine_seq_free(st[i].e, st[i].seq);
+}
+
+/* Two TP1 instances on two devices, and the streams: each started on them
+ * in turn unless `skip` names it (-1: none). */
+typedef struct {
+    pt_model_file mf;
+    pt_fabric *f;
+    pt_engine *inst[2];
+    stream st[N_STREAMS];
+} fixture;
+
+static bool fixture_open(fixture *x, int skip) {
+    pt_err err = {{0}};
+    memset(x, 0, sizeof(*x));
+    if (pt_model_file_open(&x->mf, MODEL, &err) != 0) {
+        CHECK_MSG(0, "%s", err.msg);
+        return false;
+    }
+    x->f = fabric_of(2, 0);
+    for (int i = 0; i < 2; i++) x->inst[i] = engine_on(&x->mf, x->f, i, 1);
+    for (int i = 0; i < N_STREAMS; i++) {
+        prompt_of(&x->st[i], i, x->mf.config.vocab_size);
+        if (i != skip) start(&x->st[i], x->inst[i % 2]);
+    }
+    return true;
+}
+
+/* Ends the streams and frees the instances that serve at the end (every
+ * page back in their pools, every byte back on the devices). */
+static void fixture_close(fixture *x, pt_engine *const *live, int n_live) {
+    free_streams(x->st);
+    check_pools_free(live, n_live);
+    for (int i = 0; i < n_live; i++) pt_engine_free(live[i]);
+    for (int d = 0; d < 2; d++)
+        for (int c = 0; c < PT_MEM_CLASS_COUNT; c++) CHECK_EQ_INT(pt_device_used(pt_fabric_device(x->f, d), c), 0);
+    pt_fabric_free(x->f);
+    pt_model_file_close(&x->mf);
 }
 
 /* [1, 1] -> [2] -> [1, 1] -> [2] mid-decode: the reference's tokens. */
 static void test_merge_split_same_tokens(void) {
-    pt_model_file mf;
+    fixture fx;
+    if (!fixture_open(&fx, -1)) return;
     pt_err err = {{0}};
-    CHECK_MSG(pt_model_file_open(&mf, MODEL, &err) == 0, "%s", err.msg);
-    stream ref[N_STREAMS], st[N_STREAMS];
-    reference(&mf, ref, 40);
-
-    pt_fabric *f = fabric_of(2, 0);
-    pt_engine *inst[2] = {engine_on(&mf, f, 0, 1), engine_on(&mf, f, 1, 1)};
-    for (int i = 0; i < N_STREAMS; i++) {
-        prompt_of(&st[i], i, mf.config.vocab_size);
-        start(&st[i], inst[i % 2]);
-    }
+    stream ref[N_STREAMS], *st = fx.st;
+    reference(&fx.mf, ref, 40);
+    pt_engine **inst = fx.inst;
     decode_all(inst, 2, st, 3);
     pt_xform_group tp2 = {0, 2}, tp1s[2] = {{0, 1}, {1, 1}};
     pt_xform_stats xs;
@@ -212,32 +244,21 @@ static void test_merge_split_same_tokens(void) {
     CHECK(xs.pages_precopied == 0 && xs.pages_at_commit > 0);
     decode_all(merged, 1, st, 2);
     check_same(st, ref, 3 + 8 + 5 + 3 + 4 + 2);
-    free_streams(st);
-    check_pools_free(merged, 1);
-    pt_engine_free(merged[0]);
-    for (int d = 0; d < 2; d++)
-        for (int c = 0; c < PT_MEM_CLASS_COUNT; c++) CHECK_EQ_INT(pt_device_used(pt_fabric_device(f, d), c), 0);
-    pt_fabric_free(f);
-    pt_model_file_close(&mf);
+    fixture_close(&fx, merged, 1);
 }
 
 /* A failure at each stage: the error names it, the sources go on with the
  * reference's tokens, and the devices hold what they held before. */
 static void test_rollback_each_stage(void) {
-    pt_model_file mf;
+    fixture fx;
+    if (!fixture_open(&fx, -1)) return;
     pt_err err = {{0}};
-    CHECK_MSG(pt_model_file_open(&mf, MODEL, &err) == 0, "%s", err.msg);
-    stream ref[N_STREAMS];
-    reference(&mf, ref, 40);
+    stream ref[N_STREAMS], *st = fx.st;
+    reference(&fx.mf, ref, 40);
     const pt_xform_fail fails[] = {PT_XFORM_FAIL_NONE, PT_XFORM_FAIL_PRECOPY_ALLOC, PT_XFORM_FAIL_PRECOPY_COMM,
                                    PT_XFORM_FAIL_COMMIT_ALLOC, PT_XFORM_FAIL_COMMIT_COMM};
-    pt_fabric *f = fabric_of(2, 0);
-    pt_engine *inst[2] = {engine_on(&mf, f, 0, 1), engine_on(&mf, f, 1, 1)};
-    stream st[N_STREAMS];
-    for (int i = 0; i < N_STREAMS; i++) {
-        prompt_of(&st[i], i, mf.config.vocab_size);
-        start(&st[i], inst[i % 2]);
-    }
+    pt_fabric *f = fx.f;
+    pt_engine **inst = fx.inst;
     decode_all(inst, 2, st, 3);
     uint64_t used[2][PT_MEM_CLASS_COUNT];
     for (int d = 0; d < 2; d++)
@@ -262,33 +283,22 @@ static void test_rollback_each_stage(void) {
         decode_all(inst, 2, st, 1);
     }
     check_same(st, ref, 3 + 5);
-    free_streams(st);
-    check_pools_free(inst, 2);
-    pt_engine_free(inst[0]);
-    pt_engine_free(inst[1]);
-    pt_fabric_free(f);
-    pt_model_file_close(&mf);
+    fixture_close(&fx, inst, 2);
 }
 
 /* A sequence that ends after its pages were pre-copied, its id reused by a
  * new request before the commit: the stale copies are dropped, the new
  * request moves whole. */
 static void test_request_ends_mid_move(void) {
-    pt_model_file mf;
+    fixture fx;
+    if (!fixture_open(&fx, 4)) return;
     pt_err err = {{0}};
-    CHECK_MSG(pt_model_file_open(&mf, MODEL, &err) == 0, "%s", err.msg);
-    stream ref[N_STREAMS];
-    reference(&mf, ref, 8);
-    pt_fabric *f = fabric_of(2, 0);
-    pt_engine *inst[2] = {engine_on(&mf, f, 0, 1), engine_on(&mf, f, 1, 1)};
-    stream st[N_STREAMS];
-    for (int i = 0; i < N_STREAMS; i++) {
-        prompt_of(&st[i], i, mf.config.vocab_size);
-        if (i != 4) start(&st[i], inst[i % 2]);
-    }
+    stream ref[N_STREAMS], *st = fx.st;
+    reference(&fx.mf, ref, 8);
+    pt_engine **inst = fx.inst;
     /* Stream 4 will take the slot of a longer, throw-away sequence. */
     stream gone;
-    prompt_of(&gone, 5, mf.config.vocab_size);
+    prompt_of(&gone, 5, fx.mf.config.vocab_size);
     start(&gone, inst[0]);
     pt_xform *x = NULL;
     pt_xform_group tp2 = {0, 2};
@@ -313,11 +323,7 @@ static void test_request_ends_mid_move(void) {
     CHECK(xs.pages_wasted > 0);
     decode_all(&merged, 1, st, 3);
     check_same(st, ref, 5);
-    free_streams(st);
-    check_pools_free(&merged, 1);
-    pt_engine_free(merged);
-    pt_fabric_free(f);
-    pt_model_file_close(&mf);
+    fixture_close(&fx, &merged, 1);
 }
 
 /* Memory follows the weights: with budgets, a merge frees half of each
@@ -380,16 +386,10 @@ static void test_memory_follows_weights(void) {
 /* The protocol's states: planned -> precopy -> committed, and a failure
  * leaves only the rollback (no retry on a half-done move). */
 static void test_state_machine(void) {
-    pt_model_file mf;
+    fixture fx;
+    if (!fixture_open(&fx, -1)) return;
     pt_err err = {{0}};
-    CHECK_MSG(pt_model_file_open(&mf, MODEL, &err) == 0, "%s", err.msg);
-    pt_fabric *f = fabric_of(2, 0);
-    pt_engine *inst[2] = {engine_on(&mf, f, 0, 1), engine_on(&mf, f, 1, 1)};
-    stream st[N_STREAMS];
-    for (int i = 0; i < N_STREAMS; i++) {
-        prompt_of(&st[i], i, mf.config.vocab_size);
-        start(&st[i], inst[i % 2]);
-    }
+    pt_engine **inst = fx.inst;
     pt_xform_group tp2 = {0, 2};
     pt_xform *x = NULL;
     uint32_t n;
@@ -412,21 +412,16 @@ static void test_state_machine(void) {
     pt_xform_free(x, NULL);
     /* And the whole way to committed, on the same sources. */
     pt_engine *merged[1];
-    CHECK_MSG(transform(inst, 2, &tp2, 1, st, 1, 0, PT_XFORM_FAIL_NONE, merged, NULL, &err) == 0, "%s", err.msg);
-    free_streams(st);
-    check_pools_free(merged, 1);
-    pt_engine_free(merged[0]);
-    pt_fabric_free(f);
-    pt_model_file_close(&mf);
+    CHECK_MSG(transform(inst, 2, &tp2, 1, fx.st, 1, 0, PT_XFORM_FAIL_NONE, merged, NULL, &err) == 0, "%s", err.msg);
+    fixture_close(&fx, merged, 1);
 }
 
 /* Plans that cannot be: each refused with its reason, nothing changed. */
 static void test_plan_refused(void) {
-    pt_model_file mf;
+    fixture fx;
+    if (!fixture_open(&fx, -1)) return;
     pt_err err = {{0}};
-    CHECK_MSG(pt_model_file_open(&mf, MODEL, &err) == 0, "%s", err.msg);
-    pt_fabric *f = fabric_of(2, 0);
-    pt_engine *inst[2] = {engine_on(&mf, f, 0, 1), engine_on(&mf, f, 1, 1)};
+    pt_engine **inst = fx.inst;
     pt_xform *x = NULL;
     pt_xform_group same[2] = {{0, 1}, {1, 1}}, short_[1] = {{0, 1}}, gap[1] = {{1, 2}};
     CHECK(pt_xform_create(&x, inst, 2, same, 2, &err) == PT_ERR_INVALID && strstr(err.msg, "nothing"));
@@ -436,11 +431,7 @@ static void test_plan_refused(void) {
     pt_xform_group tp2 = {0, 2};
     CHECK(pt_xform_create(&x, swapped, 2, &tp2, 1, &err) == PT_ERR_INVALID && strstr(err.msg, "follow"));
     CHECK(x == NULL);
-    pt_engine_free(inst[0]);
-    pt_engine_free(inst[1]);
-    for (int c = 0; c < PT_MEM_CLASS_COUNT; c++) CHECK_EQ_INT(pt_device_used(pt_fabric_device(f, 0), c), 0);
-    pt_fabric_free(f);
-    pt_model_file_close(&mf);
+    fixture_close(&fx, inst, 2);
 }
 
 TEST_MAIN(TEST(test_merge_split_same_tokens), TEST(test_rollback_each_stage), TEST(test_request_ends_mid_move),
