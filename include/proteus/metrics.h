@@ -24,6 +24,10 @@ typedef struct {
 
 typedef enum { PT_REASON_STOP, PT_REASON_LENGTH, PT_REASON_ABORT, PT_REASON_ERROR, PT_REASON_COUNT } pt_finish_class;
 
+/* Kinds of transformation operation, in pt_xform_kind's order (xform/plan.h):
+ * merge, split, reshape. */
+enum { PT_METRICS_XFORM_KINDS = 3 };
+
 typedef struct {
     pt_histogram ttft;    /* submit -> first token */
     pt_histogram itl;     /* between consecutive tokens of a request */
@@ -34,6 +38,13 @@ typedef struct {
     uint64_t finished[PT_REASON_COUNT];
     uint64_t rejected_busy; /* 429/503: queue full */
     uint64_t http_requests;
+    /* Layout changes (POST /v1/layout), counted per operation. */
+    uint64_t xforms[PT_METRICS_XFORM_KINDS][2]; /* by kind and result: [k][0] ok, [k][1] failed */
+    pt_histogram xform_pause;   /* sources parked -> targets running */
+    pt_histogram xform_precopy; /* pre-copy start -> sources parked */
+    uint64_t xform_kv_bytes;     /* KV bytes copied between devices (pre-copy and pause) */
+    uint64_t xform_weight_bytes; /* weight shard bytes built for targets */
+    bool xform_in_progress;
 } pt_metrics;
 
 /* What the server reports of its devices and instances (GET /v1/layout and
@@ -73,8 +84,8 @@ void pt_metrics_init(pt_metrics *m);
 void pt_histogram_observe(pt_histogram *h, double v);
 
 /* Renders everything plus the gauges of the layout (running and waiting in
- * all and per instance, KV pages and memory per device) as a malloc'd
- * string. */
+ * all and per instance, KV pages and memory per device, each instance's TP
+ * degree and first device) and the transformations as a malloc'd string. */
 char *pt_metrics_render(const pt_metrics *m, const pt_layout_report *r, const char *model_name);
 
 #endif

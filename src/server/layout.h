@@ -12,10 +12,30 @@
 #include <stdint.h>
 
 #include "proteus/metrics.h"
+#include "server/relayout.h"
 
-/* {"devices": [...], "instances": [...], "allowed_tp": [...]} (README.md,
- * "Layouts"); malloc'd. */
-char *pt_layout_json(const pt_layout_report *r);
+/* What GET /v1/layout shows of layout changes (POST /v1/layout). */
+typedef struct {
+    const pt_relayout_progress *running; /* NULL when none runs */
+    const pt_relayout_result *last;      /* NULL before the first one is over */
+    uint64_t runs_ok, runs_failed;       /* runs over so far */
+} pt_layout_xform_view;
+
+/* {"devices": [...], "instances": [...], "allowed_tp": [...],
+ * "transformation": {...}} (README.md, "Layouts" and "Changing the layout
+ * of a running server"); no "transformation" when x is NULL. malloc'd. */
+char *pt_layout_json(const pt_layout_report *r, const pt_layout_xform_view *x);
+
+/* The body of POST /v1/layout, {"layout": [2, 1, 1]}: the degrees into
+ * tp[0..*n) (room for PT_FABRIC_MAX_DEVICES). Fails with PT_ERR_INVALID and
+ * a reason for the client: not JSON, not an object, an unknown key, no
+ * "layout", not an array of integers, too long. Whether the layout fits
+ * the server is pt_xform_plan_make's to say. */
+int pt_layout_parse_request(const char *body, size_t len, int *tp, int *n, pt_err *err);
+
+/* The 202 answer to an accepted POST: the run's id, from, to, plan and
+ * operations, where to follow it. malloc'd. */
+char *pt_layout_accepted_json(const pt_relayout_result *run);
 
 /* "3 instances: [1] cpu0, [1] cpu1, [2] cpu2+cpu3". */
 void pt_layout_describe(const pt_layout_report *r, char *buf, size_t n);

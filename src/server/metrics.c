@@ -31,6 +31,15 @@ void pt_metrics_init(pt_metrics *m) {
               sizeof(e2e) / sizeof(e2e[0]));
     hist_init(&m->queue, "proteus_request_queue_time_seconds", "Time a request waited before admission.", e2e,
               sizeof(e2e) / sizeof(e2e[0]));
+    /* A pause is a few decode steps at most; pre-copy runs while serving. */
+    static const double pause[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0};
+    static const double precopy[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0};
+    hist_init(&m->xform_pause, "proteus_transformation_pause_seconds",
+              "Time the instances of a transformation were paused (sources parked -> targets running).", pause,
+              sizeof(pause) / sizeof(pause[0]));
+    hist_init(&m->xform_precopy, "proteus_transformation_precopy_seconds",
+              "Time a transformation pre-copied KV pages while its sources served.", precopy,
+              sizeof(precopy) / sizeof(precopy[0]));
 }
 
 void pt_histogram_observe(pt_histogram *h, double v) {
@@ -112,6 +121,34 @@ static uint64_t f_waiting(const pt_instance_report *in) { return in->waiting; }
 static uint64_t f_pages_free(const pt_instance_report *in) { return in->kv_pages_free; }
 static uint64_t f_requests(const pt_instance_report *in) { return in->requests_total; }
 
+/* Layout changes: operations by kind and result, their pauses and
+ * pre-copies, bytes moved; and the layout itself, one sample per instance
+ * named by its first device (stable across changes elsewhere). */
+static void render_transformations(sbuf *b, const pt_metrics *m, const pt_layout_report *r, const char *model) {
+    static const char *kinds[PT_METRICS_XFORM_KINDS] = {"merge", "split", "reshape"};
+    sb_printf(b, "# HELP proteus_transformations_total Transformation operations, by kind and result.\n"
+                 "# TYPE proteus_transformations_total counter\n");
+    for (int k = 0; k < PT_METRICS_XFORM_KINDS; k++)
+        for (int res = 0; res < 2; res++)
+            sb_printf(b, "proteus_transformations_total{kind=\"%s\",result=\"%s\"} %llu\n", kinds[k],
+                      res ? "failed" : "ok", (unsigned long long)m->xforms[k][res]);
+    render_hist(b, &m->xform_pause, model);
+    render_hist(b, &m->xform_precopy, model);
+    sb_printf(b, "# HELP proteus_transformation_bytes_moved_total Bytes transformations moved: KV pages copied, "
+                 "weight shards built.\n# TYPE proteus_transformation_bytes_moved_total counter\n"
+                 "proteus_transformation_bytes_moved_total{what=\"kv\"} %llu\n"
+                 "proteus_transformation_bytes_moved_total{what=\"weights\"} %llu\n",
+              (unsigned long long)m->xform_kv_bytes, (unsigned long long)m->xform_weight_bytes);
+    sb_printf(b, "# HELP proteus_transformation_in_progress 1 while a layout change runs.\n"
+                 "# TYPE proteus_transformation_in_progress gauge\nproteus_transformation_in_progress %d\n",
+              m->xform_in_progress ? 1 : 0);
+    sb_printf(b, "# HELP proteus_layout_instance_tp The current layout: each instance's TP degree.\n"
+                 "# TYPE proteus_layout_instance_tp gauge\n");
+    for (int i = 0; i < r->n_instances; i++)
+        sb_printf(b, "proteus_layout_instance_tp{instance=\"%d\",first_device=\"%d\"} %d\n", i,
+                  r->instances[i].first, r->instances[i].tp);
+}
+
 static void render_instances(sbuf *b, const pt_layout_report *r) {
     /* The layout itself: each instance's TP degree, its devices in a label. */
     sb_printf(b, "# HELP proteus_instance_tp TP degree of each instance; devices lists its ranks' devices.\n"
@@ -160,6 +197,7 @@ char *pt_metrics_render(const pt_metrics *m, const pt_layout_report *r, const ch
               model, (unsigned long long)waiting);
     render_devices(&b, r, model);
     render_instances(&b, r);
+    render_transformations(&b, m, r, model);
     sb_printf(&b, "# HELP proteus_prompt_tokens_total Prompt tokens processed.\n"
                   "# TYPE proteus_prompt_tokens_total counter\nproteus_prompt_tokens_total{model_name=\"%s\"} %llu\n",
               model, (unsigned long long)m->prompt_tokens);

@@ -9,7 +9,12 @@
  * on_batch_event, which copies them into one queue; the loop thread drains it
  * in on_async and writes SSE chunks or, at the end, one JSON body. A call
  * lives until every choice has sent its final event AND the HTTP side is done
- * (answered, or released after the client went away). */
+ * (answered, or released after the client went away).
+ *
+ * POST /v1/layout changes the layout while requests run (server/relayout.h):
+ * a worker thread builds and pre-copies, and the commit comes back to the
+ * loop thread, which puts the targets in s->inst in place of the sources and
+ * points every open choice at the instance now holding its request. */
 #define _GNU_SOURCE
 #include "proteus/serve.h"
 
@@ -31,6 +36,10 @@
 #include "proteus/openai_api.h"
 #include "proteus/tokenizer.h"
 #include "server/layout.h"
+#include "server/relayout.h"
+#include "xform/plan.h"
+
+_Static_assert(PT_XFORM_RESHAPE + 1 == PT_METRICS_XFORM_KINDS, "metrics count every transformation kind");
 
 typedef struct serve serve;
 typedef struct call call;
@@ -38,7 +47,7 @@ typedef struct call call;
 typedef struct {
     call *c;
     uint32_t index;
-    int inst;             /* the instance it was submitted to */
+    int inst;             /* the instance holding it (a transformation moves it); -1 once it finished there */
     uint64_t pages;       /* KV head pages promised to it there (prompt + max_tokens) */
     uint64_t batch_id;
     bool submitted, done;
@@ -110,8 +119,11 @@ struct serve {
     pt_model_file mf;
     pt_tokenizer *tok;
     pt_fabric *fabric;
-    instance *inst;       /* (n_inst) in device order */
+    instance *inst;       /* (n_inst) in device order; room for PT_FABRIC_MAX_DEVICES */
     int n_inst;
+    pt_batcher_opts bo;   /* every instance's batcher, the targets of a transformation too */
+    pt_relayout relayout; /* layout changes (POST /v1/layout) */
+    uint64_t relayouts_ok, relayouts_failed;
     pt_chat_template ct;
     bool have_ct;
     pt_metrics metrics;
@@ -196,7 +208,7 @@ static void call_maybe_free(call *c) {
 static void call_cancel_all(call *c) {
     for (uint32_t i = 0; i < c->n_choices; i++) {
         choice *ch = &c->choices[i];
-        if (ch->submitted && !ch->done) pt_batcher_cancel(c->s->inst[ch->inst].batcher, ch->batch_id);
+        if (ch->submitted && !ch->done && ch->inst >= 0) pt_batcher_cancel(c->s->inst[ch->inst].batcher, ch->batch_id);
     }
 }
 
@@ -319,7 +331,7 @@ static void handle_event(serve *s, event *e) {
     if (final) {
         ch->done = true;
         c->n_done++;
-        s->inst[ch->inst].pages_promised -= ch->pages;
+        if (ch->inst >= 0) s->inst[ch->inst].pages_promised -= ch->pages;
         ch->finish = oai_finish(e->finish);
         ch->prompt_tokens = e->prompt_tokens;
         ch->completion_tokens = e->completion_tokens;
@@ -700,31 +712,187 @@ static void layout_report(serve *s, pt_layout_report *r) {
 static void handle_metrics(serve *s, pt_http_request *req) {
     pt_layout_report *r = pt_xmalloc(sizeof(*r));
     layout_report(s, r);
+    pt_relayout_progress p;
+    s->metrics.xform_in_progress = pt_relayout_progress_get(&s->relayout, &p);
     char *t = pt_metrics_render(&s->metrics, r, s->model_name);
     pt_http_respond(req, 200, "text/plain; version=0.0.4", t, strlen(t), NULL);
     free(t);
     free(r);
 }
 
-/* GET: the layout. POST is where an operator will ask for another one; that
- * takes live TP transformations (DESIGN.md section 6), so it says so. */
-static void handle_layout(serve *s, pt_http_request *req, bool get, bool post) {
-    if (post) {
-        send_error(req, 501, "not_implemented_error", "layout_change_not_implemented", NULL,
-                   "changing the layout of a running server comes with live TP transformations, which are not "
-                   "implemented yet: restart the server with the layout wanted (--devices, --layout)",
-                   NULL);
-        return;
+/* ---- layout changes (server/relayout.h): the host side, loop thread ---- */
+
+static void current_layout(const serve *s, int *tp) {
+    for (int i = 0; i < s->n_inst; i++) tp[i] = s->inst[i].tp;
+}
+
+/* The index of the instance starting on `device`, or -1. */
+static int instance_at(const serve *s, int device) {
+    for (int i = 0; i < s->n_inst; i++)
+        if (s->inst[i].first == device) return i;
+    return -1;
+}
+
+static int relayout_sources(void *user, const pt_xform_op *op, pt_live_instance *src, pt_err *err) {
+    serve *s = user;
+    int a = instance_at(s, op->first_device);
+    if (a < 0 || a + op->n_src > s->n_inst)
+        return pt_err_set(err, PT_ERR_INVALID, "no instance starts on device %d any more", op->first_device);
+    for (int k = 0; k < op->n_src; k++) {
+        if (s->inst[a + k].tp != op->src_tp[k])
+            return pt_err_set(err, PT_ERR_INVALID, "the instance on device %d has TP %d, the plan expected %d",
+                              s->inst[a + k].first, s->inst[a + k].tp, op->src_tp[k]);
+        src[k] = (pt_live_instance){s->inst[a + k].engine, s->inst[a + k].batcher};
     }
-    if (!get) {
-        send_error(req, 405, "invalid_request_error", NULL, NULL, "method not allowed for this route",
-                   "Allow: GET, POST\r\n");
-        return;
+    return PT_OK;
+}
+
+/* Choice indices after instances [a, a + n_src) became [a, a + n_dst): the
+ * moved ones where the transformation put their request, the later ones
+ * shifted. A request that had finished at the source (its last event still
+ * queued for on_async) belongs to no instance any more. */
+static void remap_choices(serve *s, int a, int n_src, int n_dst, const pt_live_xform *x) {
+    for (call *c = s->calls; c; c = c->next) {
+        for (uint32_t i = 0; i < c->n_choices; i++) {
+            choice *ch = &c->choices[i];
+            if (!ch->submitted || ch->done || ch->inst < a) continue;
+            if (ch->inst >= a + n_src) {
+                ch->inst += n_dst - n_src;
+                continue;
+            }
+            int t = pt_live_xform_where(x, ch->batch_id);
+            ch->inst = t >= 0 && t < n_dst ? a + t : -1;
+            if (ch->inst >= 0) s->inst[ch->inst].pages_promised += ch->pages;
+        }
     }
+}
+
+/* The longest request any instance takes (what requests are checked against). */
+static void refresh_max_ctx(serve *s) {
+    s->max_ctx = 0;
+    for (int i = 0; i < s->n_inst; i++) {
+        uint32_t ctx = pt_batcher_max_ctx(s->inst[i].batcher);
+        if (ctx > s->max_ctx) s->max_ctx = ctx;
+    }
+}
+
+static void relayout_install(void *user, const pt_xform_op *op, const pt_live_xform *x) {
+    serve *s = user;
+    int a = instance_at(s, op->first_device); /* relayout_sources found it a moment ago */
+    int after = s->n_inst - a - op->n_src;
+    memmove(&s->inst[a + op->n_dst], &s->inst[a + op->n_src], (size_t)after * sizeof(instance));
+    for (int t = 0; t < op->n_dst; t++) {
+        pt_live_instance li = pt_live_xform_target(x, t);
+        s->inst[a + t] = (instance){.engine = li.engine, .batcher = li.batcher, .first = op->dst[t].first,
+                                    .tp = op->dst[t].tp};
+    }
+    s->n_inst += op->n_dst - op->n_src;
+    remap_choices(s, a, op->n_src, op->n_dst, x);
+    refresh_max_ctx(s); /* a merge holds longer requests, a split shorter ones */
+}
+
+/* Counts each operation tried, by kind and result; the pause where there
+ * was one (a commit, or a failed one), the pre-copy where it began. */
+static void relayout_done(void *user, const pt_relayout_result *res) {
+    serve *s = user;
+    pt_metrics *m = &s->metrics;
+    uint64_t kv = 0, weights = 0;
+    double pause = 0;
+    for (int k = 0; k < res->plan.n_ops; k++) {
+        const pt_relayout_op *o = &res->ops[k];
+        if (!o->attempted) continue;
+        m->xforms[o->kind][o->ok ? 0 : 1]++;
+        if (o->ok || o->failed_in >= PT_RELAYOUT_PRECOPY) pt_histogram_observe(&m->xform_precopy, o->st.precopy_s);
+        if (o->ok || o->failed_in == PT_RELAYOUT_COMMIT) pt_histogram_observe(&m->xform_pause, o->st.pause_s);
+        kv += o->st.xf.kv_bytes_moved;
+        weights += o->st.xf.weight_bytes_new;
+        pause += o->st.pause_s;
+    }
+    m->xform_kv_bytes += kv;
+    m->xform_weight_bytes += weights;
+    refresh_max_ctx(s); /* the targets' pools grew when the sources were freed */
+    if (res->ok) s->relayouts_ok++;
+    else s->relayouts_failed++;
     pt_layout_report *r = pt_xmalloc(sizeof(*r));
     layout_report(s, r);
-    send_json(req, 200, pt_layout_json(r));
+    char layout[512];
+    pt_layout_describe(r, layout, sizeof(layout));
     free(r);
+    if (res->ok)
+        pt_log(PT_LOG_INFO, "transformation xf-%llu done in %.3f s: %d operation%s, KV %.2f MiB and weights %.2f MiB "
+               "moved, paused %.2f ms; now %s", (unsigned long long)res->id, res->duration_s, res->plan.n_ops,
+               res->plan.n_ops == 1 ? "" : "s", kv / 1048576.0, weights / 1048576.0, pause * 1e3, layout);
+    else
+        pt_log(PT_LOG_WARN, "transformation xf-%llu failed after %.3f s: %s; now %s", (unsigned long long)res->id,
+               res->duration_s, res->reason, layout);
+}
+
+/* ---- layout routes ---- */
+
+static void handle_layout_get(serve *s, pt_http_request *req) {
+    pt_layout_report *r = pt_xmalloc(sizeof(*r));
+    layout_report(s, r);
+    pt_relayout_progress p;
+    bool running = pt_relayout_progress_get(&s->relayout, &p);
+    pt_layout_xform_view x = {running ? &p : NULL, s->relayout.last, s->relayouts_ok, s->relayouts_failed};
+    send_json(req, 200, pt_layout_json(r, &x));
+    free(r);
+}
+
+/* POST {"layout": [...]}: 400 for a body or layout the server cannot take,
+ * 409 while another change runs, else 202 with the plan; the change runs
+ * on, GET /v1/layout follows it. */
+static void handle_layout_post(serve *s, pt_http_request *req) {
+    size_t blen;
+    const char *body = pt_http_body(req, &blen);
+    int want[PT_FABRIC_MAX_DEVICES], n_want, cur[PT_FABRIC_MAX_DEVICES];
+    pt_err err = {{0}};
+    if (pt_layout_parse_request(body, blen, want, &n_want, &err)) {
+        send_error(req, 400, "invalid_request_error", "invalid_layout", "layout", err.msg, NULL);
+        return;
+    }
+    pt_relayout_progress p;
+    if (pt_relayout_progress_get(&s->relayout, &p)) {
+        char msg[1400];
+        snprintf(msg, sizeof(msg), "transformation xf-%llu (%s) is in progress (stage %s); retry once GET /v1/layout "
+                 "shows it over", (unsigned long long)p.id, p.run->summary, pt_relayout_stage_name(p.stage));
+        send_error(req, 409, "invalid_request_error", "transformation_in_progress", NULL, msg, "Retry-After: 1\r\n");
+        return;
+    }
+    current_layout(s, cur);
+    pt_xform_plan *plan = pt_xmalloc(sizeof(*plan));
+    pt_xform_plan_input in = {cur, s->n_inst, want, n_want, pt_fabric_size(s->fabric), s->cfg->plan.allowed_tp,
+                              s->cfg->plan.n_allowed, (int)s->n_kv_heads};
+    uint64_t id;
+    int rc = pt_xform_plan_make(plan, &in, &err);
+    if (rc) {
+        send_error(req, 400, "invalid_request_error", "invalid_layout", "layout", err.msg, NULL);
+    } else if ((rc = pt_relayout_start(&s->relayout, plan, cur, s->n_inst, want, n_want, &id, &err)) != 0) {
+        if (rc == PT_ERR_BUSY)
+            send_error(req, 409, "invalid_request_error", "transformation_in_progress", NULL, err.msg,
+                       "Retry-After: 1\r\n");
+        else
+            send_error(req, 500, "server_error", NULL, NULL, err.msg, NULL);
+    } else {
+        pt_relayout_progress_get(&s->relayout, &p);
+        char *json = pt_layout_accepted_json(p.run);
+        pt_http_respond(req, 202, "application/json", json, strlen(json), "Location: /v1/layout\r\n");
+        free(json);
+    }
+    free(plan);
+}
+
+static void handle_layout(serve *s, pt_http_request *req, bool get, bool post) {
+    if (post && s->shutting_down) {
+        send_error(req, 503, "server_error", NULL, NULL, "the server is shutting down", "Retry-After: 5\r\n");
+    } else if (post) {
+        handle_layout_post(s, req);
+    } else if (get) {
+        handle_layout_get(s, req);
+    } else {
+        send_error(req, 405, "invalid_request_error", NULL, NULL, "method not allowed for this route",
+                   "Allow: GET, POST\r\n");
+    }
 }
 
 static void handle_request(void *user, pt_http_request *req) {
@@ -791,6 +959,7 @@ static void handle_request(void *user, pt_http_request *req) {
 static void on_http_closed(void *arg) {
     serve *s = arg;
     s->http = NULL;
+    pt_relayout_close(&s->relayout);
     uv_close((uv_handle_t *)&s->async, NULL);
     uv_close((uv_handle_t *)&s->sigint, NULL);
     uv_close((uv_handle_t *)&s->sigterm, NULL);
@@ -824,6 +993,7 @@ static void on_signal(uv_signal_t *h, int signum) {
         return;
     }
     s->shutting_down = true;
+    pt_relayout_abort(&s->relayout); /* a layout change rolls back at its next stage */
     pt_log(PT_LOG_INFO, "signal %d: no new connections; finishing running requests (up to %.0f s)", signum,
            s->cfg->shutdown_grace_s);
     uint64_t grace_ms = (uint64_t)(s->cfg->shutdown_grace_s * 1000);
@@ -871,7 +1041,8 @@ static int open_engines(serve *s, const pt_layout_plan *p, pt_err *err) {
         return err_prefixed(err, PT_SERVE_ERR_LAYOUT, "engine.devices (%d %s device%s, engine.allowed_tp [%s]): ",
                             p->n_devices, p->devices[0].kind == PT_DEVICE_CUDA ? "cuda" : "cpu",
                             p->n_devices == 1 ? "" : "s", allowed);
-    s->inst = pt_xcalloc((size_t)p->n_instances, sizeof(instance));
+    /* Room for a layout of TP1 instances on every device: a split grows the list in place. */
+    s->inst = pt_xcalloc(PT_FABRIC_MAX_DEVICES, sizeof(instance));
     s->n_inst = p->n_instances;
     pt_engine_opts eo;
     engine_opts(s->cfg, &eo);
@@ -893,10 +1064,10 @@ static int open_engines(serve *s, const pt_layout_plan *p, pt_err *err) {
 
 /* One batching loop per instance; the limits a request is checked against. */
 static int open_batchers(serve *s, const pt_server_config *cfg, pt_err *err) {
-    pt_batcher_opts bo = {(uint32_t)cfg->max_running, (uint32_t)cfg->max_waiting, (uint32_t)cfg->max_batch_tokens,
-                          (uint32_t)cfg->prefill_chunk};
+    s->bo = (pt_batcher_opts){(uint32_t)cfg->max_running, (uint32_t)cfg->max_waiting, (uint32_t)cfg->max_batch_tokens,
+                              (uint32_t)cfg->prefill_chunk};
     for (int i = 0; i < s->n_inst; i++) {
-        int rc = pt_batcher_create(&s->inst[i].batcher, s->inst[i].engine, s->tok, &bo, err);
+        int rc = pt_batcher_create(&s->inst[i].batcher, s->inst[i].engine, s->tok, &s->bo, err);
         if (rc) return rc;
         uint32_t ctx = pt_batcher_max_ctx(s->inst[i].batcher);
         if (ctx > s->max_ctx) s->max_ctx = ctx;
@@ -904,6 +1075,34 @@ static int open_batchers(serve *s, const pt_server_config *cfg, pt_err *err) {
     s->page_size = pt_engine_get_opts(s->inst[0].engine)->page_size;
     s->n_kv_heads = pt_engine_config(s->inst[0].engine)->n_kv_heads;
     return PT_OK;
+}
+
+/* Tests: PROTEUS_XFORM_FAIL=precopy_comm|precopy_alloc|commit_alloc|commit_comm
+ * makes every transformation operation fail there (pt_live_xform_fail_at),
+ * so that the end-to-end tests see the rollback a real fault would cause. */
+static pt_xform_fail injected_failure(void) {
+    const char *v = getenv("PROTEUS_XFORM_FAIL");
+    static const struct {
+        const char *name;
+        pt_xform_fail f;
+    } names[] = {{"precopy_comm", PT_XFORM_FAIL_PRECOPY_COMM},
+                 {"precopy_alloc", PT_XFORM_FAIL_PRECOPY_ALLOC},
+                 {"commit_alloc", PT_XFORM_FAIL_COMMIT_ALLOC},
+                 {"commit_comm", PT_XFORM_FAIL_COMMIT_COMM}};
+    for (size_t i = 0; v && i < sizeof(names) / sizeof(names[0]); i++)
+        if (!strcmp(v, names[i].name)) {
+            pt_log(PT_LOG_WARN, "PROTEUS_XFORM_FAIL=%s: every transformation will fail there (testing)", v);
+            return names[i].f;
+        }
+    if (v && *v) pt_log(PT_LOG_WARN, "PROTEUS_XFORM_FAIL=%s is not a failure point; ignored", v);
+    return PT_XFORM_FAIL_NONE;
+}
+
+static int open_relayout(serve *s, pt_err *err) {
+    pt_relayout_host host = {s, relayout_sources, relayout_install, relayout_done};
+    int rc = pt_relayout_init(&s->relayout, &s->loop, &host, s->tok, &s->bo, err);
+    if (rc == PT_OK) s->relayout.inject = injected_failure();
+    return rc;
 }
 
 static int serve_open(serve *s, const pt_server_config *cfg, pt_err *err) {
@@ -931,6 +1130,12 @@ static int serve_open(serve *s, const pt_server_config *cfg, pt_err *err) {
     uv_signal_init(&s->loop, &s->sigterm);
     uv_timer_init(&s->loop, &s->grace);
     uv_timer_init(&s->loop, &s->sweep);
+    if ((rc = open_relayout(s, err))) {
+        on_http_closed(s);
+        uv_run(&s->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&s->loop);
+        return rc;
+    }
     s->sigint.data = s->sigterm.data = s->grace.data = s->sweep.data = s;
     if (cfg->request_timeout_s > 0) uv_timer_start(&s->sweep, on_sweep, 1000, 1000);
     uv_signal_start(&s->sigint, on_signal, SIGINT);
@@ -949,6 +1154,9 @@ static int serve_open(serve *s, const pt_server_config *cfg, pt_err *err) {
 }
 
 static void serve_close(serve *s) {
+    /* First the layout change a shutdown interrupted: it rolls back, and
+     * the sources it held are s->inst's again. */
+    pt_relayout_free(&s->relayout);
     for (int i = 0; i < s->n_inst; i++) pt_batcher_free(s->inst[i].batcher);
     /* Events the batcher sent while stopping. */
     for (event *e = s->ev_head; e;) {
@@ -987,8 +1195,8 @@ int pt_serve_run(const pt_server_config *cfg) {
     uv_run(&s->loop, UV_RUN_DEFAULT);
     int lc = uv_loop_close(&s->loop);
     if (lc) pt_log(PT_LOG_WARN, "loop closed with handles open: %s", uv_strerror(lc));
+    serve_close(s); /* batchers (and a rolled-back transformation) still report into s->mu while they stop */
     pthread_mutex_destroy(&s->mu);
-    serve_close(s);
     free(s);
     pt_log(PT_LOG_INFO, "stopped");
     return 0;

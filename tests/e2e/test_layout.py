@@ -6,7 +6,7 @@ Checks that GET /v1/layout shows the devices and the three instances, that
 requests are spread over the instances (requests_total in the layout and in
 /metrics), that greedy outputs for one prompt are identical whichever
 instance (TP1 or TP2) served them, that cancelling reaches the instance a
-request went to, that POST /v1/layout answers 501, and that layouts the
+request went to, that POST /v1/layout refuses a TP degree not allowed, and that layouts the
 configuration or the model refuse stop the server with exit code 2 and a
 message naming 'engine.layout'. Exits 77 when the default model or the
 openai package is missing; prints "N passed, N failed" last.
@@ -88,11 +88,12 @@ def test_layout_view(t, srv, cl):
     t.eq("layout: allowed TP", lay.get("allowed_tp"), [1, 2])
     st, _, _ = srv.request("GET", "/v1/layout", timeout=30)
     t.eq("layout: needs the API key like /v1/models", st, 401)
-    st, _, body = srv.request("POST", "/v1/layout", {"layout": [2, 2]}, headers=AUTH, timeout=30)
+    # Layout changes are tests/e2e/test_transform.py's; here only a refusal, which changes nothing.
+    st, _, body = srv.request("POST", "/v1/layout", {"layout": [4]}, headers=AUTH, timeout=30)
     err = json.loads(body).get("error", {}) if body.startswith(b"{") else {}
-    t.eq("layout: POST answers 501", st, 501)
+    t.eq("layout: POST of a TP not allowed answers 400", st, 400)
     t.check("layout: POST says why, in the OpenAI error shape",
-            "transformation" in err.get("message", "") and err.get("type") and "code" in err, body[:300])
+            "TP 4 is not allowed" in err.get("message", "") and err.get("type") and "code" in err, body[:300])
     st, h, _ = srv.request("DELETE", "/v1/layout", headers=AUTH, timeout=30)
     t.eq("layout: DELETE answers 405", (st, h.get("allow")), (405, "GET, POST"))
 

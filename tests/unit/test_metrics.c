@@ -1,6 +1,8 @@
 /* Prometheus rendering: cumulative buckets, +Inf equal to _count, _sum, and
  * the gauges of the layout: running and waiting summed over the instances
- * and per instance, KV pages and memory per device, the instances' TP. */
+ * and per instance, KV pages and memory per device, the instances' TP; the
+ * transformations by kind and result, their pauses and pre-copies, bytes
+ * moved, and the layout gauge. */
 #include <stdlib.h>
 
 #include "proteus/metrics.h"
@@ -90,4 +92,51 @@ static void test_layout_gauges(void) {
     free(t);
 }
 
-TEST_MAIN(TEST(test_histogram_render), TEST(test_layout_gauges))
+static void test_transformations(void) {
+    pt_metrics m;
+    pt_metrics_init(&m);
+    pt_layout_report r;
+    two_instances(&r);
+    char *t = pt_metrics_render(&m, &r, "smol");
+    /* Before any: every kind and result at zero, nothing in progress. */
+    CHECK(strstr(t, "# TYPE proteus_transformations_total counter\n"));
+    CHECK(strstr(t, "proteus_transformations_total{kind=\"merge\",result=\"ok\"} 0\n"));
+    CHECK(strstr(t, "proteus_transformations_total{kind=\"reshape\",result=\"failed\"} 0\n"));
+    CHECK(strstr(t, "proteus_transformation_pause_seconds_count{model_name=\"smol\"} 0\n"));
+    CHECK(strstr(t, "proteus_transformation_in_progress 0\n"));
+    free(t);
+
+    m.xforms[0][0] = 3; /* merges done */
+    m.xforms[1][1] = 1; /* a split failed */
+    pt_histogram_observe(&m.xform_pause, 0.004);
+    pt_histogram_observe(&m.xform_pause, 0.03);
+    pt_histogram_observe(&m.xform_precopy, 0.2);
+    m.xform_kv_bytes = 123456;
+    m.xform_weight_bytes = 7890123;
+    m.xform_in_progress = true;
+    t = pt_metrics_render(&m, &r, "smol");
+    CHECK(strstr(t, "proteus_transformations_total{kind=\"merge\",result=\"ok\"} 3\n"));
+    CHECK(strstr(t, "proteus_transformations_total{kind=\"merge\",result=\"failed\"} 0\n"));
+    CHECK(strstr(t, "proteus_transformations_total{kind=\"split\",result=\"failed\"} 1\n"));
+    CHECK(strstr(t, "proteus_transformations_total{kind=\"split\",result=\"ok\"} 0\n"));
+    CHECK(strstr(t, "# TYPE proteus_transformation_pause_seconds histogram\n"));
+    CHECK(strstr(t, "proteus_transformation_pause_seconds_bucket{model_name=\"smol\",le=\"0.0025\"} 0\n"));
+    CHECK(strstr(t, "proteus_transformation_pause_seconds_bucket{model_name=\"smol\",le=\"0.005\"} 1\n"));
+    CHECK(strstr(t, "proteus_transformation_pause_seconds_bucket{model_name=\"smol\",le=\"0.05\"} 2\n"));
+    CHECK(strstr(t, "proteus_transformation_pause_seconds_count{model_name=\"smol\"} 2\n"));
+    CHECK(strstr(t, "proteus_transformation_pause_seconds_sum{model_name=\"smol\"} 0.034\n"));
+    CHECK(strstr(t, "proteus_transformation_precopy_seconds_bucket{model_name=\"smol\",le=\"0.25\"} 1\n"));
+    CHECK(strstr(t, "proteus_transformation_precopy_seconds_count{model_name=\"smol\"} 1\n"));
+    CHECK(strstr(t, "# TYPE proteus_transformation_bytes_moved_total counter\n"));
+    CHECK(strstr(t, "proteus_transformation_bytes_moved_total{what=\"kv\"} 123456\n"));
+    CHECK(strstr(t, "proteus_transformation_bytes_moved_total{what=\"weights\"} 7890123\n"));
+    CHECK(strstr(t, "proteus_transformation_in_progress 1\n"));
+    /* The layout: [1] on cpu0, [2] on cpu1+cpu2. */
+    CHECK(strstr(t, "# TYPE proteus_layout_instance_tp gauge\n"));
+    CHECK(strstr(t, "proteus_layout_instance_tp{instance=\"0\",first_device=\"0\"} 1\n"));
+    CHECK(strstr(t, "proteus_layout_instance_tp{instance=\"1\",first_device=\"1\"} 2\n"));
+    CHECK(!strstr(t, "proteus_layout_instance_tp{instance=\"2\""));
+    free(t);
+}
+
+TEST_MAIN(TEST(test_histogram_render), TEST(test_layout_gauges), TEST(test_transformations))
