@@ -2,7 +2,8 @@
 """Load test of `proteus serve` (run by hand; not a ctest).
 
 usage: load_test.py [PATH/TO/proteus] [--clients 64] [--duration 60] [--max-running 16] [--max-waiting 32]
-                    [--threads N] [--devices cpu:2 --layout 1,1 --relayout "2;1,1" --relayout-every 5]
+                    [--threads N] [--devices cpu:2 --layout 1,1 --allowed-tp 1,2
+                    --relayout "2;1,1" --relayout-every 5]
 
 N client threads send, back to back, a mix of streamed and non-streamed
 /v1/completions and /v1/chat/completions with max_tokens 8..32 (ignore_eos,
@@ -173,6 +174,7 @@ def main():
     ap.add_argument("--threads", default=None)
     ap.add_argument("--devices", default=None, help="e.g. cpu:2 (CPU virtual devices)")
     ap.add_argument("--layout", default=None, help="start-up layout, e.g. 1,1")
+    ap.add_argument("--allowed-tp", default=None, help="e.g. 1,2")
     ap.add_argument("--relayout", default=None, help="layouts to cycle through, e.g. \"2;1,1\"")
     ap.add_argument("--relayout-every", type=float, default=5.0)
     a = ap.parse_args()
@@ -184,6 +186,8 @@ def main():
         args += ["--devices", a.devices]
     if a.layout:
         args += ["--layout", a.layout]
+    if a.allowed_tp:
+        args += ["--allowed-tp", a.allowed_tp]
     srv = serverlib.Server(binary, args, name="load", threads=a.threads).start()
     print("server pid %d port %d, %d clients for %.0f s, max-running %d, max-waiting %d"
           % (srv.proc.pid, srv.port, a.clients, a.duration, a.max_running, a.max_waiting), flush=True)
