@@ -50,6 +50,7 @@ struct pt_batcher {
     bool stop;
     bool paused;      /* pt_batcher_pause */
     bool parked;      /* the thread is waiting at a step boundary while paused */
+    bool stats_stale; /* pages changed under it (a transformation rolled back): refresh the snapshot */
     double parked_at; /* pt_now() when it parked */
     bool exited;      /* the thread has left its loop */
     pthread_cond_t parked_cv; /* parked changed, or a boundary job finished */
@@ -519,7 +520,7 @@ static void run_iteration(pt_batcher *b) {
 static void wait_for_work(pt_batcher *b) {
     for (;;) {
         bool idle = !b->incoming && !b->n_cancels && !b->cancel_all && b->n_running == 0 && !b->waiting;
-        if (b->stop || b->job || (!b->paused && !idle)) break;
+        if (b->stop || b->job || b->stats_stale || (!b->paused && !idle)) break;
         if (b->paused && !b->parked) {
             b->parked = true;
             b->parked_at = pt_now();
@@ -532,6 +533,7 @@ static void wait_for_work(pt_batcher *b) {
 
 static void run_job(pt_batcher *b, struct boundary_job *job) {
     job->rc = job->fn(job->arg, &job->err);
+    update_stats(b); /* the job may have taken pages */
     pthread_mutex_lock(&b->mu);
     job->done = true;
     pthread_cond_broadcast(&b->parked_cv);
@@ -545,8 +547,10 @@ static void *batcher_main(void *arg) {
         wait_for_work(b);
         struct boundary_job *job = b->job;
         b->job = NULL;
-        bool stop = b->stop;
+        bool stop = b->stop, refresh = b->stats_stale;
+        b->stats_stale = false;
         pthread_mutex_unlock(&b->mu);
+        if (refresh) update_stats(b);
         if (job) {
             run_job(b, job);
             continue;
@@ -685,7 +689,20 @@ double pt_batcher_park(pt_batcher *b) {
     return at;
 }
 
-void pt_batcher_unpark(pt_batcher *b) { pt_batcher_pause(b, false); }
+void pt_batcher_unpark(pt_batcher *b) {
+    pthread_mutex_lock(&b->mu);
+    b->paused = false;
+    b->stats_stale = true; /* a rolled-back transformation gave pages back while it stood */
+    pthread_cond_signal(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+}
+
+uint32_t pt_batcher_n_requests(pt_batcher *b) {
+    pthread_mutex_lock(&b->mu);
+    uint32_t n = b->n_incoming;
+    pthread_mutex_unlock(&b->mu);
+    return n + b->n_running + b->n_waiting;
+}
 
 uint32_t pt_batcher_running_seqs(const pt_batcher *b, int *seqs, uint32_t cap) {
     uint32_t n = 0;

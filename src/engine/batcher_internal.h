@@ -20,6 +20,8 @@ void pt_batcher_unpark(pt_batcher *b);
 /* The functions below are for parked batchers only. */
 
 uint32_t pt_batcher_n_running(const pt_batcher *b);
+/* Requests it holds: running, waiting and just submitted. */
+uint32_t pt_batcher_n_requests(pt_batcher *b);
 /* Sequence ids of the running requests (at most cap) into seqs. */
 uint32_t pt_batcher_running_seqs(const pt_batcher *b, int *seqs, uint32_t cap);
 /* Preempts the n most recently admitted running requests (their pages are

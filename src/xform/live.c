@@ -18,13 +18,12 @@ struct pt_live_xform {
     int n_src, n_dst;
     pt_xform *xf;
     bool parked, committed;
-    double t_start, t_first_park, t_precopy_end;
+    double t_precopy_start, t_first_park, t_precopy_end;
     placed *where;
     size_t n_where, cap_where;
     pt_xform_move *moves; /* (the commit's) */
     size_t n_moves;
     int cur_src;          /* the source being handed over */
-    bool where_oom;
     pt_live_xform_stats st;
 };
 
@@ -35,7 +34,6 @@ int pt_live_xform_start(pt_live_xform **out, const pt_live_instance *src, int n_
         return pt_err_set(err, PT_ERR_INVALID, "a transformation needs 1 to %d sources", PT_FABRIC_MAX_DEVICES);
     pt_live_xform *x = calloc(1, sizeof(*x));
     if (!x) return pt_err_set(err, PT_ERR_NOMEM, "out of memory starting a transformation");
-    x->t_start = pt_now();
     x->n_src = n_src;
     pt_engine *engines[PT_FABRIC_MAX_DEVICES];
     for (int i = 0; i < n_src; i++) {
@@ -86,6 +84,7 @@ static void park_sources(pt_live_xform *x) {
 
 int pt_live_xform_precopy(pt_live_xform *x, pt_err *err) {
     int rc = PT_OK;
+    x->t_precopy_start = pt_now();
     while (!rc && !pt_xform_precopy_done(x->xf)) {
         for (int i = 0; i < x->n_src && !rc; i++) {
             snapshot_job j = {x->xf, i, 0};
@@ -145,19 +144,20 @@ static void route_seq(void *arg, int seq, int *dst, int *dst_seq) {
         }
 }
 
+/* Room for every request of the sources, before anything moves: the hand
+ * over cannot fail half-way. */
+static int reserve_where(pt_live_xform *x, pt_err *err) {
+    size_t n = 0;
+    for (int i = 0; i < x->n_src; i++) n += pt_batcher_n_requests(x->src[i].batcher);
+    if (!(x->where = malloc((n + 1) * sizeof(*x->where))))
+        return pt_err_set(err, PT_ERR_NOMEM, "commit: out of memory");
+    x->cap_where = n;
+    return PT_OK;
+}
+
 static void note_moved(void *arg, uint64_t id, int dst) {
     pt_live_xform *x = arg;
-    if (x->n_where == x->cap_where) {
-        size_t cap = x->cap_where ? x->cap_where * 2 : 64;
-        placed *grown = realloc(x->where, cap * sizeof(*grown));
-        if (!grown) {
-            x->where_oom = true; /* pt_live_xform_where answers -1 for it: the caller looks in every target */
-            return;
-        }
-        x->where = grown;
-        x->cap_where = cap;
-    }
-    x->where[x->n_where++] = (placed){id, dst};
+    if (x->n_where < x->cap_where) x->where[x->n_where++] = (placed){id, dst};
     x->st.requests_moved++;
 }
 
@@ -170,6 +170,7 @@ int pt_live_xform_commit(pt_live_xform *x, pt_err *err) {
     if (!x->parked) return pt_err_set(err, PT_ERR_INVALID, "commit: the sources are not parked (run the pre-copy)");
     fit_running(x);
     int rc = gather_moves(x, err);
+    if (!rc) rc = reserve_where(x, err);
     if (!rc) rc = pt_xform_commit(x->xf, x->moves, x->n_moves, err);
     if (rc) return rc;
     x->committed = true;
@@ -206,10 +207,11 @@ void pt_live_xform_free(pt_live_xform *x, pt_live_xform_stats *final) {
         for (int k = 0; k < x->n_dst; k++) pt_batcher_free(x->dst[k].batcher);
         pt_xform_free(x->xf, &x->st.xf);
         for (int i = 0; i < x->n_src; i++) pt_batcher_unpark(x->src[i].batcher);
+        if (x->parked) x->st.pause_s = pt_now() - x->t_first_park; /* they stood until now */
     }
     if (final) {
         *final = x->st;
-        final->precopy_s = x->t_precopy_end ? x->t_precopy_end - x->t_start : 0;
+        final->precopy_s = x->t_precopy_end ? x->t_precopy_end - x->t_precopy_start : 0;
     }
     free(x->where);
     free(x->moves);
@@ -219,7 +221,7 @@ void pt_live_xform_free(pt_live_xform *x, pt_live_xform_stats *final) {
 void pt_live_xform_get_stats(const pt_live_xform *x, pt_live_xform_stats *s) {
     *s = x->st;
     s->xf = *pt_xform_get_stats(x->xf);
-    s->precopy_s = x->t_precopy_end ? x->t_precopy_end - x->t_start : 0;
+    s->precopy_s = x->t_precopy_end ? x->t_precopy_end - x->t_precopy_start : 0;
 }
 
 void pt_live_xform_fail_at(pt_live_xform *x, pt_xform_fail where) { pt_xform_fail_at(x->xf, where); }

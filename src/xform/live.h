@@ -36,7 +36,7 @@ typedef struct pt_live_xform pt_live_xform;
 
 typedef struct {
     pt_xform_stats xf;
-    double pause_s;      /* first source parked -> targets started */
+    double pause_s;      /* first source parked -> targets started (or, rolled back, sources resumed) */
     double precopy_s;    /* start of pre-copy -> every source parked */
     uint32_t requests_moved;
 } pt_live_xform_stats;
