@@ -153,7 +153,11 @@ uint32_t pt_kv_pool_grow(pt_kv_pool *kv, uint32_t n) {
     if (n > kv->n_retired) n = kv->n_retired;
     if (n > fit) n = (uint32_t)fit;
     if (n && pt_device_reserve(kv->dev, PT_MEM_KV, (uint64_t)n * kv->page_bytes, "KV pages", NULL) != PT_OK) n = 0;
-    for (uint32_t i = 0; i < n; i++) kv->free_slots[kv->n_free++] = kv->retired[--kv->n_retired];
+    /* Under the free pages already there: those were written before, and
+     * handing them out first keeps the memory actually touched small. */
+    memmove(kv->free_slots + n, kv->free_slots, (size_t)kv->n_free * sizeof(uint32_t));
+    for (uint32_t i = 0; i < n; i++) kv->free_slots[n - 1 - i] = kv->retired[--kv->n_retired];
+    kv->n_free += n;
     kv->n_enabled += n;
     pthread_mutex_unlock(&kv->mu);
     return n;

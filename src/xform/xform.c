@@ -13,6 +13,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "backend/backend.h"
 #include "device/fabric_internal.h"
@@ -708,6 +711,12 @@ void pt_xform_free(pt_xform *x, pt_xform_stats *final) {
                 x->st.weight_bytes_freed += x->src[s]->in.ranks[r].shard.bytes + x->src[s]->in.ranks[r].shard.replicated_bytes;
             pt_engine_free(x->src[s]);
         }
+#ifdef __GLIBC__
+        /* The sources' buffers below glibc's mmap threshold went back to its
+         * heap: give what is free back to the system, or a server that
+         * changes layouts all day grows by fragments. */
+        malloc_trim(0);
+#endif
         /* The memory the sources' weights and buffers leave becomes KV pages. */
         for (int d = 0; d < x->n_dev; d++) x->st.kv_pages_gained += pt_kv_pool_grow(x->pool[d], UINT32_MAX);
     } else {
