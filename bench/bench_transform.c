@@ -26,7 +26,9 @@
  *      then the commit with the sources stopped;
  *   5. live split, the same way.
  * The pause is the wall time of pt_xform_commit (the sources are stopped
- * from the end of their last step until the targets exist). The live runs
+ * from the end of their last step until the targets exist); the process's
+ * minor page faults during it are counted too (destination memory touched
+ * for the first time is a large part of a pause on a VM). The live runs
  * come last in each repetition, so they move slightly more KV than the
  * stop-the-world runs (the decode steps of 2 and 4 add tokens).
  *
@@ -46,6 +48,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "engine/engine_internal.h"
 #include "proteus/engine.h"
@@ -95,6 +98,7 @@ typedef struct {
     uint32_t size, kv_tokens;
     pt_xform_stats st;
     double build_s, precopy_s, pause_s, free_s;
+    long pause_faults;              /* minor page faults of the process during the commit */
     int precopy_steps;
     double src_step_s;              /* median lock-step of both sources during pre-copy */
     uint64_t pages_before, pages_after; /* KV pages of both devices' pools */
@@ -116,6 +120,12 @@ static double median(double *v, int n) {
     if (n == 0) return 0;
     qsort(v, (size_t)n, sizeof(double), cmp_double);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static long minor_faults(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_minflt;
 }
 
 static double maxd(const double *v, int n) {
@@ -339,9 +349,11 @@ static void transform(bench *b, bool merge, bool live, run *r) {
 
     pt_xform_move moves[MAX_SEQS];
     for (int i = 0; i < b->a->n_seqs; i++) moves[i] = (pt_xform_move){L->where[i], L->id[i], -1, -1};
+    long f0 = minor_faults();
     t0 = pt_now();
     if (pt_xform_commit(x, moves, (size_t)b->a->n_seqs, &err) != 0) die("pt_xform_commit", &err);
     r->pause_s = pt_now() - t0;
+    r->pause_faults = minor_faults() - f0;
     r->st = *pt_xform_get_stats(x);
     for (int d = 0; d < 2; d++) r->used_peak[d] = pt_device_used_total(pt_fabric_device(b->f, d));
 
@@ -416,7 +428,7 @@ static void print_run(const bench *b, const run *r) {
            "\"kv_bytes_moved\":%llu,\"pages_precopied\":%llu,\"pages_at_commit\":%llu,\"pages_in_place\":%llu,"
            "\"pages_wasted\":%llu,\"stages\":%d,\"precopy_steps\":%d,\"precopy_s\":%.6f,\"copy_s\":%.6f,"
            "\"src_step_s\":%.6f,"
-           "\"pause_s\":%.6f,\"commit_s\":%.6f,\"build_s\":%.6f,\"free_s\":%.6f,"
+           "\"pause_s\":%.6f,\"pause_minor_faults\":%ld,\"commit_s\":%.6f,\"build_s\":%.6f,\"free_s\":%.6f,"
            "\"weights_from\":\"%s\",\"weight_bytes_from_peers\":%llu,"
            "\"weight_bytes_new\":%llu,\"weight_bytes_freed\":%llu,\"kv_pages_reserved\":%llu,\"kv_pages_gained\":%llu,"
            "\"kv_pages_before\":%llu,\"kv_pages_after\":%llu,\"device_used_at_commit\":[%llu,%llu],"
@@ -426,9 +438,10 @@ static void print_run(const bench *b, const run *r) {
            r->live ? "precopy" : "stop_the_world", r->kv_tokens, (unsigned long long)s->kv_bytes_moved,
            (unsigned long long)s->pages_precopied, (unsigned long long)s->pages_at_commit,
            (unsigned long long)s->pages_in_place, (unsigned long long)s->pages_wasted, s->stages, r->precopy_steps,
-           r->precopy_s, s->precopy_s, r->src_step_s, r->pause_s, s->commit_s, r->build_s, r->free_s,
+           r->precopy_s, s->precopy_s, r->src_step_s, r->pause_s, r->pause_faults, s->commit_s, r->build_s, r->free_s,
            b->a->weights == PT_XFORM_WEIGHTS_FROM_FILE ? "file" : "peers",
-           (unsigned long long)s->weight_bytes_from_peers, (unsigned long long)s->weight_bytes_new, (unsigned long long)s->weight_bytes_freed,
+           (unsigned long long)s->weight_bytes_from_peers, (unsigned long long)s->weight_bytes_new,
+           (unsigned long long)s->weight_bytes_freed,
            (unsigned long long)s->kv_pages_reserved,
            (unsigned long long)s->kv_pages_gained, (unsigned long long)r->pages_before,
            (unsigned long long)r->pages_after, (unsigned long long)r->used_peak[0],
@@ -442,7 +455,7 @@ static void summarize(const bench *b, uint32_t size, const run *runs, int n) {
     for (int op = 0; op < 2; op++) {
         const char *name = op ? "split" : "merge";
         double live_p[64], stw_p[64], pre[64], step[64], moved[64], stages[64], psteps[64], tok[64];
-        double gained[64], reserved[64], at_commit[64], srcstep[64], copy[64];
+        double gained[64], reserved[64], at_commit[64], srcstep[64], copy[64], faults[64], stw_faults[64];
         int nl = 0, ns = 0, nt = 0;
         for (int i = 0; i < n; i++) {
             const run *r = &runs[i];
@@ -451,6 +464,7 @@ static void summarize(const bench *b, uint32_t size, const run *runs, int n) {
                 live_p[nl] = r->pause_s;
                 pre[nl] = r->precopy_s;
                 copy[nl] = r->st.precopy_s;
+                faults[nl] = (double)r->pause_faults;
                 moved[nl] = (double)r->st.kv_bytes_moved;
                 stages[nl] = r->st.stages;
                 psteps[nl] = r->precopy_steps;
@@ -461,6 +475,7 @@ static void summarize(const bench *b, uint32_t size, const run *runs, int n) {
                 reserved[nl] = (double)r->st.kv_pages_reserved;
                 nl++;
             } else {
+                stw_faults[ns] = (double)r->pause_faults;
                 stw_p[ns++] = r->pause_s;
             }
         }
@@ -476,11 +491,13 @@ static void summarize(const bench *b, uint32_t size, const run *runs, int n) {
                "\"precopy_steps_median\":%.1f,\"precopy_s_median\":%.6f,\"copy_s_median\":%.6f,"
                "\"src_step_s_median\":%.6f,"
                "\"pages_at_commit_median\":%.0f,\"pause_s_median\":%.6f,"
-               "\"pause_s_max\":%.6f,\"stw_pause_s_median\":%.6f,\"stw_pause_s_max\":%.6f,"
+               "\"pause_s_max\":%.6f,\"pause_minor_faults_median\":%.0f,\"stw_pause_s_median\":%.6f,"
+               "\"stw_pause_s_max\":%.6f,\"stw_pause_minor_faults_median\":%.0f,"
                "\"merged_step_s_median\":%.6f,\"kv_pages_reserved_median\":%.0f,\"kv_pages_gained_median\":%.0f}\n",
                b->a->model, b->a->kv == PT_DTYPE_F16 ? "f16" : "f32", size, b->a->n_seqs, name, nl, median(tok, nl),
                mb, median(stages, nl), median(psteps, nl), median(pre, nl), median(copy, nl), median(srcstep, nl),
-               median(at_commit, nl), lmed, lmax, smed, smax, tstep, median(reserved, nl), median(gained, nl));
+               median(at_commit, nl), lmed, lmax, median(faults, nl), smed, smax, median(stw_faults, ns), tstep,
+               median(reserved, nl), median(gained, nl));
         fflush(stdout);
         fprintf(stderr,
                 "%-6u %-5s %7.0f %9.1f %6.1f %6.1f %8.1f %9.1f %9.2f %9.2f %9.2f %9.2f %8.1fx %9.1f %8.0f %8.0f\n",

@@ -8,8 +8,9 @@
 #   bench/bench_transform.sh [OUT_DIR]      (default out/bench_transform)
 #
 # Environment: BUILD_DIR (default build), PROTEUS_DEFAULT_MODEL, MODELS
-# ("smollm2 llama3-8b" by default; either one alone).
-# llama3-8b needs ~20 GB of memory at its peak (the model's 4.5 GB, the
+# ("smollm2 llama3-8b" by default; either one alone), EXTRA_ARGS (appended,
+# so they win: e.g. "--sizes 256 --reps 1" for a quick check).
+# llama3-8b needs ~21 GB of memory at its peak (the model's 4.5 GB, the
 # sources' and the targets' weights side by side, ~3 GB of KV).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,8 @@ for m in $MODELS; do
     llama3-8b) args=(-m synthetic:llama3-8b --sizes 1024,4096,16384 --seqs 8 --reps 3 -t 1 --kv f16 --fill fast) ;;
     *) echo "unknown model '$m' (smollm2, llama3-8b)" >&2; exit 2 ;;
     esac
+    # shellcheck disable=SC2206
+    args+=(${EXTRA_ARGS:-})
     echo "+ $BUILD_DIR/bench_transform ${args[*]}" >&2
     "$BUILD_DIR/bench_transform" "${args[@]}" >"$OUT/$m.json" 2> >(tee "$OUT/$m.txt" >&2)
 done
