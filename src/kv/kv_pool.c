@@ -170,13 +170,18 @@ bool pt_kv_pool_shrink(pt_kv_pool *kv, uint32_t n) {
     if (ok) {
         size_t blk = pt_kv_slot_stride(kv) * kv->elem;
         long pg = sysconf(_SC_PAGESIZE);
+        /* From the bottom of the free stack: the pages freed longest ago
+         * (or never written). The top holds the ones just written, which
+         * the next allocations reuse without touching new memory. */
         for (uint32_t i = 0; i < n; i++) {
-            uint32_t slot = kv->free_slots[--kv->n_free];
+            uint32_t slot = kv->free_slots[i];
             kv->retired[kv->n_retired++] = slot;
             /* Give the written memory back when a slot's block is whole OS pages. */
             if (pg > 0 && blk % (size_t)pg == 0)
                 for (uint32_t l = 0; l < kv->n_layers; l++) madvise(pt_kv_k(kv, l, slot), blk, MADV_DONTNEED);
         }
+        kv->n_free -= n;
+        memmove(kv->free_slots, kv->free_slots + n, (size_t)kv->n_free * sizeof(uint32_t));
         kv->n_enabled -= n;
         pt_device_unreserve(kv->dev, PT_MEM_KV, (uint64_t)n * kv->page_bytes);
     }
