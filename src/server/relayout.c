@@ -342,26 +342,26 @@ void pt_relayout_abort(pt_relayout *r) {
     pthread_mutex_unlock(&r->mu);
 }
 
-void pt_relayout_close(pt_relayout *r) {
-    if (!r->inited) return;
+/* No commit can come from the loop any more: a worker waiting for one gives
+ * up and rolls back. */
+static void loop_gone(pt_relayout *r) {
     pthread_mutex_lock(&r->mu);
     r->aborting = true;
     r->loop_open = false;
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
+}
+
+void pt_relayout_close(pt_relayout *r) {
+    if (!r->inited) return;
+    loop_gone(r);
     if (r->async_open) uv_close((uv_handle_t *)&r->async, NULL);
     r->async_open = false;
 }
 
 void pt_relayout_free(pt_relayout *r) {
     if (!r->inited) return;
-    /* The loop is over (its handles closed): a worker still waiting for a
-     * commit gives up and rolls back. */
-    pthread_mutex_lock(&r->mu);
-    r->aborting = true;
-    r->loop_open = false;
-    pthread_cond_broadcast(&r->cv);
-    pthread_mutex_unlock(&r->mu);
+    loop_gone(r); /* the loop is over, its handles closed */
     if (r->thread_live) {
         pthread_join(r->thread, NULL);
         r->thread_live = false;
