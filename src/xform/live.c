@@ -218,10 +218,4 @@ void pt_live_xform_free(pt_live_xform *x, pt_live_xform_stats *final) {
     free(x);
 }
 
-void pt_live_xform_get_stats(const pt_live_xform *x, pt_live_xform_stats *s) {
-    *s = x->st;
-    s->xf = *pt_xform_get_stats(x->xf);
-    s->precopy_s = x->t_precopy_end ? x->t_precopy_end - x->t_precopy_start : 0;
-}
-
 void pt_live_xform_fail_at(pt_live_xform *x, pt_xform_fail where) { pt_xform_fail_at(x->xf, where); }

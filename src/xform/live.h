@@ -61,9 +61,6 @@ int pt_live_xform_where(const pt_live_xform *x, uint64_t id);
  * NULL. NULL is a no-op. */
 void pt_live_xform_free(pt_live_xform *x, pt_live_xform_stats *final);
 
-/* So far (GET /v1/layout while it runs). */
-void pt_live_xform_get_stats(const pt_live_xform *x, pt_live_xform_stats *s);
-
 /* Tests: see pt_xform_fail_at. */
 void pt_live_xform_fail_at(pt_live_xform *x, pt_xform_fail where);
 

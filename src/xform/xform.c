@@ -55,8 +55,8 @@ struct pt_xform {
     seq_track *track[PT_FABRIC_MAX_DEVICES]; /* per source: (max_seqs) */
     page_rec *recs;
     size_t n_recs, cap_recs, n_copied;
-    uint32_t last_new;              /* pages the last snapshot round recorded */
-    bool snapshot_since_copy;
+    uint32_t stage_new;             /* pages the snapshots of the stage under way recorded */
+    uint32_t last_new;              /* the same of the last stage copied */
     uint64_t dst_pages[PT_FABRIC_MAX_DEVICES]; /* pages given to each target, for balance */
     uint32_t dst_seqs[PT_FABRIC_MAX_DEVICES];  /* sequences given to each target (at most its max_seqs) */
     pt_xform_fail fail;
@@ -424,9 +424,7 @@ static int snapshot_source(pt_xform *x, int src, uint32_t *new_pages, pt_err *er
         x->fail = PT_XFORM_FAIL_NONE;
         return pt_err_set(err, PT_ERR_NOMEM, "pre-copy: no free KV page (injected)");
     }
-    if (!x->snapshot_since_copy) x->last_new = 0;
-    x->snapshot_since_copy = true;
-    x->last_new += *new_pages;
+    x->stage_new += *new_pages;
     return PT_OK;
 }
 
@@ -461,7 +459,8 @@ static int copy_recorded(pt_xform *x, pt_err *err) {
     x->st.kv_bytes_moved += pages * x->pool[0]->page_bytes;
     x->st.stages++;
     x->st.precopy_s += pt_now() - t0;
-    x->snapshot_since_copy = false;
+    x->last_new = x->stage_new;
+    x->stage_new = 0;
     return PT_OK;
 }
 
@@ -688,7 +687,6 @@ int pt_xform_commit(pt_xform *x, pt_xform_move *moves, size_t n, pt_err *err) {
     return PT_OK;
 }
 
-bool pt_xform_committed(const pt_xform *x) { return x->state == PT_XFORM_COMMITTED; }
 
 pt_engine *pt_xform_target(const pt_xform *x, int i) { return i >= 0 && i < x->n_dst ? x->dst[i] : NULL; }
 

@@ -136,7 +136,6 @@ typedef struct {
  * target holding the fewest pages. On failure nothing changed: the sources
  * still hold every sequence and can go on (then call pt_xform_free). */
 int pt_xform_commit(pt_xform *x, pt_xform_move *moves, size_t n, pt_err *err);
-bool pt_xform_committed(const pt_xform *x);
 
 /* Target i. It belongs to the transformation until a commit and to the
  * caller after it; before the commit the caller may read it (build a

@@ -403,7 +403,7 @@ static void test_state_machine(void) {
     CHECK(pt_xform_snapshot(x, 1, &n, &err) == PT_ERR_INVALID && strstr(err.msg, "only the rollback"));
     pt_xform_move none[1];
     CHECK(pt_xform_commit(x, none, 0, &err) == PT_ERR_INVALID && strstr(err.msg, "failed"));
-    CHECK(!pt_xform_committed(x));
+    CHECK(pt_xform_get_state(x) != PT_XFORM_COMMITTED);
     pt_xform_free(x, NULL);
     /* A commit that names the wrong sequences fails, and rolls back too. */
     CHECK_MSG(pt_xform_create(&x, inst, 2, &tp2, 1, &err) == 0, "%s", err.msg);
