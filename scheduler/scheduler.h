@@ -115,7 +115,7 @@ typedef struct {
     int instance;            /* PLACE: index into state->inst */
     int need_tp;             /* the smallest degree that serves it (0 when none) */
     pt_sched_reason reason;
-    char text[192];          /* one log line: what and why, with the numbers */
+    char text[256];          /* one log line: what and why, with the numbers */
 } pt_sched_placement;
 
 typedef enum { PT_SCHED_XFORM_NONE = 0, PT_SCHED_XFORM_MERGE, PT_SCHED_XFORM_SPLIT } pt_sched_xform_kind;
