@@ -37,6 +37,15 @@
 /* Most TP degrees engine.allowed_tp may list (what a fabric accepts). */
 #define PT_CONFIG_MAX_ALLOWED_TP 16
 
+/* scheduler.policy (DESIGN.md section 7): the configured layout never
+ * changes, or the scheduler merges and splits instances by itself. The
+ * values are pt_sched_policy's (scheduler/scheduler.h), which the server
+ * passes on; config does not depend on the scheduler. */
+typedef enum { PT_POLICY_STATIC = 0, PT_POLICY_DYNAMIC = 1 } pt_policy_conf;
+
+/* Most degrees scheduler.allowed_tp may list (what pt_sched_opts holds). */
+#define PT_CONFIG_MAX_SCHED_TP 8
+
 /* A list of small integers (engine.layout, engine.allowed_tp); n == 0 = not
  * set, the default is derived by pt_config_finalize. */
 typedef struct {
@@ -65,6 +74,10 @@ typedef struct {
     int n_instances;
     int allowed_tp[PT_CONFIG_MAX_ALLOWED_TP];
     int n_allowed;
+    bool layout_given;                      /* engine.layout was set (a dynamic server starts from it) */
+    int sched_tp[PT_CONFIG_MAX_SCHED_TP];   /* scheduler.allowed_tp resolved: ascending powers of two,
+                                               each allowed and at most n_devices */
+    int n_sched_tp;
 } pt_layout_plan;
 
 typedef struct {
@@ -101,6 +114,14 @@ typedef struct {
     int max_waiting;          /* queued requests beyond which new ones get 429, 256 */
     double request_timeout_s; /* whole-request deadline; 0 = none */
     double shutdown_grace_s;  /* on SIGTERM, time running requests get to finish, 30 */
+    int policy;               /* pt_policy_conf: PT_POLICY_STATIC (default) or PT_POLICY_DYNAMIC */
+    double slo_ttft_ms;       /* time to first token the scheduler aims for, ms; 0 = none */
+    double slo_tpot_ms;       /* time per output token, ms; 0 = none */
+    pt_int_list sched_allowed_tp; /* degrees the dynamic policy may form; unset = engine.allowed_tp
+                                     (up to the device count) */
+    double hysteresis_s;      /* a merged instance splits after nothing needed it this long, 30 */
+    char *cost_file;          /* the cost model from this file (pt_cost_load); NULL = calibrate at start-up */
+    char *save_cost;          /* NULL, or where to write the cost model in use at start-up (pt_cost_save) */
     /* http */
     size_t max_body_bytes;    /* request body limit, 8 MiB (413 beyond) */
     size_t max_header_bytes;  /* request line + headers limit, 16 KiB (431 beyond) */
@@ -136,7 +157,9 @@ int pt_config_apply_flags(pt_server_config *c, int argc, char **argv, pt_err *er
 
 /* Last step: PROTEUS_API_KEY when no API key was set, the served model name
  * when none was set, the checks that involve several keys
- * (prefill_chunk <= max_batch_tokens, threads enough for the CPU devices) and
+ * (prefill_chunk <= max_batch_tokens, threads enough for the CPU devices,
+ * scheduler.allowed_tp within engine.allowed_tp and the devices, a dynamic
+ * server's layout within scheduler.allowed_tp) and
  * c->plan: the devices and instances, refused when the layout does not cover
  * the devices, names a TP degree that is not allowed, or places an instance
  * of TP d at a device index that is not a multiple of d; an allowed degree

@@ -64,6 +64,7 @@ typedef struct {
 static const enum_name KV_DTYPES[] = {{"f32", PT_DTYPE_F32}, {"f16", PT_DTYPE_F16}, {NULL, 0}};
 static const enum_name LOG_LEVELS[] = {
     {"debug", PT_LOG_DEBUG}, {"info", PT_LOG_INFO}, {"warn", PT_LOG_WARN}, {"error", PT_LOG_ERROR}, {NULL, 0}};
+static const enum_name POLICIES[] = {{"static", PT_POLICY_STATIC}, {"dynamic", PT_POLICY_DYNAMIC}, {NULL, 0}};
 static const enum_name CHAT_TEMPLATES[] = {
     {"chatml", PT_CHAT_CHATML}, {"llama3", PT_CHAT_LLAMA3}, {"llama2", PT_CHAT_LLAMA2}, {"mistral", PT_CHAT_MISTRAL},
     {NULL, 0}};
@@ -125,6 +126,21 @@ static const cfg_key KEYS[] = {
      "0 (none)", "seconds a request may take in all", 0},
     {"scheduler.shutdown_grace_s", "--shutdown-grace", NULL, KT_NUM, OFF(shutdown_grace_s), 0, 3600, 0, NULL, NULL,
      "seconds running requests get to finish on SIGTERM", 0},
+    {"scheduler.policy", "--policy", NULL, KT_ENUM, OFF(policy), 0, 0, 0, POLICIES, NULL,
+     "static (the layout never changes) or dynamic (the scheduler merges and splits)", 0},
+    {"scheduler.slo.ttft_ms", "--slo-ttft-ms", NULL, KT_NUM, OFF(slo_ttft_ms), 0, 3600000, 0, NULL, "0 (none)",
+     "time to first token the scheduler aims for, ms", 0},
+    {"scheduler.slo.tpot_ms", "--slo-tpot-ms", NULL, KT_NUM, OFF(slo_tpot_ms), 0, 3600000, 0, NULL, "0 (none)",
+     "time per output token the scheduler aims for, ms", 0},
+    {"scheduler.allowed_tp", "--scheduler-allowed-tp", NULL, KT_INTLIST, OFF(sched_allowed_tp), 1,
+     PT_FABRIC_MAX_DEVICES, 0, NULL, "engine.allowed_tp (up to the device count)",
+     "TP degrees the dynamic policy may form, e.g. 1,2", PT_CONFIG_MAX_SCHED_TP},
+    {"scheduler.hysteresis_s", "--hysteresis", NULL, KT_NUM, OFF(hysteresis_s), 0, 86400, 0, NULL, NULL,
+     "seconds nothing may need a merged instance before it splits back", 0},
+    {"scheduler.cost_file", "--cost-file", NULL, KT_STR, OFF(cost_file), 0, 0, KF_NULLABLE, NULL,
+     "null (calibrate at start-up)", "the scheduler's cost model from this file (proteus serve --save-cost)", 0},
+    {"scheduler.save_cost", "--save-cost", NULL, KT_STR, OFF(save_cost), 0, 0, KF_NULLABLE, NULL, "null",
+     "write the cost model in use to this file at start-up (for proteus simulate --cost)", 0},
     {"http.max_body_bytes", "--max-body-bytes", NULL, KT_SIZE, OFF(max_body_bytes), 1024, 1 << 30, 0, NULL, NULL,
      "request body limit", 0},
     {"http.max_header_bytes", "--max-header-bytes", NULL, KT_SIZE, OFF(max_header_bytes), 1024, 1 << 20, 0, NULL,
@@ -177,6 +193,8 @@ void pt_server_config_default(pt_server_config *c) {
     c->max_waiting = 256;
     c->request_timeout_s = 0;
     c->shutdown_grace_s = 30;
+    c->policy = PT_POLICY_STATIC;
+    c->hysteresis_s = 30;
     c->max_body_bytes = 8u << 20;
     c->max_header_bytes = 16u << 10;
     c->idle_timeout_s = 60;
@@ -400,6 +418,9 @@ static const char *suggest_key(const char *path) {
         const char *kl = strrchr(KEYS[i].path, '.');
         if (!strcmp(kl ? kl + 1 : KEYS[i].path, leaf)) return KEYS[i].path;
     }
+    /* A key the name begins ("scheduler.slo.ttft" -> "scheduler.slo.ttft_ms"). */
+    for (size_t i = 0; i < N_KEYS; i++)
+        if (!strncmp(KEYS[i].path, path, strlen(path)) && KEYS[i].path[strlen(path)] == '_') return KEYS[i].path;
     const char *best = NULL;
     size_t best_d = 3;
     for (size_t i = 0; i < N_KEYS + N_SECTIONS; i++) {
@@ -621,6 +642,7 @@ static int apply_json_value(pt_server_config *c, const char *file, const cfg_key
     return ok ? PT_OK : json_value_error(file, k, item, err);
 }
 
+/* The key whose path is `section.name` (section NULL: a top-level key). */
 static const cfg_key *find_key(const char *section, const char *name) {
     size_t sl = section ? strlen(section) : 0;
     for (size_t i = 0; i < N_KEYS; i++) {
@@ -635,9 +657,16 @@ static const cfg_key *find_key(const char *section, const char *name) {
     return NULL;
 }
 
-static bool is_section(const char *name) {
-    for (size_t i = 0; i < N_SECTIONS; i++)
-        if (!strcmp(name, SECTIONS[i])) return true;
+/* Whether `section.name` is an object holding keys: a section ("server")
+ * or a group inside one ("scheduler.slo"). */
+static bool is_group(const char *section, const char *name) {
+    size_t sl = section ? strlen(section) : 0, nl = strlen(name);
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const char *p = KEYS[i].path;
+        if (section && (strncmp(p, section, sl) != 0 || p[sl] != '.')) continue;
+        const char *rest = section ? p + sl + 1 : p;
+        if (!strncmp(rest, name, nl) && rest[nl] == '.') return true;
+    }
     return false;
 }
 
@@ -680,30 +709,33 @@ static const char *json_kind(const cJSON *v) {
     return "an object";
 }
 
+/* The members of one object: keys, or groups of keys (sections, and
+ * objects inside them such as scheduler.slo) walked in turn. `section` is
+ * the object's path, NULL at the top level. */
+static int apply_object(pt_server_config *c, const char *file, const char *section, const cJSON *obj, pt_err *err) {
+    for (const cJSON *item = obj->child; item; item = item->next) {
+        int rc = check_duplicate(file, section, obj, item, err);
+        if (rc) return rc;
+        const cfg_key *k = find_key(section, item->string);
+        if (k) {
+            if ((rc = apply_json_value(c, file, k, item, err))) return rc;
+            continue;
+        }
+        if (!is_group(section, item->string)) return unknown_key(file, section, item->string, err);
+        char path[160];
+        key_path(path, sizeof(path), section, item->string);
+        if (!cJSON_IsObject(item))
+            return pt_err_set(err, PT_ERR_FORMAT, "%s: '%s' must be an object, got %s", file, path, json_kind(item));
+        if ((rc = apply_object(c, file, path, item, err))) return rc;
+    }
+    return PT_OK;
+}
+
 static int apply_json(pt_server_config *c, const char *file, const cJSON *root, pt_err *err) {
     if (!cJSON_IsObject(root))
         return pt_err_set(err, PT_ERR_FORMAT, "%s: the top level must be a JSON object, got %s", file,
                           json_kind(root));
-    for (const cJSON *top = root->child; top; top = top->next) {
-        int rc = check_duplicate(file, NULL, root, top, err);
-        if (rc) return rc;
-        if (is_section(top->string)) {
-            if (!cJSON_IsObject(top))
-                return pt_err_set(err, PT_ERR_FORMAT, "%s: '%s' must be an object, got %s", file, top->string,
-                                  json_kind(top));
-            for (const cJSON *item = top->child; item; item = item->next) {
-                if ((rc = check_duplicate(file, top->string, top, item, err))) return rc;
-                const cfg_key *k = find_key(top->string, item->string);
-                if (!k) return unknown_key(file, top->string, item->string, err);
-                if ((rc = apply_json_value(c, file, k, item, err))) return rc;
-            }
-        } else {
-            const cfg_key *k = find_key(NULL, top->string);
-            if (!k) return unknown_key(file, NULL, top->string, err);
-            if ((rc = apply_json_value(c, file, k, top, err))) return rc;
-        }
-    }
-    return PT_OK;
+    return apply_object(c, file, NULL, root, err);
 }
 
 static int malformed(const char *file, const char *buf, size_t len, const char *at, pt_err *err) {
@@ -1025,14 +1057,17 @@ static int plan_allowed(const pt_server_config *c, const char *src, pt_layout_pl
         memcpy(p->allowed_tp, c->allowed_tp.v, (size_t)p->n_allowed * sizeof(int));
     } else {
         p->allowed_tp[p->n_allowed++] = 1;
-        for (int i = 0; i < p->n_instances; i++) {
-            if (list_has(p->allowed_tp, p->n_allowed, p->tp[i])) continue;
+        /* The layout's degrees, then those the dynamic policy may form. */
+        int n_cand = p->n_instances + c->sched_allowed_tp.n;
+        for (int i = 0; i < n_cand; i++) {
+            int d = i < p->n_instances ? p->tp[i] : c->sched_allowed_tp.v[i - p->n_instances];
+            if (list_has(p->allowed_tp, p->n_allowed, d)) continue;
             if (p->n_allowed == PT_CONFIG_MAX_ALLOWED_TP)
-                return pt_err_set(err, PT_ERR_INVALID, "%s'engine.layout' uses more than %d TP degrees", src,
-                                  PT_CONFIG_MAX_ALLOWED_TP - 1);
+                return pt_err_set(err, PT_ERR_INVALID, "%s'engine.layout' and 'scheduler.allowed_tp' use more than %d "
+                                  "TP degrees", src, PT_CONFIG_MAX_ALLOWED_TP - 1);
             int j = p->n_allowed++;
-            for (; j > 0 && p->allowed_tp[j - 1] > p->tp[i]; j--) p->allowed_tp[j] = p->allowed_tp[j - 1];
-            p->allowed_tp[j] = p->tp[i];
+            for (; j > 0 && p->allowed_tp[j - 1] > d; j--) p->allowed_tp[j] = p->allowed_tp[j - 1];
+            p->allowed_tp[j] = d;
         }
     }
     char al[160];
@@ -1048,7 +1083,8 @@ static int plan_allowed(const pt_server_config *c, const char *src, pt_layout_pl
             return pt_err_set(err, PT_ERR_INVALID,
                               "%s'engine.allowed_tp' %s%s: TP %d does not divide the %d devices: the instances of "
                               "each allowed degree must tile the devices (--allowed-tp, --layout, --devices)",
-                              src, al, derived ? " (by default 1 and the layout's degrees)" : "", d, p->n_devices);
+                              src, al, derived ? " (by default 1, the layout's degrees and 'scheduler.allowed_tp')" : "",
+                              d, p->n_devices);
     }
     return PT_OK;
 }
@@ -1108,6 +1144,58 @@ static int check_threads(const pt_server_config *c, const char *src, const pt_la
                       src, p->n_devices, c->devices, p->n_devices, c->threads);
 }
 
+/* scheduler.allowed_tp resolved into p->sched_tp: the listed degrees (each
+ * a power of two, allowed by engine.allowed_tp and at most the device
+ * count), or the powers of two of engine.allowed_tp up to the device count. A dynamic server's own layout
+ * must be one the policy may form. */
+static int plan_scheduler(const pt_server_config *c, const char *src, pt_layout_plan *p, pt_err *err) {
+    char al[160], sl[160];
+    fmt_list(al, sizeof(al), p->allowed_tp, p->n_allowed);
+    fmt_list(sl, sizeof(sl), c->sched_allowed_tp.v, c->sched_allowed_tp.n);
+    p->n_sched_tp = 0;
+    bool listed = c->sched_allowed_tp.n > 0;
+    int n = listed ? c->sched_allowed_tp.n : p->n_allowed;
+    for (int i = 0; i < n; i++) {
+        int d = listed ? c->sched_allowed_tp.v[i] : p->allowed_tp[i];
+        if (!is_pow2(d)) {
+            if (!listed) continue; /* instances may have it (an operator's POST), the scheduler never forms it */
+            return pt_err_set(err, PT_ERR_INVALID,
+                              "%s'scheduler.allowed_tp'[%d] = %d is not a power of two: the scheduler forms TP 1, 2, "
+                              "4, ... (--scheduler-allowed-tp)",
+                              src, i, d);
+        }
+        if (listed && !list_has(p->allowed_tp, p->n_allowed, d))
+            return pt_err_set(err, PT_ERR_INVALID,
+                              "%s'scheduler.allowed_tp'[%d] = %d is not in 'engine.allowed_tp' %s: the scheduler forms "
+                              "only the groups the devices are prepared for (--scheduler-allowed-tp, --allowed-tp)",
+                              src, i, d, al);
+        if (d > p->n_devices) {
+            if (!listed) continue; /* the fabric drops it too */
+            return pt_err_set(err, PT_ERR_INVALID,
+                              "%s'scheduler.allowed_tp'[%d] = %d needs %d devices but the server has %d "
+                              "(--scheduler-allowed-tp, --devices)",
+                              src, i, d, d, p->n_devices);
+        }
+        if (list_has(p->sched_tp, p->n_sched_tp, d)) continue;
+        if (p->n_sched_tp == PT_CONFIG_MAX_SCHED_TP)
+            return pt_err_set(err, PT_ERR_INVALID, "%s'engine.allowed_tp' %s has more than %d degrees up to the %d "
+                              "devices: set 'scheduler.allowed_tp' (--scheduler-allowed-tp)",
+                              src, al, PT_CONFIG_MAX_SCHED_TP, p->n_devices);
+        int j = p->n_sched_tp++;
+        for (; j > 0 && p->sched_tp[j - 1] > d; j--) p->sched_tp[j] = p->sched_tp[j - 1];
+        p->sched_tp[j] = d;
+    }
+    if (c->policy != PT_POLICY_DYNAMIC || !p->layout_given) return PT_OK;
+    fmt_list(sl, sizeof(sl), p->sched_tp, p->n_sched_tp);
+    for (int i = 0; i < p->n_instances; i++)
+        if (!list_has(p->sched_tp, p->n_sched_tp, p->tp[i]))
+            return pt_err_set(err, PT_ERR_INVALID,
+                              "%s'engine.layout'[%d] = %d is not in 'scheduler.allowed_tp' %s: a dynamic server starts "
+                              "from a layout its policy may form (--layout, --scheduler-allowed-tp)",
+                              src, i, p->tp[i], sl);
+    return PT_OK;
+}
+
 static int plan_layout(const pt_server_config *c, const char *src, pt_layout_plan *out, pt_err *err) {
     pt_layout_plan p;
     memset(&p, 0, sizeof(p));
@@ -1123,6 +1211,8 @@ static int plan_layout(const pt_server_config *c, const char *src, pt_layout_pla
     if (!rc) rc = plan_allowed(c, src, &p, err);
     if (!rc) rc = plan_devices(c, src, kind, &p, err);
     if (!rc) rc = check_threads(c, src, &p, err);
+    p.layout_given = c->layout.n > 0;
+    if (!rc) rc = plan_scheduler(c, src, &p, err);
     if (!rc) *out = p;
     return rc;
 }
@@ -1182,14 +1272,15 @@ char *pt_config_to_json(const pt_server_config *c, bool redact) {
     for (size_t s = 0; s < N_SECTIONS; s++) cJSON_AddItemToObject(root, SECTIONS[s], cJSON_CreateObject());
     for (size_t i = 0; i < N_KEYS; i++) {
         const cfg_key *k = &KEYS[i];
-        const char *dot = strchr(k->path, '.');
+        /* "a.b.c": c in object b (made on first use) in section a. */
         cJSON *obj = root;
-        char section[32];
         const char *leaf = k->path;
-        if (dot) {
-            snprintf(section, sizeof(section), "%.*s", (int)(dot - k->path), k->path);
-            obj = cJSON_GetObjectItemCaseSensitive(root, section);
-            leaf = dot + 1;
+        for (const char *dot; (dot = strchr(leaf, '.')) != NULL; leaf = dot + 1) {
+            char group[32];
+            snprintf(group, sizeof(group), "%.*s", (int)(dot - leaf), leaf);
+            cJSON *next = cJSON_GetObjectItemCaseSensitive(obj, group);
+            if (!next) next = cJSON_AddObjectToObject(obj, group);
+            obj = next;
         }
         cJSON *v = NULL;
         switch (k->type) {

@@ -1,4 +1,4 @@
-/* Layout JSON, its log line, and the routing placeholder (layout.h). */
+/* Layout JSON and its log line (layout.h). */
 #include "server/layout.h"
 
 #include <stdio.h>
@@ -185,7 +185,34 @@ static char *print_json(cJSON *root) {
     return out;
 }
 
-char *pt_layout_json(const pt_layout_report *r, const pt_layout_xform_view *x) {
+static cJSON *sched_json(const pt_layout_sched_view *sv) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "policy", sv->dynamic ? "dynamic" : "static");
+    cJSON_AddItemToObject(o, "allowed_tp", cJSON_CreateIntArray(sv->allowed_tp, sv->n_allowed));
+    cJSON *slo = cJSON_AddObjectToObject(o, "slo");
+    if (sv->ttft_ms > 0) cJSON_AddNumberToObject(slo, "ttft_ms", sv->ttft_ms);
+    else cJSON_AddNullToObject(slo, "ttft_ms");
+    if (sv->tpot_ms > 0) cJSON_AddNumberToObject(slo, "tpot_ms", sv->tpot_ms);
+    else cJSON_AddNullToObject(slo, "tpot_ms");
+    cJSON_AddNumberToObject(o, "hysteresis_s", sv->hysteresis_s);
+    cJSON_AddStringToObject(o, "cost_model", sv->cost_source ? sv->cost_source : "");
+    cJSON_AddNumberToObject(o, "held", (double)sv->held);
+    /* {"place": {"least_loaded": 3, ...}, "merge": {...}, ...}: every reason, zeros too. */
+    cJSON *dec = cJSON_AddObjectToObject(o, "decisions");
+    for (int r = 0; r < PT_SCHED_N_REASONS; r++) {
+        const char *d = pt_sched_reason_decision((pt_sched_reason)r);
+        cJSON *g = cJSON_GetObjectItemCaseSensitive(dec, d);
+        if (!g) g = cJSON_AddObjectToObject(dec, d);
+        uint64_t v = sv->stats ? sv->stats->by_reason[r] : 0;
+        if (r == PT_SCHED_R_PREEMPT_NEWEST) v += sv->batcher_preemptions;
+        cJSON_AddNumberToObject(g, pt_sched_reason_name((pt_sched_reason)r), (double)v);
+    }
+    if (sv->last_xform && *sv->last_xform) cJSON_AddStringToObject(o, "last_transformation_decision", sv->last_xform);
+    else cJSON_AddNullToObject(o, "last_transformation_decision");
+    return o;
+}
+
+char *pt_layout_json(const pt_layout_report *r, const pt_layout_xform_view *x, const pt_layout_sched_view *sv) {
     cJSON *root = cJSON_CreateObject();
     cJSON *devs = cJSON_AddArrayToObject(root, "devices");
     for (int i = 0; i < r->n_devices; i++) cJSON_AddItemToArray(devs, device_json(&r->devices[i]));
@@ -195,6 +222,7 @@ char *pt_layout_json(const pt_layout_report *r, const pt_layout_xform_view *x) {
     for (int i = 0; i < r->n_instances; i++) layout[i] = r->instances[i].tp;
     cJSON_AddItemToObject(root, "layout", cJSON_CreateIntArray(layout, r->n_instances));
     cJSON_AddItemToObject(root, "allowed_tp", cJSON_CreateIntArray(r->allowed_tp, r->n_allowed));
+    if (sv) cJSON_AddItemToObject(root, "scheduler", sched_json(sv));
     if (x) cJSON_AddItemToObject(root, "transformation", xform_json(x));
     return print_json(root);
 }
@@ -266,32 +294,4 @@ void pt_layout_describe(const pt_layout_report *r, char *buf, size_t n) {
         for (int k = 0; k < in->tp && in->first + k < r->n_devices && len < n; k++)
             len += (size_t)snprintf(buf + len, n - len, "%s%s", k ? "+" : "", r->devices[in->first + k].name);
     }
-}
-
-uint64_t pt_route_pages(uint64_t tokens, uint32_t page_size, uint32_t n_kv_heads) {
-    if (page_size == 0) return 0;
-    return (tokens + page_size - 1) / page_size * n_kv_heads;
-}
-
-static uint64_t free_estimate(const pt_route_candidate *c) {
-    uint64_t unpromised = c->pages_total > c->pages_promised ? c->pages_total - c->pages_promised : 0;
-    return c->pages_free < unpromised ? c->pages_free : unpromised;
-}
-
-/* Whether a is a better home than b (both can take the request). */
-static bool better(const pt_route_candidate *a, const pt_route_candidate *b, uint64_t pages) {
-    bool a_holds = a->pages_total >= pages, b_holds = b->pages_total >= pages;
-    if (a_holds != b_holds) return a_holds;
-    uint64_t fa = free_estimate(a), fb = free_estimate(b);
-    if (fa != fb) return fa > fb;
-    return a->load < b->load;
-}
-
-int pt_route_pick(const pt_route_candidate *c, int n, uint64_t tokens, uint64_t pages) {
-    int best = -1;
-    for (int i = 0; i < n; i++) {
-        if (c[i].refused || tokens > c[i].max_ctx) continue;
-        if (best < 0 || better(&c[i], &c[best], pages)) best = i;
-    }
-    return best;
 }

@@ -3,9 +3,14 @@
  * The server holds one fabric of devices and one or more instances over it
  * (engine.layout), each an engine with its own batcher (its batching loop
  * and thread). A generation call (one HTTP request) fans out into n_choices
- * batcher requests (prompts x n); each choice goes to the instance
- * pt_route_pick chooses (server/layout.h) and remembers it, so that a cancel
- * reaches the right batcher. The batcher threads report events through
+ * batcher requests (prompts x n); the scheduler (scheduler/scheduler.h)
+ * places each choice: on an instance (the choice remembers it, so that a
+ * cancel reaches the right batcher), held until the layout can serve it
+ * (re-offered when a transformation ends or a request finishes), or
+ * rejected. Under the dynamic policy the scheduler is also asked, on a
+ * timer and after arrivals and finishes, whether to merge or split; its
+ * answer starts a layout change through the same machinery as POST
+ * /v1/layout (server/placement.h builds its state from the choices). The batcher threads report events through
  * on_batch_event, which copies them into one queue; the loop thread drains it
  * in on_async and writes SSE chunks or, at the end, one JSON body. A call
  * lives until every choice has sent its final event AND the HTTP side is done
@@ -35,7 +40,10 @@
 #include "proteus/model_file.h"
 #include "proteus/openai_api.h"
 #include "proteus/tokenizer.h"
+#include "scheduler/scheduler.h"
+#include "server/calibrate.h"
 #include "server/layout.h"
+#include "server/placement.h"
 #include "server/relayout.h"
 #include "xform/plan.h"
 
@@ -48,9 +56,14 @@ typedef struct {
     call *c;
     uint32_t index;
     int inst;             /* the instance holding it (a transformation moves it); -1 once it finished there */
-    uint64_t pages;       /* KV head pages promised to it there (prompt + max_tokens) */
     uint64_t batch_id;
     bool submitted, done;
+    /* What the scheduler knows of it (server/placement.h). */
+    uint64_t sched_id;    /* arrival order */
+    uint32_t n_prompt, max_tokens, generated;
+    double t_first;       /* pt_now() of its first token; < 0 before */
+    bool held;            /* waiting for a layout that can serve it; `pending` holds its request */
+    pt_gen_params *pending;
     pt_oai_finish finish;
     uint32_t prompt_tokens, completion_tokens;
     char *text;           /* non-streaming: accumulated text */
@@ -77,6 +90,8 @@ struct call {
     uint32_t n_per_prompt; /* the request's n: choices i*n .. i*n+n-1 share prompt i */
     bool failed;          /* an error was reported to the client */
     bool timed_out;       /* request_timeout_s passed */
+    uint32_t n_held;      /* choices the scheduler holds */
+    bool stream_begun;    /* streaming: the SSE headers were sent (once no choice is held) */
     double t_submit;
     uint64_t tokens_in, tokens_out;
     call *prev, *next;    /* serve's list of live calls */
@@ -104,8 +119,7 @@ typedef struct {
     pt_engine *engine;
     pt_batcher *batcher;
     int first, tp;
-    uint64_t requests_total; /* choices routed here */
-    uint64_t pages_promised; /* KV head pages the unfinished ones may need (routing) */
+    uint64_t requests_total; /* choices placed here */
 } instance;
 
 struct serve {
@@ -128,8 +142,21 @@ struct serve {
     bool have_ct;
     pt_metrics metrics;
     const char *model_name;
-    uint32_t max_ctx;     /* the longest context an instance takes */
+    uint32_t max_ctx;     /* the longest context an instance of the moment takes */
+    uint32_t ctx_limit;   /* the longest request accepted: max_ctx (static), the model's context (dynamic) */
     uint32_t page_size, n_kv_heads; /* to count the KV pages a request needs */
+    /* The scheduler (scheduler/scheduler.h) and what the server does for it. */
+    pt_layout_plan plan;  /* the devices and the starting layout (dynamic: the scheduler's, unless configured) */
+    pt_cost_model cost;
+    char cost_source[160]; /* "calibrated at start-up" or the file */
+    pt_scheduler *sched;
+    bool dynamic;
+    uv_timer_t plan_timer; /* dynamic: asks pt_sched_plan every PLAN_INTERVAL_MS */
+    pt_place_state place; /* the state handed to the scheduler, rebuilt for each question */
+    uint64_t next_sched_id;
+    size_t n_held;        /* choices held, over all calls */
+    uint64_t sched_xform_id; /* the layout change the scheduler started (xf-N), 0 when none runs */
+    char last_xform_text[256]; /* the last transformation decision, for GET /v1/layout */
     pthread_mutex_t mu;
     event *ev_head, *ev_tail;
     call *calls;
@@ -176,8 +203,53 @@ static pt_oai_finish oai_finish(pt_finish_reason f) {
 }
 
 static pt_oai_limits limits_of(serve *s) {
-    pt_oai_limits lim = {&s->model_name, 1, s->max_ctx, pt_engine_config(s->inst[0].engine)->vocab_size};
+    pt_oai_limits lim = {&s->model_name, 1, s->ctx_limit, pt_engine_config(s->inst[0].engine)->vocab_size};
     return lim;
+}
+
+/* A held choice keeps its request until the scheduler places it: a deep
+ * copy (the parsed request it pointed into is freed when the HTTP handler
+ * returns). */
+static pt_gen_params *params_copy(const pt_gen_params *p) {
+    pt_gen_params *c = pt_xcalloc(1, sizeof(*c));
+    *c = *p;
+    int32_t *prompt = pt_xmalloc((p->n_prompt ? p->n_prompt : 1) * sizeof(int32_t));
+    memcpy(prompt, p->prompt, p->n_prompt * sizeof(int32_t));
+    c->prompt = prompt;
+    c->stops = NULL;
+    c->sampling.logit_bias = NULL;
+    if (p->n_stops) {
+        char **stops = pt_xcalloc(p->n_stops, sizeof(char *));
+        for (size_t i = 0; i < p->n_stops; i++) stops[i] = pt_xstrdup(p->stops[i]);
+        c->stops = (const char *const *)stops;
+    }
+    if (p->sampling.n_logit_bias) {
+        pt_logit_bias *b = pt_xmalloc(p->sampling.n_logit_bias * sizeof(*b));
+        memcpy(b, p->sampling.logit_bias, p->sampling.n_logit_bias * sizeof(*b));
+        c->sampling.logit_bias = b;
+    }
+    return c;
+}
+
+static void params_free(pt_gen_params *c) {
+    if (!c) return;
+    free((void *)c->prompt);
+    for (size_t i = 0; i < c->n_stops; i++) free((void *)c->stops[i]);
+    free((void *)c->stops);
+    free((void *)c->sampling.logit_bias);
+    free(c);
+}
+
+/* A held choice given up (client gone, call failed, shutdown): it counts as done. */
+static void unhold(serve *s, choice *ch) {
+    if (!ch->held) return;
+    ch->held = false;
+    params_free(ch->pending);
+    ch->pending = NULL;
+    ch->done = true;
+    ch->c->n_done++;
+    ch->c->n_held--;
+    s->n_held--;
 }
 
 /* ---- call lifetime ---- */
@@ -189,6 +261,8 @@ static void call_free(call *c) {
     if (c->next) c->next->prev = c->prev;
     for (uint32_t i = 0; i < c->n_choices; i++) {
         choice *ch = &c->choices[i];
+        if (ch->held) s->n_held--;
+        params_free(ch->pending);
         free(ch->text);
         for (size_t k = 0; k < ch->n_lps; k++) free((char *)ch->lps[k].chosen.text);
         for (size_t k = 0; k < ch->n_lps * (size_t)c->top_logprobs; k++) free((char *)ch->lp_top[k].text);
@@ -205,10 +279,13 @@ static void call_maybe_free(call *c) {
     if (!c->req && c->n_done == c->n_choices) call_free(c);
 }
 
+/* Cancels every submitted choice (each reports PT_FINISH_CANCELLED) and
+ * gives up the held ones. */
 static void call_cancel_all(call *c) {
     for (uint32_t i = 0; i < c->n_choices; i++) {
         choice *ch = &c->choices[i];
         if (ch->submitted && !ch->done && ch->inst >= 0) pt_batcher_cancel(c->s->inst[ch->inst].batcher, ch->batch_id);
+        unhold(c->s, ch);
     }
 }
 
@@ -285,6 +362,14 @@ static void stream_write(call *c, char *json) {
     free(frame);
 }
 
+/* Streaming: the SSE headers go out once no choice is held (a held request
+ * can still be refused with a plain error) or with the first event. */
+static void call_begin_stream(call *c) {
+    if (!c->stream || c->stream_begun || !c->req || c->failed) return;
+    pt_http_stream_begin(c->req, 200, "text/event-stream", "Cache-Control: no-cache\r\n");
+    c->stream_begun = true;
+}
+
 /* All choices done: the usage chunk, [DONE], or the whole JSON body. */
 static void call_complete(call *c) {
     pt_oai_usage u = {0, 0};
@@ -296,6 +381,7 @@ static void call_complete(call *c) {
     if (!c->req) return;
     set_log_extra(c);
     if (c->stream) {
+        call_begin_stream(c);
         if (c->include_usage && !c->failed) stream_write(c, pt_oai_usage_chunk_json(&meta, c->kind, &u));
         pt_http_stream_write(c->req, PT_OAI_SSE_DONE, strlen(PT_OAI_SSE_DONE));
         pt_http_stream_end(c->req);
@@ -322,6 +408,8 @@ static void handle_event(serve *s, event *e) {
     double now = pt_now();
     bool final = e->finish != PT_FINISH_NONE;
     if (e->token >= 0) {
+        ch->generated++;
+        if (ch->t_first < 0) ch->t_first = now;
         if (ch->t_last == 0) pt_histogram_observe(&s->metrics.ttft, now - c->t_submit);
         else pt_histogram_observe(&s->metrics.itl, now - ch->t_last);
         ch->t_last = now;
@@ -331,7 +419,6 @@ static void handle_event(serve *s, event *e) {
     if (final) {
         ch->done = true;
         c->n_done++;
-        if (ch->inst >= 0) s->inst[ch->inst].pages_promised -= ch->pages;
         ch->finish = oai_finish(e->finish);
         ch->prompt_tokens = e->prompt_tokens;
         ch->completion_tokens = e->completion_tokens;
@@ -350,7 +437,7 @@ static void handle_event(serve *s, event *e) {
         const char *msg = e->finish == PT_FINISH_ERROR ? (e->error ? e->error : "generation failed")
                           : c->timed_out ? "the request exceeded the server's request timeout"
                                          : "the request was cancelled: the server is shutting down";
-        if (c->stream) {
+        if (c->stream_begun) {
             pt_oai_error err;
             pt_oai_error_set(&err, 500, "server_error", NULL, NULL, "%s", msg);
             stream_write(c, pt_oai_error_json(&err));
@@ -364,6 +451,7 @@ static void handle_event(serve *s, event *e) {
         pt_oai_lp_entry top[PT_LOGPROBS_MAX];
         bool has_lp = c->logprobs && e->token >= 0;
         if (c->stream) {
+            call_begin_stream(c);
             if (e->text_len || final || has_lp || !ch->sent_role) {
                 if (has_lp) fill_lp(s, e, c->top_logprobs, &lp, top);
                 pt_oai_choice oc = {.index = ch->index, .text = e->text ? e->text : "", .len = e->text_len,
@@ -409,65 +497,290 @@ static void handle_event(serve *s, event *e) {
     call_maybe_free(c);
 }
 
+static void sched_after_change(serve *s);
+
 static void on_async(uv_async_t *h) {
     serve *s = h->data;
     pthread_mutex_lock(&s->mu);
     event *e = s->ev_head;
     s->ev_head = s->ev_tail = NULL;
     pthread_mutex_unlock(&s->mu);
+    bool finished = false;
     while (e) {
         event *next = e->next;
+        finished |= e->finish != PT_FINISH_NONE;
         handle_event(s, e);
         free(e->text);
         free(e->error);
         free(e);
         e = next;
     }
+    /* Pages came free: a held request may fit now, a merged instance may be idle. */
+    if (finished) sched_after_change(s);
 }
 
 /* ---- generation requests ---- */
 
-/* What routing sees of instance i: its batcher's last snapshot (KV pages of
- * up to 8 ranks, load) and the pages promised to what was routed since. */
-static void route_candidate(serve *s, int i, pt_route_candidate *c) {
-    pt_batcher_stats st;
-    pt_batcher_get_stats(s->inst[i].batcher, &st);
-    *c = (pt_route_candidate){.max_ctx = pt_batcher_max_ctx(s->inst[i].batcher),
-                              .pages_promised = s->inst[i].pages_promised,
-                              .load = st.running + st.waiting};
-    for (int r = 0; r < st.n_ranks && r < PT_BATCHER_MAX_RANKS; r++) {
-        c->pages_total += st.kv_pages_total[r];
-        c->pages_free += st.kv_pages_free[r];
+/* ---- the scheduler: placement ---- */
+
+/* pt_sched_place refused the request (the placement's text says why). */
+enum { ERR_REJECTED = -41 };
+
+/* How often a dynamic server asks the scheduler whether to merge or split
+ * (besides after arrivals it holds and after requests finish). */
+#define PLAN_INTERVAL_MS 100
+
+static pt_place_req place_req_of(const choice *ch) {
+    return (pt_place_req){ch->sched_id, ch->held ? -1 : ch->inst, ch->n_prompt, ch->max_tokens,
+                          ch->generated, ch->c->t_submit, ch->t_first};
+}
+
+/* Whether the layout change in flight transforms instance `in`. */
+static bool xform_touches(const pt_relayout_progress *p, const instance *in) {
+    for (int k = 0; k < p->run->plan.n_ops; k++) {
+        const pt_xform_op *op = &p->run->plan.ops[k];
+        if (in->first < op->first_device + op->n_devices && op->first_device < in->first + in->tp) return true;
+    }
+    return false;
+}
+
+/* The scheduler's state (server/placement.h) from every instance's batcher
+ * snapshot and every open choice; `offered` is the choice being placed
+ * (not also listed as held). Valid until the next call. */
+static const pt_sched_state *sched_state(serve *s, uint64_t offered) {
+    pt_relayout_progress prog;
+    bool busy = pt_relayout_progress_get(&s->relayout, &prog);
+    pt_place_inst in[PT_FABRIC_MAX_DEVICES];
+    for (int i = 0; i < s->n_inst; i++) {
+        pt_batcher_stats st;
+        pt_batcher_get_stats(s->inst[i].batcher, &st);
+        pt_place_inst *pi = &in[i];
+        *pi = (pt_place_inst){.first = s->inst[i].first, .tp = s->inst[i].tp, .max_seqs = s->bo.max_running,
+                              .seq_capacity = pt_batcher_max_ctx(s->inst[i].batcher),
+                              .max_ctx = pt_engine_get_opts(s->inst[i].engine)->max_ctx, .running = st.running,
+                              .transforming = busy && xform_touches(&prog, &s->inst[i])};
+        for (int r = 0; r < st.n_ranks && r < PT_BATCHER_MAX_RANKS; r++) {
+            pi->pages_total += st.kv_pages_total[r];
+            pi->pages_free += st.kv_pages_free[r];
+        }
+    }
+    size_t n = 0, cap = 64;
+    pt_place_req *reqs = pt_xmalloc(cap * sizeof(*reqs));
+    for (call *c = s->calls; c; c = c->next)
+        for (uint32_t i = 0; i < c->n_choices; i++) {
+            const choice *ch = &c->choices[i];
+            if (!ch->held && !(ch->submitted && !ch->done && ch->inst >= 0)) continue;
+            if (n == cap) {
+                cap *= 2;
+                pt_place_req *grown = realloc(reqs, cap * sizeof(*reqs));
+                if (!grown) abort();
+                reqs = grown;
+            }
+            reqs[n++] = place_req_of(ch);
+        }
+    pt_place_build(&s->place, pt_now(), pt_fabric_size(s->fabric), in, s->n_inst, reqs, n, s->page_size,
+                   s->n_kv_heads, busy, offered);
+    free(reqs);
+    return &s->place.st;
+}
+
+static void log_placement(const pt_sched_placement *pl) {
+    pt_log(PT_LOG_DEBUG, "scheduler: %s [%s/%s]", pl->text, pt_sched_reason_decision(pl->reason),
+           pt_sched_reason_name(pl->reason));
+}
+
+static int submit_to(serve *s, choice *ch, int i, const pt_gen_params *p, pt_err *err) {
+    int rc = pt_batcher_submit(s->inst[i].batcher, p, &ch->batch_id, err);
+    if (rc) return rc;
+    ch->submitted = true;
+    ch->inst = i;
+    s->inst[i].requests_total++;
+    return PT_OK;
+}
+
+/* Asks the scheduler where one choice goes and acts on it: submitted to an
+ * instance, held (its request copied), or refused: ERR_REJECTED (err says
+ * why, *why names the reason) or the batcher's refusal (PT_ERR_BUSY when
+ * the instance's queue is full). */
+static int place_choice(serve *s, choice *ch, const pt_gen_params *p, pt_sched_reason *why, pt_err *err) {
+    const pt_sched_state *st = sched_state(s, ch->sched_id);
+    pt_place_req me = place_req_of(ch);
+    pt_sched_req r = pt_place_sched_req(&me);
+    pt_sched_placement pl;
+    pt_sched_place(s->sched, st, &r, &pl);
+    log_placement(&pl);
+    *why = pl.reason;
+    switch (pl.kind) {
+    case PT_SCHED_PLACE:
+        if (pl.instance < 0 || pl.instance >= s->n_inst)
+            return pt_err_set(err, PT_ERR_INVALID, "the scheduler placed the request on instance %d of %d",
+                              pl.instance, s->n_inst);
+        return submit_to(s, ch, pl.instance, p, err);
+    case PT_SCHED_HOLD:
+        ch->held = true;
+        ch->pending = params_copy(p);
+        ch->c->n_held++;
+        s->n_held++;
+        return PT_OK;
+    case PT_SCHED_REJECT:
+    default:
+        pt_err_set(err, ERR_REJECTED, "the scheduler cannot serve this request (%s): %s",
+                   pt_sched_reason_name(pl.reason), pl.text);
+        return ERR_REJECTED;
     }
 }
 
-/* Routes one choice and queues it on that instance. An instance whose queue
- * is full is passed over for the next best: PT_ERR_BUSY only when every
- * instance that could take it refused. */
-static int submit_choice(serve *s, choice *ch, const pt_gen_params *p, pt_err *err) {
-    uint64_t tokens = (uint64_t)p->n_prompt + p->max_tokens;
-    uint64_t pages = pt_route_pages(tokens, s->page_size, s->n_kv_heads);
-    pt_route_candidate cand[PT_FABRIC_MAX_DEVICES];
-    for (int i = 0; i < s->n_inst; i++) route_candidate(s, i, &cand[i]);
-    bool refused = false;
-    int i;
-    while ((i = pt_route_pick(cand, s->n_inst, tokens, pages)) >= 0) {
-        int rc = pt_batcher_submit(s->inst[i].batcher, p, &ch->batch_id, err);
-        if (rc == PT_ERR_BUSY) {
-            cand[i].refused = refused = true;
-            continue;
+/* Ends a call with an error now: the client gets it (a plain error, or an
+ * error chunk once the stream began), its choices are cancelled or given
+ * up. The call may be freed. */
+static void call_fail(call *c, int status, const char *type, const char *code, const char *msg) {
+    if (c->req && !c->failed) {
+        c->failed = true;
+        if (c->stream_begun) {
+            pt_oai_error e;
+            pt_oai_error_set(&e, status, type, code, NULL, "%s", msg);
+            stream_write(c, pt_oai_error_json(&e));
+        } else {
+            send_error(c->req, status, type, code, NULL, msg, NULL);
+            c->req = NULL;
         }
-        if (rc) return rc;
-        ch->submitted = true;
-        ch->inst = i;
-        ch->pages = pages;
-        s->inst[i].pages_promised += pages;
-        s->inst[i].requests_total++;
-        return PT_OK;
     }
-    if (refused) return PT_ERR_BUSY; /* err holds the last refusal */
-    return pt_err_set(err, PT_ERR_INVALID, "no instance holds %llu tokens (context %u)", (unsigned long long)tokens,
-                      s->max_ctx);
+    c->failed = true;
+    call_cancel_all(c);
+    if (c->n_done == c->n_choices) call_complete(c);
+    call_maybe_free(c);
+}
+
+/* A held choice offered to the scheduler again. */
+static void offer_held(serve *s, choice *ch) {
+    call *c = ch->c;
+    const pt_sched_state *st = sched_state(s, ch->sched_id);
+    pt_place_req me = place_req_of(ch);
+    pt_sched_req r = pt_place_sched_req(&me);
+    pt_sched_placement pl;
+    pt_sched_place(s->sched, st, &r, &pl);
+    log_placement(&pl);
+    if (pl.kind == PT_SCHED_HOLD) return;
+    char msg[512];
+    if (pl.kind == PT_SCHED_REJECT || pl.instance < 0 || pl.instance >= s->n_inst) {
+        snprintf(msg, sizeof(msg), "the scheduler cannot serve this request (%s): %s", pt_sched_reason_name(pl.reason),
+                 pl.text);
+        call_fail(c, 400, "invalid_request_error", pt_sched_reason_name(pl.reason), msg);
+        return;
+    }
+    pt_err err = {{0}};
+    int rc = submit_to(s, ch, pl.instance, ch->pending, &err);
+    if (rc == PT_ERR_BUSY) {
+        pt_log(PT_LOG_DEBUG, "scheduler: request %llu stays held: %s", (unsigned long long)ch->sched_id, err.msg);
+        return; /* offered again at the next change */
+    }
+    if (rc) {
+        call_fail(c, 400, "invalid_request_error", NULL, err.msg);
+        return;
+    }
+    ch->held = false;
+    params_free(ch->pending);
+    ch->pending = NULL;
+    c->n_held--;
+    s->n_held--;
+    if (c->n_held == 0) call_begin_stream(c);
+}
+
+/* The held choice with the lowest scheduler id above `after` (arrival order). */
+static choice *next_held(serve *s, uint64_t after) {
+    choice *best = NULL;
+    for (call *c = s->calls; c; c = c->next) {
+        if (!c->n_held) continue;
+        for (uint32_t i = 0; i < c->n_choices; i++) {
+            choice *ch = &c->choices[i];
+            if (ch->held && ch->sched_id > after && (!best || ch->sched_id < best->sched_id)) best = ch;
+        }
+    }
+    return best;
+}
+
+/* Offers every held choice again, oldest first. A call that fails on the
+ * way may be freed: the next one is looked up afresh each time. */
+static void reoffer_held(serve *s) {
+    uint64_t after = 0;
+    choice *ch;
+    while (s->n_held && !s->shutting_down && (ch = next_held(s, after))) {
+        after = ch->sched_id;
+        offer_held(s, ch);
+    }
+}
+
+/* Fails every call with a held choice (shutdown, timeouts). */
+static void fail_held(serve *s, bool only_timed_out, int status, const char *msg) {
+    double now = pt_now();
+    for (call *c = s->calls, *next; c; c = next) {
+        next = c->next;
+        if (!c->n_held || (only_timed_out && now - c->t_submit < s->cfg->request_timeout_s)) continue;
+        c->timed_out |= only_timed_out;
+        call_fail(c, status, "server_error", NULL, msg);
+    }
+}
+
+/* ---- the scheduler: transformations ---- */
+
+static void current_layout(const serve *s, int *tp);
+
+/* Starts the merge or split the scheduler chose, as POST /v1/layout would. */
+static void start_sched_xform(serve *s, const pt_sched_xform *x) {
+    int cur[PT_FABRIC_MAX_DEVICES], want[PT_FABRIC_MAX_DEVICES], n_want = 0;
+    current_layout(s, cur);
+    pt_err err = {{0}};
+    pt_xform_plan *plan = pt_xmalloc(sizeof(*plan));
+    uint64_t id = 0;
+    int rc = pt_place_target_layout(cur, s->n_inst, x, want, &n_want, &err);
+    if (rc == PT_OK) {
+        pt_xform_plan_input in = {cur, s->n_inst, want, n_want, pt_fabric_size(s->fabric), s->plan.allowed_tp,
+                                  s->plan.n_allowed, (int)s->n_kv_heads};
+        rc = pt_xform_plan_make(plan, &in, &err);
+    }
+    if (rc == PT_OK) rc = pt_relayout_start(&s->relayout, plan, cur, s->n_inst, want, n_want, &id, &err);
+    free(plan);
+    const char *decision = pt_sched_reason_decision(x->reason), *reason = pt_sched_reason_name(x->reason);
+    snprintf(s->last_xform_text, sizeof(s->last_xform_text), "%s", x->text);
+    if (rc) {
+        pt_log(PT_LOG_WARN, "scheduler: %s [%s/%s]: not started: %s", x->text, decision, reason, err.msg);
+        pt_sched_xform_done(s->sched, pt_now(), false);
+        return;
+    }
+    s->sched_xform_id = id;
+    pt_log(PT_LOG_INFO, "scheduler: %s [%s/%s]: started as xf-%llu", x->text, decision, reason,
+           (unsigned long long)id);
+}
+
+/* Asks the scheduler whether to merge or split now (dynamic policy). */
+static void sched_plan(serve *s) {
+    if (!s->dynamic || s->shutting_down || !s->http) return;
+    const pt_sched_state *st = sched_state(s, 0);
+    pt_sched_stats before, after;
+    pt_sched_get_stats(s->sched, &before);
+    pt_sched_xform x;
+    pt_sched_plan(s->sched, st, &x);
+    if (x.kind != PT_SCHED_XFORM_NONE) {
+        start_sched_xform(s, &x);
+        return;
+    }
+    if (!x.considered) return;
+    /* A decline the scheduler counted (it counts a repeated one once) is
+     * logged at info, its repetitions at debug. */
+    pt_sched_get_stats(s->sched, &after);
+    bool counted = after.by_reason[x.reason] != before.by_reason[x.reason];
+    pt_log(counted ? PT_LOG_INFO : PT_LOG_DEBUG, "scheduler: %s [%s/%s]", x.text, pt_sched_reason_decision(x.reason),
+           pt_sched_reason_name(x.reason));
+    if (counted) snprintf(s->last_xform_text, sizeof(s->last_xform_text), "%s", x.text);
+}
+
+static void on_plan_timer(uv_timer_t *t) { sched_plan(t->data); }
+
+/* Something changed (a request finished, a layout change ended): held
+ * requests are offered again, and the scheduler asked about the layout. */
+static void sched_after_change(serve *s) {
+    reoffer_held(s);
+    sched_plan(s);
 }
 
 static int tokenize_text(serve *s, const char *text, bool add_bos, int32_t **ids, size_t *n, pt_oai_error *oe) {
@@ -518,13 +831,13 @@ static void handle_generate(serve *s, pt_http_request *req, pt_oai_kind kind) {
         if (lens[i] == 0) {
             rc = pt_oai_error_set(&oe, 400, "invalid_request_error", NULL, kind == PT_OAI_CHAT ? "messages" : "prompt",
                                   "the prompt is empty after tokenization");
-        } else if (lens[i] >= s->max_ctx ||
-                   (r.max_tokens > 0 && lens[i] + (uint64_t)r.max_tokens > s->max_ctx)) {
+        } else if (lens[i] >= s->ctx_limit ||
+                   (r.max_tokens > 0 && lens[i] + (uint64_t)r.max_tokens > s->ctx_limit)) {
             rc = pt_oai_error_set(&oe, 400, "invalid_request_error", NULL, "max_tokens",
                                   "This model's maximum context length is %u tokens. However, you requested %llu "
                                   "tokens (%zu in the messages, %lld in the completion). Please reduce the length of "
                                   "the messages or completion.",
-                                  s->max_ctx, (unsigned long long)(lens[i] + (r.max_tokens > 0 ? r.max_tokens : 0)),
+                                  s->ctx_limit, (unsigned long long)(lens[i] + (r.max_tokens > 0 ? r.max_tokens : 0)),
                                   lens[i], (long long)(r.max_tokens > 0 ? r.max_tokens : 0));
         }
     }
@@ -556,18 +869,24 @@ static void handle_generate(serve *s, pt_http_request *req, pt_oai_kind kind) {
     uint64_t seed = r.has_seed ? r.sampling.seed : pt_rng_next(&s->rng);
     int busy = 0;
     pt_err err = {{0}};
+    pt_sched_reason why = PT_SCHED_R_LEAST_LOADED;
     for (uint32_t i = 0; i < c->n_choices; i++) {
         choice *ch = &c->choices[i];
         size_t pi = i / (uint32_t)r.n;
         ch->c = c;
         ch->index = i;
+        ch->inst = -1;
+        ch->sched_id = ++s->next_sched_id;
+        ch->t_first = -1;
         pt_gen_params p = {0};
         p.prompt = ids[pi];
         p.n_prompt = lens[pi];
         p.sampling = r.sampling;
         /* Choices of one prompt draw from different streams of the same seed. */
         p.sampling.seed = seed + i;
-        p.max_tokens = (uint32_t)(r.max_tokens > 0 ? (uint64_t)r.max_tokens : s->max_ctx - lens[pi]);
+        /* Without max_tokens: up to what the largest instance of the moment holds. */
+        uint32_t room = s->max_ctx > lens[pi] ? s->max_ctx : s->ctx_limit;
+        p.max_tokens = (uint32_t)(r.max_tokens > 0 ? (uint64_t)r.max_tokens : room - lens[pi]);
         p.stops = (const char *const *)r.stop;
         p.n_stops = r.n_stop;
         p.include_stop = r.include_stop;
@@ -575,7 +894,9 @@ static void handle_generate(serve *s, pt_http_request *req, pt_oai_kind kind) {
         p.top_logprobs = r.logprobs ? r.top_logprobs : -1;
         p.cb = on_batch_event;
         p.user = ch;
-        int src = submit_choice(s, ch, &p, &err);
+        ch->n_prompt = (uint32_t)lens[pi];
+        ch->max_tokens = p.max_tokens;
+        int src = place_choice(s, ch, &p, &why, &err);
         if (src != 0) {
             busy = src;
             break;
@@ -584,10 +905,11 @@ static void handle_generate(serve *s, pt_http_request *req, pt_oai_kind kind) {
         if (i % (uint32_t)r.n == 0) s->metrics.prompt_tokens += lens[pi];
     }
     if (busy) {
-        /* Take back what was queued; the call frees itself when those report. */
+        /* Take back what was queued or held; the call frees itself when those report. */
         for (uint32_t i = 0; i < c->n_choices; i++) {
-            if (!c->choices[i].submitted) {
-                c->choices[i].done = true;
+            choice *ch = &c->choices[i];
+            if (!ch->submitted && !ch->held) {
+                ch->done = true;
                 c->n_done++;
             }
         }
@@ -596,6 +918,8 @@ static void handle_generate(serve *s, pt_http_request *req, pt_oai_kind kind) {
         if (busy == PT_ERR_BUSY) {
             s->metrics.rejected_busy++;
             send_error(req, 429, "rate_limit_error", NULL, NULL, err.msg, "Retry-After: 1\r\n");
+        } else if (busy == ERR_REJECTED) {
+            send_error(req, 400, "invalid_request_error", pt_sched_reason_name(why), NULL, err.msg, NULL);
         } else {
             send_error(req, 400, "invalid_request_error", NULL, NULL, err.msg, NULL);
         }
@@ -603,7 +927,9 @@ static void handle_generate(serve *s, pt_http_request *req, pt_oai_kind kind) {
         call_maybe_free(c);
         goto out;
     }
-    if (c->stream) pt_http_stream_begin(req, 200, "text/event-stream", "Cache-Control: no-cache\r\n");
+    /* A held choice may be refused later with a plain error: the stream begins once none is. */
+    if (c->n_held == 0) call_begin_stream(c);
+    else sched_plan(s); /* a merge may serve it */
 out:
     for (size_t i = 0; i < n_prompts; i++) free(ids[i]);
     free(ids);
@@ -638,7 +964,7 @@ static void handle_tokenize(serve *s, pt_http_request *req) {
     int32_t *ids = NULL;
     size_t n = 0;
     if (rc == 0) rc = tokenize_text(s, text, add_bos, &ids, &n, &oe);
-    if (rc == 0) send_json(req, 200, pt_oai_tokenize_json(ids, n, s->max_ctx));
+    if (rc == 0) send_json(req, 200, pt_oai_tokenize_json(ids, n, s->ctx_limit));
     else send_oai_error(req, &oe);
     free(ids);
     free(text);
@@ -705,8 +1031,15 @@ static void layout_report(serve *s, pt_layout_report *r) {
             ir->kv_pages_free += dr->kv_pages_free;
         }
     }
-    r->n_allowed = s->cfg->plan.n_allowed;
-    memcpy(r->allowed_tp, s->cfg->plan.allowed_tp, (size_t)r->n_allowed * sizeof(int));
+    r->n_allowed = s->plan.n_allowed;
+    memcpy(r->allowed_tp, s->plan.allowed_tp, (size_t)r->n_allowed * sizeof(int));
+}
+
+/* Preemptions the batchers made (of the newest admitted request, their own choice). */
+static uint64_t batcher_preemptions(const pt_layout_report *r) {
+    uint64_t n = 0;
+    for (int i = 0; i < r->n_instances; i++) n += r->instances[i].preemptions;
+    return n;
 }
 
 static void handle_metrics(serve *s, pt_http_request *req) {
@@ -715,7 +1048,16 @@ static void handle_metrics(serve *s, pt_http_request *req) {
     pt_relayout_progress p;
     s->metrics.xform_in_progress = pt_relayout_progress_get(&s->relayout, &p);
     char *t = pt_metrics_render(&s->metrics, r, s->model_name);
-    pt_http_respond(req, 200, "text/plain; version=0.0.4", t, strlen(t), NULL);
+    pt_sched_stats st;
+    pt_sched_get_stats(s->sched, &st);
+    char *sm = pt_place_metrics(&st, batcher_preemptions(r), s->n_held, s->dynamic);
+    size_t lt = strlen(t), ls = strlen(sm);
+    char *all = pt_xmalloc(lt + ls + 1);
+    memcpy(all, t, lt);
+    memcpy(all + lt, sm, ls + 1);
+    pt_http_respond(req, 200, "text/plain; version=0.0.4", all, lt + ls, NULL);
+    free(all);
+    free(sm);
     free(t);
     free(r);
 }
@@ -762,7 +1104,6 @@ static void remap_choices(serve *s, int a, int n_src, int n_dst, const pt_live_x
             }
             int t = pt_live_xform_where(x, ch->batch_id);
             ch->inst = t >= 0 && t < n_dst ? a + t : -1;
-            if (ch->inst >= 0) s->inst[ch->inst].pages_promised += ch->pages;
         }
     }
 }
@@ -774,6 +1115,10 @@ static void refresh_max_ctx(serve *s) {
         uint32_t ctx = pt_batcher_max_ctx(s->inst[i].batcher);
         if (ctx > s->max_ctx) s->max_ctx = ctx;
     }
+    /* A static layout accepts what its instances hold; a dynamic one what
+     * the model's context holds (the scheduler merges, or refuses). */
+    if (!s->dynamic || s->n_inst == 0) s->ctx_limit = s->max_ctx;
+    else s->ctx_limit = pt_engine_get_opts(s->inst[0].engine)->max_ctx;
 }
 
 static void relayout_install(void *user, const pt_xform_op *op, const pt_live_xform *x) {
@@ -825,6 +1170,12 @@ static void relayout_done(void *user, const pt_relayout_result *res) {
     else
         pt_log(PT_LOG_WARN, "transformation xf-%llu failed after %.3f s: %s; now %s", (unsigned long long)res->id,
                res->duration_s, res->reason, layout);
+    /* The scheduler's own change is over: its hysteresis clock restarts. */
+    if (s->sched_xform_id && res->id == s->sched_xform_id) {
+        pt_sched_xform_done(s->sched, pt_now(), res->ok);
+        s->sched_xform_id = 0;
+    }
+    sched_after_change(s);
 }
 
 /* ---- layout routes ---- */
@@ -835,7 +1186,13 @@ static void handle_layout_get(serve *s, pt_http_request *req) {
     pt_relayout_progress p;
     bool running = pt_relayout_progress_get(&s->relayout, &p);
     pt_layout_xform_view x = {running ? &p : NULL, s->relayout.last, s->relayouts_ok, s->relayouts_failed};
-    send_json(req, 200, pt_layout_json(r, &x));
+    const pt_sched_opts *o = pt_sched_get_opts(s->sched);
+    pt_sched_stats st;
+    pt_sched_get_stats(s->sched, &st);
+    pt_layout_sched_view sv = {s->dynamic, o->allowed_tp, o->n_allowed, s->cfg->slo_ttft_ms, s->cfg->slo_tpot_ms,
+                               o->hysteresis_s, s->cost_source, s->n_held, &st, batcher_preemptions(r),
+                               s->last_xform_text};
+    send_json(req, 200, pt_layout_json(r, &x, &sv));
     free(r);
 }
 
@@ -861,8 +1218,8 @@ static void handle_layout_post(serve *s, pt_http_request *req) {
     }
     current_layout(s, cur);
     pt_xform_plan *plan = pt_xmalloc(sizeof(*plan));
-    pt_xform_plan_input in = {cur, s->n_inst, want, n_want, pt_fabric_size(s->fabric), s->cfg->plan.allowed_tp,
-                              s->cfg->plan.n_allowed, (int)s->n_kv_heads};
+    pt_xform_plan_input in = {cur, s->n_inst, want, n_want, pt_fabric_size(s->fabric), s->plan.allowed_tp,
+                              s->plan.n_allowed, (int)s->n_kv_heads};
     uint64_t id;
     int rc = pt_xform_plan_make(plan, &in, &err);
     if (rc) {
@@ -935,7 +1292,7 @@ static void handle_request(void *user, pt_http_request *req) {
             handle_metrics(s, req);
             return;
         case 2:
-            send_json(req, 200, pt_oai_models_json(&s->model_name, 1, (int64_t)time(NULL), s->max_ctx));
+            send_json(req, 200, pt_oai_models_json(&s->model_name, 1, (int64_t)time(NULL), s->ctx_limit));
             return;
         case 3:
             handle_generate(s, req, PT_OAI_CHAT);
@@ -965,6 +1322,7 @@ static void on_http_closed(void *arg) {
     uv_close((uv_handle_t *)&s->sigterm, NULL);
     uv_close((uv_handle_t *)&s->grace, NULL);
     uv_close((uv_handle_t *)&s->sweep, NULL);
+    uv_close((uv_handle_t *)&s->plan_timer, NULL);
 }
 
 /* Cancels calls older than request_timeout_s; their cancelled events then
@@ -972,6 +1330,9 @@ static void on_http_closed(void *arg) {
 static void on_sweep(uv_timer_t *t) {
     serve *s = t->data;
     double now = pt_now();
+    /* Held ones first: no event will come to report their end. */
+    fail_held(s, true, 504, "the request exceeded the server's request timeout while held for a layout that can "
+                            "serve it");
     for (call *c = s->calls; c; c = c->next) {
         if (c->timed_out || c->n_done == c->n_choices || now - c->t_submit < s->cfg->request_timeout_s) continue;
         c->timed_out = true;
@@ -994,6 +1355,8 @@ static void on_signal(uv_signal_t *h, int signum) {
     }
     s->shutting_down = true;
     pt_relayout_abort(&s->relayout); /* a layout change rolls back at its next stage */
+    uv_timer_stop(&s->plan_timer);
+    fail_held(s, false, 503, "the server is shutting down");
     pt_log(PT_LOG_INFO, "signal %d: no new connections; finishing running requests (up to %.0f s)", signum,
            s->cfg->shutdown_grace_s);
     uint64_t grace_ms = (uint64_t)(s->cfg->shutdown_grace_s * 1000);
@@ -1027,20 +1390,31 @@ static void engine_opts(const pt_server_config *cfg, pt_engine_opts *eo) {
     eo->select_dense_layers = (uint32_t)cfg->select_dense_layers;
 }
 
-/* The fabric and one engine per instance of the plan. What the devices or
- * the model refuse (a TP degree above the model's KV heads, a budget too
- * small for a shard) is a configuration error: PT_SERVE_ERR_LAYOUT, the
- * message naming the key and the instance's devices. */
-static int open_engines(serve *s, const pt_layout_plan *p, pt_err *err) {
+static void fmt_degrees(char *buf, size_t n, const int *v, int count) {
+    size_t len = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < count && len < n; i++) len += (size_t)snprintf(buf + len, n - len, "%s%d", i ? "," : "", v[i]);
+}
+
+/* The fabric of the configured devices. */
+static int open_fabric(serve *s, const pt_layout_plan *p, pt_err *err) {
     if (p->n_devices == 0) return pt_err_set(err, PT_ERR_INVALID, "no devices: the configuration was not finalized");
     char allowed[96];
-    size_t len = 0;
-    for (int i = 0; i < p->n_allowed && len < sizeof(allowed); i++)
-        len += (size_t)snprintf(allowed + len, sizeof(allowed) - len, "%s%d", i ? "," : "", p->allowed_tp[i]);
+    fmt_degrees(allowed, sizeof(allowed), p->allowed_tp, p->n_allowed);
     if (pt_fabric_create(&s->fabric, p->devices, p->n_devices, p->allowed_tp, p->n_allowed, err))
         return err_prefixed(err, PT_SERVE_ERR_LAYOUT, "engine.devices (%d %s device%s, engine.allowed_tp [%s]): ",
                             p->n_devices, p->devices[0].kind == PT_DEVICE_CUDA ? "cuda" : "cpu",
                             p->n_devices == 1 ? "" : "s", allowed);
+    return PT_OK;
+}
+
+/* One engine per instance of the plan. What the devices or the model
+ * refuse (a TP degree above the model's KV heads, a budget too small for a
+ * shard) is a configuration error: PT_SERVE_ERR_LAYOUT, the message naming
+ * the key and the instance's devices. */
+static int open_instances(serve *s, const pt_layout_plan *p, pt_err *err) {
+    char allowed[96];
+    fmt_degrees(allowed, sizeof(allowed), p->allowed_tp, p->n_allowed);
     /* Room for a layout of TP1 instances on every device: a split grows the list in place. */
     s->inst = pt_xcalloc(PT_FABRIC_MAX_DEVICES, sizeof(instance));
     s->n_inst = p->n_instances;
@@ -1059,6 +1433,104 @@ static int open_engines(serve *s, const pt_layout_plan *p, pt_err *err) {
             return err_prefixed(err, PT_SERVE_ERR_LAYOUT, "engine.layout[%d] (devices [%d, %d)): ", i, in->first,
                                 in->first + in->tp);
     }
+    return PT_OK;
+}
+
+/* The cost model: from scheduler.cost_file, or timed on the fabric for
+ * every degree an instance may have (engine.allowed_tp up to the device
+ * count: an operator's POST /v1/layout may form any of them). Before the
+ * instances exist, so that the calibration instances fit where they will. */
+static int open_cost(serve *s, pt_err *err) {
+    const pt_server_config *cfg = s->cfg;
+    if (cfg->cost_file) {
+        int rc = pt_cost_load(&s->cost, cfg->cost_file, err);
+        if (rc) return err_prefixed(err, PT_SERVE_ERR_LAYOUT, "scheduler.cost_file: ");
+        snprintf(s->cost_source, sizeof(s->cost_source), "%s", cfg->cost_file);
+        pt_log(PT_LOG_INFO, "cost model: from %s", cfg->cost_file);
+        return PT_OK;
+    }
+    int degrees[PT_CONFIG_MAX_ALLOWED_TP], n = 0;
+    for (int i = 0; i < s->plan.n_allowed; i++)
+        if (s->plan.allowed_tp[i] <= s->plan.n_devices) degrees[n++] = s->plan.allowed_tp[i];
+    pt_engine_opts eo;
+    engine_opts(cfg, &eo);
+    pt_calib_report *rep = pt_xcalloc(1, sizeof(*rep));
+    pt_calib_opts co = {0};
+    int rc = pt_calibrate(&s->cost, &s->mf, s->fabric, &eo, degrees, n, &co, rep, err);
+    if (rc == PT_OK) pt_calibrate_log(rep, &s->cost);
+    free(rep);
+    snprintf(s->cost_source, sizeof(s->cost_source), "calibrated at start-up");
+    return rc;
+}
+
+/* The scheduler's options from the configuration. The scheduler forms
+ * powers of two only: a static server's other degrees (an operator's
+ * [3, 3]) are placed on but never formed by it. */
+static void sched_opts(const serve *s, pt_sched_opts *o) {
+    const pt_server_config *cfg = s->cfg;
+    *o = (pt_sched_opts){.policy = s->dynamic ? PT_SCHED_DYNAMIC : PT_SCHED_STATIC,
+                         .slo = {cfg->slo_ttft_ms / 1e3, cfg->slo_tpot_ms / 1e3},
+                         .hysteresis_s = cfg->hysteresis_s,
+                         .prefill_chunk = (uint32_t)cfg->prefill_chunk};
+    const int *v = s->dynamic ? s->plan.sched_tp : s->plan.allowed_tp;
+    int n = s->dynamic ? s->plan.n_sched_tp : s->plan.n_allowed;
+    for (int i = 0; i < n && o->n_allowed < 8; i++) {
+        int d = v[i];
+        if (d >= 1 && d <= s->plan.n_devices && (d & (d - 1)) == 0) o->allowed_tp[o->n_allowed++] = d;
+    }
+    if (o->n_allowed == 0) o->allowed_tp[o->n_allowed++] = 1;
+}
+
+/* A dynamic server without engine.layout starts from the scheduler's
+ * layout (all of the smallest allowed degree that fits). */
+static int choose_layout(serve *s, pt_err *err) {
+    if (!s->dynamic || s->plan.layout_given) return PT_OK;
+    pt_sched_opts o;
+    sched_opts(s, &o);
+    pt_scheduler *tmp = NULL;
+    int rc = pt_sched_create(&tmp, &o, &s->cost, err);
+    if (rc) return err_prefixed(err, PT_SERVE_ERR_LAYOUT, "scheduler: ");
+    int tp[PT_FABRIC_MAX_DEVICES];
+    int n = pt_sched_initial_layout(tmp, s->plan.n_devices, tp);
+    pt_sched_free(tmp);
+    if (n == 0)
+        return pt_err_set(err, PT_SERVE_ERR_LAYOUT, "scheduler: no degree of 'scheduler.allowed_tp' fits the model on "
+                          "these devices");
+    s->plan.n_instances = n;
+    for (int i = 0, first = 0; i < n; first += tp[i], i++) {
+        s->plan.tp[i] = tp[i];
+        s->plan.first[i] = first;
+    }
+    return PT_OK;
+}
+
+/* The scheduler over the built instances: the cost model's memory side from
+ * them, written to scheduler.save_cost when asked. */
+static int open_scheduler(serve *s, pt_err *err) {
+    pt_engine *engines[PT_FABRIC_MAX_DEVICES];
+    for (int i = 0; i < s->n_inst; i++) engines[i] = s->inst[i].engine;
+    pt_calibrate_memory(&s->cost, engines, s->n_inst);
+    pt_log(PT_LOG_INFO, "cost model: %llu KV head pages of %.1f KiB per device, %u-token context",
+           (unsigned long long)((s->cost.device_bytes - s->cost.reserve_bytes) / s->cost.head_page_bytes),
+           s->cost.head_page_bytes / 1024.0, s->cost.max_ctx);
+    if (s->cfg->save_cost) {
+        int rc = pt_cost_save(&s->cost, s->cfg->save_cost, err);
+        if (rc) return err_prefixed(err, rc, "scheduler.save_cost: ");
+        pt_log(PT_LOG_INFO, "cost model: written to %s (proteus simulate --cost %s)", s->cfg->save_cost,
+               s->cfg->save_cost);
+    }
+    pt_sched_opts o;
+    sched_opts(s, &o);
+    int rc = pt_sched_create(&s->sched, &o, &s->cost, err);
+    if (rc) return err_prefixed(err, PT_SERVE_ERR_LAYOUT, "scheduler: ");
+    char deg[64];
+    fmt_degrees(deg, sizeof(deg), o.allowed_tp, o.n_allowed);
+    if (s->dynamic)
+        pt_log(PT_LOG_INFO, "scheduler: dynamic over TP [%s]; SLO TTFT %s%.0f ms, TPOT %s%.0f ms; hysteresis %.1f s",
+               deg, s->cfg->slo_ttft_ms > 0 ? "" : "none ", s->cfg->slo_ttft_ms, s->cfg->slo_tpot_ms > 0 ? "" : "none ",
+               s->cfg->slo_tpot_ms, o.hysteresis_s);
+    else
+        pt_log(PT_LOG_INFO, "scheduler: static (the layout changes only through POST /v1/layout)");
     return PT_OK;
 }
 
@@ -1112,8 +1584,22 @@ static int serve_open(serve *s, const pt_server_config *cfg, pt_err *err) {
     pt_rng_seed(&s->rng, (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32));
     if ((rc = pt_model_file_open(&s->mf, cfg->model, err))) return rc;
     if ((rc = pt_tokenizer_load(&s->tok, &s->mf, err))) return rc;
-    if ((rc = open_engines(s, &cfg->plan, err))) return rc;
+    s->plan = cfg->plan;
+    s->dynamic = cfg->policy == PT_POLICY_DYNAMIC;
+    if ((rc = open_fabric(s, &s->plan, err))) return rc;
+    /* A cost model that cannot be made is reported after the instances:
+     * what they refuse (the layout) says more. */
+    pt_err cerr = {{0}};
+    int crc = open_cost(s, &cerr);
+    if (crc == PT_OK && (rc = choose_layout(s, err))) return rc;
+    if ((rc = open_instances(s, &s->plan, err))) return rc;
+    if (crc) {
+        *err = cerr;
+        return crc;
+    }
+    if ((rc = open_scheduler(s, err))) return rc;
     if ((rc = open_batchers(s, cfg, err))) return rc;
+    refresh_max_ctx(s);
     s->model_name = cfg->served_model_name;
     /* Chat template: the model's (or the configured one); without one, chat requests get a 400. */
     pt_err terr;
@@ -1130,14 +1616,16 @@ static int serve_open(serve *s, const pt_server_config *cfg, pt_err *err) {
     uv_signal_init(&s->loop, &s->sigterm);
     uv_timer_init(&s->loop, &s->grace);
     uv_timer_init(&s->loop, &s->sweep);
+    uv_timer_init(&s->loop, &s->plan_timer);
     if ((rc = open_relayout(s, err))) {
         on_http_closed(s);
         uv_run(&s->loop, UV_RUN_DEFAULT);
         uv_loop_close(&s->loop);
         return rc;
     }
-    s->sigint.data = s->sigterm.data = s->grace.data = s->sweep.data = s;
+    s->sigint.data = s->sigterm.data = s->grace.data = s->sweep.data = s->plan_timer.data = s;
     if (cfg->request_timeout_s > 0) uv_timer_start(&s->sweep, on_sweep, 1000, 1000);
+    if (s->dynamic) uv_timer_start(&s->plan_timer, on_plan_timer, PLAN_INTERVAL_MS, PLAN_INTERVAL_MS);
     uv_signal_start(&s->sigint, on_signal, SIGINT);
     uv_signal_start(&s->sigterm, on_signal, SIGTERM);
     pt_http_limits lim = pt_http_limits_default();
@@ -1170,6 +1658,8 @@ static void serve_close(serve *s) {
     if (s->have_ct) pt_chat_template_free(&s->ct);
     for (int i = 0; i < s->n_inst; i++) pt_engine_free(s->inst[i].engine);
     free(s->inst);
+    pt_sched_free(s->sched);
+    pt_place_free(&s->place);
     pt_fabric_free(s->fabric);
     pt_tokenizer_free(s->tok);
     pt_model_file_close(&s->mf);
@@ -1191,7 +1681,7 @@ int pt_serve_run(const pt_server_config *cfg) {
     pt_layout_describe(r, layout, sizeof(layout));
     free(r);
     pt_log(PT_LOG_INFO, "serving %s on http://%s:%d (context %u tokens): %s", s->model_name, cfg->host,
-           pt_http_server_port(s->http), s->max_ctx, layout);
+           pt_http_server_port(s->http), s->ctx_limit, layout);
     uv_run(&s->loop, UV_RUN_DEFAULT);
     int lc = uv_loop_close(&s->loop);
     if (lc) pt_log(PT_LOG_WARN, "loop closed with handles open: %s", uv_strerror(lc));

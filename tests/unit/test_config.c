@@ -67,6 +67,11 @@ static void test_defaults(void) {
     CHECK_EQ_INT(c.max_waiting, 256);
     CHECK(c.request_timeout_s == 0);
     CHECK(c.shutdown_grace_s == 30);
+    CHECK_EQ_INT(c.policy, PT_POLICY_STATIC);
+    CHECK(c.slo_ttft_ms == 0 && c.slo_tpot_ms == 0);
+    CHECK_EQ_INT(c.sched_allowed_tp.n, 0); /* derived by finalize */
+    CHECK(c.hysteresis_s == 30);
+    CHECK(c.cost_file == NULL && c.save_cost == NULL);
     CHECK_EQ_INT(c.max_body_bytes, 8 << 20);
     CHECK_EQ_INT(c.max_header_bytes, 16 << 10);
     CHECK(c.idle_timeout_s == 60);
@@ -84,7 +89,9 @@ static const char *FULL =
     "  \"engine\": {\"threads\": 6, \"tp\": 2, \"devices\": \"cpu\", \"page_size\": 32, \"kv_dtype\": \"f16\",\n"
     "             \"kv_memory_mb\": 2048, \"device_memory_mb\": 512, \"layout\": [2, 2], \"allowed_tp\": [1, 2, 4]},\n"
     "  \"scheduler\": {\"max_running\": 64, \"max_batch_tokens\": 1024, \"prefill_chunk\": 128, \"max_waiting\": 10,\n"
-    "                \"request_timeout_s\": 120.5, \"shutdown_grace_s\": 5},\n"
+    "                \"request_timeout_s\": 120.5, \"shutdown_grace_s\": 5, \"policy\": \"dynamic\",\n"
+    "                \"slo\": {\"ttft_ms\": 250, \"tpot_ms\": 40.5}, \"allowed_tp\": [1, 2], \"hysteresis_s\": 7.5,\n"
+    "                \"cost_file\": \"/tmp/cost.json\", \"save_cost\": \"/tmp/saved.json\"},\n"
     "  \"http\": {\"max_body_bytes\": 1048576, \"max_header_bytes\": 8192, \"idle_timeout_s\": 0},\n"
     "  \"log_level\": \"debug\"\n"
     "}\n";
@@ -115,6 +122,12 @@ static void check_full(const pt_server_config *c) {
     CHECK_EQ_INT(c->max_waiting, 10);
     CHECK(c->request_timeout_s == 120.5);
     CHECK(c->shutdown_grace_s == 5);
+    CHECK_EQ_INT(c->policy, PT_POLICY_DYNAMIC);
+    CHECK(c->slo_ttft_ms == 250 && c->slo_tpot_ms == 40.5);
+    CHECK(c->sched_allowed_tp.n == 2 && c->sched_allowed_tp.v[0] == 1 && c->sched_allowed_tp.v[1] == 2);
+    CHECK(c->hysteresis_s == 7.5);
+    CHECK(c->cost_file && !strcmp(c->cost_file, "/tmp/cost.json"));
+    CHECK(c->save_cost && !strcmp(c->save_cost, "/tmp/saved.json"));
     CHECK_EQ_INT(c->max_body_bytes, 1048576);
     CHECK_EQ_INT(c->max_header_bytes, 8192);
     CHECK(c->idle_timeout_s == 0);
@@ -139,6 +152,8 @@ static void test_full_file(void) {
     CHECK(c.plan.devices[3].kind == PT_DEVICE_CPU && c.plan.devices[3].threads == 1);
     CHECK(c.plan.devices[3].budget_bytes == 512ull << 20);
     CHECK_EQ_INT(c.plan.n_allowed, 3);
+    CHECK_EQ_INT(c.plan.n_sched_tp, 2); /* scheduler.allowed_tp [1, 2] */
+    CHECK(c.plan.layout_given);
     pt_server_config_free(&c);
 }
 
@@ -227,7 +242,9 @@ static void test_help(void) {
                                   "--chat-template", "--api-key", "-t, --threads", "--tp", "--page-size",
                                   "--kv-dtype", "--kv-memory-mb", "--max-model-len", "--max-running",
                                   "--devices S", "--layout N,N,...", "--allowed-tp N,N,...", "--device-memory-mb",
-                                  "--max-batch-tokens", "--max-waiting", "--log-level", "--help"};
+                                  "--max-batch-tokens", "--max-waiting", "--log-level", "--policy S",
+                                  "--slo-ttft-ms N", "--slo-tpot-ms N", "--scheduler-allowed-tp N,N,...",
+                                  "--hysteresis N", "--cost-file S", "--save-cost S", "--help"};
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
         CHECK_MSG(contains(text, flags[i]), "usage lacks %s", flags[i]);
     CHECK(contains(text, "default 8000"));
@@ -411,6 +428,45 @@ static void test_layout_plans(void) {
     pt_server_config_free(&b);
 }
 
+/* scheduler.allowed_tp as finalize resolves it, with engine.allowed_tp
+ * (derived: 1, the layout's degrees and the scheduler's). */
+static void test_scheduler_plans(void) {
+    static const struct {
+        const char *flags;
+        const char *allowed, *sched; /* "1,2" */
+        bool layout_given;
+    } OK[] = {
+        {"-t 2 --devices cpu:2", "1", "1", false},
+        {"-t 2 --devices cpu:2 --policy dynamic --scheduler-allowed-tp 1,2", "1,2", "1,2", false},
+        {"-t 2 --devices cpu:2 --policy dynamic --scheduler-allowed-tp 2,1,2", "1,2", "1,2", false}, /* sorted, once */
+        {"-t 4 --devices cpu:4 --allowed-tp 1,2,4", "1,2,4", "1,2,4", false},
+        {"-t 4 --devices cpu:4 --allowed-tp 1,2,8", "1,2,8", "1,2", false}, /* 8 > 4 devices */
+        {"-t 4 --devices cpu:4 --allowed-tp 1,2,4 --scheduler-allowed-tp 2,4 --policy dynamic --layout 2,2",
+         "1,2,4", "2,4", true},
+        {"-t 3 --devices cpu:3 --layout 3", "1,3", "1", true}, /* 3 is no power of two: placed on, never formed */
+        {"-t 2 --devices cpu:2 --layout 2 --scheduler-allowed-tp 1", "1,2", "1", true}, /* static: not checked */
+    };
+    for (size_t i = 0; i < sizeof(OK) / sizeof(OK[0]); i++) {
+        pt_server_config c;
+        pt_err err = {{0}};
+        pt_server_config_default(&c);
+        int rc = load_and_finalize(&c, NULL, OK[i].flags, &err);
+        CHECK_MSG(rc == PT_OK, "case %zu (%s): %s", i, OK[i].flags, err.msg);
+        char a[64] = "", b[64] = "";
+        size_t la = 0, lb = 0;
+        for (int k = 0; k < c.plan.n_allowed; k++)
+            la += (size_t)snprintf(a + la, sizeof(a) - la, "%s%d", k ? "," : "", c.plan.allowed_tp[k]);
+        for (int k = 0; k < c.plan.n_sched_tp; k++)
+            lb += (size_t)snprintf(b + lb, sizeof(b) - lb, "%s%d", k ? "," : "", c.plan.sched_tp[k]);
+        CHECK_MSG(!strcmp(a, OK[i].allowed), "case %zu (%s): engine.allowed_tp %s, want %s", i, OK[i].flags, a,
+                  OK[i].allowed);
+        CHECK_MSG(!strcmp(b, OK[i].sched), "case %zu (%s): scheduler.allowed_tp %s, want %s", i, OK[i].flags, b,
+                  OK[i].sched);
+        CHECK_MSG(c.plan.layout_given == OK[i].layout_given, "case %zu", i);
+        pt_server_config_free(&c);
+    }
+}
+
 /* Layouts finalize refuses, each with the words its message must contain;
  * the plan stays unset. */
 static void test_layout_refused(void) {
@@ -429,7 +485,8 @@ static void test_layout_refused(void) {
         {NULL, "-t 4 --devices cpu:4 --allowed-tp 1,3",
          "'engine.allowed_tp' [1,3]: TP 3 does not divide the 4 devices"},
         {NULL, "-t 4 --layout 2,1",
-         "'engine.allowed_tp' [1,2] (by default 1 and the layout's degrees): TP 2 does not divide the 3 devices"},
+         "'engine.allowed_tp' [1,2] (by default 1, the layout's degrees and 'scheduler.allowed_tp'): TP 2 does not divide "
+         "the 3 devices"},
         {NULL, "-t 4 --devices cpu:3 --tp 2", "'engine.devices' has 3 devices, which 'engine.tp' (2) does not divide"},
         {NULL, "--devices cuda --tp 2", "'engine.devices' has 1 device, which 'engine.tp' (2) does not divide"},
         {NULL, "-t 2 --devices cpu:4",
@@ -442,6 +499,19 @@ static void test_layout_refused(void) {
          "'engine.devices'[1] has CUDA ordinal 1, as 'engine.devices'[0] does"},
         {"{\"engine\": {\"devices\": [{\"kind\": \"cpu\"}, {\"kind\": \"cpu\"}], \"layout\": [1]}}", "",
          "'engine.layout' [1] covers 1 device but 'engine.devices' has 2"},
+        /* the scheduler's degrees */
+        {NULL, "-t 2 --devices cpu:2 --allowed-tp 1 --scheduler-allowed-tp 1,2",
+         "'scheduler.allowed_tp'[1] = 2 is not in 'engine.allowed_tp' [1]"},
+        {NULL, "-t 2 --devices cpu:2 --scheduler-allowed-tp 1,4",
+         "'scheduler.allowed_tp'[1] = 4 needs 4 devices but the server has 2"},
+        {NULL, "-t 4 --devices cpu:3 --allowed-tp 1,3 --scheduler-allowed-tp 3",
+         "'scheduler.allowed_tp'[0] = 3 is not a power of two"},
+        {NULL, "-t 4 --devices cpu:4 --policy dynamic --layout 2,2 --scheduler-allowed-tp 1",
+         "'engine.layout'[0] = 2 is not in 'scheduler.allowed_tp' [1]: a dynamic server starts from a layout its "
+         "policy may form"},
+        {"{\"scheduler\": {\"policy\": \"dynamic\", \"allowed_tp\": [1, 2]}, \"engine\": {\"devices\": \"cpu:4\", "
+         "\"allowed_tp\": [1, 4]}}",
+         "-t 4", "'scheduler.allowed_tp'[1] = 2 is not in 'engine.allowed_tp' [1,4]"},
     };
     for (size_t i = 0; i < sizeof(BADL) / sizeof(BADL[0]); i++) {
         pt_server_config c;
@@ -525,6 +595,22 @@ static const struct {
     {"{\"server\": {\"api_key\": 42}}", NULL, "'server.api_key' must be a non-empty string or null, got 42"},
     {"{\"server\": {\"auth_health_metrics\": \"yes\"}}", NULL, "'server.auth_health_metrics' must be true or false"},
     {"{\"scheduler\": {\"request_timeout_s\": -1}}", NULL, "'scheduler.request_timeout_s' must be a number in [0, 604800], got -1"},
+    {"{\"scheduler\": {\"policy\": \"auto\"}}", NULL,
+     "'scheduler.policy' must be one of \"static\" or \"dynamic\", got \"auto\""},
+    {"{\"scheduler\": {\"slo\": 5}}", NULL, "'scheduler.slo' must be an object, got a number"},
+    {"{\"scheduler\": {\"slo\": {\"ttft\": 5}}}", NULL,
+     "unknown key 'scheduler.slo.ttft' (did you mean 'scheduler.slo.ttft_ms'?)"},
+    {"{\"scheduler\": {\"slo\": {\"ttft_ms\": -1}}}", NULL,
+     "'scheduler.slo.ttft_ms' must be a number in [0, 3.6e+06], got -1"},
+    {"{\"scheduler\": {\"slo\": {\"tpot_ms\": \"fast\"}}}", NULL, "'scheduler.slo.tpot_ms' must be a number"},
+    {"{\"scheduler\": {\"slo\": {\"ttft_ms\": 1, \"ttft_ms\": 2}}}", NULL, "duplicate key 'scheduler.slo.ttft_ms'"},
+    {"{\"scheduler\": {\"slo_ttft_ms\": 5}}", NULL, "unknown key 'scheduler.slo_ttft_ms'"},
+    {"{\"scheduler\": {\"allowed_tp\": []}}", NULL,
+     "'scheduler.allowed_tp' must be null or a list of 1 to 8 integers in [1, 64], got []"},
+    {"{\"scheduler\": {\"allowed_tp\": [1, 0]}}", NULL, "'scheduler.allowed_tp'[1] must be an integer in [1, 64], got 0"},
+    {"{\"scheduler\": {\"hysteresis_s\": -1}}", NULL, "'scheduler.hysteresis_s' must be a number in [0, 86400], got -1"},
+    {"{\"scheduler\": {\"cost_file\": \"\"}}", NULL, "'scheduler.cost_file' must be a non-empty string or null"},
+    {"{\"scheduler\": {\"save_cost\": 1}}", NULL, "'scheduler.save_cost' must be a non-empty string or null, got 1"},
     {"{\"http\": {\"max_body_bytes\": 10}}", NULL, "'http.max_body_bytes' must be an integer in [1024, 1073741824], got 10"},
     {"{\"log_level\": \"verbose\"}", NULL, "'log_level' must be one of \"debug\", \"info\", \"warn\" or \"error\""},
     {"{\"server\": 5}", NULL, "'server' must be an object, got a number"},
@@ -566,6 +652,12 @@ static const struct {
     {NULL, "--api-key=", "--api-key: must be a non-empty string or null, got \"\""},
     {NULL, "--request-timeout nan", "--request-timeout: must be a number in [0, 604800], got \"nan\""},
     {NULL, "--auth-health-metrics=maybe", "--auth-health-metrics: must be true or false, got \"maybe\""},
+    {NULL, "--policy fast", "--policy: must be one of \"static\" or \"dynamic\", got \"fast\""},
+    {NULL, "--slo-ttft-ms 1e9", "--slo-ttft-ms: must be a number in [0, 3.6e+06], got \"1e9\""},
+    {NULL, "--slo-tpot-ms=", "--slo-tpot-ms: must be a number"},
+    {NULL, "--scheduler-allowed-tp 1,2,4,8,16,32,64,1,2", "--scheduler-allowed-tp: must be a comma-separated list of 1 to 8"},
+    {NULL, "--hysteresis -2", "--hysteresis: must be a number in [0, 86400], got \"-2\""},
+    {NULL, "--polcy dynamic", "unknown option '--polcy' (did you mean '--policy'?)"},
     {NULL, "serve.json", "unexpected argument 'serve.json'"},
     {NULL, "--config a.json --config b.json", "--config: given more than once"},
     {NULL, "--config /nonexistent/proteus.json", "/nonexistent/proteus.json: cannot open config file: No such file"},
@@ -633,15 +725,16 @@ static void test_every_key_documented(void) {
         "engine.cuda_graphs", "engine.page_size", "engine.kv_dtype",
         "engine.kv_memory_mb", "engine.page_select_budget", "engine.page_select_dense_layers", "scheduler.max_running",
         "scheduler.max_batch_tokens", "scheduler.prefill_chunk", "scheduler.max_waiting",
-        "scheduler.request_timeout_s", "scheduler.shutdown_grace_s", "http.max_body_bytes", "http.max_header_bytes",
-        "http.idle_timeout_s", "log_level"};
+        "scheduler.request_timeout_s", "scheduler.shutdown_grace_s", "scheduler.policy", "scheduler.slo.ttft_ms",
+        "scheduler.slo.tpot_ms", "scheduler.allowed_tp", "scheduler.hysteresis_s", "scheduler.cost_file",
+        "scheduler.save_cost", "http.max_body_bytes", "http.max_header_bytes", "http.idle_timeout_s", "log_level"};
     const size_t n = sizeof(keys) / sizeof(keys[0]);
     pt_server_config c;
     pt_server_config_default(&c);
     char *json = pt_config_to_json(&c, false);
     size_t leaves = 0;
     for (const char *p = json; (p = strstr(p, "\":")); p++) leaves++;
-    CHECK_EQ_INT(leaves, n + 5); /* keys + the five section objects */
+    CHECK_EQ_INT(leaves, n + 6); /* keys + the five section objects + scheduler.slo */
     for (size_t i = 0; i < n; i++) {
         const char *leaf = strrchr(keys[i], '.');
         char q[64];
@@ -693,6 +786,6 @@ static void teardown(void) {
 
 TEST_MAIN(TEST(setup), TEST(test_defaults), TEST(test_full_file), TEST(test_partial_file_keeps_rest),
           TEST(test_dump_round_trip), TEST(test_flags_over_file), TEST(test_help), TEST(test_env_api_key),
-          TEST(test_served_name), TEST(test_finalize_cross_checks), TEST(test_layout_plans), TEST(test_layout_refused),
+          TEST(test_served_name), TEST(test_finalize_cross_checks), TEST(test_layout_plans), TEST(test_scheduler_plans), TEST(test_layout_refused),
           TEST(test_bad_inputs), TEST(test_bad_file_bytes),
           TEST(test_every_key_documented), TEST(teardown))

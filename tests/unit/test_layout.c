@@ -1,79 +1,13 @@
-/* The server's layout module (src/server/layout.h): where a request goes,
- * from hand-made instance states; the GET /v1/layout JSON with the
- * transformation in progress and the last one; the POST /v1/layout body;
- * the log line. */
+/* The server's layout module (src/server/layout.h): the GET /v1/layout JSON
+ * with the scheduler, the transformation in progress and the last one; the
+ * POST /v1/layout body; the log line. (Where a request goes is the
+ * scheduler's: tests/unit/test_serve_sched.c.) */
 #include <stdlib.h>
 
 #include <cjson/cJSON.h>
 
 #include "server/layout.h"
 #include "test.h"
-
-static pt_route_candidate idle(uint64_t pages) {
-    return (pt_route_candidate){.max_ctx = 128, .pages_total = pages, .pages_free = pages};
-}
-
-static void test_route_pages(void) {
-    CHECK_EQ_INT(pt_route_pages(28, 16, 3), 6); /* two pages on each of 3 KV heads */
-    CHECK_EQ_INT(pt_route_pages(32, 16, 3), 6);
-    CHECK_EQ_INT(pt_route_pages(33, 16, 3), 9);
-    CHECK_EQ_INT(pt_route_pages(1, 16, 8), 8);
-    CHECK_EQ_INT(pt_route_pages(0, 16, 3), 0);
-}
-
-/* Equal idle instances take requests in turn: what was routed counts at
- * once, before the batchers' snapshots show it. */
-static void test_route_spreads(void) {
-    pt_route_candidate c[3] = {idle(96), idle(96), idle(96)};
-    int want[] = {0, 1, 2, 0, 1, 2};
-    for (int k = 0; k < 6; k++) {
-        int i = pt_route_pick(c, 3, 24, 6);
-        CHECK_MSG(i == want[k], "request %d went to %d, want %d", k, i, want[k]);
-        if (i >= 0) c[i].pages_promised += 6;
-    }
-    /* A request finishing (its promise returned) makes its instance the freest. */
-    c[1].pages_promised -= 6;
-    CHECK_EQ_INT(pt_route_pick(c, 3, 24, 6), 1);
-}
-
-static void test_route_most_free(void) {
-    /* The TP2 instance pools two ranks' pages: the most free. */
-    pt_route_candidate c[3] = {idle(48), idle(48), idle(96)};
-    CHECK_EQ_INT(pt_route_pick(c, 3, 24, 6), 2);
-    /* The snapshot says fewer are free than the promises leave: it wins. */
-    c[2].pages_free = 40;
-    CHECK_EQ_INT(pt_route_pick(c, 3, 24, 6), 0);
-    /* Promises beyond the pool count as none free, not as a wrap-around. */
-    c[0].pages_promised = 500;
-    c[1].pages_promised = 8;
-    CHECK_EQ_INT(pt_route_pick(c, 3, 24, 6), 1); /* 0, 40, 40: a tie goes to the lower index ... */
-    c[1].load = 1;
-    CHECK_EQ_INT(pt_route_pick(c, 3, 24, 6), 2); /* ... unless its load is higher */
-}
-
-static void test_route_fits(void) {
-    pt_route_candidate c[2] = {idle(96), idle(96)};
-    c[0].max_ctx = 64;
-    c[0].pages_promised = 0;
-    c[1].pages_promised = 50;
-    /* 100 tokens do not fit instance 0's context, however free it is. */
-    CHECK_EQ_INT(pt_route_pick(c, 2, 100, 21), 1);
-    CHECK_EQ_INT(pt_route_pick(c, 2, 64, 12), 0);
-    CHECK_EQ_INT(pt_route_pick(c, 2, 129, 27), -1); /* no context holds it */
-    /* A pool too small for the request at all comes last, even when freer. */
-    pt_route_candidate d[2] = {idle(4), idle(100)};
-    d[1].pages_free = 2;
-    CHECK_EQ_INT(pt_route_pick(d, 2, 24, 6), 1);
-    d[1].max_ctx = 16;
-    CHECK_EQ_INT(pt_route_pick(d, 2, 24, 6), 0); /* the only context that holds it */
-    /* Instances that refused (queue full) are passed over. */
-    pt_route_candidate e[2] = {idle(96), idle(48)};
-    e[0].refused = true;
-    CHECK_EQ_INT(pt_route_pick(e, 2, 24, 6), 1);
-    e[1].refused = true;
-    CHECK_EQ_INT(pt_route_pick(e, 2, 24, 6), -1);
-    CHECK_EQ_INT(pt_route_pick(e, 0, 24, 6), -1);
-}
 
 static pt_layout_report two_instances(void) {
     pt_layout_report r;
@@ -114,7 +48,7 @@ static const char *str(const cJSON *o, const char *k) {
 
 static void test_layout_json(void) {
     pt_layout_report r = two_instances();
-    char *text = pt_layout_json(&r, NULL);
+    char *text = pt_layout_json(&r, NULL, NULL);
     cJSON *root = cJSON_Parse(text);
     CHECK_MSG(root != NULL, "not JSON: %s", text);
     const cJSON *devs = cJSON_GetObjectItemCaseSensitive(root, "devices");
@@ -145,13 +79,14 @@ static void test_layout_json(void) {
     CHECK(cJSON_GetArraySize(lay) == 2 && cJSON_GetArrayItem(lay, 0)->valueint == 1 &&
           cJSON_GetArrayItem(lay, 1)->valueint == 2);
     CHECK(cJSON_GetObjectItemCaseSensitive(root, "transformation") == NULL); /* no view given */
+    CHECK(cJSON_GetObjectItemCaseSensitive(root, "scheduler") == NULL);
     cJSON_Delete(root);
     free(text);
 
     /* A CUDA device shows its ordinal instead of threads. */
     r.devices[0].kind = PT_DEVICE_CUDA;
     r.devices[0].ordinal = 3;
-    text = pt_layout_json(&r, NULL);
+    text = pt_layout_json(&r, NULL, NULL);
     root = cJSON_Parse(text);
     const cJSON *d0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(root, "devices"), 0);
     CHECK(!strcmp(str(d0, "kind"), "cuda") && num(d0, "ordinal") == 3);
@@ -210,7 +145,7 @@ static void test_layout_json_last_transformation(void) {
     pt_layout_report r = two_instances();
     pt_relayout_result *run = two_op_run();
     pt_layout_xform_view x = {NULL, run, 3, 1};
-    char *text = pt_layout_json(&r, &x);
+    char *text = pt_layout_json(&r, &x, NULL);
     cJSON *root = cJSON_Parse(text);
     const cJSON *t = item(root, "transformation");
     CHECK_MSG(cJSON_IsObject(t), "%s", text);
@@ -253,7 +188,7 @@ static void test_layout_json_last_transformation(void) {
     run->ok = true;
     run->ops[1].attempted = false;
     run->plan.ops[1].kind = PT_XFORM_MERGE;
-    text = pt_layout_json(&r, &x);
+    text = pt_layout_json(&r, &x, NULL);
     root = cJSON_Parse(text);
     last = item(item(root, "transformation"), "last");
     CHECK(!strcmp(str(last, "kind"), "merge") && !strcmp(str(last, "result"), "ok"));
@@ -271,7 +206,7 @@ static void test_layout_json_in_progress(void) {
     pt_relayout_result *run = two_op_run();
     pt_relayout_progress p = {7, PT_RELAYOUT_PRECOPY, 1, 2, 0.5, run};
     pt_layout_xform_view x = {&p, NULL, 0, 0};
-    char *text = pt_layout_json(&r, &x);
+    char *text = pt_layout_json(&r, &x, NULL);
     cJSON *root = cJSON_Parse(text);
     const cJSON *t = item(root, "transformation");
     CHECK(cJSON_IsTrue(item(t, "in_progress")));
@@ -338,6 +273,47 @@ static void test_parse_request(void) {
     parse_bad(big, "'layout' has 65 instances; a server has at most 64 devices");
 }
 
+/* The scheduler's part: policy, degrees, SLOs (null when unset), every
+ * decision by reason with the batcher's preemptions under "newest". */
+static void test_layout_json_scheduler(void) {
+    pt_layout_report r = two_instances();
+    pt_sched_stats st = {{0}};
+    st.by_reason[PT_SCHED_R_LONG_TO_MERGED] = 3;
+    st.by_reason[PT_SCHED_R_MERGE_CANNOT_FIT] = 1;
+    st.by_reason[PT_SCHED_R_PREEMPT_NEWEST] = 2;
+    int allowed[] = {1, 2};
+    pt_layout_sched_view sv = {true, allowed, 2, 500, 0, 2.5, "calibrated at start-up", 4, &st, 5,
+                               "merge devices 0-1 to TP2"};
+    char *text = pt_layout_json(&r, NULL, &sv);
+    cJSON *root = cJSON_Parse(text);
+    CHECK_MSG(root != NULL, "not JSON: %s", text);
+    const cJSON *sc = item(root, "scheduler");
+    CHECK(!strcmp(str(sc, "policy"), "dynamic"));
+    CHECK(int_array_is(item(sc, "allowed_tp"), allowed, 2));
+    CHECK(num(item(sc, "slo"), "ttft_ms") == 500);
+    CHECK(cJSON_IsNull(item(item(sc, "slo"), "tpot_ms")));
+    CHECK(num(sc, "hysteresis_s") == 2.5 && num(sc, "held") == 4);
+    CHECK(!strcmp(str(sc, "cost_model"), "calibrated at start-up"));
+    CHECK(!strcmp(str(sc, "last_transformation_decision"), "merge devices 0-1 to TP2"));
+    const cJSON *dec = item(sc, "decisions");
+    CHECK(num(item(dec, "place"), "long_to_merged") == 3);
+    CHECK(num(item(dec, "place"), "least_loaded") == 0);
+    CHECK(num(item(dec, "merge"), "cannot_fit") == 1);
+    CHECK(num(item(dec, "preempt"), "newest") == 7); /* 2 by the scheduler + 5 by the batchers */
+    CHECK(item(dec, "split") != NULL && item(dec, "no_transformation") != NULL && item(dec, "hold") != NULL);
+    cJSON_Delete(root);
+    free(text);
+
+    sv.dynamic = false;
+    sv.last_xform = "";
+    text = pt_layout_json(&r, NULL, &sv);
+    root = cJSON_Parse(text);
+    CHECK(!strcmp(str(item(root, "scheduler"), "policy"), "static"));
+    CHECK(cJSON_IsNull(item(item(root, "scheduler"), "last_transformation_decision")));
+    cJSON_Delete(root);
+    free(text);
+}
+
 static void test_describe(void) {
     pt_layout_report r = two_instances();
     char buf[128];
@@ -352,6 +328,5 @@ static void test_describe(void) {
     CHECK_MSG(strlen(tiny) == sizeof(tiny) - 1, "%s", tiny);
 }
 
-TEST_MAIN(TEST(test_route_pages), TEST(test_route_spreads), TEST(test_route_most_free), TEST(test_route_fits),
-          TEST(test_layout_json), TEST(test_layout_json_last_transformation), TEST(test_layout_json_in_progress),
+TEST_MAIN(TEST(test_layout_json), TEST(test_layout_json_scheduler), TEST(test_layout_json_last_transformation), TEST(test_layout_json_in_progress),
           TEST(test_parse_request), TEST(test_describe))

@@ -1,0 +1,99 @@
+/* The scheduler's cost model on the live server (DESIGN.md section 7: "the
+ * cost model ... measured at start-up"), from a few timed steps.
+ *
+ * For each TP degree asked for, a short-lived instance is built over the
+ * first devices of the fabric (before the server's own instances exist, so
+ * that it fits where they will), and a handful of steps are timed on it:
+ * prefills of two lengths, decodes of one and four sequences at short and
+ * long contexts, a prefill chunk after a long context. A linear model
+ *
+ *   step(tokens, pairs) = fixed_s + token_s * tokens + flop_pair_s * pairs
+ *
+ * (cost_model.h with its memory side zero, as a calibrated CPU model is) is
+ * fitted to them by least squares on the relative error, coefficients kept
+ * non-negative. A degree whose instance cannot be built (its shard does not
+ * fit a device, it exceeds the model's KV heads) is left invalid: the
+ * scheduler never forms it. The longer prefill's length is chosen from the
+ * first one's speed so that one degree takes about budget_s.
+ *
+ * The memory side comes from the server's instances once they are built
+ * (pt_calibrate_memory); transformation costs from a timed copy and the
+ * time the calibration instances took to build. */
+#ifndef PROTEUS_SERVER_CALIBRATE_H
+#define PROTEUS_SERVER_CALIBRATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proteus/engine.h"
+#include "proteus/fabric.h"
+#include "proteus/model_file.h"
+#include "proteus/util.h"
+#include "scheduler/cost_model.h"
+
+/* One timed step: its shape and seconds. */
+typedef struct {
+    uint64_t tokens, pairs;
+    double seconds;
+} pt_calib_point;
+
+/* Fits fixed_s, token_s and flop_pair_s of *out (the other coefficients
+ * zero, valid set) to n points, minimising the squared relative error, with
+ * every coefficient >= 0. Also returns the fit's mean relative error.
+ * PT_ERR_INVALID when there are fewer than 3 points or a time is not > 0. */
+int pt_calib_fit(const pt_calib_point *p, size_t n, pt_cost_tp *out, double *mean_rel_err, pt_err *err);
+
+typedef struct {
+    double budget_s;      /* about how long the timed steps of one degree take (default 0.5) */
+} pt_calib_opts;
+
+/* What the calibration did, for the log. */
+typedef struct {
+    int degree;
+    bool ok;
+    char why[600];        /* !ok: why the degree is not modelled */
+    size_t n_points;
+    uint32_t long_prefill; /* tokens of the longer prefill */
+    double build_s, steps_s, mean_rel_err;
+} pt_calib_degree;
+
+typedef struct {
+    pt_calib_degree deg[16];
+    int n_deg;
+    double copy_bytes_per_s;
+    double total_s;
+} pt_calib_report;
+
+/* Calibrates *m for degrees[0..n) over fabric f (instances of degree d on
+ * devices [0, d)) with the server's engine options eo (its page size, KV
+ * type, step size). Fills the per-degree coefficients, xform_byte_s,
+ * xform_fixed_s and pause_fixed_s; the memory fields are provisional until
+ * pt_calibrate_memory. Fails only when no degree could be calibrated. */
+int pt_calibrate(pt_cost_model *m, const pt_model_file *mf, pt_fabric *f, const pt_engine_opts *eo,
+                 const int *degrees, int n, const pt_calib_opts *co, pt_calib_report *rep, pt_err *err);
+
+/* The memory fields of *m from the server's instances: page size, KV heads,
+ * bytes of a head page, the context limit, and what a device holds. The
+ * server's KV pools keep the pages they were built with whatever the layout
+ * (a transformation moves pages between them, it does not grow them), so
+ * an instance of degree d holds d times a device's pages: the model says so
+ * with weight_bytes 0 and a device's weights, step buffers and pages in
+ * reserve_bytes and device_bytes (README "Choosing a layout and tuning the
+ * scheduler"). The device with the fewest pages sets the numbers, counted
+ * as pt_calib_model_pages says. */
+void pt_calibrate_memory(pt_cost_model *m, pt_engine *const *inst, int n_inst);
+
+/* The pages per device the model gets when each device's pool has `pages`:
+ * the most that no modelled degree over-counts. A degree d splits the KV
+ * heads in contiguous ranges, the largest ceil(heads / d); a sequence fits
+ * in floor(pages / ceil(heads / d)) pages of every head, which the model
+ * counts as heads times that over d devices. SmolLM2's 3 heads with 16
+ * pages: TP1 15, TP2 (1 + 2 heads) 12 a device: 12, so that the model
+ * never sends a request to a degree that cannot hold it (it may ask for a
+ * merge a little early). Degrees above the heads are not counted. */
+uint64_t pt_calib_model_pages(const pt_cost_model *m, uint64_t pages, uint32_t n_kv_heads);
+
+/* One line per degree and a summary, at info level. */
+void pt_calibrate_log(const pt_calib_report *rep, const pt_cost_model *m);
+
+#endif
