@@ -13,6 +13,7 @@ int cmd_generate(int argc, char **argv);
 int cmd_perf(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_simulate(int argc, char **argv);
 
 /* Resolves -m: NULL or "default" -> the cached default model. The result is
  * static storage or `arg` itself. */

@@ -12,6 +12,7 @@ static void usage(FILE *f) {
           "  generate   generate text from a prompt or a chat message, streamed\n"
           "  perf       measure prompt processing and generation speed\n"
           "  bench      replay a request trace against an OpenAI-compatible server\n"
+          "  simulate   replay a request trace on a simulated GPU cluster with the scheduler\n"
           "\n"
           "Run 'proteus <command> --help' for a command's options.\n",
           f);
@@ -27,6 +28,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
     if (!strcmp(cmd, "perf")) return cmd_perf(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
+    if (!strcmp(cmd, "simulate")) return cmd_simulate(argc - 1, argv + 1);
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         usage(stdout);
         return CLI_OK;
