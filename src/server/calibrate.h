@@ -44,7 +44,7 @@ typedef struct {
 int pt_calib_fit(const pt_calib_point *p, size_t n, pt_cost_tp *out, double *mean_rel_err, pt_err *err);
 
 typedef struct {
-    double budget_s;      /* about how long the timed steps of one degree take (default 0.5) */
+    double budget_s;      /* about how long the timed steps of one degree take (default 1) */
 } pt_calib_opts;
 
 /* What the calibration did, for the log. */

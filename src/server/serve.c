@@ -156,6 +156,8 @@ struct serve {
     uint64_t next_sched_id;
     size_t n_held;        /* choices held, over all calls */
     uint64_t sched_xform_id; /* the layout change the scheduler started (xf-N), 0 when none runs */
+    double retry_after;   /* after the scheduler's change failed: no other before this pt_now() */
+    double retry_wait;    /* the wait after the next failure: doubles from 1 s to 30 s, reset by a success */
     char last_xform_text[256]; /* the last transformation decision, for GET /v1/layout */
     pthread_mutex_t mu;
     event *ev_head, *ev_tail;
@@ -754,7 +756,7 @@ static void start_sched_xform(serve *s, const pt_sched_xform *x) {
 
 /* Asks the scheduler whether to merge or split now (dynamic policy). */
 static void sched_plan(serve *s) {
-    if (!s->dynamic || s->shutting_down || !s->http) return;
+    if (!s->dynamic || s->shutting_down || !s->http || pt_now() < s->retry_after) return;
     const pt_sched_state *st = sched_state(s, 0);
     pt_sched_stats before, after;
     pt_sched_get_stats(s->sched, &before);
@@ -1174,6 +1176,13 @@ static void relayout_done(void *user, const pt_relayout_result *res) {
     if (s->sched_xform_id && res->id == s->sched_xform_id) {
         pt_sched_xform_done(s->sched, pt_now(), res->ok);
         s->sched_xform_id = 0;
+        /* A change that failed (rolled back) is not retried at once: what
+         * made it fail (pages short on a device, a fault) may still hold. */
+        s->retry_wait = res->ok ? 0 : s->retry_wait > 0 ? (s->retry_wait * 2 < 30 ? s->retry_wait * 2 : 30) : 1;
+        s->retry_after = res->ok ? 0 : pt_now() + s->retry_wait;
+        if (!res->ok)
+            pt_log(PT_LOG_WARN, "scheduler: its transformation xf-%llu failed; no other for %.0f s",
+                   (unsigned long long)res->id, s->retry_wait);
     }
     sched_after_change(s);
 }
