@@ -19,6 +19,16 @@
 
 #define NOT_SEEN (-1.0)
 
+/* What the estimates need of one instance, computed once per state. */
+typedef struct {
+    double dec, extra;       /* its decode step now; what that adds to a prefill step */
+    double ahead;            /* prefill work queued or in progress there */
+    uint64_t pages_ahead;    /* pages its queued requests will hold */
+    double *finish;          /* (n) when each running request ends, ascending */
+    uint64_t *freed;         /* (n) pages free once finish[0..k] ended, on top of pages_free */
+    size_t n, cap;
+} inst_view;
+
 struct pt_scheduler {
     pt_sched_opts o;
     pt_cost_model m;
@@ -32,6 +42,9 @@ struct pt_scheduler {
      * every call is counted (and logged by the caller) once. */
     int declined_first, declined_n, declined_reason;
     uint32_t declined_helped, declined_hurt;
+    inst_view view[PT_SCHED_MAX_DEVICES]; /* estimates' inputs per instance (views()) */
+    uint64_t views_key;
+    bool views_valid;
 };
 
 static const struct {
@@ -91,7 +104,14 @@ int pt_sched_create(pt_scheduler **out, const pt_sched_opts *o, const pt_cost_mo
     return 0;
 }
 
-void pt_sched_free(pt_scheduler *s) { free(s); }
+void pt_sched_free(pt_scheduler *s) {
+    if (!s) return;
+    for (int i = 0; i < PT_SCHED_MAX_DEVICES; i++) {
+        free(s->view[i].finish);
+        free(s->view[i].freed);
+    }
+    free(s);
+}
 const pt_sched_opts *pt_sched_get_opts(const pt_scheduler *s) { return &s->o; }
 const pt_cost_model *pt_sched_get_cost(const pt_scheduler *s) { return &s->m; }
 void pt_sched_get_stats(const pt_scheduler *s, pt_sched_stats *out) { *out = s->stats; }
@@ -160,61 +180,109 @@ static double decode_extra(const pt_scheduler *s, const pt_sched_instance *in, d
     return extra > 0 ? extra : 0.0;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
+typedef struct {
+    double finish;
+    uint64_t pages;
+} ending;
+
+static int cmp_ending(const void *a, const void *b) {
+    double x = ((const ending *)a)->finish, y = ((const ending *)b)->finish;
     return (x > y) - (x < y);
 }
 
-/* Seconds until `in` has `pages` free, as its running requests finish in
- * the order of their remaining tokens; INFINITY when all of them finishing
- * is not enough. */
-static double wait_for_pages(const pt_scheduler *s, const pt_sched_instance *in, uint64_t pages, double dec) {
+static void view_build(const pt_scheduler *s, const pt_sched_instance *in, inst_view *v) {
+    v->dec = decode_step(s, in);
+    v->extra = decode_extra(s, in, v->dec);
+    v->ahead = 0.0;
+    v->pages_ahead = 0;
+    for (size_t k = 0; k < in->n_running; k++) {
+        const pt_sched_req *q = &in->running[k];
+        if (q->prefilled < q->prompt_len)
+            v->ahead += prefill_beside(s, in->tp, q->prefilled, q->prompt_len - q->prefilled, v->extra);
+    }
+    for (size_t k = 0; k < in->n_queued; k++) {
+        const pt_sched_req *q = &in->queued[k];
+        v->ahead += prefill_beside(s, in->tp, q->prefilled, q->prompt_len - q->prefilled, v->extra);
+        v->pages_ahead += req_pages(s, q);
+    }
+    v->n = 0;
+    if (in->n_running > v->cap) {
+        size_t cap = in->n_running * 2;
+        double *f = realloc(v->finish, cap * sizeof(*f));
+        if (f) v->finish = f;
+        uint64_t *p = f ? realloc(v->freed, cap * sizeof(*p)) : NULL;
+        if (p) v->freed = p;
+        if (!f || !p) return; /* no list: a wait for pages counts as endless */
+        v->cap = cap;
+    }
+    ending *e = malloc((in->n_running ? in->n_running : 1) * sizeof(*e));
+    if (!e) return;
+    for (size_t k = 0; k < in->n_running; k++) {
+        const pt_sched_req *r = &in->running[k];
+        uint32_t left = r->max_tokens > r->generated ? r->max_tokens - r->generated : 0;
+        e[k] = (ending){left * v->dec, pt_cost_seq_pages(&s->m, (uint64_t)r->prompt_len + r->generated)};
+    }
+    qsort(e, in->n_running, sizeof(*e), cmp_ending);
+    uint64_t freed = 0;
+    for (size_t k = 0; k < in->n_running; k++) {
+        freed += e[k].pages;
+        v->finish[k] = e[k].finish;
+        v->freed[k] = freed;
+    }
+    v->n = in->n_running;
+    free(e);
+}
+
+/* The views of st's instances. They are kept while the state looks the same
+ * (same time, arrays, counts and free pages), so that offering many held
+ * requests in a row costs one pass over the instances' requests. */
+static const inst_view *views(pt_scheduler *s, const pt_sched_state *st) {
+    uint64_t key = 1469598103934665603ull; /* FNV-1a over what identifies the state */
+#define MIX(x) key = (key ^ (uint64_t)(x)) * 1099511628211ull
+    uint64_t now_bits;
+    memcpy(&now_bits, &st->now, sizeof(now_bits));
+    MIX(now_bits);
+    MIX(st->n_inst);
+    MIX((uintptr_t)st->inst);
+    for (int i = 0; i < st->n_inst; i++) {
+        const pt_sched_instance *in = &st->inst[i];
+        MIX(in->tp);
+        MIX(in->first_device);
+        MIX((uintptr_t)in->running);
+        MIX(in->n_running);
+        MIX((uintptr_t)in->queued);
+        MIX(in->n_queued);
+        MIX(in->pages_free);
+        MIX(in->pages_total);
+    }
+#undef MIX
+    if (!s->views_valid || key != s->views_key) {
+        for (int i = 0; i < st->n_inst && i < PT_SCHED_MAX_DEVICES; i++) view_build(s, &st->inst[i], &s->view[i]);
+        s->views_key = key;
+        s->views_valid = true;
+    }
+    return s->view;
+}
+
+/* Seconds until `in` has `pages` free, as its running requests end in the
+ * order of their remaining tokens; INFINITY when all of them ending is not
+ * enough. */
+static double wait_for_pages(const pt_sched_instance *in, const inst_view *v, uint64_t pages) {
     if (in->pages_free >= pages) return 0.0;
     if (in->pages_total < pages) return INFINITY;
     uint64_t deficit = pages - in->pages_free;
-    /* (remaining seconds, pages freed) of each running request, by time */
-    size_t n = in->n_running;
-    double *t = malloc((n ? n : 1) * 2 * sizeof(double));
-    if (!t) return INFINITY;
-    for (size_t k = 0; k < n; k++) {
-        const pt_sched_req *r = &in->running[k];
-        uint32_t left = r->max_tokens > r->generated ? r->max_tokens - r->generated : 0;
-        t[2 * k] = left * dec;
-        t[2 * k + 1] = (double)pt_cost_seq_pages(&s->m, (uint64_t)r->prompt_len + r->generated);
-    }
-    qsort(t, n, 2 * sizeof(double), cmp_double);
-    double freed = 0, when = INFINITY;
-    for (size_t k = 0; k < n; k++) {
-        freed += t[2 * k + 1];
-        if (freed >= (double)deficit) {
-            when = t[2 * k];
-            break;
-        }
-    }
-    free(t);
-    return when;
+    for (size_t k = 0; k < v->n; k++)
+        if (v->freed[k] >= deficit) return v->finish[k];
+    return INFINITY;
 }
 
 /* Estimated TTFT of r (not yet on any instance) if placed on in now. */
 static double est_ttft(const pt_scheduler *s, const pt_sched_state *st, const pt_sched_instance *in,
-                       const pt_sched_req *r) {
-    double dec = decode_step(s, in), extra = decode_extra(s, in, dec);
-    double ahead = 0.0;
-    uint64_t pages_ahead = 0;
-    for (size_t k = 0; k < in->n_running; k++) {
-        const pt_sched_req *q = &in->running[k];
-        if (q->prefilled < q->prompt_len)
-            ahead += prefill_beside(s, in->tp, q->prefilled, q->prompt_len - q->prefilled, extra);
-    }
-    for (size_t k = 0; k < in->n_queued; k++) {
-        const pt_sched_req *q = &in->queued[k];
-        ahead += prefill_beside(s, in->tp, q->prefilled, q->prompt_len - q->prefilled, extra);
-        pages_ahead += req_pages(s, q);
-    }
-    double mem = wait_for_pages(s, in, pages_ahead + req_pages(s, r), dec);
-    double own = prefill_beside(s, in->tp, r->prefilled, r->prompt_len - r->prefilled, extra);
+                       const inst_view *v, const pt_sched_req *r) {
+    double mem = wait_for_pages(in, v, v->pages_ahead + req_pages(s, r));
+    double own = prefill_beside(s, in->tp, r->prefilled, r->prompt_len - r->prefilled, v->extra);
     double waited = st->now > r->arrival ? st->now - r->arrival : 0.0;
-    return waited + (mem > ahead ? mem : ahead) + own;
+    return waited + (mem > v->ahead ? mem : v->ahead) + own;
 }
 
 static bool holds(const pt_scheduler *s, const pt_sched_instance *in, const pt_sched_req *r) {
@@ -227,21 +295,22 @@ static uint32_t load_of(const pt_sched_instance *in) { return (uint32_t)(in->n_r
 
 /* ---- (a) placement ---- */
 
-static void place_done(pt_scheduler *s, pt_sched_placement *out, pt_sched_place_kind kind, int inst,
-                       pt_sched_reason reason) {
+static void place_done(pt_scheduler *s, const pt_sched_req *r, pt_sched_placement *out, pt_sched_place_kind kind,
+                       int inst, pt_sched_reason reason) {
     out->kind = kind;
     out->instance = inst;
     out->reason = reason;
-    s->stats.by_reason[reason]++;
+    if (kind != PT_SCHED_HOLD || !r->held_before) s->stats.by_reason[reason]++;
 }
 
 /* The best instance of degree `tp` for r (-1 when none holds it), and its estimate. */
-static int best_of_degree(const pt_scheduler *s, const pt_sched_state *st, const pt_sched_req *r, int tp, double *ttft) {
+static int best_of_degree(pt_scheduler *s, const pt_sched_state *st, const pt_sched_req *r, int tp, double *ttft) {
+    const inst_view *v = views(s, st);
     int best = -1;
     for (int i = 0; i < st->n_inst; i++) {
         const pt_sched_instance *in = &st->inst[i];
         if ((tp > 0 && in->tp != tp) || !holds(s, in, r)) continue;
-        double t = est_ttft(s, st, in, r);
+        double t = est_ttft(s, st, in, &v[i], r);
         if (best < 0 || t < *ttft || (t == *ttft && load_of(in) < load_of(&st->inst[best]))) {
             best = i;
             *ttft = t;
@@ -260,6 +329,25 @@ static bool merge_would_meet(const pt_scheduler *s, const pt_sched_state *st, co
     return waited + c.total_s + pt_cost_prefill(&s->m, need, r->prompt_len, s->o.prefill_chunk) <= s->o.slo.ttft_s;
 }
 
+static int smallest_degree(const pt_scheduler *s) {
+    for (int a = 0; a < s->o.n_allowed; a++)
+        if (modelled(s, s->o.allowed_tp[a])) return s->o.allowed_tp[a];
+    return 0;
+}
+
+static bool mergeable_range(const pt_sched_state *st, int first, int d, int *lo, int *hi);
+
+/* Whether some aligned range could be merged into an instance of degree >= need. */
+static bool can_merge_to(const pt_scheduler *s, const pt_sched_state *st, int need) {
+    for (int a = 0; a < s->o.n_allowed; a++) {
+        int d = s->o.allowed_tp[a], lo, hi;
+        if (d < need || !modelled(s, d)) continue;
+        for (int first = 0; first + d <= st->n_devices; first += d)
+            if (mergeable_range(st, first, d, &lo, &hi)) return true;
+    }
+    return false;
+}
+
 static void describe(const pt_sched_state *st, int i, char *buf, size_t n) {
     if (i < 0) {
         snprintf(buf, n, "-");
@@ -272,6 +360,12 @@ static void describe(const pt_sched_state *st, int i, char *buf, size_t n) {
 
 void pt_sched_place(pt_scheduler *s, const pt_sched_state *st, const pt_sched_req *r, pt_sched_placement *out) {
     *out = (pt_sched_placement){.instance = -1};
+    if (st->n_inst > PT_SCHED_MAX_DEVICES) {
+        out->kind = PT_SCHED_REJECT;
+        out->reason = PT_SCHED_R_REJECT_TOO_LONG;
+        snprintf(out->text, sizeof(out->text), "reject: %d instances, more than %d", st->n_inst, PT_SCHED_MAX_DEVICES);
+        return;
+    }
     char where[96];
     double slo = s->o.slo.ttft_s;
 
@@ -280,13 +374,13 @@ void pt_sched_place(pt_scheduler *s, const pt_sched_state *st, const pt_sched_re
         int i = best_of_degree(s, st, r, 0, &t);
         out->need_tp = i >= 0 ? st->inst[i].tp : 0;
         if (i < 0) {
-            place_done(s, out, PT_SCHED_REJECT, -1, PT_SCHED_R_REJECT_TOO_LONG);
+            place_done(s, r, out, PT_SCHED_REJECT, -1, PT_SCHED_R_REJECT_TOO_LONG);
             snprintf(out->text, sizeof(out->text),
                      "reject request %llu: %u + %u tokens (%llu KV pages) fit no instance of this layout",
                      (unsigned long long)r->id, r->prompt_len, r->max_tokens, (unsigned long long)req_pages(s, r));
             return;
         }
-        place_done(s, out, PT_SCHED_PLACE, i, PT_SCHED_R_LEAST_LOADED);
+        place_done(s, r, out, PT_SCHED_PLACE, i, PT_SCHED_R_LEAST_LOADED);
         describe(st, i, where, sizeof(where));
         snprintf(out->text, sizeof(out->text), "place request %llu (%u + %u tokens) on %s: lowest estimated TTFT %.3f s",
                  (unsigned long long)r->id, r->prompt_len, r->max_tokens, where, t);
@@ -296,7 +390,7 @@ void pt_sched_place(pt_scheduler *s, const pt_sched_state *st, const pt_sched_re
     int need = pt_sched_need_tp(s, r);
     out->need_tp = need;
     if (need == 0 || need > st->n_devices) {
-        place_done(s, out, PT_SCHED_REJECT, -1, PT_SCHED_R_REJECT_TOO_LONG);
+        place_done(s, r, out, PT_SCHED_REJECT, -1, PT_SCHED_R_REJECT_TOO_LONG);
         snprintf(out->text, sizeof(out->text),
                  "reject request %llu: %u + %u tokens fit no allowed degree on %d devices (max_ctx %u)",
                  (unsigned long long)r->id, r->prompt_len, r->max_tokens, st->n_devices, s->m.max_ctx);
@@ -322,28 +416,40 @@ void pt_sched_place(pt_scheduler *s, const pt_sched_state *st, const pt_sched_re
         pt_sched_reason why = d > first_degree ? PT_SCHED_R_OVERFLOW
                               : need > 1       ? PT_SCHED_R_LONG_TO_MERGED
                                                : PT_SCHED_R_LEAST_LOADED;
-        place_done(s, out, PT_SCHED_PLACE, i, why);
+        place_done(s, r, out, PT_SCHED_PLACE, i, why);
         describe(st, i, where, sizeof(where));
         snprintf(out->text, sizeof(out->text), "place request %llu (%u + %u tokens, needs TP%d) on %s: estimated TTFT %.3f s%s",
                  (unsigned long long)r->id, r->prompt_len, r->max_tokens, need, where, t,
                  why == PT_SCHED_R_OVERFLOW ? " (smaller instances would break its TTFT)" : "");
         return;
     }
-    /* Nothing meets the TTFT (or nothing holds it): hold it for a merge when
-     * one can serve it in time, or when nothing can serve it at all. */
-    if (best_any < 0 || merge_would_meet(s, st, r, need)) {
-        place_done(s, out, PT_SCHED_HOLD, -1, PT_SCHED_R_HOLD_FOR_MERGE);
+    /* Nothing of its degree meets the TTFT. A merge makes a new instance of
+     * that degree: worth waiting for when none holds it, or when those that
+     * do are busy with other long requests and a fresh one would meet the
+     * TTFT. For a request of the smallest degree a merge adds no capacity
+     * (its wait is queueing), so it goes where it waits least. */
+    const char *why_hold = NULL;
+    int home = best_any;
+    double home_t = best_any_t;
+    if (best_any < 0) {
+        home = best_of_degree(s, st, r, 0, &home_t); /* a smaller instance that holds it */
+        if (home < 0) why_hold = "no instance holds it";
+        else if (merge_would_meet(s, st, r, need)) why_hold = "a merge meets its TTFT, no instance does";
+    } else if (need > smallest_degree(s) && merge_would_meet(s, st, r, need) && can_merge_to(s, st, need)) {
+        why_hold = "the instances of its degree are busy, a new merge meets its TTFT";
+    }
+    if (why_hold) {
+        place_done(s, r, out, PT_SCHED_HOLD, -1, PT_SCHED_R_HOLD_FOR_MERGE);
         snprintf(out->text, sizeof(out->text), "hold request %llu (%u + %u tokens, needs TP%d): %s",
-                 (unsigned long long)r->id, r->prompt_len, r->max_tokens, need,
-                 best_any < 0 ? "no instance holds it" : "a merge meets its TTFT, no instance does");
+                 (unsigned long long)r->id, r->prompt_len, r->max_tokens, need, why_hold);
         return;
     }
-    place_done(s, out, PT_SCHED_PLACE, best_any, PT_SCHED_R_LEAST_LOADED);
-    describe(st, best_any, where, sizeof(where));
+    place_done(s, r, out, PT_SCHED_PLACE, home, PT_SCHED_R_LEAST_LOADED);
+    describe(st, home, where, sizeof(where));
     snprintf(out->text, sizeof(out->text),
              "place request %llu (%u + %u tokens, needs TP%d) on %s: estimated TTFT %.3f s misses the SLO %.3f s "
-             "everywhere, a merge would too",
-             (unsigned long long)r->id, r->prompt_len, r->max_tokens, need, where, best_any_t, slo);
+             "everywhere, a merge would not help",
+             (unsigned long long)r->id, r->prompt_len, r->max_tokens, need, where, home_t, slo);
 }
 
 /* ---- (b) preemption ---- */
@@ -392,11 +498,12 @@ static bool mergeable_range(const pt_sched_state *st, int first, int d, int *lo,
 
 /* Requests on instances [lo, hi] whose SLO a pause of pause_s breaks:
  * running ones by their TPOT, prefilling and queued ones by their TTFT. */
-static uint32_t hurt_by_pause(const pt_scheduler *s, const pt_sched_state *st, int lo, int hi, double pause_s) {
+static uint32_t hurt_by_pause(pt_scheduler *s, const pt_sched_state *st, int lo, int hi, double pause_s) {
+    const inst_view *v = views(s, st);
     uint32_t hurt = 0;
     for (int i = lo; i <= hi; i++) {
         const pt_sched_instance *in = &st->inst[i];
-        double dec = decode_step(s, in);
+        double dec = v[i].dec;
         for (size_t k = 0; k < in->n_running; k++) {
             const pt_sched_req *r = &in->running[k];
             if (r->first_token >= 0 && s->o.slo.tpot_s > 0 && r->max_tokens > 1) {
@@ -411,7 +518,7 @@ static uint32_t hurt_by_pause(const pt_scheduler *s, const pt_sched_state *st, i
         }
         for (size_t k = 0; k < in->n_queued && s->o.slo.ttft_s > 0; k++) {
             const pt_sched_req *r = &in->queued[k];
-            double ttft = est_ttft(s, st, in, r);
+            double ttft = est_ttft(s, st, in, &v[i], r);
             hurt += ttft <= s->o.slo.ttft_s && ttft + pause_s > s->o.slo.ttft_s;
         }
     }
@@ -605,9 +712,10 @@ static bool plan_split(pt_scheduler *s, const pt_sched_state *st, pt_sched_xform
         /* More instances prefill in parallel: it helps the requests queued
          * anywhere that miss their TTFT now. */
         x->helped = 0;
+        const inst_view *v = views(s, st);
         for (int j = 0; j < st->n_inst && s->o.slo.ttft_s > 0; j++)
             for (size_t k = 0; k < st->inst[j].n_queued; k++)
-                x->helped += est_ttft(s, st, &st->inst[j], &st->inst[j].queued[k]) > s->o.slo.ttft_s;
+                x->helped += est_ttft(s, st, &st->inst[j], &v[j], &st->inst[j].queued[k]) > s->o.slo.ttft_s;
         x->hurt = hurt_by_pause(s, st, i, i, x->cost.pause_s);
         if (x->hurt > x->helped) {
             decline(s, x, PT_SCHED_R_NO_XFORM_PAUSE, f, in->tp);
@@ -631,7 +739,7 @@ static bool plan_split(pt_scheduler *s, const pt_sched_state *st, pt_sched_xform
 
 void pt_sched_plan(pt_scheduler *s, const pt_sched_state *st, pt_sched_xform *x) {
     *x = (pt_sched_xform){.kind = PT_SCHED_XFORM_NONE};
-    if (s->o.policy != PT_SCHED_DYNAMIC) return;
+    if (s->o.policy != PT_SCHED_DYNAMIC || st->n_inst > PT_SCHED_MAX_DEVICES) return;
     if (plan_merge(s, st, x)) return;
     plan_split(s, st, x);
 }

@@ -59,6 +59,7 @@ typedef struct {
     uint32_t generated;      /* tokens generated so far */
     double arrival;          /* seconds, the caller's clock */
     double first_token;      /* when its first token came; < 0 before */
+    bool held_before;        /* offered again after a hold: holding it again is not counted */
 } pt_sched_req;
 
 /* One instance: a contiguous, aligned range of devices. */
