@@ -659,10 +659,14 @@ static void offer_held(serve *s, choice *ch) {
     const pt_sched_state *st = sched_state(s, ch->sched_id);
     pt_place_req me = place_req_of(ch);
     pt_sched_req r = pt_place_sched_req(&me);
+    r.held_before = true; /* held again: one decision, counted once */
     pt_sched_placement pl;
     pt_sched_place(s->sched, st, &r, &pl);
+    if (pl.kind == PT_SCHED_HOLD) {
+        pt_log(PT_LOG_DEBUG, "scheduler: request %llu stays held", (unsigned long long)ch->sched_id);
+        return;
+    }
     log_placement(&pl);
-    if (pl.kind == PT_SCHED_HOLD) return;
     char msg[512];
     if (pl.kind == PT_SCHED_REJECT || pl.instance < 0 || pl.instance >= s->n_inst) {
         snprintf(msg, sizeof(msg), "the scheduler cannot serve this request (%s): %s", pt_sched_reason_name(pl.reason),
