@@ -243,6 +243,51 @@ static void degrees_str(char *buf, size_t n, const pt_sched_opts *so) {
     layout_str(buf, n, so->allowed_tp, so->n_allowed);
 }
 
+/* Share of the run each layout was in place (transformations apart), in
+ * descending order: names[k] (room for PT_SCHED_MAX_DEVICES * 3 bytes),
+ * share[k]; returns how many, the transforming share in *xf. */
+typedef struct {
+    char name[PT_SCHED_MAX_DEVICES * 3 + 1];
+    double s;
+} layout_share;
+
+static int cmp_share(const void *a, const void *b) {
+    double x = ((const layout_share *)a)->s, y = ((const layout_share *)b)->s;
+    return (x < y) - (x > y);
+}
+
+static size_t layout_shares(const pt_sim_result *r, layout_share *out, size_t cap, double *xf) {
+    size_t n = 0;
+    double total = 0;
+    *xf = 0;
+    for (size_t i = 0; i < r->n_layouts; i++) {
+        const pt_sim_layout *l = &r->layouts[i];
+        double a = l->t < 0 ? 0 : l->t, b = i + 1 < r->n_layouts ? r->layouts[i + 1].t : r->t_end;
+        double d = b > a ? b - a : 0;
+        total += d;
+        bool any = false;
+        for (int k = 0; k < l->n_inst; k++) any |= l->transforming[k];
+        if (any) {
+            *xf += d;
+            continue;
+        }
+        char name[sizeof(out->name)];
+        layout_str(name, sizeof(name), l->tp, l->n_inst);
+        size_t k = 0;
+        while (k < n && strcmp(out[k].name, name) != 0) k++;
+        if (k == n) {
+            if (n == cap) continue;
+            snprintf(out[n].name, sizeof(out[n].name), "%s", name);
+            out[n++].s = 0;
+        }
+        out[k].s += d;
+    }
+    for (size_t k = 0; k < n && total > 0; k++) out[k].s /= total;
+    if (total > 0) *xf /= total;
+    qsort(out, n, sizeof(*out), cmp_share);
+    return n;
+}
+
 /* The simulation's own members of the JSON report. */
 static cJSON *sim_json(const sim_args *a, const pt_sim_result *r, const pt_sim_opts *so, const char *model_name,
                        const pt_sim_cluster *cl, const char *initial) {
@@ -289,6 +334,14 @@ static cJSON *sim_json(const sim_args *a, const pt_sim_result *r, const pt_sim_o
         cJSON_AddBoolToObject(e, "transforming", any);
         cJSON_AddItemToArray(lt, e);
     }
+    layout_share sh[64];
+    double xf;
+    size_t nsh = layout_shares(r, sh, 64, &xf);
+    cJSON *ts = cJSON_AddObjectToObject(x, "layout_time_share");
+    for (size_t k = 0; k < nsh; k++) cJSON_AddNumberToObject(ts, sh[k].name, sh[k].s);
+    cJSON_AddNumberToObject(ts, "transforming", xf);
+    cJSON_AddNumberToObject(x, "held_requests", (double)r->held_requests);
+    cJSON_AddNumberToObject(x, "mean_held_s", r->held_requests ? r->held_s / (double)r->held_requests : 0);
     cJSON *d = cJSON_AddObjectToObject(x, "scheduler_decisions");
     for (int k = 0; k < PT_SCHED_N_REASONS; k++) {
         snprintf(buf, sizeof(buf), "%s:%s", pt_sched_reason_decision((pt_sched_reason)k),
@@ -326,6 +379,15 @@ static void print_sim(FILE *f, const pt_sim_result *r, const pt_sim_opts *so, co
     fprintf(f, "%-40s%llu\n", "Preemptions (recompute):", (unsigned long long)r->preemptions);
     fprintf(f, "%-40s%llu rejected, %llu over the pages, %llu never served\n", "Failed requests:",
             (unsigned long long)r->rejected, (unsigned long long)r->unservable, (unsigned long long)r->unserved);
+    fprintf(f, "%-40s%llu requests, mean %.3f s held\n", "Held for a layout:", (unsigned long long)r->held_requests,
+            r->held_requests ? r->held_s / (double)r->held_requests : 0.0);
+    layout_share sh[64];
+    double xf;
+    size_t nsh = layout_shares(r, sh, 64, &xf);
+    fputs("Time per layout:                        ", f);
+    for (size_t k = 0; k < nsh && k < 6; k++) fprintf(f, "%s%s %.1f%%", k ? ", " : "", sh[k].name, 100 * sh[k].s);
+    if (xf > 0) fprintf(f, "; transforming %.1f%%", 100 * xf);
+    fputc('\n', f);
     fputs("Layout over time:\n", f);
     size_t shown = 0;
     for (size_t i = 0; i < r->n_layouts; i++) {

@@ -40,7 +40,8 @@ typedef struct {
     uint64_t pages;          /* KV head pages allocated */
     int inst;                /* instance index while queued or running */
     uint8_t state;
-    bool warmup;
+    bool warmup, was_held;
+    double held_since;       /* when it was last held */
 } sreq;
 
 typedef struct {
@@ -432,87 +433,128 @@ static void preempt(sim *s, int i, size_t pos) {
     changed(s);
 }
 
-/* Plans and starts instance i's next block at s->now, or leaves it idle. */
+/* Fails the running request at idx that needs more pages than its instance
+ * holds. */
+static void fail_unservable(sim *s, int i, size_t idx, uint64_t need) {
+    sinst *in = &s->inst[i];
+    uint32_t id = in->run[idx];
+    sreq *r = &s->reqs[id];
+    char msg[160];
+    snprintf(msg, sizeof(msg), "KV pages exhausted: the request needs %llu pages, its TP%d instance holds %llu",
+             (unsigned long long)need, in->tp, (unsigned long long)in->pages_total);
+    in->pages_used -= r->pages;
+    r->pages = 0;
+    r->sched_n = 0;
+    run_remove_at(in, idx);
+    s->res->unservable++;
+    fail_req(s, id, 507, msg);
+}
+
+/* Gives the running request at *idx n tokens in the step being built,
+ * preempting the victims the scheduler names until its pages fit. Returns
+ * true when it was scheduled; false when it was preempted itself or failed
+ * (removed from the running list: *idx then names the next one). *budget
+ * gets back the tokens of a victim already in the step. */
+static bool schedule_one(sim *s, int i, size_t *idx, uint32_t n, uint64_t *budget, bool *preempted) {
+    sinst *in = &s->inst[i];
+    uint32_t id = in->run[*idx];
+    sreq *r = &s->reqs[id];
+    uint64_t need = seq_pages(s, (uint64_t)r->ctx + n);
+    if (need > in->pages_total) {
+        fail_unservable(s, i, *idx, need);
+        return false;
+    }
+    while (need > r->pages + (in->pages_total - in->pages_used)) {
+        pt_sched_reason why;
+        int v = pt_sched_victim(s->sch, state_get(s), i, &why);
+        if (v < 0 || (size_t)v >= in->n_run) v = (int)in->n_run - 1; /* the newest */
+        uint32_t vid = in->run[v];
+        *budget += s->reqs[vid].sched_n;
+        preempt(s, i, (size_t)v);
+        *preempted = true;
+        if (vid == id) return false;
+        if ((size_t)v < *idx) (*idx)--;
+    }
+    in->pages_used += need - r->pages;
+    r->pages = need;
+    r->sched_n = n;
+    *budget -= n;
+    return true;
+}
+
+static bool decoding(const sreq *r) { return r->gen > 0 && r->ctx + 1 == r->prompt + r->gen; }
+
+/* Plans and starts instance i's next block at s->now, or leaves it idle.
+ * As the live batcher (src/engine/batcher.c) does: admit queued requests
+ * FCFS while a sequence slot is free and the pages can hold the prompt with
+ * one spare page per running sequence; then every decode gets its token,
+ * then prefill chunks in arrival order under the token budget. The pages
+ * admitted prompts will still take count as taken (the live batcher's check
+ * does not subtract them). */
 static void inst_start(sim *s, int i) {
     sinst *in = &s->inst[i];
     if (in->busy || in->stopping) return;
     const pt_cost_model *m = s->m;
-    uint64_t budget = s->o->max_batched_tokens;
     bool preempted = false, admitted = false, all_decode = true;
 
-    /* Running sequences first, in arrival order. */
-    size_t idx = 0;
-    while (idx < in->n_run) {
-        uint32_t id = in->run[idx];
-        sreq *r = &s->reqs[id];
-        if (budget == 0) {
-            all_decode = false;
-            break;
-        }
-        uint64_t owed = (uint64_t)r->prompt + r->gen - r->ctx;
-        uint32_t n = (uint32_t)(owed < budget ? owed : budget);
-        uint64_t need = seq_pages(s, (uint64_t)r->ctx + n);
-        if (need > in->pages_total) {
-            char msg[160];
-            snprintf(msg, sizeof(msg), "KV pages exhausted: the request needs %llu pages, its TP%d instance holds %llu",
-                     (unsigned long long)need, in->tp, (unsigned long long)in->pages_total);
-            in->pages_used -= r->pages;
-            r->pages = 0;
-            run_remove_at(in, idx);
-            s->res->unservable++;
-            fail_req(s, id, 507, msg);
-            continue;
-        }
-        bool self = false;
-        while (need > r->pages + (in->pages_total - in->pages_used)) {
-            pt_sched_reason why;
-            int v = pt_sched_victim(s->sch, state_get(s), i, &why);
-            if (v < 0 || (size_t)v >= in->n_run) v = (int)in->n_run - 1; /* the newest, vLLM's choice */
-            uint32_t vid = in->run[v];
-            budget += s->reqs[vid].sched_n;
-            preempt(s, i, (size_t)v);
-            preempted = true;
-            if (vid == id) {
-                self = true;
-                break;
-            }
-            if ((size_t)v < idx) idx--;
-        }
-        if (self) continue;
-        in->pages_used += need - r->pages;
-        r->pages = need;
-        r->sched_n = n;
-        budget -= n;
-        if (owed != 1) all_decode = false;
-        idx++;
+    /* Admission. */
+    uint64_t promised = 0;
+    for (size_t j = 0; j < in->n_run; j++) {
+        const sreq *r = &s->reqs[in->run[j]];
+        uint64_t full = seq_pages(s, (uint64_t)r->prompt + r->gen + 1);
+        if (!decoding(r) && full > r->pages) promised += full - r->pages;
     }
-    /* Then the queue, FCFS; none after a preemption (vLLM). */
-    while (!preempted && in->q.n > 0 && in->n_run < s->o->max_seqs && budget > 0) {
+    while (in->q.n > 0 && in->n_run < s->o->max_seqs) {
         uint32_t id = (uint32_t)in->q.buf[in->q.head].id;
         sreq *r = &s->reqs[id];
-        uint64_t owed = (uint64_t)r->prompt + r->gen; /* ctx is 0 in the queue */
-        uint32_t n = (uint32_t)(owed < budget ? owed : budget);
-        uint64_t need = seq_pages(s, n);
+        uint64_t need = seq_pages(s, (uint64_t)r->prompt + r->gen + 1); /* ctx is 0 in the queue */
         if (need > in->pages_total) {
             char msg[160];
-            snprintf(msg, sizeof(msg), "KV pages exhausted: a chunk needs %llu pages, its TP%d instance holds %llu",
+            snprintf(msg, sizeof(msg), "KV pages exhausted: the prompt needs %llu pages, its TP%d instance holds %llu",
                      (unsigned long long)need, in->tp, (unsigned long long)in->pages_total);
             q_pop_front(&in->q);
             s->res->unservable++;
             fail_req(s, id, 507, msg);
             continue;
         }
-        if (need > in->pages_total - in->pages_used) break;
+        uint64_t free_pages = in->pages_total - in->pages_used;
+        if (in->n_run > 0 && need + promised + in->n_run * (uint64_t)m->n_kv_heads > free_pages) break;
         q_pop_front(&in->q);
         r->state = RS_RUNNING;
         run_insert(s, in, id);
-        in->pages_used += need;
-        r->pages = need;
-        r->sched_n = n;
-        budget -= n;
+        promised += need;
         admitted = true;
     }
+
+    /* Decodes first, one token each. */
+    uint64_t budget = s->o->max_batched_tokens;
+    size_t idx = 0;
+    while (idx < in->n_run) {
+        if (!decoding(&s->reqs[in->run[idx]])) {
+            all_decode = false;
+            idx++;
+            continue;
+        }
+        if (budget == 0) {
+            all_decode = false;
+            break;
+        }
+        if (schedule_one(s, i, &idx, 1, &budget, &preempted)) idx++;
+    }
+    /* Then prefill chunks, oldest first. */
+    idx = 0;
+    while (idx < in->n_run && budget > 0) {
+        sreq *r = &s->reqs[in->run[idx]];
+        if (decoding(r) || r->sched_n) {
+            idx++;
+            continue;
+        }
+        uint64_t owed = (uint64_t)r->prompt + r->gen - r->ctx;
+        uint32_t n = (uint32_t)(owed < budget ? owed : budget);
+        if (schedule_one(s, i, &idx, n, &budget, &preempted)) idx++;
+    }
     if (preempted || admitted) changed(s);
+
     /* The shape of step 0. */
     pt_step_shape sh = {0};
     for (size_t j = 0; j < in->n_run; j++) {
@@ -529,8 +571,8 @@ static void inst_start(sim *s, int i) {
     in->view_dirty = true;
     if (!all_decode || admitted || preempted) return;
 
-    /* Decode only, and the queue cannot be admitted (max_seqs, budget or
-     * pages, which only shrink while nobody finishes): extend to a block. */
+    /* Decode only, and the queue cannot be admitted (max_seqs, or pages,
+     * which only shrink while nobody finishes): extend to a block. */
     size_t kmax = BLOCK_MAX;
     uint32_t P = m->page_size;
     uint64_t *res_count = P <= 4096 ? calloc(P, sizeof(uint64_t)) : NULL;
@@ -634,23 +676,32 @@ static void held_remove(sim *s, size_t pos) {
 static bool place(sim *s, uint32_t id) {
     sreq *r = &s->reqs[id];
     pt_sched_req v = req_view(s, id, 0, r->gen);
+    v.held_before = r->state == RS_HELD; /* offered again: holding it again is not a new decision */
     pt_sched_placement p;
     memset(&p, 0, sizeof(p));
     pt_sched_place(s->sch, state_get(s), &v, &p);
+    if (p.kind != PT_SCHED_HOLD && r->state == RS_HELD) s->res->held_s += s->now - r->held_since;
     if (p.kind == PT_SCHED_PLACE && p.instance >= 0 && p.instance < s->n_inst) {
         changed(s);
         sinst *in = &s->inst[p.instance];
         r->state = RS_QUEUED;
         r->inst = p.instance;
+        v.held_before = false;
         q_push_back(&in->q, &v);
         inst_interrupt(s, in);
         return false;
     }
     if (p.kind == PT_SCHED_HOLD) {
+        if (r->state != RS_HELD) {
+            r->held_since = s->now;
+            if (!r->was_held) s->res->held_requests++;
+            r->was_held = true;
+        }
         r->state = RS_HELD;
         r->inst = -1;
         return true;
     }
+
     char msg[300];
     if (p.kind == PT_SCHED_PLACE)
         snprintf(msg, sizeof(msg), "the scheduler placed it on instance %d of %d", p.instance, s->n_inst);

@@ -113,11 +113,11 @@ static void panel_layout(FILE *f, const pt_sim_result *r, int n_devices, const p
         fprintf(f,
                 "<rect x=\"%.1f\" y=\"%.1f\" width=\"12\" height=\"12\" fill=\"%s\"/><text x=\"%.1f\" y=\"%.1f\" "
                 "font-size=\"12\">TP%d</text>\n",
-                p->x1 - 330 + k * 55.0, p->y0 - 26, tp_colour(DEG[k]), p->x1 - 314 + k * 55.0, p->y0 - 16, DEG[k]);
+                p->x0 + k * 60.0, p->y1 + 46, tp_colour(DEG[k]), p->x0 + 16 + k * 60.0, p->y1 + 56, DEG[k]);
     fprintf(f,
             "<rect x=\"%.1f\" y=\"%.1f\" width=\"12\" height=\"12\" fill=\"#999\"/><rect x=\"%.1f\" y=\"%.1f\" "
             "width=\"12\" height=\"12\" fill=\"url(#hatch)\"/><text x=\"%.1f\" y=\"%.1f\" font-size=\"12\">transforming</text>\n",
-            p->x1 - 55, p->y0 - 26, p->x1 - 55, p->y0 - 26, p->x1 - 39, p->y0 - 16);
+            p->x0 + 300, p->y1 + 46, p->x0 + 300, p->y1 + 46, p->x0 + 316, p->y1 + 56);
 }
 
 /* A step polyline of (t, v) samples, at most MAX_POINTS buckets (max of each). */
@@ -174,7 +174,7 @@ int pt_sim_write_svg(const char *path, const pt_sim_result *r, int n_devices, co
     panel_layout(f, r, n_devices, &lay);
 
     /* Waiting and running requests. */
-    panel q = {90, SVG_W - 30, 400, 620, 0, t1, 0, 1};
+    panel q = {90, SVG_W - 30, 430, 640, 0, t1, 0, 1};
     double *ts = malloc((r->n_queue + 1) * sizeof(double)), *wv = malloc((r->n_queue + 1) * sizeof(double)),
            *rv = malloc((r->n_queue + 1) * sizeof(double));
     if (!ts || !wv || !rv) {
@@ -207,7 +207,7 @@ int pt_sim_write_svg(const char *path, const pt_sim_result *r, int n_devices, co
     free(rv);
 
     /* Output tokens per second. */
-    panel o = {90, SVG_W - 30, 690, 910, 0, t1, 0, 1};
+    panel o = {90, SVG_W - 30, 710, 920, 0, t1, 0, 1};
     double omax = 1;
     for (size_t k = 0; k < nb; k++)
         if (counts[k] > omax) omax = counts[k];

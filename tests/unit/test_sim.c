@@ -115,102 +115,124 @@ static uint64_t ref_pages(const pt_cost_model *m, uint64_t tokens) {
     return (tokens + m->page_size - 1) / m->page_size * m->n_kv_heads;
 }
 
-/* One instance of degree tp, vLLM's loop written plainly: running first in
- * arrival order (a chunk each, up to the budget), preempting the newest
- * running request (recompute) when pages run out; then the queue, FCFS,
- * while pages, max_seqs and budget allow, none after a preemption. */
+/* One instance of degree tp, the live batcher's loop written plainly:
+ * admit queued requests FCFS while a slot is free and the free pages, less
+ * what admitted prompts will still take, hold the prompt (+ its first
+ * token) and a spare page per running sequence; then every decode gets one
+ * token, then prefill chunks oldest first under the budget; a request that
+ * cannot get its pages preempts the newest running one (recompute: its
+ * prompt and the tokens it generated are computed again). */
+typedef struct {
+    const pt_cost_model *m;
+    uint64_t total, used;
+    ref_req *r;
+    size_t *run, n_run;
+    size_t *q, q_head, q_n; /* q[q_head ..] with room before the front */
+} ref_inst;
+
+static bool ref_decoding(const ref_req *x) { return x->gen > 0 && x->ctx + 1 == x->prompt + x->gen; }
+
+/* Gives run[*i] k tokens; false when it was preempted itself. */
+static bool ref_take(ref_inst *in, size_t *i, uint32_t k, uint32_t *budget, bool *preempted) {
+    ref_req *x = &in->r[in->run[*i]];
+    uint64_t need = ref_pages(in->m, x->ctx + k);
+    while (need > x->pages + (in->total - in->used)) {
+        size_t v = in->n_run - 1; /* the newest */
+        ref_req *y = &in->r[in->run[v]];
+        *budget += y->n;
+        y->n = 0;
+        in->used -= y->pages;
+        y->pages = 0;
+        y->ctx = 0;
+        in->q[--in->q_head] = in->run[v];
+        in->q_n++;
+        in->n_run--;
+        *preempted = true;
+        if (v == *i) return false;
+    }
+    in->used += need - x->pages;
+    x->pages = need;
+    x->n = k;
+    *budget -= k;
+    return true;
+}
+
 static void ref_run(const pt_cost_model *m, int tp, uint32_t budget_max, uint32_t max_seqs, ref_req *r, size_t n) {
-    uint64_t total = pt_cost_instance_pages(m, tp), used = 0;
-    size_t *run = calloc(n, sizeof(size_t)), *queue = calloc(n, sizeof(size_t));
-    size_t n_run = 0, q_head = 0, q_n = 0, next = 0, done = 0;
-    size_t *q = queue; /* front at q[q_head] */
-    size_t *qbuf = calloc(2 * n + 2, sizeof(size_t));
-    q = qbuf + n + 1;
+    ref_inst in = {.m = m, .total = pt_cost_instance_pages(m, tp), .r = r};
+    in.run = calloc(n, sizeof(size_t));
+    size_t *qbuf = calloc(4 * n + 4, sizeof(size_t));
+    in.q = qbuf;
+    in.q_head = 2 * n + 2; /* room for every preemption */
+    size_t next = 0, done = 0;
     double t = 0;
     while (done < n) {
-        while (next < n && r[next].arrival <= t) q[q_head + q_n++] = next++;
-        if (n_run == 0 && q_n == 0) {
+        while (next < n && r[next].arrival <= t) in.q[in.q_head + in.q_n++] = next++;
+        if (in.n_run == 0 && in.q_n == 0) {
             t = r[next].arrival;
             continue;
         }
+        uint64_t promised = 0;
+        for (size_t j = 0; j < in.n_run; j++) {
+            ref_req *x = &r[in.run[j]];
+            if (!ref_decoding(x)) promised += ref_pages(m, x->prompt + x->gen + 1) - x->pages;
+        }
+        while (in.q_n > 0 && in.n_run < max_seqs) {
+            size_t id = in.q[in.q_head];
+            ref_req *x = &r[id];
+            uint64_t need = ref_pages(m, x->prompt + x->gen + 1);
+            if (in.n_run > 0 && need + promised + in.n_run * m->n_kv_heads > in.total - in.used) break;
+            size_t pos = in.n_run; /* by arrival */
+            while (pos > 0 && (r[in.run[pos - 1]].arrival > x->arrival ||
+                               (r[in.run[pos - 1]].arrival == x->arrival && in.run[pos - 1] > id)))
+                pos--;
+            memmove(in.run + pos + 1, in.run + pos, (in.n_run - pos) * sizeof(size_t));
+            in.run[pos] = id;
+            in.n_run++;
+            in.q_head++;
+            in.q_n--;
+            promised += need;
+        }
         uint32_t budget = budget_max;
         bool preempted = false;
-        size_t i = 0;
-        while (i < n_run && budget > 0) {
-            ref_req *x = &r[run[i]];
-            uint32_t owed = x->prompt + x->gen - x->ctx, k = owed < budget ? owed : budget;
-            uint64_t need = ref_pages(m, x->ctx + k);
-            bool self = false;
-            while (need > x->pages + (total - used)) {
-                size_t v = n_run - 1; /* the newest */
-                ref_req *y = &r[run[v]];
-                budget += y->n;
-                y->n = 0;
-                used -= y->pages;
-                y->pages = 0;
-                y->ctx = 0;
-                q_head--; /* to the front of the queue */
-                q[q_head] = run[v];
-                q_n++;
-                n_run--;
-                preempted = true;
-                if (v == i) {
-                    self = true;
-                    break;
-                }
-            }
-            if (self) break;
-            used += need - x->pages;
-            x->pages = need;
-            x->n = k;
-            budget -= k;
-            i++;
+        for (size_t i = 0; i < in.n_run && budget > 0;) {
+            if (!ref_decoding(&r[in.run[i]])) i++;
+            else if (ref_take(&in, &i, 1, &budget, &preempted)) i++;
+            else break; /* preempted itself: it was the newest, nothing after it */
         }
-        while (!preempted && q_n > 0 && n_run < max_seqs && budget > 0) {
-            ref_req *x = &r[q[q_head]];
-            uint32_t owed = x->prompt + x->gen, k = owed < budget ? owed : budget;
-            uint64_t need = ref_pages(m, k);
-            if (need > total - used) break;
-            /* insert by arrival */
-            size_t pos = n_run;
-            while (pos > 0 && (r[run[pos - 1]].arrival > x->arrival ||
-                               (r[run[pos - 1]].arrival == x->arrival && run[pos - 1] > q[q_head])))
-                pos--;
-            memmove(run + pos + 1, run + pos, (n_run - pos) * sizeof(size_t));
-            run[pos] = q[q_head];
-            n_run++;
-            q_head++;
-            q_n--;
-            used += need;
-            x->pages = need;
-            x->n = k;
-            budget -= k;
+        for (size_t i = 0; i < in.n_run && budget > 0;) {
+            ref_req *x = &r[in.run[i]];
+            if (ref_decoding(x) || x->n) {
+                i++;
+                continue;
+            }
+            uint32_t owed = x->prompt + x->gen - x->ctx, k = owed < budget ? owed : budget;
+            if (ref_take(&in, &i, k, &budget, &preempted)) i++;
+            else break;
         }
         pt_step_shape sh = {0};
-        for (size_t j = 0; j < n_run; j++)
-            if (r[run[j]].n) pt_cost_shape_add(&sh, r[run[j]].ctx, r[run[j]].n);
+        for (size_t j = 0; j < in.n_run; j++)
+            if (r[in.run[j]].n) pt_cost_shape_add(&sh, r[in.run[j]].ctx, r[in.run[j]].n);
         t += pt_cost_step(m, tp, &sh);
-        for (size_t j = 0; j < n_run;) {
-            ref_req *x = &r[run[j]];
+        for (size_t j = 0; j < in.n_run;) {
+            ref_req *x = &r[in.run[j]];
             if (x->n) {
                 x->ctx += x->n;
                 x->n = 0;
                 if (x->ctx == x->prompt + x->gen) x->times[x->gen++] = t;
                 if (x->gen == x->max_tokens) {
-                    used -= x->pages;
+                    in.used -= x->pages;
                     x->pages = 0;
                     x->done = true;
                     done++;
-                    memmove(run + j, run + j + 1, (n_run - j - 1) * sizeof(size_t));
-                    n_run--;
+                    memmove(in.run + j, in.run + j + 1, (in.n_run - j - 1) * sizeof(size_t));
+                    in.n_run--;
                     continue;
                 }
             }
             j++;
         }
     }
-    free(run);
-    free(queue);
+    free(in.run);
     free(qbuf);
 }
 
