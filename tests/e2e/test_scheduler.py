@@ -13,7 +13,10 @@ holds 80 tokens of SmolLM2's 3 KV heads, a TP2 instance 128):
   - after --hysteresis (2 s) with nothing needing TP2, a split back to [1,1]
     (log and /metrics), and every KV page free;
   - --save-cost wrote the calibrated cost model, which a static server then
-    loads with --cost-file instead of calibrating.
+    loads with --cost-file instead of calibrating;
+  - with every transformation failing (PROTEUS_XFORM_FAIL), the long request
+    stays held until --request-timeout (504), the scheduler waits after each
+    failed merge, and a request held at shutdown gets a 503.
 Every request's tokens and log-probabilities equal those of the same request
 on a static server started as one TP2 instance (greedy: the engine is
 bit-identical across TP degrees and layout changes). Exits 77 when the
@@ -44,11 +47,12 @@ STATIC_TP2 = COMMON + ["--layout", "2", "--cost-file", COST_FILE]
 TEXT = ("The lighthouse keeper climbed the stairs every evening to light the lamp, and the ships that passed "
         "in the night never knew his name. ")
 # Two short requests, one on each TP1 instance, still running when the merge
-# commits: each holds 2 pages of each head, so that after the merge the
-# device holding 2 of the 3 heads has room for them (with four, it would not:
-# the merge would fail in its commit and roll back).
+# commits (on a quiet machine; the test does not depend on it): each holds 3
+# pages of each head, so that after the merge the device holding 2 of the 3
+# heads has room for them (with four, it would not: the merge would fail in
+# its commit and roll back).
 SHORT_PROMPTS = ["Name three prime numbers.", "def add(a, b):"]
-SHORT_MAX = 24
+SHORT_MAX = 40
 LONG_LEN, LONG_MAX = 100, 16   # 116 tokens: more than a TP1 instance holds (80), less than TP2 (128)
 TOO_LONG_LEN = 200             # 208 tokens: more than any degree holds
 
@@ -154,7 +158,7 @@ def test_dynamic(t):
         long_ids = prompt_ids(srv, LONG_LEN)
         with concurrent.futures.ThreadPoolExecutor(len(SHORT_PROMPTS) + 1) as pool:
             shorts = [pool.submit(complete, cl, srv, p, SHORT_MAX) for p in SHORT_PROMPTS]
-            time.sleep(0.3)
+            time.sleep(0.2)
             t0 = time.time()
             longf = pool.submit(complete, cl, srv, long_ids, LONG_MAX, True)
             RESULTS["dyn_short"] = [f.result() for f in shorts]
@@ -229,10 +233,54 @@ def test_static_reference(t):
     t.check("after the split: the same tokens", RESULTS["dyn_after"][1] == short_ref[0][1])
 
 
+def test_held_timeout_and_shutdown(t):
+    """Every merge fails (PROTEUS_XFORM_FAIL): the long request stays held
+    until its timeout (504), the scheduler backs off after each failure, and
+    a request still held at shutdown gets a 503."""
+    args = [a for a in DYNAMIC if a not in ("--save-cost", COST_FILE)] + ["--request-timeout", "3"]
+    with Server(BIN, args, env={"PROTEUS_XFORM_FAIL": "precopy_alloc"}, name="failing") as srv:
+        cl = client(srv)
+        long_ids = prompt_ids(srv, LONG_LEN)
+        t0 = time.time()
+        try:
+            cl.completions.create(model=srv.model_name, prompt=long_ids, max_tokens=LONG_MAX, temperature=0)
+            t.check("held: timed out", False, "completed")
+        except openai.APIStatusError as e:
+            t.eq("held: 504 after the request timeout", e.status_code, 504)
+            t.check("held: the message says it was held", "held" in str(e.body), e.body)
+        waited = time.time() - t0
+        t.check("held: about the 3 s timeout", 2.5 <= waited <= 8, waited)
+        t.eq("held: none held now", srv.metric("proteus_scheduler_held_requests"), 0)
+        failed = srv.metric("proteus_transformations_total", kind="merge", result="failed") or 0
+        t.check("held: the merges failed and were rolled back", failed >= 1, failed)
+        t.check("held: at most one merge a second after a failure", failed <= 3, failed)
+        log = srv.stderr()
+        t.check("held: the back-off logged", "scheduler: its transformation xf-1 failed; no other for 1 s" in log,
+                log[-2000:])
+        t.eq("held: the layout stays [1,1]", layout(srv)["layout"], [1, 1])
+        # Held when the server stops: refused with a 503.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            f = pool.submit(lambda: cl.completions.create(model=srv.model_name, prompt=long_ids, max_tokens=LONG_MAX,
+                                                          temperature=0, stream=True))
+            srv.wait_metric("proteus_scheduler_held_requests", 1, timeout=30)
+            srv.proc.send_signal(__import__("signal").SIGTERM)
+            try:
+                f.result(timeout=60)
+                t.check("shutdown: held request refused", False, "accepted")
+            except openai.APIStatusError as e:
+                t.eq("shutdown: held request gets 503", e.status_code, 503)
+        try:
+            srv.proc.wait(60)  # before stop(): a second SIGTERM while it closes would kill it
+        except Exception:  # noqa: BLE001 -- stop() kills it and the exit code says so
+            pass
+    t.eq("failing: exit code 0", srv.exit_code, 0)
+
+
 def main():
     t = Runner()
     t.run(test_dynamic)
     t.run(test_static_reference)
+    t.run(test_held_timeout_and_shutdown)
     return t.summary()
 
 
