@@ -414,7 +414,7 @@ void pt_sched_place(pt_scheduler *s, const pt_sched_state *st, const pt_sched_re
         }
         if (!meets_ttft(s, t)) continue;
         pt_sched_reason why = d > first_degree ? PT_SCHED_R_OVERFLOW
-                              : need > 1       ? PT_SCHED_R_LONG_TO_MERGED
+                              : need > smallest_degree(s) ? PT_SCHED_R_LONG_TO_MERGED
                                                : PT_SCHED_R_LEAST_LOADED;
         place_done(s, r, out, PT_SCHED_PLACE, i, why);
         describe(st, i, where, sizeof(where));

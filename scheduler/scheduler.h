@@ -160,7 +160,9 @@ int pt_sched_initial_layout(const pt_scheduler *s, int n_devices, int *tp_out);
  * largest that fits. 0 when none fits or it is above max_ctx. */
 int pt_sched_need_tp(const pt_scheduler *s, const pt_sched_req *r);
 
-/* (a) Where request r (not yet on any instance) goes. Counted in stats. */
+/* (a) Where request r (not yet on any instance, and not in st->held: a held
+ * request offered again is taken out of the list first) goes. Counted in
+ * stats, except a repeated hold (r->held_before). */
 void pt_sched_place(pt_scheduler *s, const pt_sched_state *st, const pt_sched_req *r, pt_sched_placement *out);
 
 /* (b) Which of instance i's running requests to preempt when it runs out of
