@@ -596,6 +596,10 @@ static bool plan_merge(pt_scheduler *s, const pt_sched_state *st, pt_sched_xform
         for (int first = 0; first + d <= st->n_devices; first += d) {
             int lo, hi;
             if (!mergeable_range(st, first, d, &lo, &hi)) continue;
+            /* The target must hold what runs there now and the request. */
+            uint64_t used = req_pages(s, r);
+            for (int i = lo; i <= hi; i++) used += st->inst[i].pages_total - st->inst[i].pages_free;
+            if (used > pt_cost_instance_pages(&s->m, d)) continue;
             uint32_t seqs;
             uint64_t kv;
             double load;

@@ -339,6 +339,35 @@ static void test_merge_when_long_cannot_fit(void) {
     pt_sched_free(s);
 }
 
+/* With KV pages fixed per device (weights not counted), a merge target holds
+ * no more than its sources: a range is merged only when the target holds
+ * what runs there and the held request. */
+static void test_merge_only_where_target_holds(void) {
+    pt_cost_model m = toy_model();
+    m.weight_bytes = 0;
+    m.device_bytes = 1000000; /* 1000 pages a device at any degree */
+    pt_scheduler *s = toy(PT_SCHED_DYNAMIC, &m);
+    pt_sched_instance in[4] = {inst(0, 1, 1000), inst(1, 1, 1000), inst(2, 1, 1000), inst(3, 1, 1000)};
+    uint64_t used[4] = {900, 0, 100, 350}; /* held request: 1514 pages of the merged 2000 */
+    for (int i = 0; i < 4; i++) in[i].pages_free = 1000 - used[i];
+    pt_sched_req held[1] = {req(9, 12000, 100, 1.5)};
+    pt_sched_state st = {.now = 1.6, .n_devices = 4, .inst = in, .n_inst = 4, .held = held, .n_held = 1};
+    pt_sched_xform x;
+    pt_sched_plan(s, &st, &x);
+    CHECK_EQ_INT(x.kind, PT_SCHED_XFORM_MERGE);
+    CHECK_EQ_INT(x.first_device, 2); /* 0-1 would need 2414 pages */
+    in[3].pages_free = 1000 - 400;   /* now 2-3 would need 2014: all four go to TP4 (2914 of 4000) */
+    pt_sched_plan(s, &st, &x);
+    CHECK_EQ_INT(x.kind, PT_SCHED_XFORM_MERGE);
+    CHECK_EQ_INT(x.first_device, 0);
+    CHECK_EQ_INT(x.n_devices, 4);
+    in[1].pages_free = 1000 - 1000;  /* 2500 used + 1514: more than TP4 holds */
+    in[2].pages_free = 1000 - 200;
+    pt_sched_plan(s, &st, &x);
+    CHECK_EQ_INT(x.kind, PT_SCHED_XFORM_NONE);
+    pt_sched_free(s);
+}
+
 /* A merge whose pause would break the TPOT of three running requests to
  * serve one held request is not started. */
 static void test_no_merge_when_pause_breaks_more(void) {
@@ -496,6 +525,7 @@ static void test_static_places_least_loaded(void) {
 
 TEST_MAIN(TEST(test_cost_step_and_pages), TEST(test_cost_xform), TEST(test_cost_roofline), TEST(test_cost_file),
           TEST(test_need_tp), TEST(test_place_short_and_hold_long), TEST(test_route_long_and_overflow),
-          TEST(test_merge_when_long_cannot_fit), TEST(test_no_merge_when_pause_breaks_more),
+          TEST(test_merge_when_long_cannot_fit), TEST(test_merge_only_where_target_holds),
+          TEST(test_no_merge_when_pause_breaks_more),
           TEST(test_split_after_long_finish_with_hysteresis), TEST(test_preemption_victim),
           TEST(test_static_places_least_loaded))
