@@ -129,7 +129,7 @@ void pt_sim_opts_default(pt_sim_opts *o) {
     static const int ALLOWED[] = {1, 2, 4, 8};
     for (int i = 0; i < 4; i++) o->sched.allowed_tp[i] = ALLOWED[i];
     o->sched.n_allowed = 4;
-    o->sched.hysteresis_s = 10;
+    o->sched.hysteresis_s = 30; /* the server's default (scheduler.hysteresis_s) */
     o->max_seqs = 256;
     o->max_batched_tokens = 8192;
     o->plan_interval_s = 0.02;
