@@ -323,6 +323,7 @@ static cJSON *sim_json(const sim_args *a, const pt_sim_result *r, const pt_sim_o
     cJSON_AddNumberToObject(t, "max_pause_ms", r->pause_max_s * 1e3);
     cJSON_AddNumberToObject(t, "bytes_moved", (double)r->bytes_moved);
     cJSON_AddNumberToObject(t, "invalid_plans", (double)r->n_invalid_plans);
+    cJSON_AddNumberToObject(t, "returned_to_scheduler", (double)r->xform_returned);
     cJSON *lt = cJSON_AddArrayToObject(x, "layout_timeline");
     for (size_t i = 0; i < r->n_layouts; i++) {
         const pt_sim_layout *l = &r->layouts[i];
@@ -377,6 +378,8 @@ static void print_sim(FILE *f, const pt_sim_result *r, const pt_sim_opts *so, co
         fprintf(f, "%-40s%.2f\n", "Moved (GiB):", (double)r->bytes_moved / (1ull << 30));
     }
     if (r->n_invalid_plans) fprintf(f, "%-40s%llu\n", "Plans not carried out:", (unsigned long long)r->n_invalid_plans);
+    if (r->xform_returned)
+        fprintf(f, "%-40s%llu\n", "Moved back to held (no target held it):", (unsigned long long)r->xform_returned);
     fprintf(f, "%-40s%llu\n", "Preemptions (recompute):", (unsigned long long)r->preemptions);
     fprintf(f, "%-40s%llu rejected, %llu over the pages, %llu never served\n", "Failed requests:",
             (unsigned long long)r->rejected, (unsigned long long)r->unservable, (unsigned long long)r->unserved);

@@ -860,15 +860,22 @@ static void xform_commit(sim *s) {
         tg[t].transforming = false;
         dev += s->xf.target_tp[t];
     }
-    /* Running requests keep their KV (moved, not recomputed) where room is. */
+    /* A request goes only to a target that holds it whole (prompt +
+     * max_tokens, as the scheduler counts); one that no target holds (placed
+     * on a source while the split was under way) goes back to the
+     * scheduler, held. Running requests keep their KV (moved, not
+     * recomputed) where a target has room now, else they wait at the front
+     * of a target's queue (recomputed). */
     uint32_t *bumped = xrealloc(NULL, n_run + 1, sizeof(uint32_t));
-    size_t n_bumped = 0;
+    uint32_t *returned = xrealloc(NULL, n_run + n_q + 1, sizeof(uint32_t));
+    size_t n_bumped = 0, n_returned = 0, n_moved = 0;
     for (size_t j = 0; j < n_run; j++) {
         uint32_t id = run[j].id;
         sreq *r = &s->reqs[id];
-        uint64_t p = seq_pages(s, r->ctx);
+        uint64_t p = seq_pages(s, r->ctx), whole = seq_pages(s, (uint64_t)r->prompt + r->max_tokens);
         int best = -1, least = -1;
         for (int t = 0; t < nt; t++) {
+            if (tg[t].pages_total < whole) continue;
             if (least < 0 || tg[t].pages_used < tg[least].pages_used) least = t;
             if (tg[t].n_run >= s->o->max_seqs || tg[t].pages_total - tg[t].pages_used < p) continue;
             if (best < 0 || tg[t].pages_used < tg[best].pages_used) best = t;
@@ -878,13 +885,18 @@ static void xform_commit(sim *s) {
             r->inst = best; /* renumbered below */
             tg[best].pages_used += p;
             run_insert(s, &tg[best], id);
-        } else {
-            r->pages = 0;
-            r->ctx = 0;
+            n_moved++;
+            continue;
+        }
+        r->pages = 0;
+        r->ctx = 0;
+        s->res->preemptions++;
+        if (least >= 0) {
             r->inst = least;
             r->state = RS_QUEUED;
             bumped[n_bumped++] = id;
-            s->res->preemptions++;
+        } else {
+            returned[n_returned++] = id;
         }
     }
     /* Queued ones: to the target with the least work (pages in use and owed). */
@@ -898,17 +910,40 @@ static void xform_commit(sim *s) {
     }
     for (size_t j = 0; j < n_q; j++) {
         const pt_sched_req *v = &qviews[queued[j].id];
-        int best = 0;
-        for (int t = 1; t < nt; t++)
-            if (load[t] < load[best]) best = t;
+        uint64_t whole = seq_pages(s, (uint64_t)v->prompt_len + v->max_tokens);
+        int best = -1;
+        for (int t = 0; t < nt; t++)
+            if (tg[t].pages_total >= whole && (best < 0 || load[t] < load[best])) best = t;
+        if (best < 0) {
+            returned[n_returned++] = (uint32_t)v->id;
+            continue;
+        }
         load[best] += seq_pages(s, v->prompt_len + v->generated);
         s->reqs[v->id].inst = best;
         q_push_back(&tg[best].q, v);
+    }
+    /* Back to the scheduler, in arrival order among the held. */
+    for (size_t j = 0; j < n_returned; j++) {
+        uint32_t id = returned[j];
+        sreq *r = &s->reqs[id];
+        r->state = RS_HELD;
+        r->inst = -1;
+        r->held_since = s->now;
+        if (!r->was_held) s->res->held_requests++;
+        r->was_held = true;
+        pt_sched_req v = req_view(s, id, 0, r->gen);
+        size_t pos = s->n_held;
+        while (pos > 0 && (s->held[pos - 1].arrival > v.arrival ||
+                           (s->held[pos - 1].arrival == v.arrival && s->held[pos - 1].id > v.id)))
+            pos--;
+        held_insert(s, pos, &v);
+        s->res->xform_returned++;
     }
     free(run);
     free(queued);
     free(qviews);
     free(bumped);
+    free(returned);
 
     /* The targets replace the sources in the instance array. */
     for (int i = lo; i < hi; i++) inst_free(&s->inst[i]);
@@ -935,8 +970,8 @@ static void xform_commit(sim *s) {
     s->xf_phase = XF_NONE;
     pt_sched_xform_done(s->sch, s->now, true);
     if (s->o->verbose)
-        fprintf(stderr, "proteus simulate: t=%.3f commit (pause %.1f ms, %zu moved running, %zu requeued)\n", s->now,
-                pause * 1e3, n_run - n_bumped, n_bumped);
+        fprintf(stderr, "proteus simulate: t=%.3f commit (pause %.1f ms, %zu running moved, %zu requeued, %zu back to the "
+                "scheduler)\n", s->now, pause * 1e3, n_moved, n_bumped, n_returned);
     layout_sample(s);
     s->force_plan = true;
     changed(s);

@@ -74,6 +74,7 @@ typedef struct {
     uint64_t preemptions, rejected;
     uint64_t unservable;        /* failed: more pages than its instance holds */
     uint64_t unserved;          /* failed: still held (or queued) when the run ended */
+    uint64_t xform_returned;    /* requests a commit gave back to the scheduler: no target held them whole */
     uint64_t held_requests;     /* requests the scheduler held at least once */
     double held_s;              /* their time held, summed */
     pt_sched_stats stats;

@@ -419,6 +419,50 @@ static void test_dynamic_merges_serves_and_splits_back(void) {
     pt_sim_result_free(&res);
 }
 
+/* A long request placed on a split's source while the split copies goes back
+ * to the scheduler at the commit (no TP1 target holds it), which merges
+ * again and serves it: nothing fails. */
+static void test_split_gives_back_what_no_target_holds(void) {
+    pt_cost_model m = toy_model(50);
+    m.xform_fixed_s = 3.0; /* a long pre-copy: time for a request to arrive during it */
+    pt_sim_opts o = opts(PT_SCHED_DYNAMIC, 2);
+    o.sched.hysteresis_s = 1.0;
+    size_t n;
+    pt_replay_req *w = merge_workload(&n);
+    n--; /* without the late short one */
+    pt_sim_result res;
+    pt_err err;
+    CHECK(pt_sim_run(&res, &o, &m, 2, w, n, &err) == 0);
+    CHECK_EQ_INT(res.n_split, 1);
+    double split_start = res.n_layouts == 5 ? res.layouts[3].t : -1;
+    pt_sim_result_free(&res);
+    CHECK(split_start > 0);
+    /* the same, and a second long request 1 s into the split, still running
+     * on the source when the split commits (600 decode steps) */
+    pt_replay_req *w2 = calloc(n + 1, sizeof(*w2));
+    memcpy(w2, w, n * sizeof(*w2));
+    w2[n] = rq(split_start + 1.0, 700, 600);
+    CHECK(pt_sim_run(&res, &o, &m, 2, w2, n + 1, &err) == 0);
+    check_conserved(&res, w2, n + 1);
+    CHECK_EQ_INT(res.xform_returned, 1);
+    CHECK_EQ_INT(res.n_merge, 2);
+    CHECK(res.preemptions >= 1); /* its KV was dropped: recomputed after the second merge */
+    /* it started on the source, finished after the second merge committed */
+    double first_merge = -1, split_commit = -1, second_merge = -1;
+    for (size_t i = 1; i < res.n_layouts; i++) {
+        const pt_sim_layout *l = &res.layouts[i];
+        if (l->n_inst == 1 && first_merge < 0) first_merge = l->t;
+        else if (l->n_inst == 2 && first_merge > 0 && split_commit < 0) split_commit = l->t;
+        else if (l->n_inst == 1 && !l->transforming[0] && split_commit > 0 && second_merge < 0) second_merge = l->t;
+    }
+    CHECK(split_commit > 0 && second_merge > split_commit);
+    CHECK(res.recs[n].t_first < split_commit);
+    CHECK(res.recs[n].t_end > second_merge);
+    free(w);
+    free(w2);
+    pt_sim_result_free(&res);
+}
+
 static bool same_results(const pt_sim_result *a, const pt_sim_result *b) {
     if (a->n != b->n || a->steps != b->steps || a->events != b->events || a->preemptions != b->preemptions ||
         a->n_merge != b->n_merge || a->n_split != b->n_split || a->n_layouts != b->n_layouts ||
@@ -664,6 +708,7 @@ static void test_roofline_of_presets(void) {
 TEST_MAIN(TEST(test_single_request_exact), TEST(test_matches_step_by_step_reference),
           TEST(test_matches_reference_with_preemption), TEST(test_matches_reference_max_seqs),
           TEST(test_conservation_static_four_devices), TEST(test_static_rejects_what_no_instance_holds),
-          TEST(test_dynamic_merges_serves_and_splits_back), TEST(test_deterministic),
+          TEST(test_dynamic_merges_serves_and_splits_back), TEST(test_split_gives_back_what_no_target_holds),
+          TEST(test_deterministic),
           TEST(test_client_concurrency_and_warmup), TEST(test_layouts), TEST(test_cluster_presets),
           TEST(test_cluster_spec_file), TEST(test_model_shapes), TEST(test_roofline_of_presets))
