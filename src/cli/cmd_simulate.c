@@ -354,6 +354,7 @@ static cJSON *sim_json(const sim_args *a, const pt_sim_result *r, const pt_sim_o
     cJSON_AddNumberToObject(x, "rejected", (double)r->rejected);
     cJSON_AddNumberToObject(x, "unservable", (double)r->unservable);
     cJSON_AddNumberToObject(x, "unserved", (double)r->unserved);
+    cJSON_AddBoolToObject(x, "token_times", so->token_times);
     cJSON_AddNumberToObject(x, "simulated_s", r->t_end);
     cJSON_AddNumberToObject(x, "wall_s", r->wall_s);
     cJSON_AddNumberToObject(x, "steps", (double)r->steps);
@@ -413,6 +414,8 @@ static void print_sim(FILE *f, const pt_sim_result *r, const pt_sim_opts *so, co
         if (r->stats.by_reason[k])
             fprintf(f, "  %-18s%-28s%llu\n", pt_sched_reason_decision((pt_sched_reason)k),
                     pt_sched_reason_name((pt_sched_reason)k), (unsigned long long)r->stats.by_reason[k]);
+    if (!so->token_times)
+        fprintf(f, "%-40s%s\n", "Token times:", "not kept (ITL and peak output throughput above are not measured)");
     fprintf(f, "%-40s%.1f s in %.3f s wall (%.0fx), %llu steps, %llu events\n", "Simulated:", r->t_end, r->wall_s,
             r->wall_s > 0 ? r->t_end / r->wall_s : 0.0, (unsigned long long)r->steps, (unsigned long long)r->events);
     fputs("==========================================\n", f);
