@@ -147,6 +147,23 @@ int pt_sched_need_tp(const pt_scheduler *s, const pt_sched_req *r) {
     return fits;
 }
 
+/* The degree r needs on st's devices. A degree wanted only for speed (its
+ * TTFT) is capped at half the devices: the merge would otherwise take the
+ * whole cluster into one queue, where every short request waits behind the
+ * long prefills (the other half keeps serving them); a degree its pages
+ * need is not capped. */
+static int need_on(const pt_scheduler *s, const pt_sched_state *st, const pt_sched_req *r) {
+    int d = pt_sched_need_tp(s, r), half = st->n_devices / 2;
+    if (d <= half || d <= 1) return d;
+    int capped = 0;
+    for (int a = 0; a < s->o.n_allowed; a++) {
+        int c = s->o.allowed_tp[a];
+        if (c > half || !modelled(s, c) || req_pages(s, r) > pt_cost_instance_pages(&s->m, c)) continue;
+        capped = c; /* the largest that holds it, up to half */
+    }
+    return capped ? capped : d;
+}
+
 /* ---- estimates ---- */
 
 /* The step time of the decodes running on `in` now (0 when none decodes). */
@@ -387,7 +404,7 @@ void pt_sched_place(pt_scheduler *s, const pt_sched_state *st, const pt_sched_re
         return;
     }
 
-    int need = pt_sched_need_tp(s, r);
+    int need = need_on(s, st, r);
     out->need_tp = need;
     if (need == 0 || need > st->n_devices) {
         place_done(s, r, out, PT_SCHED_REJECT, -1, PT_SCHED_R_REJECT_TOO_LONG);
@@ -464,7 +481,7 @@ int pt_sched_victim(pt_scheduler *s, const pt_sched_state *st, int i, pt_sched_r
                           (r->arrival == in->running[newest].arrival && r->id > in->running[newest].id);
         if (later_than) newest = (int)k;
         if (s->o.policy == PT_SCHED_DYNAMIC && in->tp > 1) {
-            int need = pt_sched_need_tp(s, r);
+            int need = need_on(s, st, r);
             bool later_movable = movable < 0 || r->arrival > in->running[movable].arrival ||
                                  (r->arrival == in->running[movable].arrival && r->id > in->running[movable].id);
             if (need > 0 && need < in->tp && later_movable) movable = (int)k;
@@ -496,33 +513,68 @@ static bool mergeable_range(const pt_sched_state *st, int first, int d, int *lo,
     return *lo >= 0;
 }
 
-/* Requests on instances [lo, hi] whose SLO a pause of pause_s breaks:
- * running ones by their TPOT, prefilling and queued ones by their TTFT. */
-static uint32_t hurt_by_pause(pt_scheduler *s, const pt_sched_state *st, int lo, int hi, double pause_s) {
+/* What a transformation or a long request does to the requests already on
+ * some instances: a pause, then the long request's prefill (prompt tokens,
+ * 0 = none, arriving at `arrival`) on an instance of degree tp whose steps
+ * also decode every running request at `dec` seconds a step. */
+typedef struct {
+    double pause_s;
+    int tp;
+    uint64_t prompt;
+    double arrival;
+    double dec;
+} disruption;
+
+/* The requests on instances [lo, hi] whose SLO the disruption breaks:
+ * running ones by their TPOT (the long prefill's steps are their decode
+ * steps while it lasts), prefilling and queued ones by their TTFT (the long
+ * prefill delays those that came after it: prefill goes oldest first). */
+static uint32_t hurt_by(pt_scheduler *s, const pt_sched_state *st, int lo, int hi, const disruption *d) {
     const inst_view *v = views(s, st);
+    double extra = d->dec - s->m.tp[d->tp].fixed_s;
+    double t_long = d->prompt ? prefill_beside(s, d->tp, 0, d->prompt, extra > 0 ? extra : 0.0) : 0.0;
+    uint64_t chunk = s->o.prefill_chunk ? s->o.prefill_chunk : (d->prompt ? d->prompt : 1);
+    uint64_t n_long = (d->prompt + chunk - 1) / chunk;
     uint32_t hurt = 0;
     for (int i = lo; i <= hi; i++) {
         const pt_sched_instance *in = &st->inst[i];
-        double dec = v[i].dec;
         for (size_t k = 0; k < in->n_running; k++) {
             const pt_sched_req *r = &in->running[k];
             if (r->first_token >= 0 && s->o.slo.tpot_s > 0 && r->max_tokens > 1) {
                 uint32_t left = r->max_tokens > r->generated ? r->max_tokens - r->generated : 0;
-                double tpot = (st->now - r->first_token + left * dec) / (r->max_tokens - 1);
-                hurt += tpot <= s->o.slo.tpot_s && tpot + pause_s / (r->max_tokens - 1) > s->o.slo.tpot_s;
+                double so_far = st->now - r->first_token, per = (double)(r->max_tokens - 1);
+                double before = (so_far + left * v[i].dec) / per;
+                double during = left <= n_long ? (n_long ? left * t_long / (double)n_long : 0.0)
+                                               : t_long + (double)(left - n_long) * d->dec;
+                double after = (so_far + d->pause_s + during) / per;
+                hurt += before <= s->o.slo.tpot_s && after > s->o.slo.tpot_s;
             } else if (r->first_token < 0 && s->o.slo.ttft_s > 0) {
                 double ttft = st->now - r->arrival + prefill_beside(s, in->tp, r->prefilled,
                                                                     r->prompt_len - r->prefilled, 0.0);
-                hurt += ttft <= s->o.slo.ttft_s && ttft + pause_s > s->o.slo.ttft_s;
+                double delay = d->pause_s + (r->arrival > d->arrival ? t_long : 0.0);
+                hurt += ttft <= s->o.slo.ttft_s && ttft + delay > s->o.slo.ttft_s;
             }
         }
         for (size_t k = 0; k < in->n_queued && s->o.slo.ttft_s > 0; k++) {
             const pt_sched_req *r = &in->queued[k];
             double ttft = est_ttft(s, st, in, &v[i], r);
-            hurt += ttft <= s->o.slo.ttft_s && ttft + pause_s > s->o.slo.ttft_s;
+            double delay = d->pause_s + (r->arrival > d->arrival ? t_long : 0.0);
+            hurt += ttft <= s->o.slo.ttft_s && ttft + delay > s->o.slo.ttft_s;
         }
     }
     return hurt;
+}
+
+/* The decode step of every request running on [lo, hi], on one instance of degree tp. */
+static double merged_decode_step(const pt_scheduler *s, const pt_sched_state *st, int lo, int hi, int tp) {
+    pt_step_shape sh = {0};
+    for (int i = lo; i <= hi; i++)
+        for (size_t k = 0; k < st->inst[i].n_running; k++) {
+            const pt_sched_req *r = &st->inst[i].running[k];
+            if (r->prefilled >= r->prompt_len) pt_cost_shape_add(&sh, (uint64_t)r->prompt_len + r->generated, 1);
+        }
+    double t = pt_cost_step(&s->m, tp, &sh);
+    return t > 0 ? t : 0.0;
 }
 
 /* Sequences and cached tokens on instances [lo, hi]. */
@@ -570,11 +622,11 @@ static const pt_sched_req *held_needing_merge(const pt_scheduler *s, const pt_sc
                                               bool *cannot_fit) {
     for (size_t k = 0; k < st->n_held; k++) {
         const pt_sched_req *r = &st->held[k];
-        int d = pt_sched_need_tp(s, r);
+        int d = need_on(s, st, r);
         if (d == 0 || d > st->n_devices) continue;
         *cannot_fit = true;
         for (int i = 0; i < st->n_inst && *cannot_fit; i++)
-            if (st->inst[i].tp >= d && holds(s, &st->inst[i], r)) *cannot_fit = false;
+            if (holds(s, &st->inst[i], r)) *cannot_fit = false;
         *need = d;
         return r;
     }
@@ -628,31 +680,48 @@ static bool plan_merge(pt_scheduler *s, const pt_sched_state *st, pt_sched_xform
     for (int i = best_lo; i <= best_hi; i++)
         if (st->inst[i].tp < tp_from) tp_from = st->inst[i].tp;
     pt_cost_xform(&s->m, best_d, tp_from, best_d, seqs, kv, &x->cost);
-    /* It helps every held request it would serve. */
+    /* It helps every held request it serves in time, or at all when nothing
+     * else holds it. */
     x->helped = 0;
     for (size_t k = 0; k < st->n_held; k++) {
-        int d = pt_sched_need_tp(s, &st->held[k]);
-        x->helped += d > 0 && d <= best_d;
+        const pt_sched_req *h = &st->held[k];
+        int d = need_on(s, st, h);
+        double t;
+        bool homeless = best_of_degree(s, st, h, 0, &t) < 0;
+        x->helped += d > 0 && d <= best_d && (homeless || merge_would_meet(s, st, h, d));
     }
-    x->hurt = hurt_by_pause(s, st, best_lo, best_hi, x->cost.pause_s);
+    /* It breaks what its pause and the long prefill on the merged instance
+     * break there; not merging, the request goes to the best instance that
+     * holds it and its prefill breaks what it breaks there. */
+    disruption merged = {x->cost.pause_s, best_d, r->prompt_len, r->arrival,
+                         merged_decode_step(s, st, best_lo, best_hi, best_d)};
+    x->hurt = hurt_by(s, st, best_lo, best_hi, &merged);
+    double t_alt;
+    int alt = best_of_degree(s, st, r, 0, &t_alt);
+    uint32_t spared = 0;
+    if (alt >= 0) {
+        disruption there = {0.0, st->inst[alt].tp, r->prompt_len, r->arrival, views(s, st)[alt].dec};
+        spared = hurt_by(s, st, alt, alt, &there);
+    }
     char range[64];
     snprintf(range, sizeof(range), "devices %d-%d", best_first, best_first + best_d - 1);
-    if (x->hurt > x->helped) {
+    if (x->hurt > x->helped + spared) {
         decline(s, x, PT_SCHED_R_NO_XFORM_PAUSE, best_first, best_d);
         snprintf(x->text, sizeof(x->text),
-                 "no merge of %s to TP%d: its pause %.1f ms breaks the SLO of %u requests, it helps %u", range, best_d,
-                 x->cost.pause_s * 1e3, x->hurt, x->helped);
+                 "no merge of %s to TP%d: its pause (%.1f ms) and the long prefill break the SLO of %u requests; "
+                 "it saves %u (%u held, %u where the request would go instead)",
+                 range, best_d, x->cost.pause_s * 1e3, x->hurt, x->helped + spared, x->helped, spared);
         return true;
     }
     xform_fill(st, x, PT_SCHED_XFORM_MERGE, best_first, best_d, best_d);
     x->reason = cannot_fit ? PT_SCHED_R_MERGE_CANNOT_FIT : PT_SCHED_R_MERGE_SLO;
     s->stats.by_reason[x->reason]++;
     snprintf(x->text, sizeof(x->text),
-             "merge %s to TP%d for request %llu (%u + %u tokens, needs TP%d): %s; helps %u held, pause %.1f ms breaks "
-             "%u, moves %.1f MiB",
+             "merge %s to TP%d for request %llu (%u + %u tokens, needs TP%d): %s; saves %u (%u held), pause %.1f ms "
+             "and the long prefill break %u, moves %.1f MiB",
              range, best_d, (unsigned long long)r->id, r->prompt_len, r->max_tokens, need,
-             cannot_fit ? "no instance holds it" : "no instance meets its TTFT", x->helped, x->cost.pause_s * 1e3,
-             x->hurt, (double)x->cost.bytes_moved / (1 << 20));
+             cannot_fit ? "no instance holds it" : "no instance of its degree meets its TTFT", x->helped + spared,
+             x->helped, x->cost.pause_s * 1e3, x->hurt, (double)x->cost.bytes_moved / (1 << 20));
     return true;
 }
 
@@ -661,15 +730,15 @@ static bool plan_merge(pt_scheduler *s, const pt_sched_state *st, pt_sched_xform
 static int needed_degree(const pt_scheduler *s, const pt_sched_state *st, const pt_sched_instance *in) {
     int m = s->o.allowed_tp[0];
     for (size_t k = 0; k < in->n_running; k++) {
-        int d = pt_sched_need_tp(s, &in->running[k]);
+        int d = need_on(s, st, &in->running[k]);
         if (d > m) m = d;
     }
     for (size_t k = 0; k < in->n_queued; k++) {
-        int d = pt_sched_need_tp(s, &in->queued[k]);
+        int d = need_on(s, st, &in->queued[k]);
         if (d > m) m = d;
     }
     for (size_t k = 0; k < st->n_held; k++) {
-        int d = pt_sched_need_tp(s, &st->held[k]);
+        int d = need_on(s, st, &st->held[k]);
         if (d <= in->tp && d > m) m = d;
     }
     return m;
@@ -720,7 +789,8 @@ static bool plan_split(pt_scheduler *s, const pt_sched_state *st, pt_sched_xform
         for (int j = 0; j < st->n_inst && s->o.slo.ttft_s > 0; j++)
             for (size_t k = 0; k < st->inst[j].n_queued; k++)
                 x->helped += est_ttft(s, st, &st->inst[j], &v[j], &st->inst[j].queued[k]) > s->o.slo.ttft_s;
-        x->hurt = hurt_by_pause(s, st, i, i, x->cost.pause_s);
+        disruption pause = {x->cost.pause_s, in->tp, 0, 0.0, views(s, st)[i].dec};
+        x->hurt = hurt_by(s, st, i, i, &pause);
         if (x->hurt > x->helped) {
             decline(s, x, PT_SCHED_R_NO_XFORM_PAUSE, f, in->tp);
             snprintf(x->text, sizeof(x->text),

@@ -383,7 +383,8 @@ static void test_no_merge_when_pause_breaks_more(void) {
     in[0].n_running = 2;
     in[1].running = b;
     in[1].n_running = 1;
-    pt_sched_req held[1] = {req(9, 12000, 100, 9.9)};
+    /* held: 100 prompt tokens, but 12000 to generate: only TP2's pages hold it */
+    pt_sched_req held[1] = {req(9, 100, 12000, 9.9)};
     pt_sched_state st = {.now = 10.0, .n_devices = 2, .inst = in, .n_inst = 2, .held = held, .n_held = 1};
     pt_sched_xform x;
     pt_sched_plan(s, &st, &x);
@@ -392,7 +393,7 @@ static void test_no_merge_when_pause_breaks_more(void) {
     CHECK_EQ_INT(x.reason, PT_SCHED_R_NO_XFORM_PAUSE);
     CHECK_EQ_INT(x.hurt, 3);
     CHECK_EQ_INT(x.helped, 1);
-    CHECK(strstr(x.text, "breaks the SLO of 3") != NULL);
+    CHECK_MSG(strstr(x.text, "break the SLO of 3 requests") != NULL, "%s", x.text);
 
     /* with a short pause the same state merges */
     pt_cost_model quick = toy_model();
@@ -400,7 +401,47 @@ static void test_no_merge_when_pause_breaks_more(void) {
     pt_sched_plan(s2, &st, &x);
     CHECK_EQ_INT(x.kind, PT_SCHED_XFORM_MERGE);
     CHECK_EQ_INT(x.hurt, 0);
+
+    /* a long prompt (12000 tokens, one 0.6 s step at TP2) delays the three
+     * decodes' next tokens as much as the long pause did: not merged now,
+     * though the short pause breaks nothing */
+    held[0] = req(9, 12000, 100, 9.9);
+    pt_sched_plan(s2, &st, &x);
+    CHECK_EQ_INT(x.kind, PT_SCHED_XFORM_NONE);
+    CHECK_EQ_INT(x.hurt, 3);
     pt_sched_free(s2);
+    pt_sched_free(s);
+}
+
+/* Not merging has a cost too: the request then prefills on a TP1 instance
+ * and breaks what runs there. A merge breaking two decodes to save one held
+ * request and the one decode it would have broken elsewhere goes ahead. */
+static void test_merge_weighs_the_alternative(void) {
+    pt_cost_model m = toy_model();
+    m.device_bytes = 6500000; /* TP1 holds 2500 pages (20000 tokens) */
+    pt_scheduler *s = toy(PT_SCHED_DYNAMIC, &m);
+    pt_sched_instance in[4] = {inst(0, 1, 2500), inst(1, 1, 2500), inst(2, 1, 2500), inst(3, 1, 2500)};
+    pt_sched_req one_a[1] = {decoding(1, 100, 21, 10, 9.0)}, one_b[1] = {decoding(2, 100, 21, 10, 9.0)};
+    pt_sched_req two_a[2] = {decoding(3, 100, 21, 10, 9.0), decoding(4, 100, 21, 10, 9.0)};
+    pt_sched_req two_b[2] = {decoding(5, 100, 21, 10, 9.0), decoding(6, 100, 21, 10, 9.0)};
+    const pt_sched_req *runs[4] = {one_a, one_b, two_a, two_b};
+    for (int i = 0; i < 4; i++) {
+        in[i].running = runs[i];
+        in[i].n_running = i < 2 ? 1 : 2;
+        in[i].pages_free = 2500 - 16 * in[i].n_running;
+    }
+    /* 19960 tokens fit a TP1 instance, but its prefill there takes 2.005 s */
+    pt_sched_req held[1] = {req(9, 19950, 10, 9.9)};
+    CHECK_EQ_INT(pt_sched_need_tp(s, &held[0]), 2);
+    pt_sched_state st = {.now = 10.0, .n_devices = 4, .inst = in, .n_inst = 4, .held = held, .n_held = 1};
+    pt_sched_xform x;
+    pt_sched_plan(s, &st, &x);
+    CHECK_MSG(x.kind == PT_SCHED_XFORM_MERGE, "%s", x.text);
+    CHECK_EQ_INT(x.reason, PT_SCHED_R_MERGE_SLO);
+    CHECK_EQ_INT(x.first_device, 0);
+    CHECK_EQ_INT(x.hurt, 2);
+    CHECK_EQ_INT(x.helped, 1);
+    CHECK(strstr(x.text, "saves 2 (1 held)") != NULL);
     pt_sched_free(s);
 }
 
@@ -526,6 +567,6 @@ static void test_static_places_least_loaded(void) {
 TEST_MAIN(TEST(test_cost_step_and_pages), TEST(test_cost_xform), TEST(test_cost_roofline), TEST(test_cost_file),
           TEST(test_need_tp), TEST(test_place_short_and_hold_long), TEST(test_route_long_and_overflow),
           TEST(test_merge_when_long_cannot_fit), TEST(test_merge_only_where_target_holds),
-          TEST(test_no_merge_when_pause_breaks_more),
+          TEST(test_no_merge_when_pause_breaks_more), TEST(test_merge_weighs_the_alternative),
           TEST(test_split_after_long_finish_with_hysteresis), TEST(test_preemption_victim),
           TEST(test_static_places_least_loaded))
