@@ -445,6 +445,41 @@ static void test_merge_weighs_the_alternative(void) {
     pt_sched_free(s);
 }
 
+/* Long requests are batched onto the merged instance there is: one that
+ * needs TP2 only for its TTFT waits on the busy TP2 rather than taking the
+ * TP1s of the short requests into a second merge; one whose pages need TP2
+ * is held for a second merge when the busy TP2 would break its TTFT. A
+ * degree wanted only for TTFT is capped at half the devices. */
+static void test_long_requests_batched_on_merged(void) {
+    pt_cost_model m = toy_model();
+    m.device_bytes = 6500000; /* TP1 2500 pages (20000 tokens), TP2 9000 */
+    pt_scheduler *s = toy(PT_SCHED_DYNAMIC, &m);
+    pt_sched_instance in[3] = {inst(0, 2, 9000), inst(2, 1, 2500), inst(3, 1, 2500)};
+    pt_sched_req q[3] = {req(10, 7000, 10, 0.9), req(11, 7000, 10, 0.9), req(12, 7000, 10, 0.9)};
+    in[0].queued = q; /* about 1.05 s of prompts ahead on the TP2 */
+    in[0].n_queued = 3;
+    pt_sched_state st = {.now = 1.0, .n_devices = 4, .inst = in, .n_inst = 3};
+    pt_sched_placement p;
+    pt_sched_req speed = req(1, 19950, 10, 1.0); /* fits TP1, prefills in 2.005 s there, 1.0 s on TP2 */
+    pt_sched_place(s, &st, &speed, &p);
+    CHECK_EQ_INT(p.need_tp, 2);
+    CHECK_MSG(p.kind == PT_SCHED_PLACE && p.instance == 0, "%s", p.text);
+    pt_sched_req pages = req(2, 25000, 10, 1.0); /* 3126 pages: only TP2 holds it */
+    pt_sched_place(s, &st, &pages, &p);
+    CHECK_MSG(p.kind == PT_SCHED_HOLD, "%s", p.text);
+    CHECK(strstr(p.text, "busy") != NULL);
+
+    /* 4 devices of TP1: a request that needs TP4 for its TTFT alone is
+     * capped at TP2 (half the devices) */
+    pt_sched_instance ones[4] = {inst(0, 1, 2500), inst(1, 1, 2500), inst(2, 1, 2500), inst(3, 1, 2500)};
+    pt_sched_state st4 = {.now = 1.0, .n_devices = 4, .inst = ones, .n_inst = 4};
+    pt_sched_req big = req(3, 45000, 1000, 1.0); /* TP2: 2.26 s > 2 s, TP4: 1.14 s */
+    CHECK_EQ_INT(pt_sched_need_tp(s, &big), 4);
+    pt_sched_place(s, &st4, &big, &p);
+    CHECK_EQ_INT(p.need_tp, 2);
+    pt_sched_free(s);
+}
+
 /* A TP2 instance splits once nothing needing TP2 has been there for the
  * hysteresis; not while a long request runs; not right after a merge. */
 static void test_split_after_long_finish_with_hysteresis(void) {
@@ -568,5 +603,6 @@ TEST_MAIN(TEST(test_cost_step_and_pages), TEST(test_cost_xform), TEST(test_cost_
           TEST(test_need_tp), TEST(test_place_short_and_hold_long), TEST(test_route_long_and_overflow),
           TEST(test_merge_when_long_cannot_fit), TEST(test_merge_only_where_target_holds),
           TEST(test_no_merge_when_pause_breaks_more), TEST(test_merge_weighs_the_alternative),
+          TEST(test_long_requests_batched_on_merged),
           TEST(test_split_after_long_finish_with_hysteresis), TEST(test_preemption_victim),
           TEST(test_static_places_least_loaded))
