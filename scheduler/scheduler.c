@@ -55,6 +55,7 @@ static const struct {
     [PT_SCHED_R_OVERFLOW] = {"overflow", "place"},
     [PT_SCHED_R_HOLD_FOR_MERGE] = {"hold_for_merge", "hold"},
     [PT_SCHED_R_REJECT_TOO_LONG] = {"too_long", "reject"},
+    [PT_SCHED_R_REJECT_BUSY] = {"queues_full", "reject"},
     [PT_SCHED_R_MERGE_CANNOT_FIT] = {"cannot_fit", "merge"},
     [PT_SCHED_R_MERGE_SLO] = {"slo", "merge"},
     [PT_SCHED_R_SPLIT_IDLE] = {"not_needed", "split"},
@@ -306,6 +307,19 @@ static bool holds(const pt_scheduler *s, const pt_sched_instance *in, const pt_s
     return modelled(s, in->tp) && in->pages_total >= req_pages(s, r);
 }
 
+static bool accepts(const pt_sched_instance *in) { return !in->max_queued || in->n_queued < in->max_queued; }
+
+/* Whether an instance holds r but every one that does has a full queue. */
+static bool only_full_queues(const pt_scheduler *s, const pt_sched_state *st, const pt_sched_req *r) {
+    bool held = false;
+    for (int i = 0; i < st->n_inst; i++) {
+        if (!holds(s, &st->inst[i], r)) continue;
+        if (accepts(&st->inst[i])) return false;
+        held = true;
+    }
+    return held;
+}
+
 static bool meets_ttft(const pt_scheduler *s, double ttft) { return s->o.slo.ttft_s <= 0 || ttft <= s->o.slo.ttft_s; }
 
 static uint32_t load_of(const pt_sched_instance *in) { return (uint32_t)(in->n_running + in->n_queued); }
@@ -326,7 +340,7 @@ static int best_of_degree(pt_scheduler *s, const pt_sched_state *st, const pt_sc
     int best = -1;
     for (int i = 0; i < st->n_inst; i++) {
         const pt_sched_instance *in = &st->inst[i];
-        if ((tp > 0 && in->tp != tp) || !holds(s, in, r)) continue;
+        if ((tp > 0 && in->tp != tp) || !holds(s, in, r) || !accepts(in)) continue;
         double t = est_ttft(s, st, in, &v[i], r);
         if (best < 0 || t < *ttft || (t == *ttft && load_of(in) < load_of(&st->inst[best]))) {
             best = i;
@@ -382,6 +396,12 @@ static void describe(const pt_sched_state *st, int i, char *buf, size_t n) {
              in->first_device + in->tp - 1);
 }
 
+static void reject_busy(pt_scheduler *s, const pt_sched_req *r, pt_sched_placement *out) {
+    place_done(s, r, out, PT_SCHED_REJECT, -1, PT_SCHED_R_REJECT_BUSY);
+    snprintf(out->text, sizeof(out->text), "reject request %llu for now: every instance that holds it has a full queue",
+             (unsigned long long)r->id);
+}
+
 void pt_sched_place(pt_scheduler *s, const pt_sched_state *st, const pt_sched_req *r, pt_sched_placement *out) {
     *out = (pt_sched_placement){.instance = -1};
     if (st->n_inst > PT_SCHED_MAX_DEVICES) {
@@ -397,6 +417,10 @@ void pt_sched_place(pt_scheduler *s, const pt_sched_state *st, const pt_sched_re
         double t = 0;
         int i = best_of_degree(s, st, r, 0, &t);
         out->need_tp = i >= 0 ? st->inst[i].tp : 0;
+        if (i < 0 && only_full_queues(s, st, r)) {
+            reject_busy(s, r, out);
+            return;
+        }
         if (i < 0) {
             place_done(s, r, out, PT_SCHED_REJECT, -1, PT_SCHED_R_REJECT_TOO_LONG);
             snprintf(out->text, sizeof(out->text),
@@ -465,6 +489,10 @@ void pt_sched_place(pt_scheduler *s, const pt_sched_state *st, const pt_sched_re
         else if (merge_would_meet(s, st, r, need)) why_hold = "a merge meets its TTFT, no instance does";
     } else if (need_by_pages(s, r, need) && merge_would_meet(s, st, r, need) && can_merge_to(s, st, need)) {
         why_hold = "the instances that hold it are busy; a merge to its degree meets its TTFT";
+    }
+    if (home < 0 && only_full_queues(s, st, r)) {
+        reject_busy(s, r, out);
+        return;
     }
     if (why_hold) {
         place_done(s, r, out, PT_SCHED_HOLD, -1, PT_SCHED_R_HOLD_FOR_MERGE);

@@ -73,6 +73,7 @@ typedef struct {
     const pt_sched_req *queued;  /* (n_queued) placed here, not started, arrival order */
     size_t n_queued;
     bool transforming;       /* a source or target of the transformation in flight */
+    uint32_t max_queued;     /* queued requests it accepts; 0 = no limit */
 } pt_sched_instance;
 
 typedef struct {
@@ -92,6 +93,7 @@ typedef enum {
     PT_SCHED_R_OVERFLOW,         /* a short request to a bigger instance: the small ones would break its TTFT */
     PT_SCHED_R_HOLD_FOR_MERGE,   /* no instance can hold it or meet its TTFT; a merge can */
     PT_SCHED_R_REJECT_TOO_LONG,  /* prompt + max_tokens above max_ctx, or above what the largest degree holds */
+    PT_SCHED_R_REJECT_BUSY,      /* the instances that hold it have full queues (the server answers 429) */
     /* transformations */
     PT_SCHED_R_MERGE_CANNOT_FIT, /* a held request fits no instance */
     PT_SCHED_R_MERGE_SLO,        /* a held or queued request would break its TTFT on every instance */

@@ -37,6 +37,7 @@ typedef struct {
     uint32_t seq_capacity;  /* the most tokens one sequence can hold (pt_batcher_max_ctx) */
     uint32_t max_ctx;       /* the context limit (the model's or model.max_model_len) */
     uint32_t running;       /* sequences in its running set */
+    uint32_t max_waiting;   /* queued requests its batcher accepts (0 = no limit) */
     bool transforming;      /* a source of the layout change in flight */
 } pt_place_inst;
 

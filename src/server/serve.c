@@ -560,6 +560,7 @@ static const pt_sched_state *sched_state(serve *s, uint64_t offered) {
         *pi = (pt_place_inst){.first = s->inst[i].first, .tp = s->inst[i].tp, .max_seqs = s->bo.max_running,
                               .seq_capacity = pt_batcher_max_ctx(s->inst[i].batcher),
                               .max_ctx = pt_engine_get_opts(s->inst[i].engine)->max_ctx, .running = st.running,
+                              .max_waiting = s->bo.max_waiting,
                               .transforming = busy && xform_touches(&prog, &s->inst[i])};
         for (int r = 0; r < st.n_ranks && r < PT_BATCHER_MAX_RANKS; r++) {
             pi->pages_total += st.kv_pages_total[r];
@@ -626,6 +627,8 @@ static int place_choice(serve *s, choice *ch, const pt_gen_params *p, pt_sched_r
         return PT_OK;
     case PT_SCHED_REJECT:
     default:
+        if (pl.reason == PT_SCHED_R_REJECT_BUSY)
+            return pt_err_set(err, PT_ERR_BUSY, "every instance that could serve this request has a full queue");
         pt_err_set(err, ERR_REJECTED, "the scheduler cannot serve this request (%s): %s",
                    pt_sched_reason_name(pl.reason), pl.text);
         return ERR_REJECTED;
@@ -662,7 +665,7 @@ static void offer_held(serve *s, choice *ch) {
     r.held_before = true; /* held again: one decision, counted once */
     pt_sched_placement pl;
     pt_sched_place(s->sched, st, &r, &pl);
-    if (pl.kind == PT_SCHED_HOLD) {
+    if (pl.kind == PT_SCHED_HOLD || (pl.kind == PT_SCHED_REJECT && pl.reason == PT_SCHED_R_REJECT_BUSY)) {
         pt_log(PT_LOG_DEBUG, "scheduler: request %llu stays held", (unsigned long long)ch->sched_id);
         return;
     }

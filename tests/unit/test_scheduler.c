@@ -596,6 +596,23 @@ static void test_static_places_least_loaded(void) {
     r = req(2, 60000, 100, 0.5); /* 6013 pages: no TP2 instance holds it */
     pt_sched_place(s, &st, &r, &p);
     CHECK_EQ_INT(p.kind, PT_SCHED_REJECT);
+    CHECK_EQ_INT(p.reason, PT_SCHED_R_REJECT_TOO_LONG);
+
+    /* a full queue takes nothing: the other instance, then "queues full" */
+    in[1].max_queued = 1;
+    in[1].queued = q;
+    in[1].n_queued = 1;
+    in[0].n_queued = 0;
+    r = req(3, 100, 10, 0.5);
+    pt_sched_place(s, &st, &r, &p);
+    CHECK_EQ_INT(p.instance, 0);
+    in[0].max_queued = 2;
+    in[0].queued = (pt_sched_req[2]){req(20, 10, 1, 0.1), req(21, 10, 1, 0.1)};
+    in[0].n_queued = 2;
+    pt_sched_place(s, &st, &r, &p);
+    CHECK_EQ_INT(p.kind, PT_SCHED_REJECT);
+    CHECK_EQ_INT(p.reason, PT_SCHED_R_REJECT_BUSY);
+    CHECK(!strcmp(pt_sched_reason_name(p.reason), "queues_full"));
     pt_sched_free(s);
 }
 
