@@ -7,6 +7,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "bench/replay.h"
+
 enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
 
 int cmd_generate(int argc, char **argv);
@@ -28,6 +30,14 @@ bool cli_parse_u64(const char *flag, const char *s, uint64_t *out);
 /* --device: "cpu", "cuda" or "cuda:N" (device ordinal N) into the engine
  * options; prints "proteus: FLAG: ..." and returns false otherwise. */
 bool cli_parse_device(const char *flag, const char *s, int *device, int *index);
+
+/* The trace, window, time and length flags `proteus bench` and `proteus
+ * simulate` share (--format, --speedup, --rate, --burstiness, --start,
+ * --duration, --num-requests, --warmup, --input-scale, --output-scale,
+ * --max-input, --max-output, --seed): true when f is one of them (*ok says
+ * whether its value was good; the message names `proteus CMD` and f). */
+bool cli_parse_trace_flag(const char *cmd, const char *f, const char *v, pt_replay_opts *ro, pt_trace_format *format,
+                          bool *ok);
 
 /* Default thread count: the cores this process may run on. */
 int cli_default_threads(void);

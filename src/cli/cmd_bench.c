@@ -85,21 +85,6 @@ typedef struct {
     pt_replay_opts ro;
 } bench_args;
 
-static bool parse_format(const char *s, pt_trace_format *f) {
-    static const struct {
-        const char *name;
-        pt_trace_format f;
-    } fmts[] = {{"auto", PT_TRACE_AUTO}, {"azure", PT_TRACE_AZURE}, {"mooncake", PT_TRACE_MOONCAKE},
-                {"burstgpt", PT_TRACE_BURSTGPT}, {"proteus", PT_TRACE_PROTEUS}};
-    for (size_t i = 0; i < sizeof(fmts) / sizeof(fmts[0]); i++)
-        if (!strcmp(s, fmts[i].name)) {
-            *f = fmts[i].f;
-            return true;
-        }
-    fprintf(stderr, "proteus bench: --format: expected auto, azure, mooncake, burstgpt or proteus, got '%s'\n", s);
-    return false;
-}
-
 /* One "ttft:MS", "tpot:MS" or "e2el:MS" of --goodput. */
 static bool parse_slo(const char *s, pt_goodput_slo *slo) {
     const char *colon = strchr(s, ':');
@@ -123,7 +108,6 @@ static int parse_args(bench_args *a, int argc, char **argv) {
     pt_replay_opts_default(&a->ro);
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        long l = 0;
         if (!strcmp(f, "--help") || !strcmp(f, "-h")) {
             usage(stdout);
             return CLI_OK;
@@ -149,7 +133,6 @@ static int parse_args(bench_args *a, int argc, char **argv) {
         else if (!strcmp(f, "--model")) a->model = v;
         else if (!strcmp(f, "--api-key")) a->api_key = v;
         else if (!strcmp(f, "--trace")) a->trace = v;
-        else if (!strcmp(f, "--format")) ok = parse_format(v, &a->format);
         else if (!strcmp(f, "--burstgpt-model")) a->burstgpt_model = v;
         else if (!strcmp(f, "--json")) a->json = v;
         else if (!strcmp(f, "--csv")) a->csv = v;
@@ -167,20 +150,8 @@ static int parse_args(bench_args *a, int argc, char **argv) {
             while (ok && i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) ok = parse_slo(argv[++i], &a->slo);
         }
         else if (!strcmp(f, "--timeout")) ok = cli_parse_float(f, v, 0, 1e6, &a->timeout_s);
-        else if (!strcmp(f, "--speedup")) ok = cli_parse_float(f, v, 1e-6, 1e9, &a->ro.speedup);
-        else if (!strcmp(f, "--rate")) ok = cli_parse_float(f, v, 1e-6, 1e9, &a->ro.rate);
-        else if (!strcmp(f, "--burstiness")) ok = cli_parse_float(f, v, 1e-3, 1e6, &a->ro.burstiness);
         else if (!strcmp(f, "--max-concurrency")) ok = cli_parse_long(f, v, 1, 1 << 20, &a->max_concurrency);
-        else if (!strcmp(f, "--start")) ok = cli_parse_float(f, v, 0, 1e12, &a->ro.start);
-        else if (!strcmp(f, "--duration")) ok = cli_parse_float(f, v, 1e-9, 1e12, &a->ro.duration);
-        else if (!strcmp(f, "--num-requests")) ok = cli_parse_long(f, v, 1, 1L << 40, &l), a->ro.num_requests = (size_t)l;
-        else if (!strcmp(f, "--warmup")) ok = cli_parse_long(f, v, 0, 1L << 30, &l), a->ro.warmup = (size_t)l;
-        else if (!strcmp(f, "--input-scale")) ok = cli_parse_float(f, v, 1e-9, 1e6, &a->ro.input_scale);
-        else if (!strcmp(f, "--output-scale")) ok = cli_parse_float(f, v, 1e-9, 1e6, &a->ro.output_scale);
-        else if (!strcmp(f, "--max-input")) ok = cli_parse_long(f, v, 1, UINT32_MAX, &l), a->ro.max_input = (uint32_t)l;
-        else if (!strcmp(f, "--max-output")) ok = cli_parse_long(f, v, 1, UINT32_MAX, &l), a->ro.max_output = (uint32_t)l;
-        else if (!strcmp(f, "--seed")) ok = cli_parse_u64(f, v, &a->ro.seed);
-        else {
+        else if (!cli_parse_trace_flag("bench", f, v, &a->ro, &a->format, &ok)) {
             fprintf(stderr, "proteus bench: unknown option '%s'\n", f);
             usage(stderr);
             return CLI_USAGE;

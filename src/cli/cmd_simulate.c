@@ -105,21 +105,6 @@ static bool parse_int_list(const char *flag, const char *s, int *out, int cap, i
     return true;
 }
 
-static bool parse_format(const char *s, pt_trace_format *f) {
-    static const struct {
-        const char *name;
-        pt_trace_format f;
-    } fmts[] = {{"auto", PT_TRACE_AUTO}, {"azure", PT_TRACE_AZURE}, {"mooncake", PT_TRACE_MOONCAKE},
-                {"burstgpt", PT_TRACE_BURSTGPT}, {"proteus", PT_TRACE_PROTEUS}};
-    for (size_t i = 0; i < sizeof(fmts) / sizeof(fmts[0]); i++)
-        if (!strcmp(s, fmts[i].name)) {
-            *f = fmts[i].f;
-            return true;
-        }
-    fprintf(stderr, "proteus simulate: --format: expected auto, azure, mooncake, burstgpt or proteus, got '%s'\n", s);
-    return false;
-}
-
 static bool parse_slo(const char *s, sim_args *a) {
     const char *colon = strchr(s, ':');
     double ms;
@@ -163,7 +148,6 @@ static int parse_args(sim_args *a, int argc, char **argv) {
             else if (!strcmp(f, "--cost")) a->cost = v;
             else if (!strcmp(f, "--save-cost")) a->save_cost = v;
             else if (!strcmp(f, "--trace")) a->trace = v;
-            else if (!strcmp(f, "--format")) ok = parse_format(v, &a->format);
             else if (!strcmp(f, "--burstgpt-model")) a->burstgpt_model = v;
             else if (!strcmp(f, "--json")) a->json = v;
             else if (!strcmp(f, "--csv")) a->csv = v;
@@ -187,24 +171,9 @@ static int parse_args(sim_args *a, int argc, char **argv) {
             else if (!strcmp(f, "--max-seqs")) ok = cli_parse_long(f, v, 1, 1 << 20, &l), a->so.max_seqs = (uint32_t)l;
             else if (!strcmp(f, "--max-batched-tokens"))
                 ok = cli_parse_long(f, v, 1, 1 << 24, &l), a->so.max_batched_tokens = (uint32_t)l;
-            else if (!strcmp(f, "--speedup")) ok = cli_parse_float(f, v, 1e-6, 1e9, &a->ro.speedup);
-            else if (!strcmp(f, "--rate")) ok = cli_parse_float(f, v, 1e-6, 1e9, &a->ro.rate);
-            else if (!strcmp(f, "--burstiness")) ok = cli_parse_float(f, v, 1e-3, 1e6, &a->ro.burstiness);
             else if (!strcmp(f, "--max-concurrency"))
                 ok = cli_parse_long(f, v, 1, 1 << 20, &l), a->so.max_concurrency = (size_t)l;
-            else if (!strcmp(f, "--start")) ok = cli_parse_float(f, v, 0, 1e12, &a->ro.start);
-            else if (!strcmp(f, "--duration")) ok = cli_parse_float(f, v, 1e-9, 1e12, &a->ro.duration);
-            else if (!strcmp(f, "--num-requests"))
-                ok = cli_parse_long(f, v, 1, 1L << 40, &l), a->ro.num_requests = (size_t)l;
-            else if (!strcmp(f, "--warmup")) ok = cli_parse_long(f, v, 0, 1L << 30, &l), a->ro.warmup = (size_t)l;
-            else if (!strcmp(f, "--input-scale")) ok = cli_parse_float(f, v, 1e-9, 1e6, &a->ro.input_scale);
-            else if (!strcmp(f, "--output-scale")) ok = cli_parse_float(f, v, 1e-9, 1e6, &a->ro.output_scale);
-            else if (!strcmp(f, "--max-input"))
-                ok = cli_parse_long(f, v, 1, UINT32_MAX, &l), a->ro.max_input = (uint32_t)l;
-            else if (!strcmp(f, "--max-output"))
-                ok = cli_parse_long(f, v, 1, UINT32_MAX, &l), a->ro.max_output = (uint32_t)l;
-            else if (!strcmp(f, "--seed")) ok = cli_parse_u64(f, v, &a->ro.seed);
-            else {
+            else if (!cli_parse_trace_flag("simulate", f, v, &a->ro, &a->format, &ok)) {
                 fprintf(stderr, "proteus simulate: unknown option '%s'\n", f);
                 usage(stderr);
                 return CLI_USAGE;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench/replay.h"
 #include "cli/cli.h"
 #include "proteus/engine.h"
 
@@ -83,4 +84,37 @@ bool cli_parse_device(const char *flag, const char *s, int *device, int *index) 
     }
     if (strncmp(s, "cuda:", 5) != 0) fprintf(stderr, "proteus: %s: expected cpu, cuda or cuda:N, got \"%s\"\n", flag, s);
     return false;
+}
+
+bool cli_parse_trace_flag(const char *cmd, const char *f, const char *v, pt_replay_opts *ro, pt_trace_format *format,
+                          bool *ok) {
+    static const struct {
+        const char *name;
+        pt_trace_format f;
+    } fmts[] = {{"auto", PT_TRACE_AUTO}, {"azure", PT_TRACE_AZURE}, {"mooncake", PT_TRACE_MOONCAKE},
+                {"burstgpt", PT_TRACE_BURSTGPT}, {"proteus", PT_TRACE_PROTEUS}};
+    long l = 0;
+    *ok = true;
+    if (!strcmp(f, "--format")) {
+        for (size_t i = 0; i < sizeof(fmts) / sizeof(fmts[0]); i++)
+            if (!strcmp(v, fmts[i].name)) {
+                *format = fmts[i].f;
+                return true;
+            }
+        fprintf(stderr, "proteus %s: --format: expected auto, azure, mooncake, burstgpt or proteus, got '%s'\n", cmd, v);
+        *ok = false;
+    } else if (!strcmp(f, "--speedup")) *ok = cli_parse_float(f, v, 1e-6, 1e9, &ro->speedup);
+    else if (!strcmp(f, "--rate")) *ok = cli_parse_float(f, v, 1e-6, 1e9, &ro->rate);
+    else if (!strcmp(f, "--burstiness")) *ok = cli_parse_float(f, v, 1e-3, 1e6, &ro->burstiness);
+    else if (!strcmp(f, "--start")) *ok = cli_parse_float(f, v, 0, 1e12, &ro->start);
+    else if (!strcmp(f, "--duration")) *ok = cli_parse_float(f, v, 1e-9, 1e12, &ro->duration);
+    else if (!strcmp(f, "--num-requests")) *ok = cli_parse_long(f, v, 1, 1L << 40, &l), ro->num_requests = (size_t)l;
+    else if (!strcmp(f, "--warmup")) *ok = cli_parse_long(f, v, 0, 1L << 30, &l), ro->warmup = (size_t)l;
+    else if (!strcmp(f, "--input-scale")) *ok = cli_parse_float(f, v, 1e-9, 1e6, &ro->input_scale);
+    else if (!strcmp(f, "--output-scale")) *ok = cli_parse_float(f, v, 1e-9, 1e6, &ro->output_scale);
+    else if (!strcmp(f, "--max-input")) *ok = cli_parse_long(f, v, 1, UINT32_MAX, &l), ro->max_input = (uint32_t)l;
+    else if (!strcmp(f, "--max-output")) *ok = cli_parse_long(f, v, 1, UINT32_MAX, &l), ro->max_output = (uint32_t)l;
+    else if (!strcmp(f, "--seed")) *ok = cli_parse_u64(f, v, &ro->seed);
+    else return false;
+    return true;
 }
