@@ -6,6 +6,7 @@ files are reproducible byte for byte.
     python3 traces/make_synthetic.py            # rewrites the traces below
 """
 import json
+import math
 import os
 import random
 
@@ -28,6 +29,35 @@ def write(name, n, rate, in_mu, out_mu, seed, shared_prefix_blocks=0):
             f.write(json.dumps(row) + "\n")
 
 
+def write_mixed(name, duration, short_rate, short_in, short_out, bursts, long_in, long_out, seed):
+    """Short requests (Poisson, lognormal lengths around short_in/short_out
+    tokens) and bursts of long ones: for each (t, n) in bursts, n requests
+    within a second of t, prompts uniform in long_in and outputs in
+    long_out. A KV budget that holds the short ones on one device and the
+    long ones only on two makes a dynamic server merge for each burst and
+    split back after it (bench/validate_sim.sh, window demo)."""
+    rng = random.Random(seed)
+    rows = []
+    t = 0.0
+    while True:
+        t += rng.expovariate(short_rate)
+        if t >= duration:
+            break
+        rows.append({"t": round(t, 3),
+                     "input": max(8, int(rng.lognormvariate(math.log(short_in), 0.5))),
+                     "output": max(4, int(rng.lognormvariate(math.log(short_out), 0.4)))})
+    for at, n in bursts:
+        for _ in range(n):
+            rows.append({"t": round(at + rng.uniform(0, 1), 3),
+                         "input": rng.randint(*long_in), "output": rng.randint(*long_out)})
+    rows.sort(key=lambda r: r["t"])
+    with open(os.path.join(HERE, name), "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
 if __name__ == "__main__":
     write("chat_small.jsonl", 64, 2.0, 5.0, 4.0, seed=1)           # ~150-token prompts, ~55-token answers
     write("shared_prefix_small.jsonl", 32, 1.0, 7.0, 3.5, seed=2, shared_prefix_blocks=2)
+    # ~2 short req/s for 90 s and three bursts of two prompts of 300-500 tokens
+    write_mixed("mixed_long_small.jsonl", 90, 2.0, 80, 40, [(15, 2), (45, 2), (75, 2)], (300, 500), (20, 40), seed=3)

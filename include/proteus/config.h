@@ -122,6 +122,7 @@ typedef struct {
     double hysteresis_s;      /* a merged instance splits after nothing needed it this long, 30 */
     char *cost_file;          /* the cost model from this file (pt_cost_load); NULL = calibrate at start-up */
     char *save_cost;          /* NULL, or where to write the cost model in use at start-up (pt_cost_save) */
+    double calibration_s;     /* seconds of timed steps per TP degree at start-up, 1; longer times more shapes */
     /* http */
     size_t max_body_bytes;    /* request body limit, 8 MiB (413 beyond) */
     size_t max_header_bytes;  /* request line + headers limit, 16 KiB (431 beyond) */

@@ -141,6 +141,8 @@ static const cfg_key KEYS[] = {
      "null (calibrate at start-up)", "the scheduler's cost model from this file (proteus serve --save-cost)", 0},
     {"scheduler.save_cost", "--save-cost", NULL, KT_STR, OFF(save_cost), 0, 0, KF_NULLABLE, NULL, "null",
      "write the cost model in use to this file at start-up (for proteus simulate --cost)", 0},
+    {"scheduler.calibration_s", "--calibration-s", NULL, KT_NUM, OFF(calibration_s), 0.1, 3600, 0, NULL, NULL,
+     "seconds of timed steps per TP degree when calibrating at start-up; above 1, more shapes", 0},
     {"http.max_body_bytes", "--max-body-bytes", NULL, KT_SIZE, OFF(max_body_bytes), 1024, 1 << 30, 0, NULL, NULL,
      "request body limit", 0},
     {"http.max_header_bytes", "--max-header-bytes", NULL, KT_SIZE, OFF(max_header_bytes), 1024, 1 << 20, 0, NULL,
@@ -195,6 +197,7 @@ void pt_server_config_default(pt_server_config *c) {
     c->shutdown_grace_s = 30;
     c->policy = PT_POLICY_STATIC;
     c->hysteresis_s = 30;
+    c->calibration_s = 1;
     c->max_body_bytes = 8u << 20;
     c->max_header_bytes = 16u << 10;
     c->idle_timeout_s = 60;

@@ -34,8 +34,16 @@
 /* One timed step: its shape and seconds. */
 typedef struct {
     uint64_t tokens, pairs;
-    double seconds;
+    double seconds;       /* the median of its runs: what the fit uses */
+    uint64_t kv_tokens;   /* cached tokens read (cost_model.h) */
+    uint32_t n_seqs;      /* sequences in the step */
+    double fastest_s;     /* the fastest run, for the log */
+    char what[48];        /* "decode 16 x ctx 16", for the log */
 } pt_calib_point;
+
+#define PT_CALIB_MAX_POINTS 40
+#define PT_CALIB_ROOFLINE_MIN 12 /* points before the roofline form is tried */
+#define PT_CALIB_DEFAULT_S 1.0 /* scheduler.calibration_s's default */
 
 /* Fits fixed_s, token_s and flop_pair_s of *out (the other coefficients
  * zero, valid set) to n points, minimising the squared relative error, with
@@ -44,7 +52,8 @@ typedef struct {
 int pt_calib_fit(const pt_calib_point *p, size_t n, pt_cost_tp *out, double *mean_rel_err, pt_err *err);
 
 typedef struct {
-    double budget_s;      /* about how long the timed steps of one degree take (default 1) */
+    double budget_s;      /* about how long the timed steps of one degree take (0 = PT_CALIB_DEFAULT_S);
+                             above the default, the longer set of shapes (above) is timed too */
 } pt_calib_opts;
 
 /* What the calibration did, for the log. */
@@ -53,6 +62,8 @@ typedef struct {
     bool ok;
     char why[600];        /* !ok: why the degree is not modelled */
     size_t n_points;
+    pt_calib_point pts[PT_CALIB_MAX_POINTS]; /* the timed steps */
+    size_t skipped;        /* shapes of the longer set left out for the budget */
     uint32_t long_prefill; /* tokens of the longer prefill */
     double build_s, steps_s, mean_rel_err;
 } pt_calib_degree;
@@ -62,6 +73,7 @@ typedef struct {
     int n_deg;
     double copy_bytes_per_s;
     double total_s;
+    double budget_s;      /* the budget per degree it ran with */
 } pt_calib_report;
 
 /* Calibrates *m for degrees[0..n) over fabric f (instances of degree d on

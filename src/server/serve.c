@@ -1471,7 +1471,7 @@ static int open_cost(serve *s, pt_err *err) {
     pt_engine_opts eo;
     engine_opts(cfg, &eo);
     pt_calib_report *rep = pt_xcalloc(1, sizeof(*rep));
-    pt_calib_opts co = {0};
+    pt_calib_opts co = {.budget_s = cfg->calibration_s};
     int rc = pt_calibrate(&s->cost, &s->mf, s->fabric, &eo, degrees, n, &co, rep, err);
     if (rc == PT_OK) pt_calibrate_log(rep, &s->cost);
     free(rep);

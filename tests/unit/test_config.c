@@ -71,6 +71,7 @@ static void test_defaults(void) {
     CHECK(c.slo_ttft_ms == 0 && c.slo_tpot_ms == 0);
     CHECK_EQ_INT(c.sched_allowed_tp.n, 0); /* derived by finalize */
     CHECK(c.hysteresis_s == 30);
+    CHECK(c.calibration_s == 1);
     CHECK(c.cost_file == NULL && c.save_cost == NULL);
     CHECK_EQ_INT(c.max_body_bytes, 8 << 20);
     CHECK_EQ_INT(c.max_header_bytes, 16 << 10);
@@ -91,7 +92,7 @@ static const char *FULL =
     "  \"scheduler\": {\"max_running\": 64, \"max_batch_tokens\": 1024, \"prefill_chunk\": 128, \"max_waiting\": 10,\n"
     "                \"request_timeout_s\": 120.5, \"shutdown_grace_s\": 5, \"policy\": \"dynamic\",\n"
     "                \"slo\": {\"ttft_ms\": 250, \"tpot_ms\": 40.5}, \"allowed_tp\": [1, 2], \"hysteresis_s\": 7.5,\n"
-    "                \"cost_file\": \"/tmp/cost.json\", \"save_cost\": \"/tmp/saved.json\"},\n"
+    "                \"cost_file\": \"/tmp/cost.json\", \"save_cost\": \"/tmp/saved.json\", \"calibration_s\": 20},\n"
     "  \"http\": {\"max_body_bytes\": 1048576, \"max_header_bytes\": 8192, \"idle_timeout_s\": 0},\n"
     "  \"log_level\": \"debug\"\n"
     "}\n";
@@ -128,6 +129,7 @@ static void check_full(const pt_server_config *c) {
     CHECK(c->hysteresis_s == 7.5);
     CHECK(c->cost_file && !strcmp(c->cost_file, "/tmp/cost.json"));
     CHECK(c->save_cost && !strcmp(c->save_cost, "/tmp/saved.json"));
+    CHECK(c->calibration_s == 20);
     CHECK_EQ_INT(c->max_body_bytes, 1048576);
     CHECK_EQ_INT(c->max_header_bytes, 8192);
     CHECK(c->idle_timeout_s == 0);
@@ -244,7 +246,8 @@ static void test_help(void) {
                                   "--devices S", "--layout N,N,...", "--allowed-tp N,N,...", "--device-memory-mb",
                                   "--max-batch-tokens", "--max-waiting", "--log-level", "--policy S",
                                   "--slo-ttft-ms N", "--slo-tpot-ms N", "--scheduler-allowed-tp N,N,...",
-                                  "--hysteresis N", "--cost-file S", "--save-cost S", "--help"};
+                                  "--hysteresis N", "--cost-file S", "--save-cost S", "--calibration-s N",
+                                  "--help"};
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
         CHECK_MSG(contains(text, flags[i]), "usage lacks %s", flags[i]);
     CHECK(contains(text, "default 8000"));
@@ -609,6 +612,7 @@ static const struct {
      "'scheduler.allowed_tp' must be null or a list of 1 to 8 integers in [1, 64], got []"},
     {"{\"scheduler\": {\"allowed_tp\": [1, 0]}}", NULL, "'scheduler.allowed_tp'[1] must be an integer in [1, 64], got 0"},
     {"{\"scheduler\": {\"hysteresis_s\": -1}}", NULL, "'scheduler.hysteresis_s' must be a number in [0, 86400], got -1"},
+    {"{\"scheduler\": {\"calibration_s\": 0}}", NULL, "'scheduler.calibration_s' must be a number in [0.1, 3600], got 0"},
     {"{\"scheduler\": {\"cost_file\": \"\"}}", NULL, "'scheduler.cost_file' must be a non-empty string or null"},
     {"{\"scheduler\": {\"save_cost\": 1}}", NULL, "'scheduler.save_cost' must be a non-empty string or null, got 1"},
     {"{\"http\": {\"max_body_bytes\": 10}}", NULL, "'http.max_body_bytes' must be an integer in [1024, 1073741824], got 10"},
@@ -657,6 +661,7 @@ static const struct {
     {NULL, "--slo-tpot-ms=", "--slo-tpot-ms: must be a number"},
     {NULL, "--scheduler-allowed-tp 1,2,4,8,16,32,64,1,2", "--scheduler-allowed-tp: must be a comma-separated list of 1 to 8"},
     {NULL, "--hysteresis -2", "--hysteresis: must be a number in [0, 86400], got \"-2\""},
+    {NULL, "--calibration-s 4000", "--calibration-s: must be a number in [0.1, 3600], got \"4000\""},
     {NULL, "--polcy dynamic", "unknown option '--polcy' (did you mean '--policy'?)"},
     {NULL, "serve.json", "unexpected argument 'serve.json'"},
     {NULL, "--config a.json --config b.json", "--config: given more than once"},
@@ -727,7 +732,8 @@ static void test_every_key_documented(void) {
         "scheduler.max_batch_tokens", "scheduler.prefill_chunk", "scheduler.max_waiting",
         "scheduler.request_timeout_s", "scheduler.shutdown_grace_s", "scheduler.policy", "scheduler.slo.ttft_ms",
         "scheduler.slo.tpot_ms", "scheduler.allowed_tp", "scheduler.hysteresis_s", "scheduler.cost_file",
-        "scheduler.save_cost", "http.max_body_bytes", "http.max_header_bytes", "http.idle_timeout_s", "log_level"};
+        "scheduler.save_cost", "scheduler.calibration_s", "http.max_body_bytes", "http.max_header_bytes",
+        "http.idle_timeout_s", "log_level"};
     const size_t n = sizeof(keys) / sizeof(keys[0]);
     pt_server_config c;
     pt_server_config_default(&c);

@@ -161,7 +161,8 @@ static void test_calib_fit(void) {
     pt_calib_point p[6];
     uint64_t shapes[6][2] = {{16, 136}, {128, 8256}, {1, 17}, {1, 129}, {4, 300}, {32, 5000}};
     for (int i = 0; i < 6; i++)
-        p[i] = (pt_calib_point){shapes[i][0], shapes[i][1], fixed + tok * shapes[i][0] + pair * shapes[i][1]};
+        p[i] = (pt_calib_point){.tokens = shapes[i][0], .pairs = shapes[i][1],
+                                .seconds = fixed + tok * shapes[i][0] + pair * shapes[i][1]};
     pt_cost_tp c;
     double e = 1;
     pt_err err;
@@ -182,6 +183,60 @@ static void test_calib_fit(void) {
     p[1].seconds = 0;
     CHECK_EQ_INT(pt_calib_fit(p, 6, &c, NULL, &err), PT_ERR_INVALID);
     CHECK_MSG(strstr(err.msg, "step 1") != NULL, "%s", err.msg);
+}
+
+/* The shapes of the longer calibration, timed on a machine that follows
+ * the roofline form exactly (small decodes on the memory side, the rest on
+ * the compute side): the fit finds that form and its coefficients, and the
+ * model then predicts every shape. With the seven shapes of the short
+ * calibration only, the fit stays linear (the memory side 0). */
+static void test_calib_fit_roofline(void) {
+    const pt_cost_tp truth = {.valid = true, .fixed_s = 0.004, .token_s = 0.0015, .mem_s = 0.005,
+                              .mem_kv_s = 11e-6, .flop_token_s = 0.0018, .flop_pair_s = 6e-6};
+    pt_cost_model m = {0};
+    m.tp[1] = truth;
+    /* (sequences, context, tokens each): a prefill is one sequence after
+     * context 0, a chunk one after a context, a decode n sequences of one. */
+    static const uint32_t shapes[][3] = {
+        {1, 0, 16},  {1, 16, 1},   {4, 10, 1},   {1, 16, 16},  {1, 0, 64},  {1, 64, 1},    {1, 64, 32},
+        {1, 0, 128}, {1, 0, 256},  {1, 0, 512},  {32, 0, 16},  {2, 16, 1},  {8, 16, 1},    {16, 16, 1},
+        {32, 16, 1}, {1, 512, 1},  {1, 515, 64}, {1, 579, 512}, {1, 1091, 1}, {1, 1094, 64}, {3, 685, 1}};
+    const size_t n = sizeof(shapes) / sizeof(shapes[0]);
+    pt_calib_point p[sizeof(shapes) / sizeof(shapes[0])];
+    size_t n_mem = 0;
+    for (size_t i = 0; i < n; i++) {
+        pt_step_shape sh = {0};
+        for (uint32_t k = 0; k < shapes[i][0]; k++) pt_cost_shape_add(&sh, shapes[i][1], shapes[i][2]);
+        p[i] = (pt_calib_point){.tokens = sh.tokens, .pairs = sh.pairs, .seconds = pt_cost_step(&m, 1, &sh),
+                                .kv_tokens = sh.kv_tokens, .n_seqs = sh.n_seqs};
+        n_mem += truth.mem_s + truth.mem_kv_s * sh.kv_tokens > truth.flop_token_s * sh.tokens +
+                                                                    truth.flop_pair_s * sh.pairs;
+    }
+    CHECK_MSG(n_mem >= 4 && n_mem <= n - 4, "both sides of the max have points: %zu on the memory side", n_mem);
+    CHECK(n >= PT_CALIB_ROOFLINE_MIN);
+    pt_cost_tp c;
+    double e = 1;
+    pt_err err;
+    CHECK_EQ_INT(pt_calib_fit(p, n, &c, &e, &err), PT_OK);
+    CHECK_MSG(e < 1e-6, "mean relative error %g", e);
+    CHECK_NEAR(c.fixed_s, truth.fixed_s, 1e-7);
+    CHECK_NEAR(c.token_s, truth.token_s, 1e-8);
+    CHECK_NEAR(c.mem_s, truth.mem_s, 1e-7);
+    CHECK_NEAR(c.mem_kv_s, truth.mem_kv_s, 1e-10);
+    CHECK_NEAR(c.flop_token_s, truth.flop_token_s, 1e-8);
+    CHECK_NEAR(c.flop_pair_s, truth.flop_pair_s, 1e-11);
+    /* The linear form cannot follow these shapes: its best is well off. */
+    CHECK_EQ_INT(pt_calib_fit(p, 7, &c, &e, &err), PT_OK);
+    CHECK(c.mem_s == 0 && c.mem_kv_s == 0 && c.flop_token_s == 0);
+    CHECK(c.fixed_s >= 0 && c.token_s >= 0 && c.flop_pair_s >= 0);
+    /* Linear data with many shapes: the roofline form gains nothing and the
+     * linear coefficients come back. */
+    for (size_t i = 0; i < n; i++) p[i].seconds = 0.01 + 0.003 * (double)p[i].tokens + 7e-6 * (double)p[i].pairs;
+    CHECK_EQ_INT(pt_calib_fit(p, n, &c, &e, &err), PT_OK);
+    CHECK(e < 1e-6);
+    CHECK_NEAR(c.fixed_s + c.mem_s, 0.01, 1e-7);
+    CHECK_NEAR(c.token_s + c.flop_token_s, 0.003, 1e-8);
+    CHECK_NEAR(c.flop_pair_s, 7e-6, 1e-11);
 }
 
 /* Pages per device the model gets: none of its degrees over-counts. */
@@ -280,4 +335,4 @@ static void test_round_trip_with_scheduler(void) {
 }
 
 TEST_MAIN(TEST(test_build_running_queued_held), TEST(test_build_effective_pages), TEST(test_target_layout),
-          TEST(test_metrics), TEST(test_calib_fit), TEST(test_model_pages), TEST(test_round_trip_with_scheduler))
+          TEST(test_metrics), TEST(test_calib_fit), TEST(test_calib_fit_roofline), TEST(test_model_pages), TEST(test_round_trip_with_scheduler))
