@@ -34,9 +34,10 @@
 #          light load (throughput is the arrival rate)
 #   heavy  the same trace, 60 requests at 1x: saturated (throughput is the
 #          servers' capacity, TTFT is mostly queueing)
-#   demo   traces/mixed_long_small.jsonl (traces/README.md) with 24 MiB of KV
-#          per device: short requests fit a TP1 instance, most long ones of
-#          the three bursts only TP2; dynamic splits back after 5 s
+#   demo   traces/mixed_long_small.jsonl (traces/README.md) with 32 MiB of KV
+#          per device: the short requests fit a TP1 instance, the long ones
+#          of the three bursts (700-900 tokens) only TP2 (a TP1 instance
+#          holds 682 tokens, a TP2 one 1024); dynamic splits back after 5 s
 # Override one with e.g. ARGS_heavy="--num-requests 60 --speedup 1 ...".
 # REPEAT=N runs each live run N times (the live runs' own spread).
 set -euo pipefail
@@ -67,7 +68,7 @@ HYST_heavy=${HYST_heavy:-30}
 
 TRACE_demo=${TRACE_demo:-traces/mixed_long_small.jsonl}
 ARGS_demo=${ARGS_demo:-""}
-KV_demo=${KV_demo:-24}
+KV_demo=${KV_demo:-32}
 RUNS_demo=${RUNS_demo:-"static:1,1 static:2 dynamic:1,1"}
 SLO_demo=${SLO_demo:-"5000 300"}
 HYST_demo=${HYST_demo:-5}

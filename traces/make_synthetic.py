@@ -59,5 +59,6 @@ def write_mixed(name, duration, short_rate, short_in, short_out, bursts, long_in
 if __name__ == "__main__":
     write("chat_small.jsonl", 64, 2.0, 5.0, 4.0, seed=1)           # ~150-token prompts, ~55-token answers
     write("shared_prefix_small.jsonl", 32, 1.0, 7.0, 3.5, seed=2, shared_prefix_blocks=2)
-    # ~2 short req/s for 90 s and three bursts of two prompts of 300-500 tokens
-    write_mixed("mixed_long_small.jsonl", 90, 2.0, 80, 40, [(15, 2), (45, 2), (75, 2)], (300, 500), (20, 40), seed=3)
+    # ~1 short req/s for 90 s (prompts ~80 tokens, outputs ~40) and three
+    # bursts of two requests of 700-900 tokens (prompts 680-860)
+    write_mixed("mixed_long_small.jsonl", 90, 1.0, 80, 40, [(15, 2), (45, 2), (75, 2)], (680, 860), (20, 40), seed=3)
