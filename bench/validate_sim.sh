@@ -25,7 +25,10 @@
 # reports the CPU time spent by processes other than the server and the
 # bench client from the server's start to the run's end ("other", in % of
 # the two cores); a run above 2% is marked '!' and is not a valid
-# comparison (rerun it).
+# comparison (rerun it). The speed of a 128-token TP1 prefill is timed
+# (proteus perf) before the server starts and after it stops: "drift" is
+# how much slower the machine was at the end (negative: faster), a bound
+# on what a calibration at the start can know about the run.
 #
 # Windows (WINDOWS, default "light heavy demo"), each with its trace, trace
 # arguments, KV budget per device, runs, SLO (TTFT and TPOT ms: the
@@ -116,6 +119,11 @@ wait_quiet() {
     done
     echo "validate_sim: the machine did not become quiet; going on" >&2
 }
+# The machine's speed: ms of a 128-token prefill on one thread (median of 3).
+probe() {
+    "$BIN" perf -t 1 --pp 128 --tg 0 --reps 3 2>/dev/null |
+        python3 -c "import json,sys; print(f\"{128 / json.load(sys.stdin)['pp_tok_s'] * 1e3:.1f}\")"
+}
 # Whether the server's layout is $1 (a dynamic one splits back after the run).
 layout_is() {
     curl -s "http://127.0.0.1:$PORT/v1/layout" | python3 -c \
@@ -137,7 +145,7 @@ fi
 ROW=$OUT/row.py
 cat >"$ROW" <<'EOF'
 import json, sys
-w, run, lf, sf, mf, other = sys.argv[1:]
+w, run, lf, sf, mf, other, p0, p1 = sys.argv[1:]
 L, S = json.load(open(lf)), json.load(open(sf))
 xl = sum(float(l.split()[-1]) for l in open(mf)
          if l.startswith("proteus_transformations_total{") and 'result="ok"' in l)
@@ -147,8 +155,9 @@ keys = [("request_throughput", 8, 3), ("request_goodput", 8, 3), ("mean_ttft_ms"
 err = lambda l, s: f"{(s - l) / l * 100:+.1f}%" if l else "-"
 fail = lambda d: f" ({d['failed']} failed)" if d.get("failed") else ""
 mark = "!" if float(other) > 2 else ""
+drift = f"{(float(p1) / float(p0) - 1) * 100:+.1f}%"
 print(f"{w:<6s} {run:<12s} live " + " ".join(f"{L[k]:{n}.{p}f} {'':7s}" for k, n, p in keys)
-      + f" {xl:5.0f} {other + '%' + mark:>6s}{fail(L)}")
+      + f" {xl:5.0f} {other + '%' + mark:>6s} {drift:>6s}{fail(L)}")
 print(f"{'':<6s} {'':<12s} sim  " + " ".join(f"{S[k]:{n}.{p}f} {err(L[k], S[k]):>7s}" for k, n, p in keys)
       + f" {xs:5d}{fail(S)}")
 EOF
@@ -161,8 +170,8 @@ client = sum(map(float, open(sys.argv[6]).read().split()[-2:]))
 print(f"{max((b1 - b0 - srv) / hz - client, 0) / (2 * (t1 - t0)) * 100:.1f}")
 EOF
 
-printf '%-6s %-12s %-4s %8s %7s %8s %7s %9s %7s %8s %7s %5s %6s\n' window run "" "req/s" err "good/s" err \
-    "TTFT ms" err "TPOT ms" err xform other
+printf '%-6s %-12s %-4s %8s %7s %8s %7s %9s %7s %8s %7s %5s %6s %6s\n' window run "" "req/s" err "good/s" err \
+    "TTFT ms" err "TPOT ms" err xform other drift
 for w in $WINDOWS; do
     eval "trace=\$TRACE_$w args=\$ARGS_$w kv=\$KV_$w runs=\$RUNS_$w slo=\$SLO_$w hyst=\$HYST_$w"
     set -- $slo
@@ -179,6 +188,7 @@ for w in $WINDOWS; do
                 cost_args=(--calibration-s "$CALIB_S")
             fi
             wait_quiet
+            p0=$(probe)
             b0=$(busy_ticks)
             t0=$(date +%s.%N)
             serve "$OUT/serve-$tag.log" "$policy" "$layout" "$kv" "${cost_args[@]}" --save-cost "$OUT/cost-$tag.json" \
@@ -197,13 +207,14 @@ for w in $WINDOWS; do
             fi
             curl -s "http://127.0.0.1:$PORT/metrics" >"$OUT/metrics-$tag.txt"
             stop
+            p1=$(probe)
             other=$(python3 "$OTHER" "$b0" "$b1" "$s1" "$t0" "$t1" "$OUT/client-$tag.time" "$(getconf CLK_TCK)")
             "$BIN" simulate --cluster 2xH100 --cost "$OUT/cost-$tag.json" --trace "$trace" $args --policy "$policy" \
                 --layout "$layout" --allowed-tp 1,2 --max-seqs 32 --max-batched-tokens 512 --hysteresis "$hyst" \
                 --slo "ttft:$ttft" "tpot:$tpot" --json "$OUT/sim-$tag.json" --csv "$OUT/sim-$tag.csv" \
                 >"$OUT/sim-$tag.txt" 2>&1
             python3 "$ROW" "$w" "$policy:$layout" "$OUT/live-$tag.json" "$OUT/sim-$tag.json" \
-                "$OUT/metrics-$tag.txt" "$other"
+                "$OUT/metrics-$tag.txt" "$other" "$p0" "$p1"
         done
     done
 done

@@ -54,7 +54,14 @@ uint64_t pt_cost_instance_pages(const pt_cost_model *m, int tp) {
     if (tp < 1 || m->head_page_bytes == 0) return 0;
     uint64_t shard = (m->weight_bytes + (uint64_t)tp - 1) / (uint64_t)tp;
     if (m->device_bytes <= shard + m->reserve_bytes) return 0;
-    return (uint64_t)tp * ((m->device_bytes - shard - m->reserve_bytes) / m->head_page_bytes);
+    uint64_t per_device = (m->device_bytes - shard - m->reserve_bytes) / m->head_page_bytes;
+    uint64_t heads = m->n_kv_heads, d = (uint64_t)tp;
+    if (heads == 0 || d > heads) return d * per_device;
+    /* A sequence's page takes one head page per head on each rank, so the
+     * rank with the most heads fills first: with 3 heads and 128 pages a
+     * device, TP1 holds 3 x 42 = 126 head pages, TP2 (2 + 1 heads) 3 x 64. */
+    uint64_t most = (heads + d - 1) / d;
+    return heads * (per_device / most);
 }
 
 /* Per device, bytes move over its own link, in parallel with the others. */

@@ -84,8 +84,10 @@ double pt_cost_prefill(const pt_cost_model *m, int tp, uint64_t tokens, uint64_t
 uint64_t pt_cost_seq_pages(const pt_cost_model *m, uint64_t tokens);
 
 /* KV head pages an instance of degree tp holds over its devices: what each
- * device has left after its shard of the weights and its reserve; 0 when
- * the weights do not fit. */
+ * device has left after its shard of the weights and its reserve, filled
+ * as the rank with the most KV heads fills (heads that do not divide
+ * evenly leave the others' spare pages unused); 0 when the weights do not
+ * fit. */
 uint64_t pt_cost_instance_pages(const pt_cost_model *m, int tp);
 
 /* A transformation of the instances on `n_devices` devices from degree

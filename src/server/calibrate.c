@@ -624,18 +624,6 @@ int pt_calibrate(pt_cost_model *m, const pt_model_file *mf, pt_fabric *f, const 
     return PT_OK;
 }
 
-uint64_t pt_calib_model_pages(const pt_cost_model *m, uint64_t pages, uint32_t n_kv_heads) {
-    if (n_kv_heads == 0) return pages;
-    uint64_t best = pages;
-    for (uint32_t d = 1; d <= PT_COST_MAX_TP && d <= n_kv_heads; d++) {
-        if (!m->tp[d].valid) continue;
-        uint64_t most = (n_kv_heads + d - 1) / d; /* heads on the fullest rank */
-        uint64_t per_device = (uint64_t)n_kv_heads * (pages / most) / d;
-        if (per_device < best) best = per_device;
-    }
-    return best;
-}
-
 void pt_calibrate_memory(pt_cost_model *m, pt_engine *const *inst, int n_inst) {
     uint64_t best_pages = UINT64_MAX, best_other = 0, best_kv = 0;
     for (int i = 0; i < n_inst; i++) {
@@ -657,7 +645,7 @@ void pt_calibrate_memory(pt_cost_model *m, pt_engine *const *inst, int n_inst) {
     m->head_page_bytes = best_kv / best_pages ? best_kv / best_pages : 1;
     m->weight_bytes = 0;
     m->reserve_bytes = best_other;
-    m->device_bytes = best_other + pt_calib_model_pages(m, best_pages, m->n_kv_heads) * m->head_page_bytes;
+    m->device_bytes = best_other + best_pages * m->head_page_bytes;
 }
 
 /* The model's time for a point, and its error relative to the point. */

@@ -1,20 +1,37 @@
 /* The scheduler's cost model on the live server (DESIGN.md section 7: "the
- * cost model ... measured at start-up"), from a few timed steps.
+ * cost model ... measured at start-up"), from timed steps.
  *
  * For each TP degree asked for, a short-lived instance is built over the
  * first devices of the fabric (before the server's own instances exist, so
- * that it fits where they will), and a handful of steps are timed on it:
- * prefills of two lengths, decodes of one and four sequences at short and
- * long contexts, a prefill chunk after a long context. A linear model
+ * that it fits where they will), and steps are timed on it, each shape's
+ * time the median of its 2-3 runs. The default budget (about 1 s a degree)
+ * times a handful: prefills of two lengths, decodes of one and four
+ * sequences at short and long contexts, a prefill chunk after a long
+ * context. A longer budget (scheduler.calibration_s) adds the shapes a
+ * loaded server runs while it lasts: prompts of 128-512 tokens, a batch of
+ * short prompts, decodes of 2 to 32 sequences, decodes and chunks at
+ * contexts up to 2048 tokens, decodes beside a prompt chunk, decodes at
+ * mixed long contexts.
  *
- *   step(tokens, pairs) = fixed_s + token_s * tokens + flop_pair_s * pairs
+ * The fit (pt_calib_fit) minimises the squared relative error with every
+ * coefficient >= 0. First the linear form
  *
- * (cost_model.h with its memory side zero, as a calibrated CPU model is) is
- * fitted to them by least squares on the relative error, coefficients kept
- * non-negative. A degree whose instance cannot be built (its shard does not
- * fit a device, it exceeds the model's KV heads) is left invalid: the
- * scheduler never forms it. The longer prefill's length is chosen from the
- * first one's speed so that one degree takes about budget_s.
+ *   step = fixed_s + token_s * tokens + flop_pair_s * pairs
+ *
+ * which is all the short set determines. With the longer set, also the
+ * roofline form of cost_model.h with its memory side,
+ *
+ *   step = fixed_s + token_s * tokens
+ *          + max(mem_s + mem_kv_s * kv_tokens, flop_token_s * tokens + flop_pair_s * pairs)
+ *
+ * kept when it fits the shapes better. On a CPU it does (SmolLM2, two
+ * devices: mean error 3-4.5% against 9-10% for the linear form, worst
+ * shape 9-16% against 23-28%): a decode of a few sequences is bound by
+ * reading the weights (mem_s) and each decoding sequence's cached keys and
+ * values (mem_kv_s, about twice a prefill's cost per pair), a prompt by
+ * its arithmetic (flop_token_s, flop_pair_s). A degree whose instance
+ * cannot be built (its shard does not fit a device, it exceeds the model's
+ * KV heads) is left invalid: the scheduler never forms it.
  *
  * The memory side comes from the server's instances once they are built
  * (pt_calibrate_memory); transformation costs from a timed copy and the
@@ -91,19 +108,10 @@ int pt_calibrate(pt_cost_model *m, const pt_model_file *mf, pt_fabric *f, const 
  * an instance of degree d holds d times a device's pages: the model says so
  * with weight_bytes 0 and a device's weights, step buffers and pages in
  * reserve_bytes and device_bytes (README "Choosing a layout and tuning the
- * scheduler"). The device with the fewest pages sets the numbers, counted
- * as pt_calib_model_pages says. */
+ * scheduler"). The device with the fewest pages sets the numbers; the
+ * model counts what each degree holds of them by its fullest rank
+ * (pt_cost_instance_pages). */
 void pt_calibrate_memory(pt_cost_model *m, pt_engine *const *inst, int n_inst);
-
-/* The pages per device the model gets when each device's pool has `pages`:
- * the most that no modelled degree over-counts. A degree d splits the KV
- * heads in contiguous ranges, the largest ceil(heads / d); a sequence fits
- * in floor(pages / ceil(heads / d)) pages of every head, which the model
- * counts as heads times that over d devices. SmolLM2's 3 heads with 16
- * pages: TP1 15, TP2 (1 + 2 heads) 12 a device: 12, so that the model
- * never sends a request to a degree that cannot hold it (it may ask for a
- * merge a little early). Degrees above the heads are not counted. */
-uint64_t pt_calib_model_pages(const pt_cost_model *m, uint64_t pages, uint32_t n_kv_heads);
 
 /* One line per degree and a summary, at info level. */
 void pt_calibrate_log(const pt_calib_report *rep, const pt_cost_model *m);

@@ -239,22 +239,23 @@ static void test_calib_fit_roofline(void) {
     CHECK_NEAR(c.flop_pair_s, 7e-6, 1e-11);
 }
 
-/* Pages per device the model gets: none of its degrees over-counts. */
-static void test_model_pages(void) {
+/* Pages an instance holds when the KV heads do not split evenly: the rank
+ * with the most heads fills first (SmolLM2's 3 heads on two devices). */
+static void test_uneven_heads_pages(void) {
     pt_cost_model m = {0};
     m.tp[1].valid = m.tp[2].valid = true;
-    CHECK_EQ_INT(pt_calib_model_pages(&m, 16, 3), 12); /* TP1: 3 x 5 = 15; TP2 (1 + 2 heads): 3 x 8 / 2 = 12 */
-    CHECK_EQ_INT(pt_calib_model_pages(&m, 64, 8), 64); /* heads divide evenly: exact */
-    m.tp[2].valid = false;
-    CHECK_EQ_INT(pt_calib_model_pages(&m, 16, 3), 15);
-    m.tp[4].valid = true; /* above the 3 heads: never formed, not counted */
-    CHECK_EQ_INT(pt_calib_model_pages(&m, 16, 3), 15);
-    CHECK_EQ_INT(pt_calib_model_pages(&m, 16, 0), 16);
+    m.n_kv_heads = 3;
+    m.head_page_bytes = 1;
+    m.device_bytes = 16;
+    CHECK_EQ_INT(pt_cost_instance_pages(&m, 1), 15); /* 3 x floor(16 / 3) */
+    CHECK_EQ_INT(pt_cost_instance_pages(&m, 2), 24); /* the 2-head rank: 3 x 16 / 2 */
+    m.n_kv_heads = 8;
+    CHECK_EQ_INT(pt_cost_instance_pages(&m, 2), 32); /* heads divide evenly: every page used */
 }
 
 /* A cost model like pt_calibrate_memory makes for two CPU devices of 16
- * pages each (3 KV heads, 16 tokens a page): 12 pages a device, so TP1
- * holds 64 tokens, TP2 128 (what its 2-head rank holds). */
+ * pages each (3 KV heads, 16 tokens a page): TP1 holds 15 head pages (80
+ * tokens), TP2 24 (128 tokens: what its 2-head rank holds). */
 static pt_cost_model two_device_model(void) {
     pt_cost_model m = {0};
     for (int d = 1; d <= 2; d++)
@@ -264,7 +265,7 @@ static pt_cost_model two_device_model(void) {
     m.head_page_bytes = 1000;
     m.weight_bytes = 0;
     m.reserve_bytes = 50000;
-    m.device_bytes = 50000 + pt_calib_model_pages(&m, 16, 3) * 1000;
+    m.device_bytes = 50000 + 16 * 1000;
     m.max_ctx = 8192;
     m.xform_fixed_s = 0.1;
     m.xform_byte_s = 1e-9;
@@ -277,7 +278,7 @@ static pt_cost_model two_device_model(void) {
  * layout asked for is [2]; on the merged instance it is placed. */
 static void test_round_trip_with_scheduler(void) {
     pt_cost_model m = two_device_model();
-    CHECK_EQ_INT(pt_cost_instance_pages(&m, 1), 12);
+    CHECK_EQ_INT(pt_cost_instance_pages(&m, 1), 15);
     CHECK_EQ_INT(pt_cost_instance_pages(&m, 2), 24);
     pt_sched_opts o = {.policy = PT_SCHED_DYNAMIC, .allowed_tp = {1, 2}, .n_allowed = 2, .hysteresis_s = 1,
                        .prefill_chunk = 256};
@@ -335,4 +336,4 @@ static void test_round_trip_with_scheduler(void) {
 }
 
 TEST_MAIN(TEST(test_build_running_queued_held), TEST(test_build_effective_pages), TEST(test_target_layout),
-          TEST(test_metrics), TEST(test_calib_fit), TEST(test_calib_fit_roofline), TEST(test_model_pages), TEST(test_round_trip_with_scheduler))
+          TEST(test_metrics), TEST(test_calib_fit), TEST(test_calib_fit_roofline), TEST(test_uneven_heads_pages), TEST(test_round_trip_with_scheduler))
