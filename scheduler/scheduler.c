@@ -294,11 +294,15 @@ static double wait_for_pages(const pt_sched_instance *in, const inst_view *v, ui
     return INFINITY;
 }
 
-/* Estimated TTFT of r (not yet on any instance) if placed on in now. */
+/* Estimated TTFT of r (not yet on any instance) if placed on in now: its
+ * prompt's cached prefix there is not computed again (prefix-aware routing:
+ * of two instances equally loaded, the one holding more of the prompt). */
 static double est_ttft(const pt_scheduler *s, const pt_sched_state *st, const pt_sched_instance *in,
                        const inst_view *v, const pt_sched_req *r) {
     double mem = wait_for_pages(in, v, v->pages_ahead + req_pages(s, r));
-    double own = prefill_beside(s, in->tp, r->prefilled, r->prompt_len - r->prefilled, v->extra);
+    uint32_t done = r->prefilled;
+    if (in->cached > done) done = in->cached < r->prompt_len ? in->cached : r->prompt_len - 1;
+    double own = prefill_beside(s, in->tp, done, r->prompt_len - done, v->extra);
     double waited = st->now > r->arrival ? st->now - r->arrival : 0.0;
     return waited + (mem > v->ahead ? mem : v->ahead) + own;
 }
@@ -392,8 +396,9 @@ static void describe(const pt_sched_state *st, int i, char *buf, size_t n) {
         return;
     }
     const pt_sched_instance *in = &st->inst[i];
-    snprintf(buf, n, "instance %d [TP%d on devices %d-%d]", i, in->tp, in->first_device,
-             in->first_device + in->tp - 1);
+    int k = snprintf(buf, n, "instance %d [TP%d on devices %d-%d]", i, in->tp, in->first_device,
+                     in->first_device + in->tp - 1);
+    if (in->cached && k > 0 && (size_t)k < n) snprintf(buf + k, n - (size_t)k, " (%u prompt tokens cached)", in->cached);
 }
 
 static void reject_busy(pt_scheduler *s, const pt_sched_req *r, pt_sched_placement *out) {

@@ -74,6 +74,8 @@ typedef struct {
     size_t n_queued;
     bool transforming;       /* a source or target of the transformation in flight */
     uint32_t max_queued;     /* queued requests it accepts; 0 = no limit */
+    uint32_t cached;         /* pt_sched_place: prompt tokens of the request being placed that its
+                                prefix cache holds (it would not compute them) */
 } pt_sched_instance;
 
 typedef struct {

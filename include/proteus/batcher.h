@@ -7,7 +7,12 @@
  * with decodes), runs it, samples, and reports each request's progress
  * through its callback. When KV pages run out it preempts the most recently
  * admitted request (frees its pages; it is recomputed from its prompt and the
- * tokens generated so far when it is admitted again), as vLLM does.
+ * tokens generated so far when it is admitted again), as vLLM does. With the
+ * engine's prefix cache, an admitted request starts from the cached pages
+ * its tokens begin with, and its full pages are published as they fill
+ * (all of them with dense attention; with query-aware page selection only
+ * its prefilled ones, whose keys and values a dense prefill would
+ * reproduce bit for bit).
  *
  * Callbacks run on the batcher thread without any lock held: copy what is
  * needed and hand it off; never call back into the batcher from them except
@@ -71,6 +76,8 @@ typedef struct {
     bool include_stop;
     bool ignore_eos;
     int top_logprobs;                /* -1: no logprobs; else 0..PT_LOGPROBS_MAX alternatives */
+    bool no_prefix_cache;            /* neither reuse cached pages nor leave its own (llama.cpp's cache_prompt: false) */
+    const char *cache_salt;          /* NULL, or: shares cached pages only with requests of the same salt */
     pt_gen_cb cb;
     void *user;
 } pt_gen_params;
@@ -85,6 +92,7 @@ typedef struct {
     int n_ranks;
     uint64_t preemptions;
     uint64_t steps;
+    pt_engine_prefix_stats prefix; /* the engine's prefix cache */
 } pt_batcher_stats;
 
 /* The engine and tokenizer must outlive the batcher. */

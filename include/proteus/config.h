@@ -105,6 +105,7 @@ typedef struct {
     size_t page_size;         /* tokens per KV page, a power of two in [1, 256], 16 */
     pt_dtype kv_dtype;        /* PT_DTYPE_F32 or PT_DTYPE_F16 */
     size_t kv_memory_mb;      /* KV cache budget per rank, MiB; 0 (default) = CPU 1024, CUDA 90% of what is left */
+    bool prefix_caching;      /* reuse cached KV pages of shared prompt prefixes, true */
     size_t select_budget;     /* query-aware page selection: decode attends to this many tokens' pages; 0 = off */
     size_t select_dense_layers; /* layers below this stay dense, 2 */
     /* scheduler */

@@ -54,6 +54,11 @@ typedef struct {
      * budget. 0 = off (dense attention everywhere). */
     uint32_t select_budget;
     uint32_t select_dense_layers; /* default 2 */
+    /* Prefix caching (src/kv/prefix_cache.h): full pages stay cached after
+     * their sequence ends and are shared by sequences that begin with the
+     * same tokens (pt_engine_seq_prefix_reuse). Default off here; the
+     * server's prefix_caching turns it on. */
+    bool prefix_cache;
 } pt_engine_opts;
 
 void pt_engine_opts_default(pt_engine_opts *o);
@@ -87,13 +92,37 @@ void pt_engine_weight_bytes(const pt_engine *e, int rank, uint64_t *shard, uint6
  * the KV pools are smaller (each rank holds a page per page_size tokens of
  * every head it owns). A request longer than this can never run. */
 uint32_t pt_engine_seq_capacity(const pt_engine *e);
-/* Head pages of rank `rank`'s KV pool: total and free. */
+/* Head pages of rank `rank`'s KV pool: total and free. Free counts the
+ * pages of cached prefixes no sequence uses, which an allocation reclaims. */
 void pt_engine_kv_pages(const pt_engine *e, int rank, uint64_t *total, uint64_t *free_pages);
 
 /* A sequence holds KV cache; ids are small non-negative integers. */
 int pt_engine_seq_new(pt_engine *e);            /* < 0 when no slot is free */
 void pt_engine_seq_free(pt_engine *e, int seq); /* returns its pages */
 uint32_t pt_engine_seq_len(const pt_engine *e, int seq);
+
+/* Prefix caching (opts.prefix_cache; both are no-ops without it). Reuse
+ * starts caching for a new, empty sequence whose tokens will begin with
+ * tokens[0, n): it takes the cached pages those tokens begin with (leaving
+ * at least one token to compute), so that the sequence holds their tokens
+ * already; returns how many (a multiple of the page size, 0 without the
+ * cache). `salt` keeps requests apart that must not share (0: none;
+ * pt_prefix_cache_salt). Publish, after a step, makes the sequence's full
+ * pages among tokens[0, n) findable (n <= its length; tokens are what it
+ * holds). A sequence never reused does not publish. */
+uint32_t pt_engine_seq_prefix_reuse(pt_engine *e, int seq, const int32_t *tokens, uint32_t n, uint64_t salt);
+/* How many of tokens[0, n) reuse would take now (nothing is taken). */
+uint32_t pt_engine_seq_prefix_cached(const pt_engine *e, const int32_t *tokens, uint32_t n, uint64_t salt);
+/* A request's cache_salt as the salt above (0 for NULL or ""). */
+uint64_t pt_engine_prefix_salt(const char *cache_salt);
+void pt_engine_seq_prefix_publish(pt_engine *e, int seq, const int32_t *tokens, uint32_t n);
+/* Queried and hit tokens, cached and idle pages (zeros without the cache). */
+typedef struct {
+    uint64_t queries, hits;   /* tokens */
+    uint64_t pages, idle_pages; /* cached pages, each one head page per KV head */
+    uint64_t evictions;
+} pt_engine_prefix_stats;
+void pt_engine_prefix_get_stats(const pt_engine *e, pt_engine_prefix_stats *s);
 
 /* Moving a running sequence between instances of one fabric (the primitive
  * of a TP transformation, DESIGN.md section 6). Both instances must be

@@ -45,6 +45,9 @@ typedef struct {
     uint64_t xform_kv_bytes;     /* KV bytes copied between devices (pre-copy and pause) */
     uint64_t xform_weight_bytes; /* weight shard bytes built for targets */
     bool xform_in_progress;
+    /* Prefix-cache tokens counted by instances a transformation replaced
+     * (the live ones' counts are in pt_instance_report). */
+    uint64_t prefix_queries_retired, prefix_hits_retired;
 } pt_metrics;
 
 /* What the server reports of its devices and instances (GET /v1/layout and
@@ -69,6 +72,8 @@ typedef struct {
     uint64_t kv_pages_total, kv_pages_free; /* over its ranks */
     uint64_t requests_total;           /* requests (choices) routed to it */
     uint64_t preemptions;
+    uint64_t prefix_queries, prefix_hits; /* prompt tokens looked up in its prefix cache, and found */
+    uint64_t prefix_pages;             /* cached pages (one head page per KV head each) */
 } pt_instance_report;
 
 typedef struct {

@@ -110,6 +110,8 @@ typedef struct {
     int32_t top_logprobs;        /* chat: top_logprobs; completions: the logprobs integer. 0..20 */
     bool ignore_eos;             /* vLLM extension: keep going past end-of-sequence tokens */
     bool include_stop;           /* vLLM include_stop_str_in_output */
+    bool no_cache_prompt;        /* llama.cpp's cache_prompt: false (opts out of prefix caching) */
+    char *cache_salt;            /* vLLM's cache_salt: NULL, or shares cached prefixes only with its equals */
 
     char *stop[PT_STOP_MAX_STRINGS]; /* (n_stop) each non-empty, <= PT_STOP_MAX_BYTES bytes */
     size_t n_stop;
@@ -149,6 +151,8 @@ typedef struct {
  *                         completions: integer [0, 20]
  *   logit_bias            {"<token id>": number in [-100, 100]}, <= 1024 entries
  *   ignore_eos, include_stop_str_in_output   bool (vLLM extensions)
+ *   cache_prompt          bool (llama.cpp); false: no prefix caching for it
+ *   cache_salt            non-empty string of <= 256 bytes (vLLM)
  *   user                  string, ignored
  *   echo (completions)    only false; suffix only ""; best_of only equal to n
  * Anything else is 400 "unsupported field". */

@@ -819,6 +819,20 @@ static int f_include_stop(parse_ctx *c, const cJSON *v) {
     return get_bool(v, "include_stop_str_in_output", &c->r->include_stop, c->e);
 }
 
+static int f_cache_prompt(parse_ctx *c, const cJSON *v) {
+    bool on = true;
+    if (get_bool(v, "cache_prompt", &on, c->e)) return PT_ERR_INVALID;
+    c->r->no_cache_prompt = !on;
+    return 0;
+}
+
+static int f_cache_salt(parse_ctx *c, const cJSON *v) {
+    if (get_string(v, "cache_salt", &c->r->cache_salt, c->e)) return PT_ERR_INVALID;
+    size_t n = strlen(c->r->cache_salt);
+    if (n == 0 || n > 256) return BAD(c->e, "cache_salt", "'cache_salt' must be 1 to 256 bytes long; got %zu", n);
+    return 0;
+}
+
 static int f_user(parse_ctx *c, const cJSON *v) {
     if (!cJSON_IsString(v)) return BAD(c->e, "user", "'user' must be a string; got %s", type_name(v));
     return 0;
@@ -870,6 +884,8 @@ static const struct {
     {"logit_bias", K_BOTH, f_logit_bias},
     {"ignore_eos", K_BOTH, f_ignore_eos},
     {"include_stop_str_in_output", K_BOTH, f_include_stop},
+    {"cache_prompt", K_BOTH, f_cache_prompt},
+    {"cache_salt", K_BOTH, f_cache_salt},
     {"user", K_BOTH, f_user},
     {"echo", K_COMP, f_echo},
     {"suffix", K_COMP, f_suffix},
@@ -897,6 +913,7 @@ void pt_oai_request_free(pt_oai_request *r) {
     prompts_free(r->prompts, r->n_prompts);
     for (size_t i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->logit_bias);
+    free(r->cache_salt);
     memset(r, 0, sizeof(*r));
 }
 

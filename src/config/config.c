@@ -110,6 +110,8 @@ static const cfg_key KEYS[] = {
      0},
     {"engine.kv_memory_mb", "--kv-memory-mb", NULL, KT_SIZE, OFF(kv_memory_mb), 0, 1 << 24, 0, NULL, "0 (automatic)",
      "KV cache budget per rank, MiB; 0 = what the device budget leaves (none: CPU 1024, CUDA 90%)", 0},
+    {"engine.prefix_caching", "--prefix-caching", NULL, KT_BOOL, OFF(prefix_caching), 0, 0, 0, NULL, NULL,
+     "keep full KV pages of finished prompts and reuse them for requests that begin the same way", 0},
     {"engine.page_select_budget", "--page-select-budget", NULL, KT_SIZE, OFF(select_budget), 0, 1 << 24, 0, NULL,
      "0 (off)", "query-aware page selection: tokens a decode step attends to", 0},
     {"engine.page_select_dense_layers", "--page-select-dense-layers", NULL, KT_SIZE, OFF(select_dense_layers), 0,
@@ -188,6 +190,7 @@ void pt_server_config_default(pt_server_config *c) {
     c->kv_dtype = PT_DTYPE_F32;
     c->kv_memory_mb = 0;
     c->cuda_graphs = true;
+    c->prefix_caching = true;
     c->select_dense_layers = 2;
     c->max_running = 32;
     c->max_batch_tokens = 512;

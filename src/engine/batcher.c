@@ -32,6 +32,8 @@ typedef struct req {
     pt_stop_matcher stop;
     bool ignore_eos;
     int top_logprobs;
+    bool cache;             /* uses the prefix cache */
+    uint64_t salt;
     pt_gen_cb cb;
     void *user;
     char *out;              /* text of the event being built */
@@ -43,6 +45,7 @@ struct pt_batcher {
     const pt_tokenizer *tok;
     pt_batcher_opts o;
     uint32_t V, max_ctx, page_size;
+    bool publish_decoded; /* decode tokens' pages are cached too (dense attention) */
     _Atomic uint32_t kv_ctx;     /* tokens one sequence's pages can hold (<= max_ctx); grows after a merge */
     pthread_t thread;
     pthread_mutex_t mu;
@@ -162,6 +165,8 @@ int pt_batcher_submit(pt_batcher *b, const pt_gen_params *p, uint64_t *id, pt_er
     r->n_target = r->n_prompt;
     r->ignore_eos = p->ignore_eos;
     r->top_logprobs = p->top_logprobs;
+    r->cache = !p->no_prefix_cache;
+    r->salt = pt_engine_prefix_salt(p->cache_salt);
     r->cb = p->cb;
     r->user = p->user;
     r->tokens = malloc(((size_t)p->n_prompt + p->max_tokens) * sizeof(int32_t));
@@ -252,6 +257,7 @@ static void update_stats(pt_batcher *b) {
         pt_engine_kv_pages(b->e, i, &b->stats.kv_pages_total[i], &b->stats.kv_pages_free[i]);
         pt_engine_device_name(b->e, i, b->stats.device[i], sizeof(b->stats.device[i]));
     }
+    pt_engine_prefix_get_stats(b->e, &b->stats.prefix);
     pthread_mutex_unlock(&b->mu);
 }
 
@@ -335,7 +341,7 @@ static void admit(pt_batcher *b) {
         b->n_waiting--;
         r->next = NULL;
         r->seq = seq;
-        r->n_cached = 0;
+        r->n_cached = r->cache ? pt_engine_seq_prefix_reuse(b->e, seq, r->tokens, r->n_target, r->salt) : 0;
         r->state = RQ_PREFILL;
         r->admit_order = ++b->admit_counter;
         if (r->t_admitted == 0) r->t_admitted = pt_now();
@@ -496,6 +502,11 @@ static void run_iteration(pt_batcher *b) {
         req *r = b->entry_req[i];
         const pt_batch_entry *en = &b->entries[i];
         r->n_cached += en->n_tokens;
+        if (r->cache) {
+            uint32_t publish = r->n_cached;
+            if (!b->publish_decoded && publish > r->n_target) publish = r->n_target;
+            pt_engine_seq_prefix_publish(b->e, r->seq, r->tokens, publish);
+        }
         bool done = false;
         if (r->state == RQ_PREFILL) {
             if (r->n_cached < r->n_target) continue;
@@ -586,6 +597,7 @@ int pt_batcher_create(pt_batcher **out, pt_engine *e, const pt_tokenizer *tok, c
     b->max_ctx = eo->max_ctx;
     atomic_init(&b->kv_ctx, pt_engine_seq_capacity(e));
     b->page_size = eo->page_size;
+    b->publish_decoded = eo->select_budget == 0;
     b->running = pt_xcalloc(b->o.max_running, sizeof(req *));
     b->entries = pt_xcalloc(b->o.max_running, sizeof(pt_batch_entry));
     b->entry_req = pt_xcalloc(b->o.max_running, sizeof(req *));

@@ -58,10 +58,71 @@ void pt_engine_kv_pages(const pt_engine *e, int rank, uint64_t *total, uint64_t 
     if (!kv) return;
     *total = pt_kv_pool_enabled_pages(kv);
     *free_pages = pt_kv_pool_free_pages(kv);
+    if (e->prefix) {
+        pt_prefix_cache_stats st;
+        pt_prefix_cache_get_stats(e->prefix, &st);
+        const pt_rank *r = &e->in.ranks[rank];
+        *free_pages += st.idle * (r->g1 - r->g0);
+    }
+}
+
+uint32_t pt_engine_seq_prefix_reuse(pt_engine *e, int seq, const int32_t *tokens, uint32_t n, uint64_t salt) {
+    if (!e->prefix || seq < 0 || (uint32_t)seq >= e->in.opts.max_seqs) return 0;
+    pt_seq *s = &e->in.seqs[seq];
+    if (!s->used || s->len != 0) return 0;
+    pt_kv_pool *pools[PT_MAX_GROUPS];
+    pt_engine_group_pools(e, pools);
+    uint32_t k = pt_prefix_cache_attach(e->prefix, pools, seq, salt, tokens, n, s->pages);
+    s->n_pages = k;
+    s->len = k * e->in.opts.page_size;
+    s->dirty_from = 0;
+    return s->len;
+}
+
+uint32_t pt_engine_seq_prefix_cached(const pt_engine *e, const int32_t *tokens, uint32_t n, uint64_t salt) {
+    return e->prefix ? pt_prefix_cache_match(e->prefix, salt, tokens, n) * e->in.opts.page_size : 0;
+}
+
+uint64_t pt_engine_prefix_salt(const char *cache_salt) { return pt_prefix_cache_salt(cache_salt); }
+
+void pt_engine_seq_prefix_publish(pt_engine *e, int seq, const int32_t *tokens, uint32_t n) {
+    if (!e->prefix || seq < 0 || (uint32_t)seq >= e->in.opts.max_seqs || !e->in.seqs[seq].used) return;
+    if (n > e->in.seqs[seq].len) n = e->in.seqs[seq].len;
+    pt_kv_pool *pools[PT_MAX_GROUPS];
+    pt_engine_group_pools(e, pools);
+    pt_prefix_cache_publish(e->prefix, pools, seq, tokens, n, e->in.seqs[seq].pages);
+}
+
+void pt_engine_prefix_get_stats(const pt_engine *e, pt_engine_prefix_stats *s) {
+    *s = (pt_engine_prefix_stats){0};
+    if (!e->prefix) return;
+    pt_prefix_cache_stats st;
+    pt_prefix_cache_get_stats(e->prefix, &st);
+    *s = (pt_engine_prefix_stats){st.queries, st.hits, st.entries, st.idle, st.evictions};
+}
+
+uint64_t pt_engine_prefix_drop_idle(pt_engine *e) {
+    if (!e->prefix) return 0;
+    pt_kv_pool *pools[PT_MAX_GROUPS];
+    pt_engine_group_pools(e, pools);
+    return pt_prefix_cache_drop_idle(e->prefix, pools);
+}
+
+void pt_engine_prefix_clear(pt_engine *e) {
+    if (!e->prefix) return;
+    pt_kv_pool *pools[PT_MAX_GROUPS];
+    pt_engine_group_pools(e, pools);
+    pt_prefix_cache_clear(e->prefix, pools);
 }
 
 void pt_engine_free(pt_engine *e) {
     if (!e) return;
+    if (e->prefix) {
+        /* Its references go back to the pools before the pools go. */
+        pt_kv_pool *pools[PT_MAX_GROUPS];
+        pt_engine_group_pools(e, pools);
+        pt_prefix_cache_free(e->prefix, pools);
+    }
     if (e->backend) e->backend->destroy(e->backend);
     if (e->in.ranks)
         for (int i = 0; i < e->in.tp; i++)
@@ -169,6 +230,11 @@ int pt_engine_create_ranks(pt_engine **out, const pt_model_file *mf, pt_fabric *
         pt_engine_free(e);
         return pt_err_set(err, PT_ERR_NOMEM, "out of memory allocating engine buffers");
     }
+    if (o->prefix_cache &&
+        (rc = pt_prefix_cache_create(&e->prefix, o->page_size, e->in.w.n_groups, o->max_seqs, e->in.pages_per_seq, err))) {
+        pt_engine_free(e);
+        return rc;
+    }
     e->in.out_bytes = (size_t)e->in.max_out * V * sizeof(float);
     if ((rc = pt_device_alloc(e->in.ranks[0].dev, PT_MEM_SCRATCH, e->in.out_bytes, (void **)&e->in.out_scratch, "logits",
                               err))) {
@@ -240,6 +306,7 @@ static void seq_trim_pages(pt_engine *e, pt_seq *s, uint32_t keep) {
 void pt_engine_seq_free(pt_engine *e, int seq) {
     if (seq < 0 || (uint32_t)seq >= e->in.opts.max_seqs || !e->in.seqs[seq].used) return;
     pt_seq *s = &e->in.seqs[seq];
+    if (e->prefix) pt_prefix_cache_detach(e->prefix, seq); /* before the pages go: its entries become idle */
     seq_trim_pages(e, s, 0);
     s->used = false;
     s->len = 0;
@@ -250,13 +317,26 @@ uint32_t pt_engine_seq_len(const pt_engine *e, int seq) {
     return e->in.seqs[seq].len;
 }
 
+/* A free page of group g's pool, evicting idle cached prefixes while the
+ * pool is empty; -1 when it stays empty. */
+static int64_t page_alloc(pt_engine *e, uint32_t g) {
+    pt_kv_pool *kv = e->in.ranks[pt_rank_of_group(&e->in, g)].kv;
+    int64_t slot;
+    while ((slot = pt_kv_page_alloc(kv)) < 0 && e->prefix) {
+        pt_kv_pool *pools[PT_MAX_GROUPS];
+        pt_engine_group_pools(e, pools);
+        if (!pt_prefix_cache_evict(e->prefix, pools)) break;
+    }
+    return slot;
+}
+
 /* Makes sequence s hold pages for `len` tokens on every KV head; all or nothing. */
 static bool seq_reserve(pt_engine *e, pt_seq *s, uint32_t len) {
     uint32_t need = (len + e->in.opts.page_size - 1) / e->in.opts.page_size;
     uint32_t have = s->n_pages;
     for (uint32_t p = have; p < need; p++) {
         for (uint32_t g = 0; g < e->in.w.n_groups; g++) {
-            int64_t slot = pt_kv_page_alloc(e->in.ranks[pt_rank_of_group(&e->in, g)].kv);
+            int64_t slot = page_alloc(e, g);
             if (slot < 0) {
                 /* Undo this page index's partial allocation, then the earlier ones. */
                 for (uint32_t h = 0; h < g; h++)

@@ -6,6 +6,7 @@
 
 #include "backend/backend.h"
 #include "backend/instance.h"
+#include "kv/prefix_cache.h"
 
 struct pt_engine {
     pt_instance in;       /* what the backend computes on */
@@ -19,7 +20,20 @@ struct pt_engine {
     int *stage_seq;
     uint32_t *stage_pos;
     uint32_t *stage_out;
+    pt_prefix_cache *prefix; /* NULL when opts.prefix_cache is off */
 };
+
+/* The KV pool of each group (KV head): what the prefix cache references. */
+static inline void pt_engine_group_pools(const pt_engine *e, pt_kv_pool **pools) {
+    for (uint32_t g = 0; g < e->in.w.n_groups; g++) pools[g] = e->in.ranks[pt_rank_of_group(&e->in, g)].kv;
+}
+
+/* Drops the prefix cache's idle entries (their pages go back to the
+ * pools); returns how many. For a transformation that needs free pages. */
+uint64_t pt_engine_prefix_drop_idle(pt_engine *e);
+/* Drops every entry and stops every sequence's caching: a transformation
+ * does this to its sources before their pools serve the targets. */
+void pt_engine_prefix_clear(pt_engine *e);
 
 /* The transfers that copy one head page (every layer's K+V block and key
  * bounds) from a slot of src on fabric device sd to a slot of dst on dd;

@@ -33,7 +33,9 @@ int pt_engine_seq_detach(pt_engine *e, int seq, pt_seq_state **out, pt_err *err)
     *st = (pt_seq_state){e, s->len, s->n_pages, e->in.w.n_groups, slots};
     for (uint32_t g = 0; g < e->in.w.n_groups; g++)
         memcpy(slots + (size_t)g * s->n_pages, s->pages[g], s->n_pages * sizeof(uint32_t));
-    /* The slot is free again; its pages now belong to the value. */
+    /* The slot is free again; its pages now belong to the value (the
+     * prefix cache keeps its own references to the ones it holds). */
+    if (e->prefix) pt_prefix_cache_detach(e->prefix, seq);
     s->used = false;
     s->len = s->n_pages = s->dirty_from = 0;
     *out = st;

@@ -184,10 +184,14 @@ char *pt_metrics_render(const pt_metrics *m, const pt_layout_report *r, const ch
     render_hist(&b, &m->e2e, model);
     render_hist(&b, &m->queue, model);
     uint64_t running = 0, waiting = 0, preemptions = 0;
+    uint64_t queries = m->prefix_queries_retired, hits = m->prefix_hits_retired, cached = 0;
     for (int i = 0; i < r->n_instances; i++) {
         running += r->instances[i].running;
         waiting += r->instances[i].waiting;
         preemptions += r->instances[i].preemptions;
+        queries += r->instances[i].prefix_queries;
+        hits += r->instances[i].prefix_hits;
+        cached += r->instances[i].prefix_pages;
     }
     sb_printf(&b, "# HELP proteus_num_requests_running Requests prefilling or decoding.\n"
                   "# TYPE proteus_num_requests_running gauge\nproteus_num_requests_running{model_name=\"%s\"} %llu\n",
@@ -217,5 +221,15 @@ char *pt_metrics_render(const pt_metrics *m, const pt_layout_report *r, const ch
     sb_printf(&b, "# HELP proteus_preemptions_total Sequences preempted for lack of KV pages.\n"
                   "# TYPE proteus_preemptions_total counter\nproteus_preemptions_total{model_name=\"%s\"} %llu\n",
               model, (unsigned long long)preemptions);
+    sb_printf(&b, "# HELP proteus_prefix_cache_queries_total Prompt tokens looked up in the prefix cache.\n"
+                  "# TYPE proteus_prefix_cache_queries_total counter\n"
+                  "proteus_prefix_cache_queries_total{model_name=\"%s\"} %llu\n",
+              model, (unsigned long long)queries);
+    sb_printf(&b, "# HELP proteus_prefix_cache_hits_total Prompt tokens found in the prefix cache (not computed).\n"
+                  "# TYPE proteus_prefix_cache_hits_total counter\nproteus_prefix_cache_hits_total{model_name=\"%s\"} %llu\n",
+              model, (unsigned long long)hits);
+    sb_printf(&b, "# HELP proteus_prefix_cache_pages Pages the prefix cache holds (each one head page per KV head).\n"
+                  "# TYPE proteus_prefix_cache_pages gauge\nproteus_prefix_cache_pages{model_name=\"%s\"} %llu\n",
+              model, (unsigned long long)cached);
     return b.s;
 }

@@ -56,7 +56,8 @@ void pt_place_build(pt_place_state *ps, double now, int n_devices, const pt_plac
         const pt_place_inst *in = &inst[i];
         pt_sched_instance *si = &ps->inst[i];
         *si = (pt_sched_instance){.first_device = in->first, .tp = in->tp, .max_seqs = in->max_seqs,
-                                  .transforming = in->transforming, .max_queued = in->max_waiting};
+                                  .transforming = in->transforming, .max_queued = in->max_waiting,
+                                  .cached = in->cached};
         effective_pages(in, page_size, n_kv_heads, &si->pages_total, &si->pages_free);
         /* Running: those that produced a token, then the oldest others up to
          * the batcher's count; the rest are queued. Both in arrival order. */

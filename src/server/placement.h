@@ -39,6 +39,7 @@ typedef struct {
     uint32_t running;       /* sequences in its running set */
     uint32_t max_waiting;   /* queued requests its batcher accepts (0 = no limit) */
     bool transforming;      /* a source of the layout change in flight */
+    uint32_t cached;        /* prompt tokens of the request being placed in its prefix cache */
 } pt_place_inst;
 
 /* The scheduler's state and the storage it points into. */

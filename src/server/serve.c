@@ -220,6 +220,7 @@ static pt_gen_params *params_copy(const pt_gen_params *p) {
     c->prompt = prompt;
     c->stops = NULL;
     c->sampling.logit_bias = NULL;
+    c->cache_salt = p->cache_salt ? pt_xstrdup(p->cache_salt) : NULL;
     if (p->n_stops) {
         char **stops = pt_xcalloc(p->n_stops, sizeof(char *));
         for (size_t i = 0; i < p->n_stops; i++) stops[i] = pt_xstrdup(p->stops[i]);
@@ -239,6 +240,7 @@ static void params_free(pt_gen_params *c) {
     for (size_t i = 0; i < c->n_stops; i++) free((void *)c->stops[i]);
     free((void *)c->stops);
     free((void *)c->sampling.logit_bias);
+    free((void *)c->cache_salt);
     free(c);
 }
 
@@ -548,8 +550,10 @@ static bool xform_touches(const pt_relayout_progress *p, const instance *in) {
 
 /* The scheduler's state (server/placement.h) from every instance's batcher
  * snapshot and every open choice; `offered` is the choice being placed
- * (not also listed as held). Valid until the next call. */
-static const pt_sched_state *sched_state(serve *s, uint64_t offered) {
+ * (not also listed as held), `p` its request (for what each instance's
+ * prefix cache holds of its prompt; NULL when none is placed). Valid until
+ * the next call. */
+static const pt_sched_state *sched_state(serve *s, uint64_t offered, const pt_gen_params *p) {
     pt_relayout_progress prog;
     bool busy = pt_relayout_progress_get(&s->relayout, &prog);
     pt_place_inst in[PT_FABRIC_MAX_DEVICES];
@@ -562,6 +566,9 @@ static const pt_sched_state *sched_state(serve *s, uint64_t offered) {
                               .max_ctx = pt_engine_get_opts(s->inst[i].engine)->max_ctx, .running = st.running,
                               .max_waiting = s->bo.max_waiting,
                               .transforming = busy && xform_touches(&prog, &s->inst[i])};
+        if (p && !p->no_prefix_cache)
+            pi->cached = pt_engine_seq_prefix_cached(s->inst[i].engine, p->prompt, (uint32_t)p->n_prompt,
+                                                      pt_engine_prefix_salt(p->cache_salt));
         for (int r = 0; r < st.n_ranks && r < PT_BATCHER_MAX_RANKS; r++) {
             pi->pages_total += st.kv_pages_total[r];
             pi->pages_free += st.kv_pages_free[r];
@@ -606,7 +613,7 @@ static int submit_to(serve *s, choice *ch, int i, const pt_gen_params *p, pt_err
  * why, *why names the reason) or the batcher's refusal (PT_ERR_BUSY when
  * the instance's queue is full). */
 static int place_choice(serve *s, choice *ch, const pt_gen_params *p, pt_sched_reason *why, pt_err *err) {
-    const pt_sched_state *st = sched_state(s, ch->sched_id);
+    const pt_sched_state *st = sched_state(s, ch->sched_id, p);
     pt_place_req me = place_req_of(ch);
     pt_sched_req r = pt_place_sched_req(&me);
     pt_sched_placement pl;
@@ -659,7 +666,7 @@ static void call_fail(call *c, int status, const char *type, const char *code, c
 /* A held choice offered to the scheduler again. */
 static void offer_held(serve *s, choice *ch) {
     call *c = ch->c;
-    const pt_sched_state *st = sched_state(s, ch->sched_id);
+    const pt_sched_state *st = sched_state(s, ch->sched_id, ch->pending);
     pt_place_req me = place_req_of(ch);
     pt_sched_req r = pt_place_sched_req(&me);
     r.held_before = true; /* held again: one decision, counted once */
@@ -764,7 +771,7 @@ static void start_sched_xform(serve *s, const pt_sched_xform *x) {
 /* Asks the scheduler whether to merge or split now (dynamic policy). */
 static void sched_plan(serve *s) {
     if (!s->dynamic || s->shutting_down || !s->http || pt_now() < s->retry_after) return;
-    const pt_sched_state *st = sched_state(s, 0);
+    const pt_sched_state *st = sched_state(s, 0, NULL);
     pt_sched_stats before, after;
     pt_sched_get_stats(s->sched, &before);
     pt_sched_xform x;
@@ -900,6 +907,8 @@ static void handle_generate(serve *s, pt_http_request *req, pt_oai_kind kind) {
         p.n_stops = r.n_stop;
         p.include_stop = r.include_stop;
         p.ignore_eos = r.ignore_eos;
+        p.no_prefix_cache = r.no_cache_prompt;
+        p.cache_salt = r.cache_salt;
         p.top_logprobs = r.logprobs ? r.top_logprobs : -1;
         p.cb = on_batch_event;
         p.user = ch;
@@ -1026,7 +1035,9 @@ static void layout_report(serve *s, pt_layout_report *r) {
         pt_batcher_stats st;
         pt_batcher_get_stats(in->batcher, &st);
         *ir = (pt_instance_report){.first = in->first, .tp = in->tp, .running = st.running, .waiting = st.waiting,
-                                   .requests_total = in->requests_total, .preemptions = st.preemptions};
+                                   .requests_total = in->requests_total, .preemptions = st.preemptions,
+                                   .prefix_queries = st.prefix.queries, .prefix_hits = st.prefix.hits,
+                                   .prefix_pages = st.prefix.pages};
         for (int k = 0; k < in->tp; k++) {
             pt_device_report *dr = &r->devices[in->first + k];
             dr->instance = i;
@@ -1134,6 +1145,12 @@ static void relayout_install(void *user, const pt_xform_op *op, const pt_live_xf
     serve *s = user;
     int a = instance_at(s, op->first_device); /* relayout_sources found it a moment ago */
     int after = s->n_inst - a - op->n_src;
+    for (int k = 0; k < op->n_src; k++) { /* their counters live on in the totals */
+        pt_engine_prefix_stats ps;
+        pt_engine_prefix_get_stats(s->inst[a + k].engine, &ps);
+        s->metrics.prefix_queries_retired += ps.queries;
+        s->metrics.prefix_hits_retired += ps.hits;
+    }
     memmove(&s->inst[a + op->n_dst], &s->inst[a + op->n_src], (size_t)after * sizeof(instance));
     for (int t = 0; t < op->n_dst; t++) {
         pt_live_instance li = pt_live_xform_target(x, t);
@@ -1404,6 +1421,7 @@ static void engine_opts(const pt_server_config *cfg, pt_engine_opts *eo) {
     eo->cuda_graphs = cfg->cuda_graphs;
     eo->select_budget = (uint32_t)cfg->select_budget;
     eo->select_dense_layers = (uint32_t)cfg->select_dense_layers;
+    eo->prefix_cache = cfg->prefix_caching;
 }
 
 static void fmt_degrees(char *buf, size_t n, const int *v, int count) {

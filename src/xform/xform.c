@@ -170,7 +170,7 @@ static int reserve_room(pt_xform *x, const pt_xform_group *dst, int n_dst, pt_er
         for (int r = 0; r < dst[k].tp; r++) {
             int d = dst[k].first + r;
             pt_device *dev = pt_fabric_device(x->f, d);
-            const pt_engine *s = NULL;
+            pt_engine *s = NULL;
             for (int i = 0; i < x->n_src; i++)
                 if (d >= x->src[i]->first && d < x->src[i]->first + x->src[i]->in.tp) s = x->src[i];
             const pt_rank *like = &s->in.ranks[d - s->first];
@@ -181,6 +181,8 @@ static int reserve_room(pt_xform *x, const pt_xform_group *dst, int n_dst, pt_er
             if (avail >= need) continue;
             pt_kv_pool *kv = pool_at(x, d);
             uint64_t pages = (need - avail + kv->page_bytes - 1) / kv->page_bytes;
+            /* Cached prefixes no request uses give their pages up first. */
+            if (pages <= UINT32_MAX && pt_kv_pool_free_pages(kv) < pages) pt_engine_prefix_drop_idle(s);
             if (pages > UINT32_MAX || !pt_kv_pool_shrink(kv, (uint32_t)pages))
                 return pt_err_set(err, PT_ERR_NOMEM,
                                   "device %s: the target instance needs %.1f MiB for weights and step buffers; %.1f "
@@ -623,6 +625,10 @@ static int commit_moves(pt_xform *x, pt_xform_move *moves, size_t n, pt_err *err
     /* The sources' last steps have written their pages (a GPU's queue may
      * still hold them). */
     if (x->cuda && (rc = pt_backend_cuda_sync(x->ordinals + x->first, x->n_dev, err))) return rc;
+    /* The sources' prefix caches end here (their pages are in the pools
+     * that the targets take over; a target starts with an empty cache): the
+     * sequences keep their pages, cached pages no one uses go free. */
+    for (int s = 0; s < x->n_src; s++) pt_engine_prefix_clear(x->src[s]);
     assign_targets(x, moves, n);
     size_t max_pages = 0;
     for (size_t i = 0; i < n; i++) max_pages += x->src[moves[i].src]->in.seqs[moves[i].seq].n_pages;

@@ -728,7 +728,7 @@ static void test_every_key_documented(void) {
         "model.served_name", "model.chat_template", "model.max_model_len", "engine.threads", "engine.tp",
         "engine.devices", "engine.device_memory_mb", "engine.layout", "engine.allowed_tp", "engine.cuda_device",
         "engine.cuda_graphs", "engine.page_size", "engine.kv_dtype",
-        "engine.kv_memory_mb", "engine.page_select_budget", "engine.page_select_dense_layers", "scheduler.max_running",
+        "engine.kv_memory_mb", "engine.prefix_caching", "engine.page_select_budget", "engine.page_select_dense_layers", "scheduler.max_running",
         "scheduler.max_batch_tokens", "scheduler.prefill_chunk", "scheduler.max_waiting",
         "scheduler.request_timeout_s", "scheduler.shutdown_grace_s", "scheduler.policy", "scheduler.slo.ttft_ms",
         "scheduler.slo.tpot_ms", "scheduler.allowed_tp", "scheduler.hysteresis_s", "scheduler.cost_file",
