@@ -16,8 +16,9 @@ size) when an earlier request's prompt held that whole page: the bound
 counts, for every request in arrival order, its leading pages that some
 earlier prompt covered (never its last token, which is always computed:
 at most (n - 1) // 16 pages), as an unbounded cache that never evicts would
-serve them. A live server may get less: a request that arrives while the
-one it shares with is still prefilling finds only the pages already full.
+serve them. A live server may get less: a request that starts while the
+one it shares with is still prefilling finds only the pages already full
+(Mooncake sends several requests at the same millisecond).
 
     python3 bench/bench_prefix_cache.py [--trace ../shared/traces/mooncake_conversation.jsonl]
         [--num-requests 80] [--input-scale 0.1] [--output-scale 0.1] [--speedup 1] [--out DIR]

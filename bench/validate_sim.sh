@@ -30,7 +30,7 @@
 # how much slower the machine was at the end (negative: faster), a bound
 # on what a calibration at the start can know about the run.
 #
-# Windows (WINDOWS, default "light heavy demo"), each with its trace, trace
+# Windows (WINDOWS, default "light heavy phased"), each with its trace, trace
 # arguments, KV budget per device, runs, SLO (TTFT and TPOT ms: the
 # scheduler's and goodput's) and hysteresis:
 #   light  Azure conversation, 40 requests at 0.1x speed, lengths x 0.25: a
@@ -40,14 +40,19 @@
 #   demo   traces/mixed_long_small.jsonl (traces/README.md) with 32 MiB of KV
 #          per device: the short requests fit a TP1 instance, the long ones
 #          of the three bursts (700-900 tokens) only TP2 (a TP1 instance
-#          holds 682 tokens, a TP2 one 1024); dynamic splits back after 5 s
+#          holds 672 tokens, a TP2 one 1024); dynamic splits back after 5 s
+#   phased traces/phased_long_small.jsonl with the same KV budget: busy phases
+#          of short requests (more than a TP2 instance serves, less than
+#          two TP1 ones) around a quiet phase with six long requests, SLO
+#          TTFT 4 s (a long prompt's prefill on TP2 is about 2.7 s);
+#          dynamic splits back after 2 s
 # Override one with e.g. ARGS_heavy="--num-requests 60 --speedup 1 ...".
 # REPEAT=N runs each live run N times (the live runs' own spread).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${PROTEUS_BIN:-build/proteus}
 OUT=${1:-/tmp/proteus-validate}
-WINDOWS=${WINDOWS:-"light heavy demo"}
+WINDOWS=${WINDOWS:-"light heavy phased"}
 CALIB_S=${CALIB_S:-30}
 CALIBRATE=${CALIBRATE:-each}
 REPEAT=${REPEAT:-1}
@@ -76,9 +81,17 @@ RUNS_demo=${RUNS_demo:-"static:1,1 static:2 dynamic:1,1"}
 SLO_demo=${SLO_demo:-"5000 300"}
 HYST_demo=${HYST_demo:-5}
 
+TRACE_phased=${TRACE_phased:-traces/phased_long_small.jsonl}
+ARGS_phased=${ARGS_phased:-""}
+KV_phased=${KV_phased:-32}
+RUNS_phased=${RUNS_phased:-"static:1,1 static:2 dynamic:1,1"}
+SLO_phased=${SLO_phased:-"4000 300"}
+HYST_phased=${HYST_phased:-2}
+
 # One step = one sequence's whole chunk: the simulator batches prefill by a
 # per-step token budget only, so the server's per-sequence chunk is set to it.
-BATCH="--max-batch-tokens 512 --prefill-chunk 512 --max-running 32"
+# The simulator does not model prefix caching: the servers run without it.
+BATCH="--max-batch-tokens 512 --prefill-chunk 512 --max-running 32 --prefix-caching=false"
 mkdir -p "$OUT"
 
 SERVER=

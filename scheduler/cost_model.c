@@ -20,7 +20,7 @@ double pt_cost_step(const pt_cost_model *m, int tp, const pt_step_shape *s) {
     if (s->tokens == 0) return 0.0;
     double mem = c->mem_s + c->mem_kv_s * (double)s->kv_tokens;
     double flop = c->flop_token_s * (double)s->tokens + c->flop_pair_s * (double)s->pairs;
-    return (mem > flop ? mem : flop) + c->fixed_s + c->token_s * (double)s->tokens;
+    return (mem > flop ? mem : flop) + c->fixed_s + c->token_s * (double)s->tokens + c->seq_s * (double)s->n_seqs;
 }
 
 void pt_cost_shape_add(pt_step_shape *s, uint64_t ctx, uint64_t n) {
@@ -131,12 +131,14 @@ int pt_cost_roofline(pt_cost_model *m, const pt_model_shape *sh, const pt_device
 
 /* ---- the calibration file ---- */
 
-#define COST_FIELD(name) {#name, offsetof(pt_cost_tp, name)}
+#define COST_FIELD(name, optional) {#name, offsetof(pt_cost_tp, name), optional}
 static const struct {
     const char *key;
     size_t off;
-} TP_FIELDS[] = {COST_FIELD(mem_s),        COST_FIELD(mem_kv_s), COST_FIELD(flop_token_s),
-                 COST_FIELD(flop_pair_s),  COST_FIELD(fixed_s),  COST_FIELD(token_s)};
+    bool optional; /* 0 when absent: files written before the field existed */
+} TP_FIELDS[] = {COST_FIELD(mem_s, false),       COST_FIELD(mem_kv_s, false), COST_FIELD(flop_token_s, false),
+                 COST_FIELD(flop_pair_s, false), COST_FIELD(fixed_s, false),  COST_FIELD(token_s, false),
+                 COST_FIELD(seq_s, true)};
 
 typedef enum { F_U32, F_U64, F_DBL } field_type;
 #define MODEL_FIELD(name, t) {#name, offsetof(pt_cost_model, name), t}
@@ -207,6 +209,7 @@ static int load_degree(pt_cost_tp *c, const cJSON *o, const char *path, const ch
     for (size_t i = 0; i < N_OF(TP_FIELDS); i++) {
         snprintf(where, sizeof(where), "tp.%s.%s", d, TP_FIELDS[i].key);
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, TP_FIELDS[i].key);
+        if (!v && TP_FIELDS[i].optional) continue;
         if (!v) return pt_err_set(err, PT_ERR_FORMAT, "%s: missing key '%s'", path, where);
         if (number(v, path, where, (double *)((char *)c + TP_FIELDS[i].off), err) != 0) return -1;
     }
@@ -223,7 +226,7 @@ static int load_json(pt_cost_model *m, const cJSON *root, const char *path, pt_e
     }
     for (size_t i = 0; i < N_OF(MODEL_FIELDS); i++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, MODEL_FIELDS[i].key);
-        double x;
+        double x = 0;
         if (!v) return pt_err_set(err, PT_ERR_FORMAT, "%s: missing key '%s'", path, MODEL_FIELDS[i].key);
         if (number(v, path, MODEL_FIELDS[i].key, &x, err) != 0) return -1;
         char *p = (char *)m + MODEL_FIELDS[i].off;

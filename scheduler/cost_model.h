@@ -8,11 +8,17 @@
  *
  *   step(d, shape) = max(mem_s + mem_kv_s * kv_tokens,
  *                        flop_token_s * tokens + flop_pair_s * pairs)
- *                    + fixed_s + token_s * tokens
+ *                    + fixed_s + token_s * tokens + seq_s * n_seqs
  *
  * A roofline fills both sides of the max (weights and KV read from memory
  * against the FLOPs of the step) and puts the all-reduce in fixed_s and
- * token_s; a calibrated CPU model is linear (its memory side zero).
+ * token_s; a calibrated CPU model is linear (its memory side zero), or of
+ * the same roofline form when its longer calibration finds it fits better.
+ * seq_s is what each sequence of a step adds beyond its tokens: its row of
+ * logits (the LM head) and its sampling, which a decode pays for every
+ * token and a prompt once (on a CPU with SmolLM2's 49K-token vocabulary, a
+ * decode token costs about 20% more than a prompt token). The roofline
+ * leaves it 0.
  * "pairs" are the (query, key) pairs attention visits: a sequence computing
  * n tokens after ctx cached ones visits n * ctx + n * (n + 1) / 2. Its
  * keys and values are read once per step (tiled attention), so kv_tokens
@@ -48,6 +54,7 @@ typedef struct {
     double flop_pair_s;  /* attention FLOPs of one pair on this rank's heads */
     double fixed_s;      /* per step: launches, sampling, all-reduce latency */
     double token_s;      /* per token: all-reduce bytes over the link (0 at TP1), CPU per-token overheads */
+    double seq_s;        /* per sequence in the step: its logits row and sampling */
 } pt_cost_tp;
 
 typedef struct {

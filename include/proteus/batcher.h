@@ -91,6 +91,7 @@ typedef struct {
     char device[PT_BATCHER_MAX_RANKS][16]; /* each rank's device: "cpu0", "cuda1" */
     int n_ranks;
     uint64_t preemptions;
+    uint64_t preemptions_movable; /* of them, of a request a smaller instance could serve (pt_batcher_set_preempt_movable) */
     uint64_t steps;
     pt_engine_prefix_stats prefix; /* the engine's prefix cache */
 } pt_batcher_stats;
@@ -117,5 +118,11 @@ void pt_batcher_get_stats(pt_batcher *b, pt_batcher_stats *s);
 /* The longest request (prompt + max_tokens) it takes: the context length,
  * or what its KV pages hold for one sequence when that is less. */
 uint32_t pt_batcher_max_ctx(const pt_batcher *b);
+/* Which request gives way when pages run out: by default the most recently
+ * admitted; with max_tokens > 0 (a merged instance under the dynamic
+ * policy) the most recently admitted of those whose prompt + max_tokens is
+ * at most max_tokens (what a smaller instance holds), when there is one
+ * (scheduler.h, pt_sched_victim). Any thread. */
+void pt_batcher_set_preempt_movable(pt_batcher *b, uint32_t max_tokens);
 
 #endif

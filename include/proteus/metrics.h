@@ -72,6 +72,7 @@ typedef struct {
     uint64_t kv_pages_total, kv_pages_free; /* over its ranks */
     uint64_t requests_total;           /* requests (choices) routed to it */
     uint64_t preemptions;
+    uint64_t preemptions_movable;      /* of them, of a request a smaller instance could serve */
     uint64_t prefix_queries, prefix_hits; /* prompt tokens looked up in its prefix cache, and found */
     uint64_t prefix_pages;             /* cached pages (one head page per KV head each) */
 } pt_instance_report;

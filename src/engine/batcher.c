@@ -47,6 +47,7 @@ struct pt_batcher {
     uint32_t V, max_ctx, page_size;
     bool publish_decoded; /* decode tokens' pages are cached too (dense attention) */
     _Atomic uint32_t kv_ctx;     /* tokens one sequence's pages can hold (<= max_ctx); grows after a merge */
+    _Atomic uint32_t movable_ctx; /* preemption prefers requests of at most this many tokens; 0 = the newest */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -246,6 +247,8 @@ void pt_batcher_get_stats(pt_batcher *b, pt_batcher_stats *s) {
 
 uint32_t pt_batcher_max_ctx(const pt_batcher *b) { return atomic_load(&((pt_batcher *)b)->kv_ctx); }
 
+void pt_batcher_set_preempt_movable(pt_batcher *b, uint32_t max_tokens) { atomic_store(&b->movable_ctx, max_tokens); }
+
 /* ---- batcher thread ---- */
 
 static void update_stats(pt_batcher *b) {
@@ -349,8 +352,7 @@ static void admit(pt_batcher *b) {
     }
 }
 
-/* Frees the most recently admitted request's pages and queues it first, to be
- * recomputed from its prompt and generated tokens. */
+/* The most recently admitted running request. */
 static uint32_t newest_running(const pt_batcher *b) {
     uint32_t v = 0;
     for (uint32_t i = 1; i < b->n_running; i++)
@@ -358,9 +360,26 @@ static uint32_t newest_running(const pt_batcher *b) {
     return v;
 }
 
+/* The preemption victim (the scheduler's rule, scheduler.h pt_sched_victim):
+ * the most recently admitted running request, or on a merged instance the
+ * most recently admitted of those a smaller instance could serve (at most
+ * movable_ctx tokens) when there is one: they can run anywhere, the long
+ * ones only here. -1 when none. */
+static int victim(const pt_batcher *b, bool *movable) {
+    uint32_t lim = atomic_load(&((pt_batcher *)b)->movable_ctx);
+    int m = -1;
+    for (uint32_t i = 0; lim && i < b->n_running; i++) {
+        const req *r = b->running[i];
+        if ((uint64_t)r->n_prompt + r->max_tokens <= lim && (m < 0 || r->admit_order > b->running[m]->admit_order))
+            m = (int)i;
+    }
+    *movable = m >= 0;
+    return m >= 0 ? m : b->n_running ? (int)newest_running(b) : -1;
+}
+
 /* Frees a request's pages and queues it first, to be recomputed from its
  * prompt and generated tokens. */
-static void requeue(pt_batcher *b, req *r) {
+static void requeue(pt_batcher *b, req *r, bool movable) {
     pt_engine_seq_free(b->e, r->seq);
     r->seq = -1;
     r->n_cached = 0;
@@ -374,18 +393,21 @@ static void requeue(pt_batcher *b, req *r) {
     b->n_waiting++;
     pthread_mutex_lock(&b->mu);
     b->stats.preemptions++;
+    b->stats.preemptions_movable += movable;
     pthread_mutex_unlock(&b->mu);
 }
 
-static void preempt_at(pt_batcher *b, uint32_t v) {
+static void preempt_at(pt_batcher *b, uint32_t v, bool movable) {
     req *r = b->running[v];
     remove_running(b, v);
-    requeue(b, r);
+    requeue(b, r, movable);
 }
 
 static bool preempt_one(pt_batcher *b) {
     if (b->n_running <= 1) return false;
-    preempt_at(b, newest_running(b));
+    bool movable = false;
+    int v = victim(b, &movable);
+    preempt_at(b, (uint32_t)v, movable);
     return true;
 }
 
@@ -723,7 +745,7 @@ uint32_t pt_batcher_running_seqs(const pt_batcher *b, int *seqs, uint32_t cap) {
 }
 
 void pt_batcher_preempt(pt_batcher *b, uint32_t n) {
-    for (uint32_t i = 0; i < n && b->n_running > 0; i++) preempt_at(b, newest_running(b));
+    for (uint32_t i = 0; i < n && b->n_running > 0; i++) preempt_at(b, newest_running(b), false);
 }
 
 uint32_t pt_batcher_capacity(const pt_batcher *b) { return b->o.max_running; }
@@ -768,7 +790,7 @@ void pt_batcher_hand_over(pt_batcher *src, pt_batcher *const *dst, int n_dst, pt
         moved(arg, r->id, k);
         /* A target that runs fewer requests than its engine holds
          * sequences: the rest wait there, recomputed when admitted. */
-        if (dst[k]->n_running == dst[k]->o.max_running) requeue(dst[k], r);
+        if (dst[k]->n_running == dst[k]->o.max_running) requeue(dst[k], r, false);
         else dst[k]->running[dst[k]->n_running++] = r;
     }
     src->n_running = 0;

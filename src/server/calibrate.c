@@ -9,14 +9,15 @@
 /* ---- the fit (pure) ----
  *
  * Coefficients, in this order: fixed_s, token_s, mem_s, mem_kv_s,
- * flop_token_s, flop_pair_s (cost_model.h). A point's row says how much of
- * each its step has: every step the fixed cost and token_s per token; on
+ * flop_token_s, flop_pair_s, seq_s (cost_model.h). A point's row says how
+ * much of each its step has: every step the fixed cost, token_s per token
+ * and seq_s per sequence; on
  * the memory side of the max mem_s once and mem_kv_s per cached token
  * read; on the compute side flop_token_s per token and flop_pair_s per
  * pair. */
 
-#define N_COEF 6
-enum { C_FIXED, C_TOKEN, C_MEM, C_MEM_KV, C_FLOP_TOKEN, C_FLOP_PAIR };
+#define N_COEF 7
+enum { C_FIXED, C_TOKEN, C_MEM, C_MEM_KV, C_FLOP_TOKEN, C_FLOP_PAIR, C_SEQ };
 
 static void row_of(const pt_calib_point *p, bool mem_side, double *row) {
     double t = (double)p->tokens;
@@ -26,6 +27,7 @@ static void row_of(const pt_calib_point *p, bool mem_side, double *row) {
     row[C_MEM_KV] = mem_side ? (double)p->kv_tokens : 0;
     row[C_FLOP_TOKEN] = mem_side ? 0 : t;
     row[C_FLOP_PAIR] = mem_side ? 0 : (double)p->pairs;
+    row[C_SEQ] = (double)p->n_seqs;
 }
 
 /* Least squares of the relative error over the coefficients in `use` (the
@@ -82,7 +84,7 @@ static bool solve_subset(const pt_calib_point *p, size_t n, const bool *side, un
 static double predict(const double *x, const pt_calib_point *p) {
     double mem = x[C_MEM] + x[C_MEM_KV] * (double)p->kv_tokens;
     double flop = x[C_FLOP_TOKEN] * (double)p->tokens + x[C_FLOP_PAIR] * (double)p->pairs;
-    return x[C_FIXED] + x[C_TOKEN] * (double)p->tokens + (mem > flop ? mem : flop);
+    return x[C_FIXED] + x[C_TOKEN] * (double)p->tokens + x[C_SEQ] * (double)p->n_seqs + (mem > flop ? mem : flop);
 }
 
 static double sq_rel_err(const double *x, const pt_calib_point *p, size_t n) {
@@ -96,7 +98,7 @@ static double sq_rel_err(const double *x, const pt_calib_point *p, size_t n) {
 
 /* Non-negative least squares over the coefficients in `allowed` with each
  * point's side fixed: the best of the subsets whose unconstrained solution
- * is non-negative (the optimum is one of them; six coefficients make 63
+ * is non-negative (the optimum is one of them; seven coefficients make 127
  * small solves). False when no subset is determined. */
 static bool nnls(const pt_calib_point *p, size_t n, const bool *side, unsigned allowed, double *best) {
     double best_err = INFINITY, x[N_COEF] = {0};
@@ -123,7 +125,7 @@ static bool nnls(const pt_calib_point *p, size_t n, const bool *side, unsigned a
     return best_err < INFINITY;
 }
 
-#define LINEAR ((1u << C_FIXED) | (1u << C_TOKEN) | (1u << C_FLOP_PAIR))
+#define LINEAR ((1u << C_FIXED) | (1u << C_TOKEN) | (1u << C_FLOP_PAIR) | (1u << C_SEQ))
 
 /* The roofline form: a side for each point (a decode of few sequences
  * starts on the memory side), fitted, each point moved to the side the
@@ -178,7 +180,8 @@ int pt_calib_fit(const pt_calib_point *p, size_t n, pt_cost_tp *out, double *mea
                         .mem_s = x[C_MEM],
                         .mem_kv_s = x[C_MEM_KV],
                         .flop_token_s = x[C_FLOP_TOKEN],
-                        .flop_pair_s = x[C_FLOP_PAIR]};
+                        .flop_pair_s = x[C_FLOP_PAIR],
+                        .seq_s = x[C_SEQ]};
     double sum = 0;
     for (size_t i = 0; i < n; i++) sum += fabs(predict(x, &p[i]) - p[i].seconds) / p[i].seconds;
     if (mean_rel_err) *mean_rel_err = sum / (double)n;
@@ -679,16 +682,17 @@ void pt_calibrate_log(const pt_calib_report *rep, const pt_cost_model *m) {
                    d->degree, p->what, (unsigned long long)p->tokens, (unsigned long long)p->pairs, p->seconds * 1e3,
                    p->fastest_s * 1e3, pred * 1e3, rel * 100);
         }
-        char skipped[64] = "", form[200];
+        char skipped[64] = "", form[240];
         if (d->skipped) snprintf(skipped, sizeof(skipped), ", %zu more left out for the budget", d->skipped);
         if (c->mem_s > 0 || c->mem_kv_s > 0 || c->flop_token_s > 0)
             snprintf(form, sizeof(form),
-                     "%.2f ms + %.3f ms/token + max(%.2f ms + %.2f us/cached token, %.3f ms/token + %.2f ns/pair)",
-                     c->fixed_s * 1e3, c->token_s * 1e3, c->mem_s * 1e3, c->mem_kv_s * 1e6, c->flop_token_s * 1e3,
-                     c->flop_pair_s * 1e9);
+                     "%.2f ms + %.3f ms/token + %.3f ms/sequence + max(%.2f ms + %.2f us/cached token, %.3f ms/token + "
+                     "%.2f ns/pair)",
+                     c->fixed_s * 1e3, c->token_s * 1e3, c->seq_s * 1e3, c->mem_s * 1e3, c->mem_kv_s * 1e6,
+                     c->flop_token_s * 1e3, c->flop_pair_s * 1e9);
         else
-            snprintf(form, sizeof(form), "%.2f ms + %.3f ms/token + %.2f ns/pair", c->fixed_s * 1e3, c->token_s * 1e3,
-                     c->flop_pair_s * 1e9);
+            snprintf(form, sizeof(form), "%.2f ms + %.3f ms/token + %.3f ms/sequence + %.2f ns/pair", c->fixed_s * 1e3,
+                     c->token_s * 1e3, c->seq_s * 1e3, c->flop_pair_s * 1e9);
         pt_log(PT_LOG_INFO,
                "cost model: TP %d calibrated from %zu step shapes (prefill 16%s%.0u tokens, decode 1 and 4 sequences%s%s, "
                "each the median of 1-3 runs) in %.2f s: step = %s, mean error %.1f%%, largest %+.1f%%; an instance "

@@ -204,7 +204,6 @@ static cJSON *sched_json(const pt_layout_sched_view *sv) {
         cJSON *g = cJSON_GetObjectItemCaseSensitive(dec, d);
         if (!g) g = cJSON_AddObjectToObject(dec, d);
         uint64_t v = sv->stats ? sv->stats->by_reason[r] : 0;
-        if (r == PT_SCHED_R_PREEMPT_NEWEST) v += sv->batcher_preemptions;
         cJSON_AddNumberToObject(g, pt_sched_reason_name((pt_sched_reason)r), (double)v);
     }
     if (sv->last_xform && *sv->last_xform) cJSON_AddStringToObject(o, "last_transformation_decision", sv->last_xform);

@@ -28,8 +28,7 @@ typedef struct {
     double hysteresis_s;
     const char *cost_source;      /* "calibrated at start-up" or the file it came from */
     size_t held;                  /* requests held now */
-    const pt_sched_stats *stats;  /* decisions so far */
-    uint64_t batcher_preemptions; /* counted with reason "newest" (the batcher's own choice) */
+    const pt_sched_stats *stats;  /* decisions so far, the batchers' preemptions included */
     const char *last_xform;       /* the last transformation decision, or "" */
 } pt_layout_sched_view;
 

@@ -161,14 +161,13 @@ static void put(text *t, const char *fmt, ...) {
     }
 }
 
-char *pt_place_metrics(const pt_sched_stats *st, uint64_t batcher_preemptions, size_t n_held, bool dynamic) {
+char *pt_place_metrics(const pt_sched_stats *st, size_t n_held, bool dynamic) {
     text t = {pt_xmalloc(1024), 0, 1024};
     t.buf[0] = '\0';
     put(&t, "# HELP proteus_scheduler_decisions_total Scheduler decisions, by decision and reason.\n"
             "# TYPE proteus_scheduler_decisions_total counter\n");
     for (int r = 0; r < PT_SCHED_N_REASONS; r++) {
         uint64_t v = st->by_reason[r];
-        if (r == PT_SCHED_R_PREEMPT_NEWEST) v += batcher_preemptions;
         put(&t, "proteus_scheduler_decisions_total{decision=\"%s\",reason=\"%s\"} %llu\n",
             pt_sched_reason_decision((pt_sched_reason)r), pt_sched_reason_name((pt_sched_reason)r),
             (unsigned long long)v);

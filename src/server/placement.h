@@ -80,10 +80,9 @@ pt_sched_req pt_place_sched_req(const pt_place_req *r);
 int pt_place_target_layout(const int *cur, int n_cur, const pt_sched_xform *x, int *out, int *n_out, pt_err *err);
 
 /* /metrics lines of the scheduler (README "Configuration"):
- * proteus_scheduler_decisions_total{decision,reason} for every reason (the
- * batcher's own preemptions, of the newest admitted request, counted under
- * decision="preempt",reason="newest"), proteus_scheduler_held_requests and
- * proteus_scheduler_policy{policy}. malloc'd. */
-char *pt_place_metrics(const pt_sched_stats *st, uint64_t batcher_preemptions, size_t n_held, bool dynamic);
+ * proteus_scheduler_decisions_total{decision,reason} for every reason,
+ * proteus_scheduler_held_requests and proteus_scheduler_policy{policy}.
+ * malloc'd. */
+char *pt_place_metrics(const pt_sched_stats *st, size_t n_held, bool dynamic);
 
 #endif

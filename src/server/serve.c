@@ -1036,6 +1036,7 @@ static void layout_report(serve *s, pt_layout_report *r) {
         pt_batcher_get_stats(in->batcher, &st);
         *ir = (pt_instance_report){.first = in->first, .tp = in->tp, .running = st.running, .waiting = st.waiting,
                                    .requests_total = in->requests_total, .preemptions = st.preemptions,
+                                   .preemptions_movable = st.preemptions_movable,
                                    .prefix_queries = st.prefix.queries, .prefix_hits = st.prefix.hits,
                                    .prefix_pages = st.prefix.pages};
         for (int k = 0; k < in->tp; k++) {
@@ -1055,11 +1056,14 @@ static void layout_report(serve *s, pt_layout_report *r) {
     memcpy(r->allowed_tp, s->plan.allowed_tp, (size_t)r->n_allowed * sizeof(int));
 }
 
-/* Preemptions the batchers made (of the newest admitted request, their own choice). */
-static uint64_t batcher_preemptions(const pt_layout_report *r) {
-    uint64_t n = 0;
-    for (int i = 0; i < r->n_instances; i++) n += r->instances[i].preemptions;
-    return n;
+/* The scheduler's decisions with the batchers' preemptions, which follow
+ * its victim rule on the batchers' threads (pt_batcher_set_preempt_movable). */
+static void sched_stats(serve *s, const pt_layout_report *r, pt_sched_stats *st) {
+    pt_sched_get_stats(s->sched, st);
+    for (int i = 0; i < r->n_instances; i++) {
+        st->by_reason[PT_SCHED_R_PREEMPT_MOVABLE] += r->instances[i].preemptions_movable;
+        st->by_reason[PT_SCHED_R_PREEMPT_NEWEST] += r->instances[i].preemptions - r->instances[i].preemptions_movable;
+    }
 }
 
 static void handle_metrics(serve *s, pt_http_request *req) {
@@ -1069,8 +1073,8 @@ static void handle_metrics(serve *s, pt_http_request *req) {
     s->metrics.xform_in_progress = pt_relayout_progress_get(&s->relayout, &p);
     char *t = pt_metrics_render(&s->metrics, r, s->model_name);
     pt_sched_stats st;
-    pt_sched_get_stats(s->sched, &st);
-    char *sm = pt_place_metrics(&st, batcher_preemptions(r), s->n_held, s->dynamic);
+    sched_stats(s, r, &st);
+    char *sm = pt_place_metrics(&st, s->n_held, s->dynamic);
     size_t lt = strlen(t), ls = strlen(sm);
     char *all = pt_xmalloc(lt + ls + 1);
     memcpy(all, t, lt);
@@ -1128,6 +1132,22 @@ static void remap_choices(serve *s, int a, int n_src, int n_dst, const pt_live_x
     }
 }
 
+/* The scheduler's preemption rule on an instance's batcher (scheduler.h,
+ * pt_sched_victim): under the dynamic policy a merged instance preempts
+ * first the requests that an instance of the next smaller degree holds
+ * (they can run elsewhere, the long ones only here). */
+static void set_preempt_rule(serve *s, const instance *in) {
+    uint32_t tokens = 0;
+    const pt_sched_opts *o = pt_sched_get_opts(s->sched);
+    const pt_cost_model *m = pt_sched_get_cost(s->sched);
+    for (int a = 0; s->dynamic && a < o->n_allowed && o->allowed_tp[a] < in->tp; a++) {
+        uint64_t pages = pt_cost_instance_pages(m, o->allowed_tp[a]);
+        if (m->tp[o->allowed_tp[a]].valid && pages && m->n_kv_heads)
+            tokens = (uint32_t)(pages / m->n_kv_heads * m->page_size);
+    }
+    pt_batcher_set_preempt_movable(in->batcher, tokens);
+}
+
 /* The longest request any instance takes (what requests are checked against). */
 static void refresh_max_ctx(serve *s) {
     s->max_ctx = 0;
@@ -1156,6 +1176,7 @@ static void relayout_install(void *user, const pt_xform_op *op, const pt_live_xf
         pt_live_instance li = pt_live_xform_target(x, t);
         s->inst[a + t] = (instance){.engine = li.engine, .batcher = li.batcher, .first = op->dst[t].first,
                                     .tp = op->dst[t].tp};
+        set_preempt_rule(s, &s->inst[a + t]);
     }
     s->n_inst += op->n_dst - op->n_src;
     remap_choices(s, a, op->n_src, op->n_dst, x);
@@ -1221,10 +1242,9 @@ static void handle_layout_get(serve *s, pt_http_request *req) {
     pt_layout_xform_view x = {running ? &p : NULL, s->relayout.last, s->relayouts_ok, s->relayouts_failed};
     const pt_sched_opts *o = pt_sched_get_opts(s->sched);
     pt_sched_stats st;
-    pt_sched_get_stats(s->sched, &st);
+    sched_stats(s, r, &st);
     pt_layout_sched_view sv = {s->dynamic, o->allowed_tp, o->n_allowed, s->cfg->slo_ttft_ms, s->cfg->slo_tpot_ms,
-                               o->hysteresis_s, s->cost_source, s->n_held, &st, batcher_preemptions(r),
-                               s->last_xform_text};
+                               o->hysteresis_s, s->cost_source, s->n_held, &st, s->last_xform_text};
     send_json(req, 200, pt_layout_json(r, &x, &sv));
     free(r);
 }
@@ -1575,6 +1595,7 @@ static int open_batchers(serve *s, const pt_server_config *cfg, pt_err *err) {
     for (int i = 0; i < s->n_inst; i++) {
         int rc = pt_batcher_create(&s->inst[i].batcher, s->inst[i].engine, s->tok, &s->bo, err);
         if (rc) return rc;
+        set_preempt_rule(s, &s->inst[i]);
         uint32_t ctx = pt_batcher_max_ctx(s->inst[i].batcher);
         if (ctx > s->max_ctx) s->max_ctx = ctx;
     }

@@ -167,6 +167,48 @@ static void test_concurrent_matches_solo(void) { run_concurrent(0, false); }
  * preempt and recompute. */
 static void test_preemption_recomputes_exactly(void) { run_concurrent(40, true); }
 
+/* The preemption victim: a short request (6 + 40 tokens) admitted first and
+ * a long one (30 + 40) admitted after it do not fit 40 pages (80 tokens)
+ * together. By default the newest (the long one) gives way; with the
+ * merged-instance rule of at most 48 tokens, the short one does, being the
+ * one a smaller instance could serve. Either way both finish with their
+ * solo tokens. */
+static void run_victim(uint32_t movable, bool expect_movable) {
+    fixture f, r;
+    if (!fixture_open(&f, 40, 8) || !fixture_open(&r, 0, 8)) return;
+    pt_batcher_set_preempt_movable(f.b, movable);
+    int32_t prompts[2][30], ref[2][GEN];
+    int lens[2] = {6, 30};
+    sink sinks[2];
+    pt_batcher_pause(f.b, true);
+    for (int i = 0; i < 2; i++) {
+        make_prompt(prompts[i], lens[i], 20 + i);
+        reference(r.e, prompts[i], lens[i], ref[i]);
+        sink_init(&sinks[i]);
+        pt_gen_params p = {.prompt = prompts[i], .n_prompt = (size_t)lens[i], .max_tokens = GEN,
+                           .ignore_eos = true, .top_logprobs = -1, .cb = on_event, .user = &sinks[i]};
+        pt_sampler_params_default(&p.sampling);
+        uint64_t id;
+        pt_err err;
+        CHECK(pt_batcher_submit(f.b, &p, &id, &err) == 0);
+    }
+    pt_batcher_pause(f.b, false);
+    for (int i = 0; i < 2; i++) {
+        sink_wait(&sinks[i]);
+        CHECK_MSG(memcmp(sinks[i].tokens, ref[i], sizeof(ref[i])) == 0, "request %d differs from its solo run", i);
+    }
+    pt_batcher_stats st;
+    pt_batcher_get_stats(f.b, &st);
+    CHECK(st.preemptions > 0);
+    if (expect_movable) CHECK_EQ_INT(st.preemptions_movable, st.preemptions);
+    else CHECK_EQ_INT(st.preemptions_movable, 0);
+    fixture_close(&r);
+    fixture_close(&f);
+}
+
+static void test_victim_newest(void) { run_victim(0, false); }
+static void test_victim_movable(void) { run_victim(48, true); }
+
 static void test_cancel_and_limits(void) {
     fixture f;
     if (!fixture_open(&f, 0, 2)) return;
@@ -235,5 +277,6 @@ static void test_request_longer_than_kv_refused(void) {
     fixture_close(&f);
 }
 
-TEST_MAIN(TEST(test_concurrent_matches_solo), TEST(test_preemption_recomputes_exactly), TEST(test_cancel_and_limits),
+TEST_MAIN(TEST(test_concurrent_matches_solo), TEST(test_preemption_recomputes_exactly), TEST(test_victim_newest),
+          TEST(test_victim_movable), TEST(test_cancel_and_limits),
           TEST(test_request_longer_than_kv_refused))

@@ -280,9 +280,9 @@ static void test_layout_json_scheduler(void) {
     pt_sched_stats st = {{0}};
     st.by_reason[PT_SCHED_R_LONG_TO_MERGED] = 3;
     st.by_reason[PT_SCHED_R_MERGE_CANNOT_FIT] = 1;
-    st.by_reason[PT_SCHED_R_PREEMPT_NEWEST] = 2;
+    st.by_reason[PT_SCHED_R_PREEMPT_NEWEST] = 7;
     int allowed[] = {1, 2};
-    pt_layout_sched_view sv = {true, allowed, 2, 500, 0, 2.5, "calibrated at start-up", 4, &st, 5,
+    pt_layout_sched_view sv = {true, allowed, 2, 500, 0, 2.5, "calibrated at start-up", 4, &st,
                                "merge devices 0-1 to TP2"};
     char *text = pt_layout_json(&r, NULL, &sv);
     cJSON *root = cJSON_Parse(text);
@@ -299,7 +299,7 @@ static void test_layout_json_scheduler(void) {
     CHECK(num(item(dec, "place"), "long_to_merged") == 3);
     CHECK(num(item(dec, "place"), "least_loaded") == 0);
     CHECK(num(item(dec, "merge"), "cannot_fit") == 1);
-    CHECK(num(item(dec, "preempt"), "newest") == 7); /* 2 by the scheduler + 5 by the batchers */
+    CHECK(num(item(dec, "preempt"), "newest") == 7);
     CHECK(item(dec, "split") != NULL && item(dec, "no_transformation") != NULL && item(dec, "hold") != NULL);
     cJSON_Delete(root);
     free(text);

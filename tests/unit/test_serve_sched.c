@@ -140,7 +140,8 @@ static void test_metrics(void) {
     pt_sched_stats st = {{0}};
     st.by_reason[PT_SCHED_R_HOLD_FOR_MERGE] = 2;
     st.by_reason[PT_SCHED_R_SPLIT_IDLE] = 1;
-    char *t = pt_place_metrics(&st, 3, 1, true);
+    st.by_reason[PT_SCHED_R_PREEMPT_NEWEST] = 3;
+    char *t = pt_place_metrics(&st, 1, true);
     CHECK(strstr(t, "proteus_scheduler_decisions_total{decision=\"hold\",reason=\"hold_for_merge\"} 2\n") != NULL);
     CHECK(strstr(t, "proteus_scheduler_decisions_total{decision=\"split\",reason=\"not_needed\"} 1\n") != NULL);
     CHECK(strstr(t, "proteus_scheduler_decisions_total{decision=\"preempt\",reason=\"newest\"} 3\n") != NULL);
