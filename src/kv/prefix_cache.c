@@ -127,6 +127,17 @@ static void idle_push(pt_prefix_cache *c, int32_t i) {
     c->st.idle++;
 }
 
+/* At the tail (the next evicted): adopted entries, parents first, so that
+ * each child is evicted before its parent. */
+static void idle_push_tail(pt_prefix_cache *c, int32_t i) {
+    c->e[i].next = -1;
+    c->e[i].prev = c->idle_tail;
+    if (c->idle_tail >= 0) c->e[c->idle_tail].next = i;
+    else c->idle_head = i;
+    c->idle_tail = i;
+    c->st.idle++;
+}
+
 static void idle_remove(pt_prefix_cache *c, int32_t i) {
     entry *x = &c->e[i];
     if (x->prev >= 0) c->e[x->prev].next = x->next;
@@ -345,6 +356,58 @@ void pt_prefix_cache_get_stats(pt_prefix_cache *c, pt_prefix_cache_stats *s) {
     pthread_mutex_lock(&c->mu);
     *s = c->st;
     pthread_mutex_unlock(&c->mu);
+}
+
+size_t pt_prefix_cache_export(pt_prefix_cache *c, pt_prefix_entry *out, size_t cap) {
+    pthread_mutex_lock(&c->mu);
+    size_t n = c->st.entries;
+    uint32_t *depth = n && cap >= n ? malloc((size_t)c->cap * sizeof(*depth)) : NULL;
+    uint32_t *start = depth ? calloc((size_t)c->pages_per_seq + 2, sizeof(*start)) : NULL;
+    if (n && cap >= n && (!depth || !start)) n = 0; /* out of memory: nothing to move */
+    if (n && cap >= n) {
+        /* Each entry's depth (pages before it in its chain), a pass per
+         * level; then the entries by depth, so that each follows its parent. */
+        const uint32_t unknown = UINT32_MAX;
+        for (uint32_t i = 0; i < c->cap; i++) depth[i] = c->e[i].live && c->e[i].parent < 0 ? 0 : unknown;
+        for (bool more = true; more;) {
+            more = false;
+            for (uint32_t i = 0; i < c->cap; i++)
+                if (c->e[i].live && depth[i] == unknown && depth[c->e[i].parent] != unknown) {
+                    depth[i] = depth[c->e[i].parent] + 1;
+                    more = true;
+                }
+        }
+        for (uint32_t i = 0; i < c->cap; i++)
+            if (c->e[i].live) start[depth[i] + 1]++;
+        for (uint32_t d = 1; d <= c->pages_per_seq + 1; d++) start[d] += start[d - 1];
+        /* depth[] becomes each entry's position, and parents are named by theirs. */
+        for (uint32_t i = 0; i < c->cap; i++)
+            if (c->e[i].live) {
+                uint32_t at = start[depth[i]]++;
+                depth[i] = at;
+                out[at] = (pt_prefix_entry){c->e[i].parent, c->e[i].salt, c->tok + (size_t)i * c->P,
+                                            c->slot + (size_t)i * c->G};
+            }
+        for (size_t k = 0; k < n; k++)
+            if (out[k].parent >= 0) out[k].parent = (int32_t)depth[out[k].parent];
+    }
+    free(depth);
+    free(start);
+    pthread_mutex_unlock(&c->mu);
+    return n;
+}
+
+int32_t pt_prefix_cache_adopt(pt_prefix_cache *c, pt_kv_pool *const *pools, int32_t parent, uint64_t salt,
+                              const int32_t *tokens, const uint32_t *slots) {
+    pthread_mutex_lock(&c->mu);
+    int32_t i = -1;
+    bool parent_ok = parent == -1 || (parent >= 0 && (uint32_t)parent < c->cap && c->e[parent].live);
+    if (parent_ok && (i = find(c, parent, salt, tokens)) < 0 && (i = insert(c, pools, parent, salt, tokens, slots)) >= 0) {
+        c->e[i].users = 0;
+        idle_push_tail(c, i);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return i;
 }
 
 uint64_t pt_prefix_cache_salt(const char *s) {

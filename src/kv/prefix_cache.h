@@ -90,6 +90,24 @@ void pt_prefix_cache_clear(pt_prefix_cache *c, pt_kv_pool *const *pools);
 
 void pt_prefix_cache_get_stats(pt_prefix_cache *c, pt_prefix_cache_stats *s);
 
+/* Moving a cache to another instance (a TP transformation): export lists
+ * the entries, adopt recreates one in the other cache. */
+typedef struct {
+    int32_t parent;         /* its parent's position in the list; -1 for a first page */
+    uint64_t salt;
+    const int32_t *tokens;  /* (page_size) valid until the cache changes */
+    const uint32_t *slots;  /* (n_groups) */
+} pt_prefix_entry;
+/* Every entry, each after its parent, into out[0, cap); returns how many
+ * there are (call with cap 0 to size out; 0 when out of memory). */
+size_t pt_prefix_cache_export(pt_prefix_cache *c, pt_prefix_entry *out, size_t cap);
+/* An idle entry for a page that another cache held: its parent (an index
+ * adopt returned, or -1), salt, tokens and slots, on which it takes a
+ * reference each. Returns its index, or the index of an equal entry there
+ * already (then nothing is added); -1 when out of memory. */
+int32_t pt_prefix_cache_adopt(pt_prefix_cache *c, pt_kv_pool *const *pools, int32_t parent, uint64_t salt,
+                              const int32_t *tokens, const uint32_t *slots);
+
 /* A 64-bit salt from a request's cache_salt string (0 for NULL or ""). */
 uint64_t pt_prefix_cache_salt(const char *s);
 

@@ -80,13 +80,14 @@ static void log_op(const pt_relayout_result *res, int k) {
     pt_log(PT_LOG_INFO,
            "transformation xf-%llu op %d/%d (%s): done: %u requests moved; KV %.2f MiB moved (%llu pages pre-copied in "
            "%d stages, %llu in the pause, %llu in place); weights %.2f MiB built, %.2f MiB freed; KV pages %llu -> %llu "
-           "(%llu reserved); pre-copy %.3f s, pause %.2f ms",
+           "(%llu reserved); cached prefix pages %llu kept, %llu dropped; pre-copy %.3f s, pause %.2f ms",
            (unsigned long long)res->id, k + 1, res->plan.n_ops, o->what, o->st.requests_moved,
            xs->kv_bytes_moved / 1048576.0, (unsigned long long)xs->pages_precopied, xs->stages,
            (unsigned long long)xs->pages_at_commit, (unsigned long long)xs->pages_in_place,
            xs->weight_bytes_new / 1048576.0, xs->weight_bytes_freed / 1048576.0,
            (unsigned long long)o->kv_pages_before, (unsigned long long)o->kv_pages_after,
-           (unsigned long long)xs->kv_pages_reserved, o->st.precopy_s, o->st.pause_s * 1e3);
+           (unsigned long long)xs->kv_pages_reserved, (unsigned long long)xs->cached_kept,
+           (unsigned long long)xs->cached_dropped, o->st.precopy_s, o->st.pause_s * 1e3);
 }
 
 static bool op_failed(pt_relayout_op *o, pt_relayout_stage where, const char *why) {

@@ -98,7 +98,7 @@ static uint32_t full_pages(const pt_engine *e, const pt_seq *s) { return s->len 
 static uint32_t n_groups(const pt_xform *x) { return x->src[0]->in.w.n_groups; }
 
 static int transfer(pt_xform *x, pt_comm_transfer *t, size_t n, pt_xform_fail injected, pt_err *err) {
-    if (x->fail == injected) {
+    if (injected != PT_XFORM_FAIL_NONE && x->fail == injected) {
         x->fail = PT_XFORM_FAIL_NONE;
         pt_comm_local_fail_after(x->world, 0);
     }
@@ -611,6 +611,104 @@ static void release_recs(pt_xform *x) {
     x->n_recs = x->n_copied = 0;
 }
 
+/* Whether every target device has free pages for the heads that the
+ * moves copy to it in the pause (pre-copied pages are already there). */
+static bool room_for_moves(pt_xform *x, const pt_xform_move *moves, size_t n) {
+    uint64_t need[PT_FABRIC_MAX_DEVICES] = {0};
+    for (size_t i = 0; i < n; i++) {
+        const pt_engine *e = x->src[moves[i].src], *d = x->dst[moves[i].dst];
+        const pt_seq *s = &e->in.seqs[moves[i].seq];
+        for (uint32_t h = 0; h < n_groups(x); h++) {
+            int sd = dev_of_head(e, h), dd = dev_of_head(d, h);
+            for (uint32_t p = 0; sd != dd && p < s->n_pages; p++) need[dd - x->first] += !precopied(x, &moves[i], s, h, p);
+        }
+    }
+    for (int d = 0; d < x->n_dev; d++)
+        if (need[d] > pt_kv_pool_free_pages(x->pool[d])) return false;
+    return true;
+}
+
+/* Source s's cached prefix pages go to the targets' caches (DESIGN.md
+ * section 6: nothing recomputed): a merge keeps every source's cache, a
+ * split divides a cache by chain, each chain to one target. A head that
+ * stays on its device keeps its page; one that changes device is copied
+ * (in the pause: cached pages are not pre-copied). Best effort: a chain
+ * whose page finds no room on a target device, or a failed copy, is left
+ * behind and freed with the source's cache. Then the source's cache ends. */
+static void move_cache(pt_xform *x, int s) {
+    pt_engine *e = x->src[s];
+    size_t n = e->prefix ? pt_prefix_cache_export(e->prefix, NULL, 0) : 0;
+    uint32_t G = n_groups(x);
+    pt_prefix_entry *ent = n ? malloc(n * sizeof(*ent)) : NULL;
+    int32_t *dst = n ? malloc(n * sizeof(*dst)) : NULL;  /* each entry's target; -1: left behind */
+    int32_t *idx = n ? malloc(n * sizeof(*idx)) : NULL;  /* its index in the target's cache */
+    uint32_t *slots = n ? malloc(n * G * sizeof(*slots)) : NULL; /* (n, G) on the target's devices */
+    pt_comm_transfer *t = n ? malloc(n * G * 2 * (size_t)x->pool[0]->n_layers * sizeof(*t)) : NULL;
+    taken_page *taken = n ? malloc(n * G * sizeof(*taken)) : NULL;
+    size_t n_t = 0, n_taken = 0;
+    if (n && ent && dst && idx && slots && t && taken && pt_prefix_cache_export(e->prefix, ent, n) == n) {
+        uint64_t pages[PT_FABRIC_MAX_DEVICES] = {0};
+        for (size_t i = 0; i < n; i++) {
+            /* A chain stays together; a first page goes where the fewest cached pages went. */
+            int k = -1;
+            if (ent[i].parent >= 0) k = dst[ent[i].parent];
+            else
+                for (int j = 0; j < x->n_dst; j++)
+                    if (x->dst[j]->prefix && (k < 0 || pages[j] < pages[k])) k = j;
+            dst[i] = k;
+            if (k < 0) continue;
+            const pt_engine *d = x->dst[k];
+            size_t first_taken = n_taken, first_t = n_t;
+            for (uint32_t g = 0; g < G; g++) {
+                int sd = dev_of_head(e, g), dd = dev_of_head(d, g);
+                int64_t slot = sd == dd ? (int64_t)ent[i].slots[g] : pt_kv_page_alloc(pool_at(x, dd));
+                if (slot < 0) { /* no room: this page and what follows it stay behind */
+                    for (size_t q = first_taken; q < n_taken; q++) pt_kv_page_release(taken[q].kv, taken[q].slot);
+                    n_taken = first_taken;
+                    n_t = first_t;
+                    dst[i] = -1;
+                    break;
+                }
+                slots[i * G + g] = (uint32_t)slot;
+                if (sd == dd) continue;
+                taken[n_taken++] = (taken_page){pool_at(x, dd), (uint32_t)slot};
+                n_t += pt_page_transfers(t + n_t, pool_at(x, sd), sd, ent[i].slots[g], pool_at(x, dd), dd,
+                                         (uint32_t)slot);
+            }
+            if (dst[i] >= 0) pages[k]++;
+        }
+        pt_err err = {{0}};
+        if (n_t && transfer(x, t, n_t, PT_XFORM_FAIL_NONE, &err) != PT_OK) {
+            pt_log(PT_LOG_INFO, "transformation: cached prefix pages not copied (%s): freed instead", err.msg);
+            for (size_t i = 0; i < n; i++) dst[i] = -1;
+        }
+        /* The targets adopt them, parents first. An adoption takes its own
+         * reference on every slot: the copies' allocation references go
+         * back below, the kept slots' source references with the source's
+         * cache. */
+        for (size_t i = 0; i < n; i++) {
+            int32_t parent = ent[i].parent >= 0 ? idx[ent[i].parent] : -1;
+            idx[i] = -1;
+            if (dst[i] >= 0 && (ent[i].parent < 0 || parent >= 0)) {
+                pt_engine *d = x->dst[dst[i]];
+                pt_kv_pool *pools[PT_MAX_GROUPS];
+                pt_engine_group_pools(d, pools);
+                idx[i] = pt_prefix_cache_adopt(d->prefix, pools, parent, ent[i].salt, ent[i].tokens, slots + i * G);
+            }
+            if (idx[i] >= 0) x->st.cached_kept++;
+            else x->st.cached_dropped++;
+        }
+    }
+    for (size_t q = 0; q < n_taken; q++) pt_kv_page_release(taken[q].kv, taken[q].slot);
+    free(ent);
+    free(dst);
+    free(idx);
+    free(slots);
+    free(t);
+    free(taken);
+    pt_engine_prefix_clear(e);
+}
+
 static int commit_moves(pt_xform *x, pt_xform_move *moves, size_t n, pt_err *err) {
     int rc = check_moves(x, moves, n, err);
     if (rc) return rc;
@@ -625,11 +723,12 @@ static int commit_moves(pt_xform *x, pt_xform_move *moves, size_t n, pt_err *err
     /* The sources' last steps have written their pages (a GPU's queue may
      * still hold them). */
     if (x->cuda && (rc = pt_backend_cuda_sync(x->ordinals + x->first, x->n_dev, err))) return rc;
-    /* The sources' prefix caches end here (their pages are in the pools
-     * that the targets take over; a target starts with an empty cache): the
-     * sequences keep their pages, cached pages no one uses go free. */
-    for (int s = 0; s < x->n_src; s++) pt_engine_prefix_clear(x->src[s]);
     assign_targets(x, moves, n);
+    /* The running requests come first: when a target device lacks free
+     * pages for their moving heads, the sources' cached pages that no
+     * request uses give theirs up (the rest move with their caches below). */
+    if (!room_for_moves(x, moves, n))
+        for (int s = 0; s < x->n_src; s++) pt_engine_prefix_drop_idle(x->src[s]);
     size_t max_pages = 0;
     for (size_t i = 0; i < n; i++) max_pages += x->src[moves[i].src]->in.seqs[moves[i].seq].n_pages;
     max_pages *= n_groups(x);
@@ -678,6 +777,7 @@ static int commit_moves(pt_xform *x, pt_xform_move *moves, size_t n, pt_err *err
     x->st.kv_bytes_moved += x->st.pages_at_commit * x->pool[0]->page_bytes;
     x->st.seqs_moved = (uint32_t)n;
     release_recs(x);
+    for (int s = 0; s < x->n_src; s++) move_cache(x, s);
     /* The pools now serve the targets. */
     for (int s = 0; s < x->n_src; s++)
         for (int r = 0; r < x->src[s]->in.tp; r++) x->src[s]->in.ranks[r].kv = NULL;

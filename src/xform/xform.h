@@ -65,6 +65,8 @@ typedef struct {
     uint64_t pages_at_commit;    /* head pages copied in the pause */
     uint64_t pages_in_place;     /* head pages that stayed on their device */
     uint64_t pages_wasted;       /* pre-copied pages dropped (their request ended or changed) */
+    uint64_t cached_kept;        /* cached prefix pages the targets' caches took over (each a page of every head) */
+    uint64_t cached_dropped;     /* cached prefix pages left behind: no room on a target device */
     uint64_t kv_bytes_moved;
     uint32_t seqs_moved;
     double build_s, precopy_s, commit_s;

@@ -12,13 +12,17 @@ usage: test_prefix_cache.py [PATH/TO/proteus]
     only pages cached under the same salt;
   - bad values of both are 400 with the OpenAI error shape naming the field;
   - at the end, every KV page is free or cached (kv_pages_free == total in
-    GET /v1/layout) and proteus_prefix_cache_pages > 0.
+    GET /v1/layout) and proteus_prefix_cache_pages > 0;
+  - on two CPU devices, the cached pages follow the layout: after a merge
+    [1,1] -> [2] (POST /v1/layout) and a split back, the prompt still finds
+    its 112 tokens, with the same output.
 Exits 77 when the default model or the openai package is missing; prints
 "N passed, N failed" last.
 """
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import serverlib  # noqa: E402
@@ -96,9 +100,34 @@ def test_cache(t):
         t.check("cached pages gauge", (srv.metric("proteus_prefix_cache_pages") or 0) > 0)
 
 
+def relayout(srv, want):
+    st, _, body = srv.request("POST", "/v1/layout", {"layout": want}, timeout=60)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        lay = json.loads(srv.request("GET", "/v1/layout")[2])
+        if not lay["transformation"]["in_progress"] and lay["layout"] == want:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_cache_across_layouts(t):
+    with Server(BIN, ["--devices", "cpu:2", "--layout", "1,1", "--allowed-tp", "1,2", "--max-running", "4"],
+                name="two-devices", threads="2") as srv:
+        cl = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="x")
+        a = prompt_ids(srv, 120)
+        want = complete(cl, srv, a)
+        for lay in ([2], [1, 1]):
+            t.check("layout %s" % lay, relayout(srv, lay))
+            q0, h0 = counts(srv)
+            t.eq("after %s: same output" % lay, complete(cl, srv, a), want)
+            t.eq("after %s: 112 of 120 still cached" % lay, counts(srv), (q0 + 120, h0 + 112))
+
+
 def main():
     t = Runner()
     t.run(test_cache)
+    t.run(test_cache_across_layouts)
     return t.summary()
 
 

@@ -434,5 +434,91 @@ static void test_plan_refused(void) {
     fixture_close(&fx, inst, 2);
 }
 
-TEST_MAIN(TEST(test_merge_split_same_tokens), TEST(test_rollback_each_stage), TEST(test_request_ends_mid_move),
+/* Prefix caches move with the layout: the prompts' full pages cached on two
+ * TP1 instances, merged into a TP2 one, then split back. Each time the
+ * targets hold every cached page (the merge both caches, the split each
+ * chain on one target), a prompt that starts the same way finds its pages
+ * there, and its logits are those of an instance that computed everything
+ * (bit for bit); at the end every page is free or cached and idle. */
+enum { N_CACHED = 2 };
+
+/* Logits of the last of tokens[0, n) on e, its cached prefix reused;
+ * returns the tokens reused. */
+static uint32_t cached_logits(pt_engine *e, const int32_t *tokens, uint32_t n, float *logits) {
+    pt_err err = {{0}};
+    int s = pt_engine_seq_new(e);
+    uint32_t k = pt_engine_seq_prefix_reuse(e, s, tokens, n, 0);
+    pt_batch_entry b = {s, tokens + k, n - k, logits, false};
+    CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
+    pt_engine_seq_prefix_publish(e, s, tokens, n);
+    pt_engine_seq_free(e, s);
+    return k;
+}
+
+static uint32_t cached_on(pt_engine *const *es, int n_e, const int32_t *tokens, uint32_t n, float *logits,
+                          const float *want, uint32_t V) {
+    uint32_t best = 0;
+    for (int i = 0; i < n_e; i++) {
+        uint32_t k = cached_logits(es[i], tokens, n, logits);
+        CHECK_MSG(memcmp(logits, want, V * sizeof(float)) == 0, "instance %d: logits differ with %u cached", i, k);
+        if (k > best) best = k;
+    }
+    return best;
+}
+
+static void test_caches_move_with_the_layout(void) {
+    pt_model_file mf;
+    pt_err err = {{0}};
+    if (pt_model_file_open(&mf, MODEL, &err) != 0) {
+        CHECK_MSG(0, "%s", err.msg);
+        return;
+    }
+    uint32_t V = mf.config.vocab_size;
+    pt_fabric *f = fabric_of(2, 0);
+    pt_engine_opts o = small_opts();
+    o.prefix_cache = true;
+    pt_engine *inst[2] = {engine_with(&mf, f, 0, 1, o), engine_with(&mf, f, 1, 1, o)};
+    /* Prompt i: 37 and 29 tokens (9 and 7 full pages), cached on instance i. */
+    stream p[N_CACHED];
+    float *l = malloc(V * sizeof(float)), *want[N_CACHED];
+    pt_fabric *rf = fabric_of(1, 0);
+    pt_engine *ref = engine_on(&mf, rf, 0, 1);
+    for (int i = 0; i < N_CACHED; i++) {
+        prompt_of(&p[i], 6 + i, V);
+        p[i].n = i ? 29 : 37;
+        CHECK_EQ_INT(cached_logits(inst[i], p[i].tok, p[i].n, l), 0);
+        want[i] = malloc(V * sizeof(float));
+        cached_logits(ref, p[i].tok, p[i].n + 1, want[i]); /* one more token: the pages reused after */
+    }
+    pt_engine_free(ref);
+    pt_fabric_free(rf);
+
+    pt_xform_group tp2 = {0, 2}, tp1s[2] = {{0, 1}, {1, 1}};
+    pt_xform_stats xs;
+    pt_engine *merged[1], *split[2];
+    stream none[N_STREAMS] = {{0}};
+    CHECK_MSG(transform(inst, 2, &tp2, 1, none, 0, 0, PT_XFORM_FAIL_NONE, merged, &xs, &err) == 0, "%s", err.msg);
+    CHECK_EQ_INT(xs.cached_kept, 9 + 7);
+    CHECK_EQ_INT(xs.cached_dropped, 0);
+    for (int i = 0; i < N_CACHED; i++)
+        CHECK_EQ_INT(cached_on(merged, 1, p[i].tok, p[i].n + 1, l, want[i], V), (i ? 7 : 9) * 4);
+    CHECK_MSG(transform(merged, 1, tp1s, 2, none, 0, 0, PT_XFORM_FAIL_NONE, split, &xs, &err) == 0, "%s", err.msg);
+    CHECK_EQ_INT(xs.cached_kept, 9 + 7); /* the lookups above filled no new page */
+    for (int i = 0; i < N_CACHED; i++)
+        CHECK_EQ_INT(cached_on(split, 2, p[i].tok, p[i].n + 1, l, want[i], V), (i ? 7 : 9) * 4);
+    pt_engine_prefix_stats ps[2];
+    pt_engine_prefix_get_stats(split[0], &ps[0]);
+    pt_engine_prefix_get_stats(split[1], &ps[1]);
+    CHECK(ps[0].pages > 0 && ps[1].pages > 0); /* the chains were divided */
+    check_pools_free(split, 2);
+    for (int i = 0; i < N_CACHED; i++) free(want[i]);
+    free(l);
+    for (int i = 0; i < 2; i++) pt_engine_free(split[i]);
+    for (int d = 0; d < 2; d++)
+        for (int c = 0; c < PT_MEM_CLASS_COUNT; c++) CHECK_EQ_INT(pt_device_used(pt_fabric_device(f, d), c), 0);
+    pt_fabric_free(f);
+    pt_model_file_close(&mf);
+}
+
+TEST_MAIN(TEST(test_merge_split_same_tokens), TEST(test_caches_move_with_the_layout), TEST(test_rollback_each_stage), TEST(test_request_ends_mid_move),
           TEST(test_memory_follows_weights), TEST(test_state_machine), TEST(test_plan_refused))
