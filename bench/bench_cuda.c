@@ -1162,7 +1162,7 @@ static int run_decode(pt_engine *e, uint32_t n_seqs, uint32_t prompt_len, int wa
         for (uint32_t k = 0; k < prompt_len; k++) prompt[k] = (int32_t)(mix64(&s) % V);
         for (uint32_t k = 0; k < prompt_len && rc == PT_OK; k += MODEL_BATCH_TOKENS) {
             uint32_t m = prompt_len - k < MODEL_BATCH_TOKENS ? prompt_len - k : MODEL_BATCH_TOKENS;
-            pt_batch_entry pe = {seqs[i], prompt + k, m, NULL, false};
+            pt_batch_entry pe = {seqs[i], prompt + k, m, NULL, false, false};
             rc = pt_engine_step(e, &pe, 1, err);
         }
     }
@@ -1170,7 +1170,7 @@ static int run_decode(pt_engine *e, uint32_t n_seqs, uint32_t prompt_len, int wa
     for (int it = 0; it < warm + steps && rc == PT_OK; it++) {
         for (uint32_t i = 0; i < n_seqs; i++) {
             tok[i] = (int32_t)(mix64(&s) % V);
-            ent[i] = (pt_batch_entry){seqs[i], &tok[i], 1, logits + (size_t)i * V, false};
+            ent[i] = (pt_batch_entry){seqs[i], &tok[i], 1, logits + (size_t)i * V, false, false};
         }
         double a = now_s();
         rc = pt_engine_step(e, ent, n_seqs, err);

@@ -53,7 +53,7 @@ static void prefill(pt_engine *e, int seq, const int32_t *ids, size_t n, float *
     pt_err err = {{0}};
     for (size_t i = 0; i < n; i += 512) {
         uint32_t m = (uint32_t)(n - i < 512 ? n - i : 512);
-        pt_batch_entry b = {seq, ids + i, m, i + m == n ? logits : NULL, false};
+        pt_batch_entry b = {seq, ids + i, m, i + m == n ? logits : NULL, false, false};
         if (pt_engine_step(e, &b, 1, &err) != 0) {
             fprintf(stderr, "bench_page_select: %s\n", err.msg);
             exit(1);
@@ -98,7 +98,7 @@ static text_result eval_text(pt_model_file *mf, int threads, uint32_t budget, co
         int32_t best = argmax(logits, V);
         if (record) top1[i] = best;
         agree += top1[i] == best;
-        pt_batch_entry b = {seq, &next, 1, logits, false};
+        pt_batch_entry b = {seq, &next, 1, logits, false, false};
         double t0 = pt_now();
         if (pt_engine_step(e, &b, 1, &err) != 0) {
             fprintf(stderr, "bench_page_select: %s\n", err.msg);
@@ -145,7 +145,7 @@ static bool passkey_trial(pt_model_file *mf, const pt_tokenizer *tok, int thread
     int32_t out[8];
     for (int i = 0; i < 8; i++) {
         out[i] = argmax(logits, V);
-        pt_batch_entry b = {seq, &out[i], 1, logits, false};
+        pt_batch_entry b = {seq, &out[i], 1, logits, false, false};
         if (pt_engine_step(e, &b, 1, &err) != 0) break;
     }
     char *text = NULL;

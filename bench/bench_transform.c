@@ -205,7 +205,7 @@ static void *prefill_main(void *arg) {
         for (uint32_t at = pt_engine_seq_len(e, s); at < j->len && !j->rc;) {
             uint32_t m = j->len - at < chunk ? j->len - at : chunk;
             for (uint32_t k = 0; k < m; k++) tok[k] = token_at(b, i, at + k);
-            pt_batch_entry be = {s, tok, m, NULL, false};
+            pt_batch_entry be = {s, tok, m, NULL, false, false};
             j->rc = pt_engine_step(e, &be, 1, &j->err);
             at += m;
         }
@@ -252,7 +252,7 @@ static double decode_step(bench *b, int k) {
     for (int i = 0; i < b->a->n_seqs; i++) {
         if (b->L.where[i] != k) continue;
         tok[n] = token_at(b, i, pt_engine_seq_len(e, b->L.id[i]));
-        be[n] = (pt_batch_entry){b->L.id[i], &tok[n], 1, b->logits + (size_t)i * b->V, false};
+        be[n] = (pt_batch_entry){b->L.id[i], &tok[n], 1, b->logits + (size_t)i * b->V, false, false};
         n++;
     }
     pt_err err = {{0}};

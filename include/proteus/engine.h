@@ -154,6 +154,8 @@ typedef struct {
     float *logits;        /* NULL, or vocab floats for the last token, or
                              n_tokens * vocab floats when all_logits */
     bool all_logits;
+    bool prompt;          /* a chunk of a prompt: attended densely, also when it is one token (a single
+                             token otherwise counts as a decode, for query-aware page selection) */
 } pt_batch_entry;
 
 /* Runs one forward step over all entries together. Fails without changing any

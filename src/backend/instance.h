@@ -77,6 +77,7 @@ typedef struct pt_instance {
     const int32_t *tok;   /* (T) */
     const int *tok_seq;   /* (T) */
     const uint32_t *tok_pos; /* (T) */
+    const uint8_t *tok_prompt; /* (T) 1: a prompt token (attended densely even alone in its step) */
     uint32_t n_out;       /* rows that want logits */
     const uint32_t *out_row; /* (n_out) token row index */
     size_t scratch_len;   /* floats of per-thread scratch: max(max_ctx, d_model) + 2 * pages_per_seq */
@@ -108,7 +109,8 @@ static inline int pt_rank_of_group(const pt_instance *e, uint32_t g) {
  * sequence in the step), and whether query-aware page selection applies to
  * it in `layer` (DESIGN.md section 5). */
 static inline bool pt_step_is_decode(const pt_instance *e, uint32_t t) {
-    return (t == 0 || e->tok_seq[t - 1] != e->tok_seq[t]) && (t + 1 == e->T || e->tok_seq[t + 1] != e->tok_seq[t]);
+    return !e->tok_prompt[t] && (t == 0 || e->tok_seq[t - 1] != e->tok_seq[t]) &&
+           (t + 1 == e->T || e->tok_seq[t + 1] != e->tok_seq[t]);
 }
 static inline bool pt_select_applies(const pt_instance *e, uint32_t layer, uint32_t t) {
     return e->opts.select_budget > 0 && layer >= e->opts.select_dense_layers &&

@@ -191,7 +191,7 @@ int cmd_generate(int argc, char **argv) {
     double t0 = pt_now();
     for (size_t i = 0; i < n_prompt; i += o.max_batch_tokens) {
         size_t m = n_prompt - i < o.max_batch_tokens ? n_prompt - i : o.max_batch_tokens;
-        pt_batch_entry b = {seq, ids + i, (uint32_t)m, i + m == n_prompt ? logits : NULL, false};
+        pt_batch_entry b = {seq, ids + i, (uint32_t)m, i + m == n_prompt ? logits : NULL, false, false};
         if (pt_engine_step(e, &b, 1, &err) != 0) goto out;
     }
     double t1 = pt_now();
@@ -228,7 +228,7 @@ int cmd_generate(int argc, char **argv) {
             break;
         }
         if (n_gen == a.n_predict) break;
-        pt_batch_entry b = {seq, &next, 1, logits, false};
+        pt_batch_entry b = {seq, &next, 1, logits, false, false};
         if (pt_engine_step(e, &b, 1, &err) != 0) {
             free(piece);
             goto out;

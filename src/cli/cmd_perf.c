@@ -97,14 +97,14 @@ int cmd_perf(int argc, char **argv) {
     for (long r = -1; r < reps && rc == CLI_OK; r++) {
         int s = pt_engine_seq_new(e);
         double t0 = pt_now();
-        pt_batch_entry b = {s, prompt, (uint32_t)pp, logits, false};
+        pt_batch_entry b = {s, prompt, (uint32_t)pp, logits, false, false};
         if (pt_engine_step(e, &b, 1, &err) != 0) rc = CLI_FAIL;
         double t1 = pt_now();
         for (long g = 0; g < tg && rc == CLI_OK; g++) {
             int32_t best = 0;
             for (uint32_t v = 1; v < V; v++)
                 if (logits[v] > logits[best]) best = (int32_t)v;
-            pt_batch_entry d = {s, &best, 1, logits, false};
+            pt_batch_entry d = {s, &best, 1, logits, false, false};
             if (pt_engine_step(e, &d, 1, &err) != 0) rc = CLI_FAIL;
         }
         double t2 = pt_now();

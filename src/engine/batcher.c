@@ -419,7 +419,8 @@ static size_t build_step(pt_batcher *b) {
     for (uint32_t i = 0; i < b->n_running && budget > 0; i++) {
         req *r = b->running[i];
         if (r->state != RQ_DECODE) continue;
-        b->entries[n] = (pt_batch_entry){r->seq, &r->tokens[r->n_prompt + r->n_gen - 1], 1, b->logits + n * b->V, false};
+        b->entries[n] =
+            (pt_batch_entry){r->seq, &r->tokens[r->n_prompt + r->n_gen - 1], 1, b->logits + n * b->V, false, false};
         b->entry_req[n++] = r;
         budget--;
     }
@@ -438,7 +439,7 @@ static size_t build_step(pt_batcher *b) {
         if (m > budget) m = budget;
         bool last = best->n_cached + m == best->n_target;
         b->entries[n] = (pt_batch_entry){best->seq, best->tokens + best->n_cached, m,
-                                          last && !best->resume_decode ? b->logits + n * b->V : NULL, false};
+                                          last && !best->resume_decode ? b->logits + n * b->V : NULL, false, true};
         b->entry_req[n++] = best;
         budget -= m;
     }

@@ -139,6 +139,7 @@ void pt_engine_free(pt_engine *e) {
     free(e->stage_tok);
     free(e->stage_seq);
     free(e->stage_pos);
+    free(e->stage_prompt);
     free(e->stage_out);
     pt_weights_free(&e->in.w);
     pt_fabric_free(e->own_fabric);
@@ -206,9 +207,11 @@ int pt_engine_create_ranks(pt_engine **out, const pt_model_file *mf, pt_fabric *
     e->stage_tok = malloc(Tm * sizeof(int32_t));
     e->stage_seq = malloc(Tm * sizeof(int));
     e->stage_pos = malloc(Tm * sizeof(uint32_t));
+    e->stage_prompt = malloc(Tm);
     e->stage_out = malloc(e->in.max_out * sizeof(uint32_t));
     e->in.seqs = calloc(o->max_seqs, sizeof(pt_seq));
-    bool ok = e->in.ranks && e->stage_tok && e->stage_seq && e->stage_pos && e->stage_out && e->in.seqs;
+    bool ok = e->in.ranks && e->stage_tok && e->stage_seq && e->stage_pos && e->stage_prompt && e->stage_out &&
+              e->in.seqs;
     for (int i = 0; ok && i < tp; i++) {
         pt_rank *r = &e->in.ranks[i];
         r->rank = i;
@@ -401,6 +404,7 @@ int pt_engine_step(pt_engine *e, const pt_batch_entry *entries, size_t n_entries
             e->stage_tok[t] = b->tokens[j];
             e->stage_seq[t] = b->seq;
             e->stage_pos[t] = len + j;
+            e->stage_prompt[t] = b->prompt;
             if (b->logits && (b->all_logits || j + 1 == b->n_tokens)) e->stage_out[o++] = t;
         }
     }
@@ -408,6 +412,7 @@ int pt_engine_step(pt_engine *e, const pt_batch_entry *entries, size_t n_entries
     e->in.tok = e->stage_tok;
     e->in.tok_seq = e->stage_seq;
     e->in.tok_pos = e->stage_pos;
+    e->in.tok_prompt = e->stage_prompt;
     e->in.n_out = n_out;
     e->in.out_row = e->stage_out;
 
@@ -440,7 +445,7 @@ int pt_engine_eval_logits(pt_engine *e, const int32_t *tokens, uint32_t n, float
     int rc = PT_OK;
     for (uint32_t i = 0; i < n && rc == PT_OK; i += chunk) {
         uint32_t m = n - i < chunk ? n - i : chunk;
-        pt_batch_entry b = {seq, tokens + i, m, logits + (size_t)i * e->in.w.cfg.vocab_size, true};
+        pt_batch_entry b = {seq, tokens + i, m, logits + (size_t)i * e->in.w.cfg.vocab_size, true, false};
         rc = pt_engine_step(e, &b, 1, err);
     }
     pt_engine_seq_free(e, seq);

@@ -19,6 +19,7 @@ struct pt_engine {
     int32_t *stage_tok;
     int *stage_seq;
     uint32_t *stage_pos;
+    uint8_t *stage_prompt;
     uint32_t *stage_out;
     pt_prefix_cache *prefix; /* NULL when opts.prefix_cache is off */
 };

@@ -212,7 +212,7 @@ static double step(bench *b, const int *seqs, const uint32_t *lens, int n, float
     *shape = (pt_step_shape){0};
     for (int k = 0; k < n && k < MAX_BATCH; k++) {
         uint32_t ctx = pt_engine_seq_len(b->e, seqs[k]);
-        en[k] = (pt_batch_entry){seqs[k], b->tokens + (ctx % 64), lens[k], logits + (size_t)k * b->vocab, false};
+        en[k] = (pt_batch_entry){seqs[k], b->tokens + (ctx % 64), lens[k], logits + (size_t)k * b->vocab, false, false};
         pt_cost_shape_add(shape, ctx, lens[k]);
     }
     double t0 = pt_now();

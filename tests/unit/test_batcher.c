@@ -54,14 +54,14 @@ static void reference(pt_engine *e, const int32_t *prompt, int n, int32_t *out) 
     float *l = malloc(V * sizeof(float));
     pt_err err;
     int s = pt_engine_seq_new(e);
-    pt_batch_entry b = {s, prompt, (uint32_t)n, l, false};
+    pt_batch_entry b = {s, prompt, (uint32_t)n, l, false, false};
     CHECK(pt_engine_step(e, &b, 1, &err) == 0);
     for (int g = 0; g < GEN; g++) {
         int32_t best = 0;
         for (uint32_t v = 1; v < V; v++)
             if (l[v] > l[best]) best = (int32_t)v;
         out[g] = best;
-        pt_batch_entry d = {s, &out[g], 1, l, false};
+        pt_batch_entry d = {s, &out[g], 1, l, false, false};
         if (g + 1 < GEN) CHECK(pt_engine_step(e, &d, 1, &err) == 0);
     }
     pt_engine_seq_free(e, s);

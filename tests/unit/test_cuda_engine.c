@@ -138,12 +138,12 @@ static void run_sequence(pt_engine *e, float *out, int32_t *fed, bool choose) {
     int s = pt_engine_seq_new(e);
     for (uint32_t i = 0; i < PROMPT; i += 16) {
         uint32_t m = PROMPT - i < 16 ? PROMPT - i : 16;
-        pt_batch_entry b = {s, prompt + i, m, out + (size_t)i * V, true};
+        pt_batch_entry b = {s, prompt + i, m, out + (size_t)i * V, true, false};
         CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
     }
     for (int g = 0; g < GEN; g++) {
         if (choose) fed[g] = argmax(out + (size_t)(PROMPT - 1 + g) * V);
-        pt_batch_entry b = {s, &fed[g], 1, out + (size_t)(PROMPT + g) * V, false};
+        pt_batch_entry b = {s, &fed[g], 1, out + (size_t)(PROMPT + g) * V, false, false};
         CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
     }
     pt_engine_seq_free(e, s);
@@ -161,15 +161,15 @@ static void run_mixed(pt_engine *e, float *out) {
         prompt_tokens(buf, lens[i], 10 + (uint32_t)i);
         for (uint32_t j = 0; j < lens[i]; j += 64) {
             uint32_t m = lens[i] - j < 64 ? lens[i] - j : 64;
-            pt_batch_entry b = {seqs[i], buf + j, m, NULL, false};
+            pt_batch_entry b = {seqs[i], buf + j, m, NULL, false, false};
             CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
         }
     }
     int32_t pre[20], d1 = 5, d2 = 6;
     prompt_tokens(pre, 20, 99);
-    pt_batch_entry b[3] = {{seqs[1], &d1, 1, out, false},
-                           {seqs[0], pre, 20, out + V, false},
-                           {seqs[2], &d2, 1, out + 2 * (size_t)V, false}};
+    pt_batch_entry b[3] = {{seqs[1], &d1, 1, out, false, false},
+                           {seqs[0], pre, 20, out + V, false, false},
+                           {seqs[2], &d2, 1, out + 2 * (size_t)V, false, false}};
     CHECK_MSG(pt_engine_step(e, b, 3, &err) == 0, "%s", err.msg);
     for (int i = 0; i < 3; i++) pt_engine_seq_free(e, seqs[i]);
 }
@@ -187,14 +187,14 @@ static void run_decode_pair(pt_engine *e, float *out) {
         prompt_tokens(buf, 250, 20 + (uint32_t)i);
         for (uint32_t j = 0; j < 250; j += 64) {
             uint32_t m = 250 - j < 64 ? 250 - j : 64;
-            pt_batch_entry b = {seqs[i], buf + j, m, NULL, false};
+            pt_batch_entry b = {seqs[i], buf + j, m, NULL, false, false};
             CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
         }
     }
     for (int g = 0; g < PAIR_STEPS; g++) {
         int32_t t0 = (int32_t)(g * 7 + 1), t1 = (int32_t)(g * 11 + 2);
-        pt_batch_entry b[2] = {{seqs[0], &t0, 1, out + (size_t)(2 * g) * V, false},
-                               {seqs[1], &t1, 1, out + (size_t)(2 * g + 1) * V, false}};
+        pt_batch_entry b[2] = {{seqs[0], &t0, 1, out + (size_t)(2 * g) * V, false, false},
+                               {seqs[1], &t1, 1, out + (size_t)(2 * g + 1) * V, false, false}};
         CHECK_MSG(pt_engine_step(e, b, 2, &err) == 0, "%s", err.msg);
     }
     for (int i = 0; i < 2; i++) pt_engine_seq_free(e, seqs[i]);
@@ -208,12 +208,12 @@ static void run_selected(pt_engine *e, float *out, int32_t *fed, bool choose) {
     int s = pt_engine_seq_new(e);
     for (uint32_t j = 0; j < 600; j += 64) {
         uint32_t m = 600 - j < 64 ? 600 - j : 64;
-        pt_batch_entry b = {s, buf + j, m, j + m == 600 ? out : NULL, false};
+        pt_batch_entry b = {s, buf + j, m, j + m == 600 ? out : NULL, false, false};
         CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
     }
     for (int g = 0; g < GEN; g++) {
         if (choose) fed[g] = argmax(out + (size_t)g * V);
-        pt_batch_entry b = {s, &fed[g], 1, out + (size_t)(g + 1) * V, false};
+        pt_batch_entry b = {s, &fed[g], 1, out + (size_t)(g + 1) * V, false, false};
         CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
     }
     pt_engine_seq_free(e, s);

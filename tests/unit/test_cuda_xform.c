@@ -61,7 +61,7 @@ typedef struct {
 static void step_both(twin *t, pt_engine *cpu, const int32_t *tok, uint32_t n, double *min_cos, double *max_rel) {
     float *g = malloc(V * sizeof(float)), *c = malloc(V * sizeof(float));
     pt_err err = {{0}};
-    pt_batch_entry bg = {t->seq, tok, n, g, false}, bc = {t->cpu_seq, tok, n, c, false};
+    pt_batch_entry bg = {t->seq, tok, n, g, false, false}, bc = {t->cpu_seq, tok, n, c, false, false};
     CHECK_MSG(pt_engine_step(t->e, &bg, 1, &err) == 0, "GPU step: %s", err.msg);
     CHECK_MSG(pt_engine_step(cpu, &bc, 1, &err) == 0, "CPU step: %s", err.msg);
     compare(g, c, min_cos, max_rel);

@@ -41,7 +41,7 @@ static void run_alone(pt_engine *e, const int32_t *prompt, uint32_t n, uint32_t 
     int s = pt_engine_seq_new(e);
     for (uint32_t i = 0; i < n; i += chunk) {
         uint32_t m = n - i < chunk ? n - i : chunk;
-        pt_batch_entry b = {s, prompt + i, m, i + m == n ? out : NULL, false};
+        pt_batch_entry b = {s, prompt + i, m, i + m == n ? out : NULL, false, false};
         CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
     }
     for (int g = 0; g < gen; g++) {
@@ -49,7 +49,7 @@ static void run_alone(pt_engine *e, const int32_t *prompt, uint32_t n, uint32_t 
         int32_t best = 0;
         for (uint32_t v = 1; v < V; v++)
             if (l[v] > l[best]) best = (int32_t)v;
-        pt_batch_entry b = {s, &best, 1, out + (size_t)(g + 1) * V, false};
+        pt_batch_entry b = {s, &best, 1, out + (size_t)(g + 1) * V, false, false};
         CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
     }
     pt_engine_seq_free(e, s);
@@ -85,9 +85,9 @@ static void check_model(const char *path) {
     /* Batched with two other sequences: one mid-prefill, one decoding. */
     {
         int a = pt_engine_seq_new(e), b = pt_engine_seq_new(e), c = pt_engine_seq_new(e);
-        pt_batch_entry pre = {c, other, 20, NULL, false};
+        pt_batch_entry pre = {c, other, 20, NULL, false, false};
         CHECK(pt_engine_step(e, &pre, 1, &err) == 0);
-        pt_batch_entry step1[3] = {{b, other, 9, junk, false}, {a, prompt, N, got, false}, {c, other + 20, 3, junk, false}};
+        pt_batch_entry step1[3] = {{b, other, 9, junk, false, false}, {a, prompt, N, got, false, false}, {c, other + 20, 3, junk, false, false}};
         CHECK_MSG(pt_engine_step(e, step1, 3, &err) == 0, "%s", err.msg);
         for (int g = 0; g < GEN; g++) {
             const float *l = got + (size_t)g * V;
@@ -95,8 +95,8 @@ static void check_model(const char *path) {
             for (uint32_t v = 1; v < V; v++)
                 if (l[v] > l[best]) best = (int32_t)v;
             int32_t tb = other[g], tc = other[g + 5];
-            pt_batch_entry st[3] = {{c, &tc, 1, junk, false}, {a, &best, 1, got + (size_t)(g + 1) * V, false},
-                                    {b, &tb, 1, junk, false}};
+            pt_batch_entry st[3] = {{c, &tc, 1, junk, false, false}, {a, &best, 1, got + (size_t)(g + 1) * V, false, false},
+                                    {b, &tb, 1, junk, false, false}};
             CHECK_MSG(pt_engine_step(e, st, 3, &err) == 0, "%s", err.msg);
         }
         CHECK_MSG(memcmp(ref, got, sz * sizeof(float)) == 0, "%s: batched run differs", path);

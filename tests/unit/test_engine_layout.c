@@ -38,7 +38,7 @@ static void decode_steps(pt_engine *e, int s, float *l, int from, int to) {
         int32_t best = 0;
         for (uint32_t v = 1; v < V; v++)
             if (x[v] > x[best]) best = (int32_t)v;
-        pt_batch_entry b = {s, &best, 1, l + (size_t)(g + 1) * V, false};
+        pt_batch_entry b = {s, &best, 1, l + (size_t)(g + 1) * V, false, false};
         CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
     }
 }
@@ -53,7 +53,7 @@ static void run_greedy(pt_engine *e, float *out) {
     int s = pt_engine_seq_new(e);
     for (uint32_t i = 0; i < N_PROMPT; i += 7) {
         uint32_t m = N_PROMPT - i < 7 ? N_PROMPT - i : 7;
-        pt_batch_entry b = {s, prompt + i, m, i + m == N_PROMPT ? out : NULL, false};
+        pt_batch_entry b = {s, prompt + i, m, i + m == N_PROMPT ? out : NULL, false, false};
         CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
     }
     decode_steps(e, s, out, 0, GEN);
@@ -241,7 +241,7 @@ static void test_comm_failure(void) {
     }
     int s = pt_engine_seq_new(e);
     int32_t toks[5] = {1, 2, 3, 4, 5};
-    pt_batch_entry b = {s, toks, 5, NULL, false};
+    pt_batch_entry b = {s, toks, 5, NULL, false, false};
     CHECK(pt_engine_step(e, &b, 1, &err) == 0);
     uint64_t total, free_before, free_after;
     pt_engine_kv_pages(e, 0, &total, &free_before);
@@ -281,7 +281,7 @@ static void test_detach_attach(void) {
     int32_t prompt[N_PROMPT];
     for (uint32_t i = 0; i < N_PROMPT; i++) prompt[i] = (int32_t)((i * 40503u + 7) % V);
     int s = pt_engine_seq_new(a);
-    pt_batch_entry pre = {s, prompt, N_PROMPT, got, false};
+    pt_batch_entry pre = {s, prompt, N_PROMPT, got, false, false};
     CHECK(pt_engine_step(a, &pre, 1, &err) == 0);
     decode_steps(a, s, got, 0, 2);
     uint64_t total, free_a0, free_a1, free_b0, free_b1;

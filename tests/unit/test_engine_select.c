@@ -35,7 +35,7 @@ static void run(uint32_t budget, uint32_t dense_layers, float *out, int32_t *tok
     int s = pt_engine_seq_new(e);
     for (uint32_t i = 0; i < PROMPT; i += 128) {
         uint32_t m = PROMPT - i < 128 ? PROMPT - i : 128;
-        pt_batch_entry b = {s, prompt + i, m, i + m == PROMPT ? out : NULL, false};
+        pt_batch_entry b = {s, prompt + i, m, i + m == PROMPT ? out : NULL, false, false};
         CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
     }
     for (int g = 0; g < GEN; g++) {
@@ -46,7 +46,7 @@ static void run(uint32_t budget, uint32_t dense_layers, float *out, int32_t *tok
                 if (l[v] > l[best]) best = (int32_t)v;
             tokens[g] = best;
         }
-        pt_batch_entry b = {s, &tokens[g], 1, out + (size_t)(g + 1) * V, false};
+        pt_batch_entry b = {s, &tokens[g], 1, out + (size_t)(g + 1) * V, false, false};
         CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
     }
     pt_engine_free(e);

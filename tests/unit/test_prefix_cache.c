@@ -234,7 +234,7 @@ typedef struct {
     pt_batcher *b;
 } fixture;
 
-static bool fixture_open(fixture *f, bool cache, int tp, uint64_t kv_pages) {
+static bool fixture_open(fixture *f, bool cache, int tp, uint64_t kv_pages, uint32_t select_budget) {
     pt_err err;
     memset(f, 0, sizeof(*f));
     if (pt_model_file_open(&f->mf, "synthetic:tiny-llama", &err) || pt_tokenizer_load(&f->tok, &f->mf, &err)) {
@@ -250,6 +250,8 @@ static bool fixture_open(fixture *f, bool cache, int tp, uint64_t kv_pages) {
     o.kv_pages = kv_pages;
     o.page_size = 4;
     o.prefix_cache = cache;
+    o.select_budget = select_budget;
+    o.select_dense_layers = 0;
     if (pt_engine_create(&f->e, &f->mf, &o, &err)) {
         CHECK_MSG(0, "%s", err.msg);
         return false;
@@ -309,7 +311,11 @@ static void same_outputs(const sink *a, const sink *b, int cancel) {
         CHECK_EQ_INT(a[i].n, GEN);
         CHECK_EQ_INT(b[i].n, GEN);
         CHECK_MSG(memcmp(a[i].tokens, b[i].tokens, GEN * sizeof(int32_t)) == 0, "request %d: tokens differ", i);
-        CHECK_MSG(memcmp(a[i].logprobs, b[i].logprobs, GEN * sizeof(float)) == 0, "request %d: logprobs differ", i);
+        int at = -1; /* the first token whose logprob differs */
+        for (int g = GEN - 1; g >= 0; g--)
+            if (a[i].logprobs[g] != b[i].logprobs[g]) at = g;
+        CHECK_MSG(at < 0, "request %d: logprobs differ from token %d on (%.9g vs %.9g)", i, at,
+                  at < 0 ? 0 : a[i].logprobs[at], at < 0 ? 0 : b[i].logprobs[at]);
     }
 }
 
@@ -329,13 +335,14 @@ static void all_pages_reclaimable(fixture *f) {
     CHECK_EQ_INT(ps.idle_pages, ps.pages);
 }
 
-static void run_case(int tp, uint64_t kv_pages, bool expect_evictions) {
+static void run_case(int tp, uint64_t kv_pages, bool expect_evictions, uint32_t select_budget) {
     int32_t prompts[N_REQ][48];
     int lens[N_REQ];
     int shared = make_prompts(prompts, lens);
     static const int forward[N_REQ] = {0, 1, 2, 3, 4, 5}, backward[N_REQ] = {5, 4, 3, 2, 1, 0};
     fixture off, on;
-    if (!fixture_open(&off, false, tp, kv_pages) || !fixture_open(&on, true, tp, kv_pages)) return;
+    if (!fixture_open(&off, false, tp, kv_pages, select_budget) || !fixture_open(&on, true, tp, kv_pages, select_budget))
+        return;
     sink ref[N_REQ], got[N_REQ];
     run_requests(&off, prompts, lens, forward, false, -1, ref);
 
@@ -363,10 +370,15 @@ static void run_case(int tp, uint64_t kv_pages, bool expect_evictions) {
     fixture_close(&on);
 }
 
-static void test_batcher_same_outputs_tp1(void) { run_case(1, 0, false); }
-static void test_batcher_same_outputs_tp2(void) { run_case(2, 0, false); }
+static void test_batcher_same_outputs_tp1(void) { run_case(1, 0, false, 0); }
+static void test_batcher_same_outputs_tp2(void) { run_case(2, 0, false, 0); }
 /* 48 head pages over 2 heads: 24 pages of 4 tokens, 96 tokens for all six. */
-static void test_batcher_under_eviction(void) { run_case(1, 48, true); }
+static void test_batcher_under_eviction(void) { run_case(1, 48, true, 0); }
+/* Query-aware page selection in every layer past 16 tokens: decodes attend
+ * to chosen pages, so only the prompts' pages are cached (a decoded page's
+ * keys depend on that choice); the shared prompt pages are still found. */
+static void test_batcher_with_page_selection(void) { run_case(1, 0, false, 16); }
 
 TEST_MAIN(TEST(test_attach_publish_reuse), TEST(test_evict_lru_leaf_first), TEST(test_duplicate_and_clear),
-          TEST(test_batcher_same_outputs_tp1), TEST(test_batcher_same_outputs_tp2), TEST(test_batcher_under_eviction))
+          TEST(test_batcher_same_outputs_tp1), TEST(test_batcher_same_outputs_tp2), TEST(test_batcher_under_eviction),
+          TEST(test_batcher_with_page_selection))

@@ -76,7 +76,7 @@ static void start(stream *s, pt_engine *e) {
     pt_err err = {{0}};
     s->e = e;
     s->seq = pt_engine_seq_new(e);
-    pt_batch_entry b = {s->seq, s->tok, s->n, l, false};
+    pt_batch_entry b = {s->seq, s->tok, s->n, l, false, false};
     CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
     s->tok[s->n++] = argmax(l, V);
     free(l);
@@ -90,7 +90,7 @@ static void decode(pt_engine *e, stream *st, int n) {
     float *l = malloc((size_t)N_STREAMS * V * sizeof(float));
     for (int i = 0; i < n; i++)
         if (st[i].e == e && st[i].n < MAX_TOK) {
-            b[m] = (pt_batch_entry){st[i].seq, &st[i].tok[st[i].n - 1], 1, l + (size_t)m * V, false};
+            b[m] = (pt_batch_entry){st[i].seq, &st[i].tok[st[i].n - 1], 1, l + (size_t)m * V, false, false};
             idx[m++] = i;
         }
     pt_err err = {{0}};
@@ -448,7 +448,7 @@ static uint32_t cached_logits(pt_engine *e, const int32_t *tokens, uint32_t n, f
     pt_err err = {{0}};
     int s = pt_engine_seq_new(e);
     uint32_t k = pt_engine_seq_prefix_reuse(e, s, tokens, n, 0);
-    pt_batch_entry b = {s, tokens + k, n - k, logits, false};
+    pt_batch_entry b = {s, tokens + k, n - k, logits, false, false};
     CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
     pt_engine_seq_prefix_publish(e, s, tokens, n);
     pt_engine_seq_free(e, s);

@@ -117,11 +117,13 @@ static step_shape stage_step(cuda_backend *cb, const pt_instance *e) {
     /* Stable partition: decode runs to the front. */
     kcuda_run *tmp = cb->runs_tmp;
     uint32_t k = 0;
+    /* A decode: one token of a sequence that is not a prompt's (a prompt
+     * chunk of one token stays dense, with the prefills). */
     for (uint32_t i = 0; i < n_runs; i++)
-        if (runs[i].n_tokens == 1) tmp[k++] = runs[i];
+        if (runs[i].n_tokens == 1 && !e->tok_prompt[runs[i].row0]) tmp[k++] = runs[i];
     sh.n_dec = k;
     for (uint32_t i = 0; i < n_runs; i++)
-        if (runs[i].n_tokens != 1) tmp[k++] = runs[i];
+        if (!(runs[i].n_tokens == 1 && !e->tok_prompt[runs[i].row0])) tmp[k++] = runs[i];
     sh.n_pre = n_runs - sh.n_dec;
     memcpy(runs, tmp, n_runs * sizeof(kcuda_run));
     for (uint32_t i = 0; i < n_runs; i++) {
