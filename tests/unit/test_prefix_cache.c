@@ -365,7 +365,12 @@ static void run_case(int tp, uint64_t kv_pages, bool expect_evictions, uint32_t 
     same_outputs(ref, got, 2);
     all_pages_reclaimable(&on);
     pt_engine_prefix_get_stats(on.e, &ps);
-    if (expect_evictions) CHECK_MSG(ps.evictions > 0, "no eviction under a budget of %llu pages", (unsigned long long)kv_pages);
+    if (expect_evictions) {
+        pt_batcher_stats bs;
+        pt_batcher_get_stats(on.b, &bs);
+        CHECK_MSG(ps.evictions > 0, "no eviction under a budget of %llu pages", (unsigned long long)kv_pages);
+        CHECK_MSG(bs.preemptions > 0, "no preemption under a budget of %llu pages", (unsigned long long)kv_pages);
+    }
     fixture_close(&off);
     fixture_close(&on);
 }
