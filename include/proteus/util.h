@@ -65,5 +65,7 @@ void pt_rng_seed(pt_rng *rng, uint64_t seed);
 uint64_t pt_rng_next(pt_rng *rng);
 /* Uniform in [0, 1) with 24 random bits. */
 float pt_rng_uniform(pt_rng *rng);
+/* splitmix64's finaliser: a well-mixed 64-bit hash of a 64-bit value. */
+uint64_t pt_mix64(uint64_t x);
 
 #endif

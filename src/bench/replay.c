@@ -43,13 +43,8 @@ void pt_replay_lengths(const pt_replay_opts *o, uint32_t in, uint32_t out, uint3
     *out_out = out;
 }
 
-/* splitmix64's finaliser: a well-mixed 64-bit hash of a 64-bit value. */
-static uint64_t mix64(uint64_t x) {
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
+/* One splitmix64 step from x: a well-mixed 64-bit hash of it. */
+static uint64_t mix64(uint64_t x) { return pt_mix64(x + 0x9e3779b97f4a7c15ull); }
 
 /* Uniform in (0, 1): 53 random bits, never 0, so log() is finite. */
 static double uniform_open(pt_rng *r) { return ((double)(pt_rng_next(r) >> 11) + 0.5) * (1.0 / 9007199254740992.0); }

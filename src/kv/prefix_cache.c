@@ -46,18 +46,9 @@ struct pt_prefix_cache {
     pt_prefix_cache_stats st;
 };
 
-/* splitmix64's finaliser. */
-static uint64_t mix64(uint64_t x) {
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ull;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
 static uint64_t page_key(const pt_prefix_cache *c, int32_t parent, uint64_t salt, const int32_t *tokens) {
-    uint64_t h = parent >= 0 ? c->e[parent].key : mix64(salt ^ 0x70726566697821ull); /* "prefix!" */
-    for (uint32_t i = 0; i < c->P; i++) h = mix64(h ^ (uint32_t)tokens[i]);
+    uint64_t h = parent >= 0 ? c->e[parent].key : pt_mix64(salt ^ 0x70726566697821ull); /* "prefix!" */
+    for (uint32_t i = 0; i < c->P; i++) h = pt_mix64(h ^ (uint32_t)tokens[i]);
     return h;
 }
 
@@ -413,6 +404,6 @@ int32_t pt_prefix_cache_adopt(pt_prefix_cache *c, pt_kv_pool *const *pools, int3
 uint64_t pt_prefix_cache_salt(const char *s) {
     if (!s || !*s) return 0;
     uint64_t h = 0x63616368655f73ull; /* "cache_s" */
-    for (; *s; s++) h = mix64(h ^ (unsigned char)*s);
+    for (; *s; s++) h = pt_mix64(h ^ (unsigned char)*s);
     return h ? h : 1;
 }

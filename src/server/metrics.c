@@ -176,6 +176,13 @@ static void render_instances(sbuf *b, const pt_layout_report *r) {
     }
 }
 
+/* One metric with a single sample labelled by the model. */
+static void render_scalar(sbuf *b, const char *name, const char *type, const char *help, const char *model,
+                          uint64_t v) {
+    sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s{model_name=\"%s\"} %llu\n", name, help, name, type, name, model,
+              (unsigned long long)v);
+}
+
 char *pt_metrics_render(const pt_metrics *m, const pt_layout_report *r, const char *model) {
     sbuf b = {pt_xmalloc(4096), 0, 4096};
     b.s[0] = 0;
@@ -193,43 +200,28 @@ char *pt_metrics_render(const pt_metrics *m, const pt_layout_report *r, const ch
         hits += r->instances[i].prefix_hits;
         cached += r->instances[i].prefix_pages;
     }
-    sb_printf(&b, "# HELP proteus_num_requests_running Requests prefilling or decoding.\n"
-                  "# TYPE proteus_num_requests_running gauge\nproteus_num_requests_running{model_name=\"%s\"} %llu\n",
-              model, (unsigned long long)running);
-    sb_printf(&b, "# HELP proteus_num_requests_waiting Requests queued for admission.\n"
-                  "# TYPE proteus_num_requests_waiting gauge\nproteus_num_requests_waiting{model_name=\"%s\"} %llu\n",
-              model, (unsigned long long)waiting);
+    render_scalar(&b, "proteus_num_requests_running", "gauge", "Requests prefilling or decoding.", model, running);
+    render_scalar(&b, "proteus_num_requests_waiting", "gauge", "Requests queued for admission.", model, waiting);
     render_devices(&b, r, model);
     render_instances(&b, r);
     render_transformations(&b, m, r, model);
-    sb_printf(&b, "# HELP proteus_prompt_tokens_total Prompt tokens processed.\n"
-                  "# TYPE proteus_prompt_tokens_total counter\nproteus_prompt_tokens_total{model_name=\"%s\"} %llu\n",
-              model, (unsigned long long)m->prompt_tokens);
-    sb_printf(&b,
-              "# HELP proteus_generation_tokens_total Tokens generated.\n"
-              "# TYPE proteus_generation_tokens_total counter\nproteus_generation_tokens_total{model_name=\"%s\"} %llu\n",
-              model, (unsigned long long)m->generation_tokens);
+    render_scalar(&b, "proteus_prompt_tokens_total", "counter", "Prompt tokens processed.", model, m->prompt_tokens);
+    render_scalar(&b, "proteus_generation_tokens_total", "counter", "Tokens generated.", model, m->generation_tokens);
     static const char *reasons[PT_REASON_COUNT] = {"stop", "length", "abort", "error"};
     sb_printf(&b, "# HELP proteus_request_success_total Finished requests by finish reason.\n"
                   "# TYPE proteus_request_success_total counter\n");
     for (int i = 0; i < PT_REASON_COUNT; i++)
         sb_printf(&b, "proteus_request_success_total{model_name=\"%s\",finished_reason=\"%s\"} %llu\n", model,
                   reasons[i], (unsigned long long)m->finished[i]);
-    sb_printf(&b, "# HELP proteus_requests_rejected_total Requests refused because the queue was full.\n"
-                  "# TYPE proteus_requests_rejected_total counter\nproteus_requests_rejected_total{model_name=\"%s\"} %llu\n",
-              model, (unsigned long long)m->rejected_busy);
-    sb_printf(&b, "# HELP proteus_preemptions_total Sequences preempted for lack of KV pages.\n"
-                  "# TYPE proteus_preemptions_total counter\nproteus_preemptions_total{model_name=\"%s\"} %llu\n",
-              model, (unsigned long long)preemptions);
-    sb_printf(&b, "# HELP proteus_prefix_cache_queries_total Prompt tokens looked up in the prefix cache.\n"
-                  "# TYPE proteus_prefix_cache_queries_total counter\n"
-                  "proteus_prefix_cache_queries_total{model_name=\"%s\"} %llu\n",
-              model, (unsigned long long)queries);
-    sb_printf(&b, "# HELP proteus_prefix_cache_hits_total Prompt tokens found in the prefix cache (not computed).\n"
-                  "# TYPE proteus_prefix_cache_hits_total counter\nproteus_prefix_cache_hits_total{model_name=\"%s\"} %llu\n",
-              model, (unsigned long long)hits);
-    sb_printf(&b, "# HELP proteus_prefix_cache_pages Pages the prefix cache holds (each one head page per KV head).\n"
-                  "# TYPE proteus_prefix_cache_pages gauge\nproteus_prefix_cache_pages{model_name=\"%s\"} %llu\n",
-              model, (unsigned long long)cached);
+    render_scalar(&b, "proteus_requests_rejected_total", "counter", "Requests refused because the queue was full.",
+                  model, m->rejected_busy);
+    render_scalar(&b, "proteus_preemptions_total", "counter", "Sequences preempted for lack of KV pages.",
+                  model, preemptions);
+    render_scalar(&b, "proteus_prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache.",
+                  model, queries);
+    render_scalar(&b, "proteus_prefix_cache_hits_total", "counter",
+                  "Prompt tokens found in the prefix cache (not computed).", model, hits);
+    render_scalar(&b, "proteus_prefix_cache_pages", "gauge",
+                  "Pages the prefix cache holds (each one head page per KV head).", model, cached);
     return b.s;
 }

@@ -58,13 +58,14 @@ void pt_log(pt_log_level level, const char *fmt, ...) {
 
 void pt_rng_seed(pt_rng *rng, uint64_t seed) { rng->state = seed; }
 
-uint64_t pt_rng_next(pt_rng *rng) {
-    /* splitmix64: tiny, fast, and the same on every platform. */
-    uint64_t z = (rng->state += 0x9E3779B97F4A7C15ull);
+uint64_t pt_mix64(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
 }
+
+/* splitmix64: tiny, fast, and the same on every platform. */
+uint64_t pt_rng_next(pt_rng *rng) { return pt_mix64(rng->state += 0x9E3779B97F4A7C15ull); }
 
 float pt_rng_uniform(pt_rng *rng) { return (float)(pt_rng_next(rng) >> 40) * (1.0f / 16777216.0f); }
 
