@@ -18,11 +18,18 @@
  * failed parse also stores its position in a global (cJSON_GetErrorPtr),
  * which two threads parsing bad bodies at once both write. Nothing here
  * reads it (the position comes from return_parse_end), so the race only
- * matters to a thread sanitizer. */
+ * matters to a thread sanitizer.
+ *
+ * cJSON says "no" the same way for malformed text and for an allocation
+ * that failed, so its allocations go through json_malloc (installed once as
+ * cJSON's hooks, process-wide), which notes a failure for the thread: the
+ * request then gets the 500 it deserves rather than a 400 for a body that
+ * was fine. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -271,14 +278,32 @@ static const char *type_name(const cJSON *v) {
     return "invalid";
 }
 
+/* Set by json_malloc when an allocation of cJSON's fails on this thread. */
+static _Thread_local bool json_nomem;
+
+static void *json_malloc(size_t n) {
+    void *p = malloc(n);
+    if (!p) json_nomem = true;
+    return p;
+}
+
+static void json_hooks_install(void) {
+    cJSON_Hooks h = {.malloc_fn = json_malloc, .free_fn = free};
+    cJSON_InitHooks(&h);
+}
+
 /* Parses body into *root, an object. *seed (may be NULL) gets the raw text of
  * the top-level "seed" number. */
 static int parse_body(const char *body, size_t len, cJSON **root, const char **seed, size_t *seed_len,
                       pt_oai_error *e) {
+    static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;
+    pthread_once(&hooks_once, json_hooks_install);
     *root = NULL;
     if (!body || len == 0) return BAD(e, NULL, "request body is empty; expected a JSON object");
     const char *end = NULL;
+    json_nomem = false;
     cJSON *v = cJSON_ParseWithLengthOpts(body, len, &end, false);
+    if (!v && json_nomem) return pt_oai_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
     size_t at = end && end >= body && end <= body + len ? (size_t)(end - body) : 0;
     if (v) {
         while (at < len && strchr(" \t\r\n", body[at])) at++;

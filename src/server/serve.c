@@ -170,24 +170,33 @@ struct serve {
 
 /* ---- helpers ---- */
 
-static void send_error(pt_http_request *req, int status, const char *type, const char *code, const char *param,
-                       const char *msg, const char *extra_headers) {
-    pt_oai_error e;
-    pt_oai_error_set(&e, status, type, code, param, "%s", msg);
-    char *body = pt_oai_error_json(&e);
+/* The answer when a JSON body could not be built (the builders return NULL
+ * when out of memory): a 500 in the OpenAI shape that needs no allocation. */
+static const char NOMEM_JSON[] =
+    "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":500}}";
+
+static void send_json_extra(pt_http_request *req, int status, char *body, const char *extra_headers) {
+    if (!body) {
+        pt_http_respond(req, 500, "application/json", NOMEM_JSON, sizeof(NOMEM_JSON) - 1, NULL);
+        return;
+    }
     pt_http_respond(req, status, "application/json", body, strlen(body), extra_headers);
     free(body);
 }
 
+static void send_error(pt_http_request *req, int status, const char *type, const char *code, const char *param,
+                       const char *msg, const char *extra_headers) {
+    pt_oai_error e;
+    pt_oai_error_set(&e, status, type, code, param, "%s", msg);
+    send_json_extra(req, status, pt_oai_error_json(&e), extra_headers);
+}
+
 static void send_oai_error(pt_http_request *req, const pt_oai_error *e) {
-    char *body = pt_oai_error_json(e);
-    pt_http_respond(req, e->status, "application/json", body, strlen(body), NULL);
-    free(body);
+    send_json_extra(req, e->status, pt_oai_error_json(e), NULL);
 }
 
 static void send_json(pt_http_request *req, int status, char *body) {
-    pt_http_respond(req, status, "application/json", body, strlen(body), NULL);
-    free(body);
+    send_json_extra(req, status, body, NULL);
 }
 
 static bool authorized(serve *s, pt_http_request *req) {
@@ -360,9 +369,9 @@ static void fill_lp(serve *s, const event *e, int top_n, pt_oai_token_lp *lp, pt
 
 static void stream_write(call *c, char *json) {
     size_t len;
-    char *frame = pt_oai_sse_frame(json, &len);
+    char *frame = pt_oai_sse_frame(json ? json : NOMEM_JSON, &len);
     free(json);
-    if (c->req) pt_http_stream_write(c->req, frame, len);
+    if (c->req && frame) pt_http_stream_write(c->req, frame, len);
     free(frame);
 }
 

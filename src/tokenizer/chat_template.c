@@ -9,14 +9,21 @@
 typedef struct {
     char *s;
     size_t n, cap;
+    bool failed; /* out of memory: the rest is dropped, pt_chat_render returns PT_ERR_NOMEM */
 } sbuf;
 
+/* Prompt-sized: an allocation failure is the request's error, not the server's end. */
 static void sb_put(sbuf *b, const char *s, size_t n) {
+    if (b->failed) return;
     if (b->n + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
         while (cap < b->n + n + 1) cap *= 2;
-        b->s = realloc(b->s, cap);
-        if (!b->s) abort(); /* prompt-sized: bounded by the request size the server accepts */
+        char *q = realloc(b->s, cap);
+        if (!q) {
+            b->failed = true;
+            return;
+        }
+        b->s = q;
         b->cap = cap;
     }
     memcpy(b->s + b->n, s, n);
@@ -183,6 +190,11 @@ int pt_chat_render(const pt_chat_template *ct, const pt_chat_msg *msgs, size_t n
                 sb_str(&c, "\n<</SYS>>\n\n");
             }
             sb_str(&c, content(&m[i]));
+            if (c.failed) {
+                free(c.s);
+                b.failed = true;
+                break;
+            }
             if (is_role(&m[i], "user")) { /* bos + '[INST] ' + content.strip() + ' [/INST]' */
                 sb_str(&b, ct->bos);
                 sb_str(&b, "[INST] ");
@@ -228,6 +240,7 @@ int pt_chat_render(const pt_chat_template *ct, const pt_chat_msg *msgs, size_t n
     default:
         rc = pt_err_set(err, PT_ERR_INVALID, "chat template: not initialised");
     }
+    if (!rc && b.failed) rc = pt_err_set(err, PT_ERR_NOMEM, "chat template: out of memory");
     if (rc) {
         free(b.s);
         return rc;
