@@ -20,8 +20,15 @@ serve them. A live server may get less: a request that starts while the
 one it shares with is still prefilling finds only the pages already full
 (Mooncake sends several requests at the same millisecond).
 
+With --llama-server PATH, the same window against llama.cpp's server too
+(`-np 4 -t THREADS`, its prompt cache on: cache_prompt is its default, and
+its host-memory cache keeps prompts of finished requests); its hits are its
+llamacpp:prompt_tokens_cached_total, its computed tokens
+llamacpp:prompt_tokens_total.
+
     python3 bench/bench_prefix_cache.py [--trace ../shared/traces/mooncake_conversation.jsonl]
         [--num-requests 80] [--input-scale 0.1] [--output-scale 0.1] [--speedup 1] [--out DIR]
+        [--llama-server PATH/llama-server]
 """
 
 import argparse
@@ -81,9 +88,13 @@ def metric(text, name):
 def run_one(a, cache, out):
     port = a.port
     log = open(os.path.join(out, f"serve-{cache}.log"), "w")
-    srv = subprocess.Popen([a.proteus, "serve", "-m", a.model, "--port", str(port), "--threads", str(a.threads),
-                            f"--prefix-caching={cache}", "--kv-memory-mb", str(a.kv_memory_mb),
-                            "--max-running", str(a.max_running)], stderr=log, stdout=log)
+    if cache == "llama.cpp":
+        cmd = [a.llama_server, "-m", a.model, "--port", str(port), "-t", str(a.threads), "-np", "4", "-c",
+               str(4 * 8192), "--metrics"]
+    else:
+        cmd = [a.proteus, "serve", "-m", a.model, "--port", str(port), "--threads", str(a.threads),
+               f"--prefix-caching={cache}", "--kv-memory-mb", str(a.kv_memory_mb), "--max-running", str(a.max_running)]
+    srv = subprocess.Popen(cmd, stderr=log, stdout=log)
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(600):
@@ -125,25 +136,33 @@ def main():
     p.add_argument("--page-size", type=int, default=16)
     p.add_argument("--port", type=int, default=18433)
     p.add_argument("--out", default="/tmp/proteus-prefix-bench")
+    p.add_argument("--llama-server", help="also run llama.cpp's server (a binary built from the vendored source)")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     rows = {}
-    for cache in ("false", "true"):
+    modes = ("false", "true") + (("llama.cpp",) if a.llama_server else ())
+    for cache in modes:
         rows[cache] = run_one(a, cache, a.out)
     lengths = rows["true"][1]
     bound = bound_hits(trace_hash_ids(a.trace, len(lengths)), lengths, a.page_size)
     prompt = sum(lengths)
     print(f"{len(lengths)} requests of {a.trace} (input x {a.input_scale}, output x {a.output_scale}, "
           f"speedup {a.speedup}); hit rate the hash_ids allow: {sum(bound) / prompt * 100:.1f}%")
-    print(f"{'cache':6s} {'req/s':>7s} {'out tok/s':>9s} {'TTFT ms':>8s} {'p99 TTFT':>9s} {'prompt':>8s} "
+    print(f"{'cache':9s} {'req/s':>7s} {'out tok/s':>9s} {'TTFT ms':>8s} {'p99 TTFT':>9s} {'prompt':>8s} "
           f"{'computed':>8s} {'hit rate':>8s}")
     result = {"bound_hit_rate": sum(bound) / prompt, "runs": {}}
-    for cache in ("false", "true"):
+    for cache in modes:
         rep, _, m = rows[cache]
-        hits, queries = metric(m, "proteus_prefix_cache_hits_total"), metric(m, "proteus_prefix_cache_queries_total")
+        if cache == "llama.cpp":
+            hits = metric(m, "llamacpp:prompt_tokens_cached_total")
+            queries = hits + metric(m, "llamacpp:prompt_tokens_total")
+        else:
+            hits = metric(m, "proteus_prefix_cache_hits_total")
+            queries = metric(m, "proteus_prefix_cache_queries_total")
         computed = prompt - hits
         rate = hits / queries if queries else 0.0
-        print(f"{'on' if cache == 'true' else 'off':6s} {rep['request_throughput']:7.3f} "
+        name = {"true": "on", "false": "off"}.get(cache, cache)
+        print(f"{name:9s} {rep['request_throughput']:7.3f} "
               f"{rep['output_throughput']:9.1f} {rep['mean_ttft_ms']:8.1f} {rep['p99_ttft_ms']:9.1f} {prompt:8d} "
               f"{computed:8.0f} {rate * 100:7.1f}%")
         result["runs"][cache] = {"report": rep, "hits": hits, "queries": queries, "computed": computed}

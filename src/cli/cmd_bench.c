@@ -241,8 +241,9 @@ static int fetch_tokens(const bench_args *a, const char *path, const char *rb, c
 }
 
 /* The token-id pool prompts are built from: the server's own tokenization
- * of ordinary text. vLLM, SGLang and Proteus answer POST /tokenize; the
- * llama.cpp Python server answers POST /extras/tokenize. */
+ * of ordinary text. vLLM, SGLang and Proteus answer POST /tokenize
+ * {"prompt"}; llama.cpp's server POST /tokenize {"content"}; the llama.cpp
+ * Python server POST /extras/tokenize. */
 static int query_pool(const bench_args *a, const char *model, int32_t **pool, size_t *n_pool, pt_err *err);
 
 /* The words of TEXT_WORDS that the server counts as one token each (" w").
@@ -314,6 +315,16 @@ static int query_pool(const bench_args *a, const char *model, int32_t **pool, si
         rb = cJSON_PrintUnformatted(req);
         cJSON_Delete(req);
         rc = fetch_tokens(a, "/extras/tokenize", rb, &root, &toks, &status, err);
+        free(rb);
+        if (rc) *err = first;
+    } else if (rc && status == 200) { /* llama.cpp's server: the text under "content" */
+        pt_err first = *err;
+        req = cJSON_CreateObject();
+        cJSON_AddStringToObject(req, "content", POOL_TEXT);
+        cJSON_AddBoolToObject(req, "add_special", false);
+        rb = cJSON_PrintUnformatted(req);
+        cJSON_Delete(req);
+        rc = fetch_tokens(a, "/tokenize", rb, &root, &toks, &status, err);
         free(rb);
         if (rc) *err = first;
     }

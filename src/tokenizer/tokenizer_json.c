@@ -13,6 +13,7 @@
 #include "tokenizer/tok_internal.h"
 
 #define METASPACE "\xE2\x96\x81"
+#define TOK_JSON_MAX_UNUSED_IDS 65536 /* ids below the largest that no entry defines */
 
 typedef struct {
     bool byte_level, spm;
@@ -154,6 +155,15 @@ int pt_tokenizer_load_json(pt_tokenizer **out, const char *path, pt_err *err) {
             goto done;
         }
         if ((size_t)id->valueint + 1 > n) n = (size_t)id->valueint + 1;
+    }
+    /* Every id below the largest gets a slot and is built, so a sparse
+     * vocabulary (one entry with id 500000000) would cost gigabytes and
+     * minutes. Real files are dense; a few unused ids are tolerated. */
+    size_t n_defined = (size_t)cJSON_GetArraySize(vocab) + (size_t)cJSON_GetArraySize(added);
+    if (n > n_defined + TOK_JSON_MAX_UNUSED_IDS) {
+        rc = pt_err_set(err, PT_ERR_FORMAT, "tokenizer: %s: ids reach %zu but only %zu tokens are defined", path,
+                        n - 1, n_defined);
+        goto done;
     }
     toks = pt_xcalloc(n ? n : 1, sizeof(char *));
     types = pt_xcalloc(n ? n : 1, sizeof(int32_t));
