@@ -296,39 +296,33 @@ static int query_words(const bench_args *a, const char *model, int32_t **pool, s
 }
 
 static int query_pool(const bench_args *a, const char *model, int32_t **pool, size_t *n_pool, pt_err *err) {
-    cJSON *req = cJSON_CreateObject();
-    cJSON_AddStringToObject(req, "model", model);
-    cJSON_AddStringToObject(req, "prompt", POOL_TEXT);
-    cJSON_AddBoolToObject(req, "add_special_tokens", false);
-    char *rb = cJSON_PrintUnformatted(req);
-    cJSON_Delete(req);
+    /* The request each kind of server takes, tried in turn; the first's error is the one reported. */
+    static const struct {
+        const char *path, *text_key, *special_key;
+        bool model;
+    } FORMS[] = {{"/tokenize", "prompt", "add_special_tokens", true},
+                 {"/tokenize", "content", "add_special", false},
+                 {"/extras/tokenize", "input", "add_special", false}};
     cJSON *root = NULL;
     const cJSON *toks = NULL;
-    int status = 0;
-    int rc = fetch_tokens(a, "/tokenize", rb, &root, &toks, &status, err);
-    free(rb);
-    if (rc && status == 404) {
-        pt_err first = *err;
-        req = cJSON_CreateObject();
-        cJSON_AddStringToObject(req, "input", POOL_TEXT);
-        cJSON_AddBoolToObject(req, "add_special", false);
-        rb = cJSON_PrintUnformatted(req);
+    pt_err first = {{0}};
+    int rc = PT_OK;
+    for (size_t f = 0; f < sizeof(FORMS) / sizeof(FORMS[0]); f++) {
+        cJSON *req = cJSON_CreateObject();
+        if (FORMS[f].model) cJSON_AddStringToObject(req, "model", model);
+        cJSON_AddStringToObject(req, FORMS[f].text_key, POOL_TEXT);
+        cJSON_AddBoolToObject(req, FORMS[f].special_key, false);
+        char *rb = cJSON_PrintUnformatted(req);
         cJSON_Delete(req);
-        rc = fetch_tokens(a, "/extras/tokenize", rb, &root, &toks, &status, err);
+        int status = 0;
+        rc = fetch_tokens(a, FORMS[f].path, rb, &root, &toks, &status, f ? err : &first);
         free(rb);
-        if (rc) *err = first;
-    } else if (rc && status == 200) { /* llama.cpp's server: the text under "content" */
-        pt_err first = *err;
-        req = cJSON_CreateObject();
-        cJSON_AddStringToObject(req, "content", POOL_TEXT);
-        cJSON_AddBoolToObject(req, "add_special", false);
-        rb = cJSON_PrintUnformatted(req);
-        cJSON_Delete(req);
-        rc = fetch_tokens(a, "/tokenize", rb, &root, &toks, &status, err);
-        free(rb);
-        if (rc) *err = first;
+        if (rc == PT_OK) break;
     }
-    if (rc) return rc;
+    if (rc) {
+        *err = first;
+        return rc;
+    }
     size_t n = (size_t)cJSON_GetArraySize(toks);
     *pool = pt_xmalloc((n - POOL_SKIP) * sizeof(int32_t));
     *n_pool = 0;
