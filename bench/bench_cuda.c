@@ -632,7 +632,7 @@ static void ref_run(void *ctx, int tid, int nth) {
     long lo, hi;
     pt_pool_split((long)j->n, tid, nth, &lo, &hi);
     if (lo == hi) return;
-    float *scores = xmalloc((size_t)kv->ctx * sizeof(float));
+    float *scores = xmalloc(kcpu_attn_state_len(QPK, HD) * sizeof(float)); /* attention state */
     uint32_t *sel = xmalloc((size_t)kv->n_pages * sizeof(uint32_t));
     for (long k = lo; k < hi; k++) {
         int32_t rg = j->rg[k], r = rg / G, g = rg % G;

@@ -1,82 +1,115 @@
-/* Attention's dot products and axpys over F32 and F16 KV pages with AVX2
- * (F16C for F16): the same products and sums, in the same lanes and order, as
- * the portable kcpu_dot_f32 / kcpu_axpy_f32 and their F16 forms (separate
- * multiply and add, never fused), so every path gives the same bits. */
-/* Contraction into FMA would round differently from the portable path. */
-#pragma GCC optimize("fp-contract=off")
-
+/* The page update of attn.c with AVX2, FMA and F16C: the reference's
+ * operations in the same order (see the definition at the top of attn.c),
+ * the 16 lanes of a dot product held in two 8-lane registers, so the bits
+ * are the reference's. */
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
-#include "kcpu_ops.h"
-#include "proteus/dtype.h"
+#include "kcpu_internal.h"
 
-bool kcpu_attn_avx2_available(void) {
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-    }
-    return cached;
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+ALWAYS_INLINE __m256 load8(const uint8_t *row, int kv_type, size_t d) {
+    if (kv_type == PT_DTYPE_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + d)));
+    if (kv_type == PT_DTYPE_BF16)
+        return _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + d))), 16));
+    return _mm256_loadu_ps((const float *)row + d);
 }
 
-float kcpu_dot_f32_f16_avx2(const float *a, const uint16_t *b, size_t n) {
-    __m256 acc = _mm256_setzero_ps();
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 bv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i)));
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(a + i), bv));
-    }
-    float l[8];
-    _mm256_storeu_ps(l, acc);
-    for (int k = 0; i < n; i++, k++) {
-        float prod = a[i] * _cvtsh_ss(b[i]);
-        l[k] += prod;
-    }
-    /* The fixed tree of kcpu_dot_f32: (0+4)+(2+6) + (1+5)+(3+7). */
-    float s0 = l[0] + l[4], s1 = l[1] + l[5], s2 = l[2] + l[6], s3 = l[3] + l[7];
-    return (s0 + s2) + (s1 + s3);
+ALWAYS_INLINE __m256 exp8(__m256 x) {
+    __m256 ok = _mm256_cmp_ps(x, _mm256_set1_ps(KCPU_EXP_MIN), _CMP_GE_OQ);
+    __m256 magic = _mm256_set1_ps(KCPU_ROUND_MAGIC);
+    __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(KCPU_LOG2E));
+    __m256 n = _mm256_sub_ps(_mm256_add_ps(t, magic), magic);
+    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-KCPU_LN2_HI), x);
+    r = _mm256_fmadd_ps(n, _mm256_set1_ps(-KCPU_LN2_LO), r);
+    __m256 p = _mm256_set1_ps(KCPU_EXP_C6);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KCPU_EXP_C5));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KCPU_EXP_C4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KCPU_EXP_C3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KCPU_EXP_C2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_and_ps(ok, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 
-void kcpu_axpy_f32_f16_avx2(float *y, float a, const uint16_t *x, size_t n) {
-    __m256 av = _mm256_set1_ps(a);
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 xv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i)));
-        _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_mul_ps(av, xv)));
-    }
-    for (; i < n; i++) {
-        float prod = a * _cvtsh_ss(x[i]);
-        y[i] += prod;
+/* tree16 of the 16 lanes lo (0-7) and hi (8-15). */
+ALWAYS_INLINE float tree16(__m256 lo, __m256 hi) {
+    __m256 a = _mm256_add_ps(lo, hi);
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    return _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps(c, c, 1)));
+}
+
+/* One 16-key block; only the first nb rows of k and v are read. */
+ALWAYS_INLINE void block(float *st, const float *q, size_t n_q, size_t hd, const uint8_t *k, const uint8_t *v,
+                         int kv_type, size_t row_bytes, uint32_t nb, float scale) {
+    const size_t nc = hd / 16;
+    for (size_t h = 0; h < n_q; h++) {
+        float *m = st + h, *l = st + n_q + h, *o = st + 2 * n_q + h * hd;
+        const float *qh = q + h * hd;
+        _Alignas(32) float s[16];
+        float mb = -INFINITY;
+        for (uint32_t kk = 0; kk < 16; kk++) {
+            if (kk >= nb) {
+                s[kk] = -INFINITY;
+                continue;
+            }
+            __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+            const uint8_t *kr = k + kk * row_bytes;
+            for (size_t c = 0; c < nc; c++) {
+                lo = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 16 * c), load8(kr, kv_type, 16 * c), lo);
+                hi = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 16 * c + 8), load8(kr, kv_type, 16 * c + 8), hi);
+            }
+            s[kk] = tree16(lo, hi) * scale;
+            mb = s[kk] > mb ? s[kk] : mb;
+        }
+        float mn = *m > mb ? *m : mb;
+        float corr = _mm256_cvtss_f32(exp8(_mm256_set1_ps(*m - mn)));
+        __m256 vmn = _mm256_set1_ps(mn);
+        __m256 p_lo = exp8(_mm256_sub_ps(_mm256_load_ps(s), vmn));
+        __m256 p_hi = exp8(_mm256_sub_ps(_mm256_load_ps(s + 8), vmn));
+        *l = fmaf(*l, corr, tree16(p_lo, p_hi));
+        _Alignas(32) float pk[16];
+        _mm256_store_ps(pk, p_lo);
+        _mm256_store_ps(pk + 8, p_hi);
+        __m256 cv = _mm256_set1_ps(corr);
+        /* Eight output lanes at a time through all of the block's keys: per
+         * element the same sequence as the reference. */
+        for (size_t c = 0; c < 2 * nc; c++) {
+            __m256 ov = _mm256_mul_ps(_mm256_loadu_ps(o + 8 * c), cv);
+            for (uint32_t kk = 0; kk < nb; kk++)
+                ov = _mm256_fmadd_ps(_mm256_set1_ps(pk[kk]), load8(v + kk * row_bytes, kv_type, 8 * c), ov);
+            _mm256_storeu_ps(o + 8 * c, ov);
+        }
+        *m = mn;
     }
 }
 
-/* The fixed tree of kcpu_dot_f32 over the 8 lanes plus a scalar tail. */
-static float finish_lanes(__m256 acc, const float *a, const float *b, size_t i, size_t n) {
-    float l[8];
-    _mm256_storeu_ps(l, acc);
-    for (int k = 0; i < n; i++, k++) {
-        float prod = a[i] * b[i];
-        l[k] += prod;
+ALWAYS_INLINE void page(float *st, const float *q, size_t n_q, size_t hd, const void *k, const void *v, int kv_type,
+                        uint32_t n, float scale) {
+    size_t rb = hd * (kv_type == PT_DTYPE_F32 ? 4 : 2);
+    for (uint32_t j0 = 0; j0 < n; j0 += 16) {
+        uint32_t nb = n - j0 < 16 ? n - j0 : 16;
+        block(st, q, n_q, hd, (const uint8_t *)k + j0 * rb, (const uint8_t *)v + j0 * rb, kv_type, rb, nb, scale);
     }
-    float s0 = l[0] + l[4], s1 = l[1] + l[5], s2 = l[2] + l[6], s3 = l[3] + l[7];
-    return (s0 + s2) + (s1 + s3);
 }
 
-float kcpu_dot_f32_avx2(const float *a, const float *b, size_t n) {
-    __m256 acc = _mm256_setzero_ps();
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
-    return finish_lanes(acc, a, b, i, n);
-}
+#define BY_HD(T)                                                           \
+    switch (hd) {                                                          \
+    case 64: page(st, q, n_q, 64, k, v, T, n, scale); break;              \
+    case 128: page(st, q, n_q, 128, k, v, T, n, scale); break;            \
+    default: page(st, q, n_q, hd, k, v, T, n, scale); break;              \
+    }
 
-void kcpu_axpy_f32_avx2(float *y, float a, const float *x, size_t n) {
-    __m256 av = _mm256_set1_ps(a);
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_mul_ps(av, _mm256_loadu_ps(x + i))));
-    for (; i < n; i++) {
-        float prod = a * x[i];
-        y[i] += prod;
+void kcpu_attn_page_avx2(float *st, const float *q, size_t n_q, size_t hd, const void *k, const void *v, int kv_type,
+                         uint32_t n, float scale) {
+    switch (kv_type) {
+    case PT_DTYPE_F16: BY_HD(PT_DTYPE_F16) break;
+    case PT_DTYPE_BF16: BY_HD(PT_DTYPE_BF16) break;
+    default: BY_HD(PT_DTYPE_F32) break;
     }
 }

@@ -35,6 +35,36 @@ bool kcpu_matmul_avx512(pt_dtype wtype, const void *W, size_t w_stride, size_t n
  * the same bytes as kcpu_ref_quantize_q8_0 / _q8_1. */
 void kcpu_quantize_act_avx512(pt_dtype atype, void *dst, const float *x, size_t K);
 
+/* ---- attention (attn.c, attn_avx2.c, attn_avx512.c) ----
+ * One query's online-softmax update over the first n rows of one head page:
+ * K rows at k, V rows at v, hd elements each of kv_type (F32, F16 or BF16).
+ * st is (m[n_q], l[n_q], o[n_q * hd]). The order of operations is defined in
+ * attn.c; the fast paths take hd a multiple of 16 up to KCPU_ATTN_MAX_HD and
+ * give the reference's bits. */
+#define KCPU_ATTN_MAX_HD 256
+void kcpu_attn_page_ref(float *st, const float *q, size_t n_q, size_t hd, const void *k, const void *v, int kv_type,
+                        uint32_t n, float scale);
+void kcpu_attn_page_avx2(float *st, const float *q, size_t n_q, size_t hd, const void *k, const void *v, int kv_type,
+                         uint32_t n, float scale);
+void kcpu_attn_page_avx512(float *st, const float *q, size_t n_q, size_t hd, const void *k, const void *v,
+                           int kv_type, uint32_t n, float scale);
+
+/* exp(x) for x <= 0 as attention computes it (0 below KCPU_EXP_MIN, where
+ * 2^n would leave the normal range): n = round(x log2 e), r = x - n ln 2 in
+ * two fma steps, a degree-6 Taylor polynomial in r by Horner with fma, times
+ * 2^n. The vector paths perform the same operations. */
+float kcpu_attn_exp(float x);
+#define KCPU_EXP_MIN (-87.0f)
+#define KCPU_LOG2E 1.44269504f
+#define KCPU_ROUND_MAGIC 12582912.0f /* 1.5 * 2^23 */
+#define KCPU_LN2_HI 0.693359375f
+#define KCPU_LN2_LO (-2.12194440e-4f)
+#define KCPU_EXP_C6 (1.0f / 720.0f)
+#define KCPU_EXP_C5 (1.0f / 120.0f)
+#define KCPU_EXP_C4 (1.0f / 24.0f)
+#define KCPU_EXP_C3 (1.0f / 6.0f)
+#define KCPU_EXP_C2 0.5f
+
 /* Unaligned little-endian loads of block fields: blocks sit at any byte
  * offset a model file gives them, so fields are never read through casts. */
 static inline uint16_t kcpu_load_u16(const void *p) {

@@ -14,9 +14,6 @@
 
 /* sum(a[i] * b[i]) in the fixed 8-lane order. */
 float kcpu_dot_f32(const float *a, const float *b, size_t n);
-/* y[i] += a * x[i] */
-void kcpu_axpy_f32(float *y, float a, const float *x, size_t n);
-
 /* out = x / rms(x) * w, with rms = sqrt(mean(x^2) + eps). */
 void kcpu_rmsnorm(float *out, const float *x, const float *w, size_t n, float eps);
 
@@ -35,27 +32,32 @@ void kcpu_softmax(float *x, size_t n);
 /* y[i] += x[i] */
 void kcpu_add(float *y, const float *x, size_t n);
 
-/* Attention of n_q query heads that share one KV head, over positions
- * [0, n_ctx) held in head pages (DESIGN.md section 4): position p lives in
- * page pages[p / page_size] at row p % page_size; the K rows of slot s start
- * at element s * slot_stride of kv and its V rows v_offset elements later.
- * kv_type is PT_DTYPE_F32 or PT_DTYPE_F16. q and out are (n_q, hd) floats;
- * scores needs n_ctx floats. Each head's result depends only on q and the
- * cache, and is the same bits on every ISA path (F16 keys are converted
- * exactly, products and sums keep the order of kcpu_dot_f32). */
+/* Attention of n_q query heads that share one KV head over head pages
+ * (DESIGN.md section 4): position p lives in page pages[p / page_size] at row
+ * p % page_size; the K rows of slot s start at element s * slot_stride of kv
+ * and its V rows v_offset elements later. kv_type is PT_DTYPE_F32, F16 or
+ * BF16. q and out are (n_q, hd) floats; state needs kcpu_attn_state_len
+ * floats. The order of operations is fixed per query by absolute positions
+ * (kernels/cpu/attn.c), with fma, the same bits on every ISA path: a query's
+ * result does not depend on what else runs with it. */
+size_t kcpu_attn_state_len(size_t n_q, size_t hd);
+
+/* One query at position n_ctx - 1 over positions [0, n_ctx). */
 void kcpu_attn_paged(float *out, const float *q, size_t n_q, size_t hd, const void *kv, int kv_type,
                      size_t slot_stride, size_t v_offset, const uint32_t *pages, uint32_t page_size, uint32_t n_ctx,
-                     float scale, float *scores);
+                     float scale, float *state);
 
-/* Paths behind kcpu_attn_paged: portable F16 forms here, AVX2 (+F16C) forms
- * in kernels/cpu/attn_avx2.c that give the same bits. */
+/* n_tok queries of one sequence at positions pos0, pos0 + 1, ... (a prompt
+ * chunk), each causally over its own positions: row t of out (stride
+ * ld_out) is kcpu_attn_paged of row t of q (stride ld_q) with n_ctx =
+ * pos0 + t + 1, the same bits. Pages are walked once for all rows, so each
+ * is read from memory once per run. state needs n_tok * kcpu_attn_state_len. */
+void kcpu_attn_paged_run(float *out, size_t ld_out, const float *q, size_t ld_q, size_t n_tok, uint32_t pos0,
+                         size_t n_q, size_t hd, const void *kv, int kv_type, size_t slot_stride, size_t v_offset,
+                         const uint32_t *pages, uint32_t page_size, float scale, float *state);
+
+/* Portable dot of F32 with F16 in kcpu_dot_f32's order (CUDA references). */
 float kcpu_dot_f32_f16(const float *a, const uint16_t *b, size_t n);
-void kcpu_axpy_f32_f16(float *y, float a, const uint16_t *x, size_t n);
-bool kcpu_attn_avx2_available(void);
-float kcpu_dot_f32_avx2(const float *a, const float *b, size_t n);
-void kcpu_axpy_f32_avx2(float *y, float a, const float *x, size_t n);
-float kcpu_dot_f32_f16_avx2(const float *a, const uint16_t *b, size_t n);
-void kcpu_axpy_f32_f16_avx2(float *y, float a, const uint16_t *x, size_t n);
 
 /* Query-aware page selection (DESIGN.md section 5), in page_select.c: the
  * reference the CUDA kernels must match. A page index j names pages[j] of
@@ -86,14 +88,11 @@ size_t kcpu_page_select(uint32_t *selected, const float *q, size_t n_q, size_t h
                         uint32_t budget_tokens, float *scratch);
 
 /* kcpu_attn_paged over the pages selected[0 .. n_sel) only: all valid
- * positions of each (the last page up to n_ctx), walked in the order of
- * selected. Arguments as kcpu_attn_paged (F32 or F16 KV); scores needs one
- * float per attended position (at most n_ctx). Per position it performs the
- * same dot, scale, softmax and axpy operations in the same order as
- * kcpu_attn_paged, so with every page selected in increasing order the
- * result is the same bits. */
+ * positions of each (the last page up to n_ctx), taken in the order of
+ * selected. Each page updates the query's state as in kcpu_attn_paged, so
+ * with every page selected in increasing order the result is the same bits. */
 void kcpu_attn_paged_sparse(float *out, const float *q, size_t n_q, size_t hd, const void *kv, int kv_type,
                             size_t slot_stride, size_t v_offset, const uint32_t *pages, uint32_t page_size,
-                            uint32_t n_ctx, const uint32_t *selected, size_t n_sel, float scale, float *scores);
+                            uint32_t n_ctx, const uint32_t *selected, size_t n_sel, float scale, float *state);
 
 #endif

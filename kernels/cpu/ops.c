@@ -1,5 +1,6 @@
-/* No FMA contraction: the SIMD paths (attn_avx2.c) reproduce these
- * operations exactly, and a build with -march=native must not change them. */
+/* No FMA contraction: kcpu_dot_f32's order is a contract (the page
+ * selection bound relies on it), and a build with -march=native must not
+ * change it. */
 #pragma GCC optimize("fp-contract=off")
 
 #include "kcpu_ops.h"
@@ -26,10 +27,6 @@ float kcpu_dot_f32(const float *a, const float *b, size_t n) {
         for (int l = 0; l < LANES; l++) acc[l] += a[i + l] * b[i + l];
     for (int l = 0; i < n; i++, l++) acc[l] += a[i] * b[i];
     return lanes_sum(acc);
-}
-
-void kcpu_axpy_f32(float *y, float a, const float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
 void kcpu_add(float *y, const float *x, size_t n) {
@@ -87,47 +84,6 @@ float kcpu_dot_f32_f16(const float *a, const uint16_t *b, size_t n) {
         for (int l = 0; l < LANES; l++) acc[l] += a[i + l] * pt_f16_to_f32(b[i + l]);
     for (int l = 0; i < n; i++, l++) acc[l] += a[i] * pt_f16_to_f32(b[i]);
     return lanes_sum(acc);
-}
-
-void kcpu_axpy_f32_f16(float *y, float a, const uint16_t *x, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] += a * pt_f16_to_f32(x[i]);
-}
-
-void kcpu_attn_paged(float *out, const float *q, size_t n_q, size_t hd, const void *kv, int kv_type,
-                     size_t slot_stride, size_t v_offset, const uint32_t *pages, uint32_t page_size, uint32_t n_ctx,
-                     float scale, float *scores) {
-    bool f16 = kv_type == PT_DTYPE_F16;
-    bool fast = kcpu_attn_avx2_available();
-    for (size_t h = 0; h < n_q; h++) {
-        const float *qh = q + h * hd;
-        float *oh = out + h * hd;
-        for (uint32_t p = 0; p < n_ctx; p++) {
-            size_t at = (size_t)pages[p / page_size] * slot_stride + (size_t)(p % page_size) * hd;
-            float d;
-            if (f16) {
-                const uint16_t *k = (const uint16_t *)kv + at;
-                d = fast ? kcpu_dot_f32_f16_avx2(qh, k, hd) : kcpu_dot_f32_f16(qh, k, hd);
-            } else {
-                const float *k = (const float *)kv + at;
-                d = fast ? kcpu_dot_f32_avx2(qh, k, hd) : kcpu_dot_f32(qh, k, hd);
-            }
-            scores[p] = d * scale;
-        }
-        kcpu_softmax(scores, n_ctx);
-        memset(oh, 0, hd * sizeof(float));
-        for (uint32_t p = 0; p < n_ctx; p++) {
-            size_t at = (size_t)pages[p / page_size] * slot_stride + v_offset + (size_t)(p % page_size) * hd;
-            if (f16) {
-                const uint16_t *v = (const uint16_t *)kv + at;
-                if (fast) kcpu_axpy_f32_f16_avx2(oh, scores[p], v, hd);
-                else kcpu_axpy_f32_f16(oh, scores[p], v, hd);
-            } else {
-                const float *v = (const float *)kv + at;
-                if (fast) kcpu_axpy_f32_avx2(oh, scores[p], v, hd);
-                else kcpu_axpy_f32(oh, scores[p], v, hd);
-            }
-        }
-    }
 }
 
 void kcpu_matmul_dequant(pt_dtype wtype, const void *W, size_t w_stride, size_t n0, size_t n1, const float *X,

@@ -1,14 +1,14 @@
 /* Query-aware page selection (DESIGN.md section 5), CPU reference: the page
- * score, the choice of pages within a token budget, and attention over the
- * chosen pages. These are the definitions the CUDA kernels must match.
+ * score and the choice of pages within a token budget (attention over the
+ * chosen pages is kcpu_attn_paged_sparse, in attn.c). These are the
+ * definitions the CUDA kernels must match.
  *
  * P = page_size, hd = head_dim, n_q = query heads sharing one KV head. A page
  * index j names pages[j], the j-th entry of one KV head's block table; it
  * holds positions [j * P, min((j + 1) * P, n_ctx)). */
 
 /* No FMA contraction: the score must keep the exact operations of
- * kcpu_dot_f32 (that is what makes it a bound in float, see below), and the
- * sparse attention must keep those of kcpu_attn_paged. */
+ * kcpu_dot_f32 (that is what makes it a bound in float, see below). */
 #pragma GCC optimize("fp-contract=off")
 
 #include "kcpu_ops.h"
@@ -125,55 +125,4 @@ size_t kcpu_page_select(uint32_t *selected, const float *q, size_t n_q, size_t h
     selected[0] = 0;
     selected[1 + n_heap] = n_pages - 1;
     return n_heap + 2;
-}
-
-void kcpu_attn_paged_sparse(float *out, const float *q, size_t n_q, size_t hd, const void *kv, int kv_type,
-                            size_t slot_stride, size_t v_offset, const uint32_t *pages, uint32_t page_size,
-                            uint32_t n_ctx, const uint32_t *selected, size_t n_sel, float scale, float *scores) {
-    bool f16 = kv_type == PT_DTYPE_F16;
-    bool fast = kcpu_attn_avx2_available();
-    for (size_t h = 0; h < n_q; h++) {
-        const float *qh = q + h * hd;
-        float *oh = out + h * hd;
-        /* Scores of the attended positions, compacted in the order of
-         * selected; the same loop below walks the V rows in that order. */
-        size_t n = 0;
-        for (size_t s = 0; s < n_sel; s++) {
-            uint32_t p0 = selected[s] * page_size;
-            assert(p0 < n_ctx);
-            uint32_t p1 = n_ctx - p0 < page_size ? n_ctx : p0 + page_size;
-            for (uint32_t p = p0; p < p1; p++) {
-                size_t at = (size_t)pages[selected[s]] * slot_stride + (size_t)(p - p0) * hd;
-                float d;
-                if (f16) {
-                    const uint16_t *k = (const uint16_t *)kv + at;
-                    d = fast ? kcpu_dot_f32_f16_avx2(qh, k, hd) : kcpu_dot_f32_f16(qh, k, hd);
-                } else {
-                    const float *k = (const float *)kv + at;
-                    d = fast ? kcpu_dot_f32_avx2(qh, k, hd) : kcpu_dot_f32(qh, k, hd);
-                }
-                scores[n++] = d * scale;
-            }
-        }
-        kcpu_softmax(scores, n);
-        memset(oh, 0, hd * sizeof(float));
-        n = 0;
-        for (size_t s = 0; s < n_sel; s++) {
-            uint32_t p0 = selected[s] * page_size;
-            uint32_t p1 = n_ctx - p0 < page_size ? n_ctx : p0 + page_size;
-            for (uint32_t p = p0; p < p1; p++) {
-                size_t at = (size_t)pages[selected[s]] * slot_stride + v_offset + (size_t)(p - p0) * hd;
-                float w = scores[n++];
-                if (f16) {
-                    const uint16_t *v = (const uint16_t *)kv + at;
-                    if (fast) kcpu_axpy_f32_f16_avx2(oh, w, v, hd);
-                    else kcpu_axpy_f32_f16(oh, w, v, hd);
-                } else {
-                    const float *v = (const float *)kv + at;
-                    if (fast) kcpu_axpy_f32_avx2(oh, w, v, hd);
-                    else kcpu_axpy_f32(oh, w, v, hd);
-                }
-            }
-        }
-    }
 }

@@ -50,7 +50,7 @@ typedef struct {
     float *gate;      /* (T, ff) */
     float *up;        /* (T, ff) */
     uint8_t *h_act;   /* (T, M, row bytes of a down chunk) */
-    float *scores;    /* (nth, max_ctx) attention scores */
+    float *scores;    /* (nth, scratch_len) per-thread scratch: attention states, a folded row */
 } pt_rank;
 
 typedef struct {
@@ -80,7 +80,7 @@ typedef struct pt_instance {
     const uint8_t *tok_prompt; /* (T) 1: a prompt token (attended densely even alone in its step) */
     uint32_t n_out;       /* rows that want logits */
     const uint32_t *out_row; /* (n_out) token row index */
-    size_t scratch_len;   /* floats of per-thread scratch: max(max_ctx, d_model) + 2 * pages_per_seq */
+    size_t scratch_len;   /* floats of per-thread scratch: max(attention run states, d_model) + 2 * pages_per_seq */
     /* Every backend: */
     float *out_scratch;   /* (max_out, vocab) logits, on rank 0's device (scratch) */
     size_t out_bytes;

@@ -1,7 +1,7 @@
 /* Element-wise kernels against plain double-precision definitions, and the
  * properties the engine relies on: dot products are the same bits for the
  * same inputs wherever they sit in memory; RoPE of both pair styles rotates
- * the right channels and preserves norms. */
+ * the right channels and preserves norms. Attention: test_kcpu_attn.c. */
 #include <math.h>
 #include <stdlib.h>
 
@@ -74,68 +74,4 @@ static void test_swiglu_softmax(void) {
     CHECK(s[3] == 0.0f);
 }
 
-/* Paged attention against a contiguous double-precision softmax(qK)V, with
- * pages scattered out of order in the slot array and a partial last page. */
-static void test_attn_paged(void) {
-    enum { HD = 16, P = 4, NQ = 3, SLOTS = 7 };
-    uint32_t n_ctxs[] = {1, 4, 5, 13};
-    uint32_t pages[4] = {5, 0, 3, 6};
-    float *kv = calloc(SLOTS * 2 * P * HD, sizeof(float));
-    for (size_t i = 0; i < SLOTS * 2 * P * HD; i++) kv[i] = frand();
-    float q[NQ * HD], out[NQ * HD], sc[16];
-    for (int i = 0; i < NQ * HD; i++) q[i] = frand();
-    for (int c = 0; c < 4; c++) {
-        uint32_t n = n_ctxs[c];
-        kcpu_attn_paged(out, q, NQ, HD, kv, PT_DTYPE_F32, 2 * P * HD, P * HD, pages, P, n, 0.25f, sc);
-        for (int h = 0; h < NQ; h++) {
-            double s[16], mx = -1e30, z = 0;
-            for (uint32_t p = 0; p < n; p++) {
-                const float *k = kv + pages[p / P] * 2 * P * HD + (p % P) * HD;
-                s[p] = 0;
-                for (int d = 0; d < HD; d++) s[p] += (double)q[h * HD + d] * k[d];
-                s[p] *= 0.25;
-                mx = s[p] > mx ? s[p] : mx;
-            }
-            for (uint32_t p = 0; p < n; p++) z += (s[p] = exp(s[p] - mx));
-            for (int d = 0; d < HD; d++) {
-                double ref = 0;
-                for (uint32_t p = 0; p < n; p++) ref += s[p] / z * kv[pages[p / P] * 2 * P * HD + P * HD + (p % P) * HD + d];
-                CHECK_NEAR(out[h * HD + d], ref, 1e-5);
-            }
-        }
-    }
-    free(kv);
-}
-
-/* The F16C path reads F16 pages with exactly the portable path's operations:
- * same bits, at lengths with and without a tail. */
-static void test_f16_paths_agree(void) {
-    if (!kcpu_attn_avx2_available()) {
-        printf("no AVX2+F16C: fast attention paths not checked\n");
-        return;
-    }
-    size_t ns[] = {1, 7, 8, 64, 67, 128};
-    for (size_t i = 0; i < 6; i++) {
-        size_t n = ns[i];
-        float a[128], y0[128], y1[128];
-        uint16_t b[128];
-        for (size_t k = 0; k < n; k++) a[k] = frand(), b[k] = pt_f32_to_f16(frand() * 3), y0[k] = y1[k] = frand();
-        float d0 = kcpu_dot_f32_f16(a, b, n), d1 = kcpu_dot_f32_f16_avx2(a, b, n);
-        CHECK_MSG(memcmp(&d0, &d1, 4) == 0, "n=%zu: %.9g vs %.9g", n, d0, d1);
-        kcpu_axpy_f32_f16(y0, 0.37f, b, n);
-        kcpu_axpy_f32_f16_avx2(y1, 0.37f, b, n);
-        CHECK(memcmp(y0, y1, n * sizeof(float)) == 0);
-        /* And the F16 dot equals the F32 dot of the converted values, on both F32 paths. */
-        float bf[128];
-        for (size_t k = 0; k < n; k++) bf[k] = pt_f16_to_f32(b[k]);
-        float d2 = kcpu_dot_f32(a, bf, n), d3 = kcpu_dot_f32_avx2(a, bf, n);
-        CHECK(memcmp(&d0, &d2, 4) == 0);
-        CHECK(memcmp(&d2, &d3, 4) == 0);
-        kcpu_axpy_f32(y0, -1.5f, bf, n);
-        kcpu_axpy_f32_avx2(y1, -1.5f, bf, n);
-        CHECK(memcmp(y0, y1, n * sizeof(float)) == 0);
-    }
-}
-
-TEST_MAIN(TEST(test_dot_and_rmsnorm), TEST(test_rope_styles), TEST(test_swiglu_softmax), TEST(test_attn_paged),
-          TEST(test_f16_paths_agree))
+TEST_MAIN(TEST(test_dot_and_rmsnorm), TEST(test_rope_styles), TEST(test_swiglu_softmax))

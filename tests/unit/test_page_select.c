@@ -199,7 +199,7 @@ static void test_select_and_attend_sizes(void) {
             for (size_t i = 0; i < NQ * hd; i++) q[i] = frand();
             float scale = 1.0f / sqrtf((float)hd);
             uint32_t *sel = malloc(c.n_pages * sizeof(uint32_t)), *pos = malloc(c.n_ctx * sizeof(uint32_t));
-            float *scratch = malloc(c.n_pages * sizeof(float)), *scores = malloc(c.n_ctx * sizeof(float));
+            float *scratch = malloc(c.n_pages * sizeof(float)), *scores = malloc(kcpu_attn_state_len(NQ, hd) * sizeof(float));
             double ref[128];
 
             for (uint32_t j = 0; j < c.n_pages; j++) sel[j] = j;
@@ -262,7 +262,7 @@ static void test_sparse_all_pages_f16(void) {
     uint16_t *kv = malloc((NP + 1) * 2 * P * HD * sizeof(uint16_t));
     for (size_t i = 0; i < (NP + 1) * 2 * P * HD; i++) kv[i] = pt_f32_to_f16(frand());
     uint32_t pages[NP] = {4, 0, 5, 2, 1}, sel[NP] = {0, 1, 2, 3, 4};
-    float q[NQ * HD], dense[NQ * HD], sparse[NQ * HD], scores[CTX];
+    float q[NQ * HD], dense[NQ * HD], sparse[NQ * HD], scores[NQ * (HD + 2)]; /* attention state */
     for (int i = 0; i < NQ * HD; i++) q[i] = frand();
     kcpu_attn_paged(dense, q, NQ, HD, kv, PT_DTYPE_F16, 2 * P * HD, P * HD, pages, P, CTX, 0.125f, scores);
     kcpu_attn_paged_sparse(sparse, q, NQ, HD, kv, PT_DTYPE_F16, 2 * P * HD, P * HD, pages, P, CTX, sel, NP, 0.125f,
@@ -277,7 +277,7 @@ static void test_needle(void) {
     enum { HD = 128, P = 16, CTX = 1000, NEEDLE = 30 };
     cache c;
     cache_init(&c, HD, P, CTX);
-    float base[HD], q[NQ * HD], dense[NQ * HD], sparse[NQ * HD], scores[CTX], scratch[63];
+    float base[HD], q[NQ * HD], dense[NQ * HD], sparse[NQ * HD], scores[NQ * (HD + 2)], scratch[63];
     for (int i = 0; i < HD; i++) base[i] = frand();
     for (int h = 0; h < NQ; h++)
         for (int i = 0; i < HD; i++) q[h * HD + i] = base[i] + 0.05f * frand();

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "backend/cpu/cpu_forward.h"
+#include "cpu/kcpu_ops.h"
 #include "backend/backend.h"
 #include "backend/instance.h"
 
@@ -182,11 +183,11 @@ static int rank_init(pt_instance *e, pt_rank *r, pt_err *err) {
 }
 
 int pt_backend_cpu_create(pt_backend **out, pt_instance *e, pt_err *err) {
-    const pt_engine_opts *o = &e->opts;
     size_t d = e->w.cfg.d_model;
-    /* Per-thread scratch: attention scores (max_ctx), a folded row (d), and
-     * for page selection a score and an index per page. */
-    e->scratch_len = (o->max_ctx > d ? o->max_ctx : d) + 2 * (size_t)e->pages_per_seq;
+    /* Per-thread scratch: the softmax states of one attention run or a
+     * folded row (d), and for page selection a score and an index per page. */
+    size_t states = PT_CPU_ATTN_RUN * kcpu_attn_state_len(e->w.q_per_kv, e->w.cfg.head_dim);
+    e->scratch_len = (states > d ? states : d) + 2 * (size_t)e->pages_per_seq;
 
     cpu_backend *cb = calloc(1, sizeof(*cb));
     if (!cb) return pt_err_set(err, PT_ERR_NOMEM, "out of memory creating the CPU backend");

@@ -11,6 +11,11 @@
 
 #include "backend/instance.h"
 
+/* Attention takes the rows of a prompt chunk in runs of up to this many
+ * consecutive positions of one sequence; each run walks the sequence's pages
+ * once. The per-thread scratch holds one run's softmax states. */
+#define PT_CPU_ATTN_RUN 32
+
 typedef void (*pt_cpu_phase)(pt_instance *e, pt_rank *r, uint32_t layer);
 
 /* Layer 0: embedding; later layers: fold of the previous MLP partials into

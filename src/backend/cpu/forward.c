@@ -218,42 +218,64 @@ static void append_phase(void *arg, int tid, int nth) {
     }
 }
 
-/* ---- phase: attention per (token, group), then quantize for O ---- */
+/* ---- phase: attention per (run, group), then quantize for O ----
+ * A run is up to PT_CPU_ATTN_RUN batch rows of one sequence at consecutive
+ * positions, attended densely (a prompt chunk, or one decode row); a row
+ * under page selection is a run of its own. Items go to threads round-robin,
+ * so the long runs at the end of a causal chunk are spread over threads. A
+ * row's result never depends on its run (kcpu_attn_paged_run). */
+
+static size_t attn_run_end(const pt_instance *e, uint32_t layer, size_t t0) {
+    size_t t1 = t0 + 1;
+    if (pt_select_applies(e, layer, (uint32_t)t0)) return t1;
+    while (t1 < e->T && t1 - t0 < PT_CPU_ATTN_RUN && e->tok_seq[t1] == e->tok_seq[t0] &&
+           e->tok_pos[t1] == e->tok_pos[t1 - 1] + 1 && !pt_select_applies(e, layer, (uint32_t)t1))
+        t1++;
+    return t1;
+}
+
+static void attend(const phase_ctx *c, float *scratch, size_t t0, size_t t1, size_t g) {
+    pt_instance *e = c->e;
+    pt_rank *r = c->r;
+    const pt_weights *w = &e->w;
+    const pt_kv_pool *kv = r->kv;
+    size_t hd = w->cfg.head_dim, qw = (size_t)w->q_per_kv * hd, qld = (size_t)w->cfg.n_heads * hd;
+    uint32_t P = e->opts.page_size;
+    float scale = 1.0f / sqrtf((float)hd);
+    const pt_seq *s = &e->seqs[e->tok_seq[t0]];
+    float *out = r->att + t0 * qld + g * qw;
+    const float *q = r->q + t0 * qld + g * qw;
+    const void *kbase = pt_kv_k(kv, c->layer, 0);
+    if (pt_select_applies(e, c->layer, (uint32_t)t0)) {
+        /* Page selection scratch sits after the states (see cpu_backend.c). */
+        float *page_scores = scratch + (e->scratch_len - 2 * (size_t)e->pages_per_seq);
+        uint32_t *selected = (uint32_t *)(page_scores + e->pages_per_seq);
+        uint32_t n_ctx = e->tok_pos[t0] + 1, n_pages = (n_ctx + P - 1) / P;
+        size_t n_sel = kcpu_page_select(selected, q, w->q_per_kv, hd, pt_kv_kmin(kv, c->layer, 0), s->pages[g],
+                                        n_pages, P, n_ctx, e->opts.select_budget, page_scores);
+        kcpu_attn_paged_sparse(out, q, w->q_per_kv, hd, kbase, kv->dtype, pt_kv_slot_stride(kv), pt_kv_v_offset(kv),
+                               s->pages[g], P, n_ctx, selected, n_sel, scale, scratch);
+    } else {
+        kcpu_attn_paged_run(out, qld, q, qld, t1 - t0, e->tok_pos[t0], w->q_per_kv, hd, kbase, kv->dtype,
+                            pt_kv_slot_stride(kv), pt_kv_v_offset(kv), s->pages[g], P, scale, scratch);
+    }
+    const pt_layer_weights *L = &r->shard.layers[c->layer];
+    size_t rb = act_row_bytes(e, L->o[g].type, qw);
+    for (size_t t = t0; t < t1; t++)
+        quantize_act(e, L->o[g].type, r->att_act + (t * w->n_groups + g) * rb, r->att + t * qld + g * qw, qw);
+}
 
 static void attn_phase(void *arg, int tid, int nth) {
     phase_ctx *c = arg;
     pt_instance *e = c->e;
     pt_rank *r = c->r;
-    const pt_weights *w = &e->w;
-    const pt_layer_weights *L = &r->shard.layers[c->layer];
-    size_t hd = w->cfg.head_dim, qw = (size_t)w->q_per_kv * hd, qld = (size_t)w->cfg.n_heads * hd;
-    uint32_t ng = r->g1 - r->g0, P = e->opts.page_size;
-    float scale = 1.0f / sqrtf((float)hd);
-    float *sc = r->scores + (size_t)tid * e->scratch_len;
-    long lo, hi;
-    pt_pool_split((long)e->T * ng, tid, nth, &lo, &hi);
-    /* Page selection scratch sits after the scores (see cpu_backend.c). */
-    float *page_scores = sc + (e->scratch_len - 2 * (size_t)e->pages_per_seq);
-    uint32_t *selected = (uint32_t *)(page_scores + e->pages_per_seq);
-    for (long it = lo; it < hi; it++) {
-        size_t t = (size_t)it / ng, g = r->g0 + (size_t)it % ng;
-        const pt_seq *s = &e->seqs[e->tok_seq[t]];
-        const pt_kv_pool *kv = r->kv;
-        float *out = r->att + t * qld + g * qw;
-        const float *q = r->q + t * qld + g * qw;
-        uint32_t n_ctx = e->tok_pos[t] + 1;
-        if (pt_select_applies(e, c->layer, (uint32_t)t)) {
-            uint32_t n_pages = (n_ctx + P - 1) / P;
-            size_t n_sel = kcpu_page_select(selected, q, w->q_per_kv, hd, pt_kv_kmin(kv, c->layer, 0), s->pages[g],
-                                            n_pages, P, n_ctx, e->opts.select_budget, page_scores);
-            kcpu_attn_paged_sparse(out, q, w->q_per_kv, hd, pt_kv_k(kv, c->layer, 0), kv->dtype, pt_kv_slot_stride(kv),
-                                   pt_kv_v_offset(kv), s->pages[g], P, n_ctx, selected, n_sel, scale, sc);
-        } else {
-            kcpu_attn_paged(out, q, w->q_per_kv, hd, pt_kv_k(kv, c->layer, 0), kv->dtype, pt_kv_slot_stride(kv),
-                            pt_kv_v_offset(kv), s->pages[g], P, n_ctx, scale, sc);
-        }
-        size_t rb = act_row_bytes(e, L->o[g].type, qw);
-        quantize_act(e, L->o[g].type, r->att_act + (t * w->n_groups + g) * rb, r->att + t * qld + g * qw, qw);
+    float *scratch = r->scores + (size_t)tid * e->scratch_len;
+    long item = 0;
+    for (size_t t0 = 0; t0 < e->T;) {
+        size_t t1 = attn_run_end(e, c->layer, t0);
+        for (uint32_t g = r->g0; g < r->g1; g++, item++)
+            if (item % nth == tid) attend(c, scratch, t0, t1, g);
+        t0 = t1;
     }
 }
 
