@@ -91,7 +91,8 @@ HYST_phased=${HYST_phased:-2}
 # One step = one sequence's whole chunk: the simulator batches prefill by a
 # per-step token budget only, so the server's per-sequence chunk is set to it.
 # The simulator does not model prefix caching: the servers run without it.
-BATCH="--max-batch-tokens 512 --prefill-chunk 512 --max-running 32 --prefix-caching=false"
+# The windows' KV sizes (KV_*) were chosen for F32 pages, so the servers keep them.
+BATCH="--max-batch-tokens 512 --prefill-chunk 512 --max-running 32 --prefix-caching=false --kv-dtype f32"
 mkdir -p "$OUT"
 
 SERVER=

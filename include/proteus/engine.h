@@ -36,7 +36,7 @@ typedef struct {
     uint32_t tp_chunks;   /* MLP chunks per weight tensor; 0 = the fabric's (pt_fabric_tp_chunks),
                              for pt_engine_create 4, or lcm(4, tp) above TP 4 */
     uint32_t page_size;   /* tokens per KV head page (default 16) */
-    pt_dtype kv_dtype;    /* PT_DTYPE_F32 (default) or PT_DTYPE_F16 */
+    pt_dtype kv_dtype;    /* PT_DTYPE_F32 (default), PT_DTYPE_F16 or PT_DTYPE_BF16 */
     uint64_t kv_pages;    /* head pages per rank; 0 = as many as kv_bytes holds, at most
                              enough for max_seqs full contexts */
     uint64_t kv_bytes;    /* KV budget per rank when kv_pages is 0; 0 = what the rank's device has

@@ -102,6 +102,10 @@ void kcpu_attn_page_ref(float *st, const float *q, size_t n_q, size_t hd, const 
     }
 }
 
+void kcpu_widen_ref(float *dst, const void *src, int type, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = kv_elem(src, type, i);
+}
+
 /* ---- drivers ---- */
 
 typedef void page_fn(float *st, const float *q, size_t n_q, size_t hd, const void *k, const void *v, int kv_type,
@@ -116,6 +120,14 @@ static page_fn *pick(size_t hd) {
     case KCPU_ISA_AVX512: return kcpu_attn_page_avx512;
     case KCPU_ISA_AVX2: return kcpu_attn_page_avx2;
     default: return kcpu_attn_page_ref;
+    }
+}
+
+static void widen(float *dst, const void *src, int type, size_t n) {
+    switch (kcpu_isa_active()) {
+    case KCPU_ISA_AVX512: kcpu_widen_avx512(dst, src, type, n); break;
+    case KCPU_ISA_AVX2: kcpu_widen_avx2(dst, src, type, n); break;
+    default: kcpu_widen_ref(dst, src, type, n); break;
     }
 }
 
@@ -178,23 +190,47 @@ void kcpu_attn_paged_sparse(float *out, const float *q, size_t n_q, size_t hd, c
     state_finish(out, state, n_q, hd);
 }
 
+size_t kcpu_attn_run_scratch_len(size_t n_tok, size_t n_q, size_t hd, uint32_t page_size) {
+    return n_tok * kcpu_attn_state_len(n_q, hd) + 2 * (size_t)page_size * hd;
+}
+
+/* The first n K and V rows of a page as F32: exact, so the rows it gives
+ * make the same bits as the F16 / BF16 rows would. */
+static void widen_page(float *dst, const kv_view *w, int kv_type, uint32_t slot, uint32_t page_size, size_t hd,
+                       uint32_t n) {
+    const uint8_t *k = w->kv + (size_t)slot * w->slot_bytes;
+    for (int half = 0; half < 2; half++) {
+        const uint8_t *src = k + (half ? w->v_bytes : 0);
+        widen(dst + (size_t)half * page_size * hd, src, kv_type, (size_t)n * hd);
+    }
+}
+
 void kcpu_attn_paged_run(float *out, size_t ld_out, const float *q, size_t ld_q, size_t n_tok, uint32_t pos0,
                          size_t n_q, size_t hd, const void *kv, int kv_type, size_t slot_stride, size_t v_offset,
-                         const uint32_t *pages, uint32_t page_size, float scale, float *state) {
+                         const uint32_t *pages, uint32_t page_size, float scale, float *scratch) {
     page_fn *fn = pick(hd);
     kv_view w = view_of(kv, kv_type, slot_stride, v_offset, hd);
     size_t sl = kcpu_attn_state_len(n_q, hd);
+    float *state = scratch, *wide = scratch + n_tok * sl;
+    /* Several rows read each page: widening F16 / BF16 pages once beats
+     * converting every key for every row. */
+    bool widen = kv_type != PT_DTYPE_F32 && n_tok > 1;
     for (size_t t = 0; t < n_tok; t++) state_init(state + t * sl, n_q, hd);
     /* Page-major: each page is read from memory once for the whole run, and
-     * every token still sees its pages in increasing order. */
+     * every row still sees its pages in increasing order. */
     uint32_t n_ctx_last = pos0 + (uint32_t)n_tok;
     for (uint32_t p0 = 0, j = 0; p0 < n_ctx_last; p0 += page_size, j++) {
-        /* Tokens before position p0 do not see this page. */
+        /* Rows before position p0 do not see this page. */
         size_t t0 = p0 > pos0 ? p0 - pos0 : 0;
+        uint32_t n_page = n_ctx_last - p0 < page_size ? n_ctx_last - p0 : page_size;
+        if (widen) widen_page(wide, &w, kv_type, pages[j], page_size, hd, n_page);
         for (size_t t = t0; t < n_tok; t++) {
             uint32_t n_ctx = pos0 + (uint32_t)t + 1;
             uint32_t n = n_ctx - p0 < page_size ? n_ctx - p0 : page_size;
-            update(fn, state + t * sl, q + t * ld_q, n_q, hd, &w, kv_type, pages[j], n, scale);
+            if (widen)
+                fn(state + t * sl, q + t * ld_q, n_q, hd, wide, wide + (size_t)page_size * hd, PT_DTYPE_F32, n, scale);
+            else
+                update(fn, state + t * sl, q + t * ld_q, n_q, hd, &w, kv_type, pages[j], n, scale);
         }
     }
     for (size_t t = 0; t < n_tok; t++) state_finish(out + t * ld_out, state + t * sl, n_q, hd);

@@ -113,3 +113,12 @@ void kcpu_attn_page_avx2(float *st, const float *q, size_t n_q, size_t hd, const
     default: BY_HD(PT_DTYPE_F32) break;
     }
 }
+
+void kcpu_widen_avx2(float *dst, const void *src, int type, size_t n) {
+    size_t i = 0;
+    if (type == PT_DTYPE_F16)
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8(src, PT_DTYPE_F16, i));
+    else
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8(src, PT_DTYPE_BF16, i));
+    kcpu_widen_ref(dst + i, (const uint16_t *)src + i, type, n - i);
+}

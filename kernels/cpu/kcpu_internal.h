@@ -49,6 +49,11 @@ void kcpu_attn_page_avx2(float *st, const float *q, size_t n_q, size_t hd, const
 void kcpu_attn_page_avx512(float *st, const float *q, size_t n_q, size_t hd, const void *k, const void *v,
                            int kv_type, uint32_t n, float scale);
 
+/* dst[i] = element i of src (F16 or BF16) as F32, i < n: exact. */
+void kcpu_widen_ref(float *dst, const void *src, int type, size_t n);
+void kcpu_widen_avx2(float *dst, const void *src, int type, size_t n);
+void kcpu_widen_avx512(float *dst, const void *src, int type, size_t n);
+
 /* exp(x) for x <= 0 as attention computes it (0 below KCPU_EXP_MIN, where
  * 2^n would leave the normal range): n = round(x log2 e), r = x - n ln 2 in
  * two fma steps, a degree-6 Taylor polynomial in r by Horner with fma, times

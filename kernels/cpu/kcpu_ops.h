@@ -51,10 +51,12 @@ void kcpu_attn_paged(float *out, const float *q, size_t n_q, size_t hd, const vo
  * chunk), each causally over its own positions: row t of out (stride
  * ld_out) is kcpu_attn_paged of row t of q (stride ld_q) with n_ctx =
  * pos0 + t + 1, the same bits. Pages are walked once for all rows, so each
- * is read from memory once per run. state needs n_tok * kcpu_attn_state_len. */
+ * is read from memory (and widened from F16 / BF16) once per run. scratch
+ * needs kcpu_attn_run_scratch_len floats. */
+size_t kcpu_attn_run_scratch_len(size_t n_tok, size_t n_q, size_t hd, uint32_t page_size);
 void kcpu_attn_paged_run(float *out, size_t ld_out, const float *q, size_t ld_q, size_t n_tok, uint32_t pos0,
                          size_t n_q, size_t hd, const void *kv, int kv_type, size_t slot_stride, size_t v_offset,
-                         const uint32_t *pages, uint32_t page_size, float scale, float *state);
+                         const uint32_t *pages, uint32_t page_size, float scale, float *scratch);
 
 /* Portable dot of F32 with F16 in kcpu_dot_f32's order (CUDA references). */
 float kcpu_dot_f32_f16(const float *a, const uint16_t *b, size_t n);

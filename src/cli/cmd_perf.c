@@ -1,7 +1,9 @@
 /* proteus perf: prompt processing and generation speed on one model, as the
- * side-by-side benchmark in bench/ reads it. Prompt processing evaluates
- * --pp tokens in one step (logits of the last only); generation runs --tg
- * single-token steps, each feeding back the argmax. Prints one JSON line. */
+ * side-by-side benchmark in bench/ reads it. With --depth N a sequence first
+ * holds N tokens of context (evaluated untimed, as llama-bench -d does);
+ * then prompt processing evaluates --pp tokens in one step (logits of the
+ * last only), and generation runs --tg single-token steps, each feeding back
+ * the argmax. Prints one JSON line. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,20 +18,24 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 static void usage(FILE *f) {
-    fputs("usage: proteus perf [-m MODEL] [-t THREADS] [--tp N] [--device D] [--pp N] [--tg N] [--reps N]\n"
+    fputs("usage: proteus perf [-m MODEL] [-t THREADS] [--tp N] [--device D] [--pp N] [--tg N] [--depth N]\n"
+          "                    [--kv-dtype T] [--reps N]\n"
           "  -m MODEL     GGUF file, Hugging Face directory or synthetic:<shape> (default: the default model)\n"
           "  -t THREADS   threads per rank (default: all cores)\n"
           "  --tp N       tensor-parallel ranks (default 1)\n"
           "  --device D   cpu | cuda | cuda:N (default cpu)\n"
           "  --pp N       prompt tokens evaluated in one step (default 512)\n"
           "  --tg N       generated tokens, one step each (default 128)\n"
+          "  --depth N    tokens of context already in the sequence when timing starts (default 0)\n"
+          "  --kv-dtype T KV cache element type: f32, f16 or bf16 (default: the engine's)\n"
           "  --reps N     repetitions; the median is reported (default 3)\n",
           f);
 }
 
 int cmd_perf(int argc, char **argv) {
     const char *model = NULL;
-    long threads = cli_default_threads(), tp = 1, pp = 512, tg = 128, reps = 3;
+    long threads = cli_default_threads(), tp = 1, pp = 512, tg = 128, depth = 0, reps = 3;
+    const char *kv_dtype = NULL;
     int device = PT_DEVICE_CPU, device_index = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -54,6 +60,11 @@ int cmd_perf(int argc, char **argv) {
         } else if (!strcmp(a, "--tg") && v) {
             if (!cli_parse_long(a, v, 0, 1 << 16, &tg)) return CLI_USAGE;
             i++;
+        } else if (!strcmp(a, "--depth") && v) {
+            if (!cli_parse_long(a, v, 0, 1 << 20, &depth)) return CLI_USAGE;
+            i++;
+        } else if (!strcmp(a, "--kv-dtype") && v) {
+            kv_dtype = v, i++;
         } else if (!strcmp(a, "--reps") && v) {
             if (!cli_parse_long(a, v, 1, 1000, &reps)) return CLI_USAGE;
             i++;
@@ -77,8 +88,16 @@ int cmd_perf(int argc, char **argv) {
     o.device = (pt_device_kind)device;
     o.device_index = device_index;
     o.max_seqs = 1;
+    if (kv_dtype && !strcmp(kv_dtype, "f32")) o.kv_dtype = PT_DTYPE_F32;
+    else if (kv_dtype && !strcmp(kv_dtype, "f16")) o.kv_dtype = PT_DTYPE_F16;
+    else if (kv_dtype && !strcmp(kv_dtype, "bf16")) o.kv_dtype = PT_DTYPE_BF16;
+    else if (kv_dtype) {
+        fprintf(stderr, "proteus perf: --kv-dtype must be f32, f16 or bf16, not '%s'\n", kv_dtype);
+        pt_model_file_close(&mf);
+        return CLI_USAGE;
+    }
     o.max_batch_tokens = (uint32_t)pp;
-    o.max_ctx = (uint32_t)(pp + tg + 1);
+    o.max_ctx = (uint32_t)(depth + pp + tg + 1);
     pt_engine *e = NULL;
     if (pt_engine_create(&e, &mf, &o, &err) != 0) {
         fprintf(stderr, "proteus: %s\n", err.msg);
@@ -86,18 +105,24 @@ int cmd_perf(int argc, char **argv) {
         return CLI_FAIL;
     }
     uint32_t V = mf.config.vocab_size;
-    int32_t *prompt = malloc((size_t)pp * sizeof(int32_t));
+    long n_tok = depth + pp; /* context, then the timed prompt */
+    int32_t *prompt = malloc((size_t)n_tok * sizeof(int32_t));
     float *logits = malloc((size_t)V * sizeof(float));
     double *pp_s = calloc((size_t)reps, sizeof(double)), *tg_s = calloc((size_t)reps, sizeof(double));
     pt_rng rng;
     pt_rng_seed(&rng, 42);
-    for (long i = 0; i < pp; i++) prompt[i] = (int32_t)(pt_rng_next(&rng) % V);
+    for (long i = 0; i < n_tok; i++) prompt[i] = (int32_t)(pt_rng_next(&rng) % V);
     int rc = CLI_OK;
     /* One warm-up round (page faults of the mapping, thread start-up), then reps. */
     for (long r = -1; r < reps && rc == CLI_OK; r++) {
         int s = pt_engine_seq_new(e);
+        for (long at = 0; at < depth && rc == CLI_OK; at += pp) {
+            uint32_t n = (uint32_t)(depth - at < pp ? depth - at : pp);
+            pt_batch_entry c = {s, prompt + at, n, NULL, false, true};
+            if (pt_engine_step(e, &c, 1, &err) != 0) rc = CLI_FAIL;
+        }
         double t0 = pt_now();
-        pt_batch_entry b = {s, prompt, (uint32_t)pp, logits, false, false};
+        pt_batch_entry b = {s, prompt + depth, (uint32_t)pp, logits, false, true};
         if (pt_engine_step(e, &b, 1, &err) != 0) rc = CLI_FAIL;
         double t1 = pt_now();
         for (long g = 0; g < tg && rc == CLI_OK; g++) {
@@ -120,9 +145,10 @@ int cmd_perf(int argc, char **argv) {
         qsort(pp_s, (size_t)reps, sizeof(double), cmp_double);
         qsort(tg_s, (size_t)reps, sizeof(double), cmp_double);
         double pps = pp_s[reps / 2], tgs = tg_s[reps / 2];
-        printf("{\"model\":\"%s\",\"threads\":%ld,\"tp\":%ld,\"isa\":\"%s\",\"pp_tokens\":%ld,\"pp_tok_s\":%.2f,"
-               "\"tg_tokens\":%ld,\"tg_tok_s\":%.2f}\n",
-               path, threads, tp, kcpu_isa_name(kcpu_isa_active()), pp, pp / pps, tg, tg ? tg / tgs : 0.0);
+        printf("{\"model\":\"%s\",\"threads\":%ld,\"tp\":%ld,\"isa\":\"%s\",\"kv_dtype\":\"%s\",\"depth\":%ld,"
+               "\"pp_tokens\":%ld,\"pp_tok_s\":%.2f,\"tg_tokens\":%ld,\"tg_tok_s\":%.2f}\n",
+               path, threads, tp, kcpu_isa_name(kcpu_isa_active()), pt_dtype_name(o.kv_dtype), depth, pp, pp / pps,
+               tg, tg ? tg / tgs : 0.0);
     }
     free(prompt);
     free(logits);

@@ -61,7 +61,8 @@ typedef struct {
     int max_items;      /* KT_INTLIST: longest list */
 } cfg_key;
 
-static const enum_name KV_DTYPES[] = {{"f32", PT_DTYPE_F32}, {"f16", PT_DTYPE_F16}, {NULL, 0}};
+static const enum_name KV_DTYPES[] = {
+    {"f32", PT_DTYPE_F32}, {"f16", PT_DTYPE_F16}, {"bf16", PT_DTYPE_BF16}, {NULL, 0}};
 static const enum_name LOG_LEVELS[] = {
     {"debug", PT_LOG_DEBUG}, {"info", PT_LOG_INFO}, {"warn", PT_LOG_WARN}, {"error", PT_LOG_ERROR}, {NULL, 0}};
 static const enum_name POLICIES[] = {{"static", PT_POLICY_STATIC}, {"dynamic", PT_POLICY_DYNAMIC}, {NULL, 0}};
@@ -187,7 +188,7 @@ void pt_server_config_default(pt_server_config *c) {
     c->tp = 1;
     c->devices = pt_xstrdup("cpu");
     c->page_size = 16;
-    c->kv_dtype = PT_DTYPE_F32;
+    c->kv_dtype = PT_DTYPE_F16;
     c->kv_memory_mb = 0;
     c->cuda_graphs = true;
     c->prefix_caching = true;

@@ -6,21 +6,22 @@
 #include <unistd.h>
 
 uint64_t pt_kv_page_bytes(uint32_t n_layers, uint32_t head_dim, uint32_t page_size, pt_dtype dtype) {
-    uint64_t elem = dtype == PT_DTYPE_F16 ? 2 : 4;
+    uint64_t elem = dtype == PT_DTYPE_F32 ? 4 : 2;
     return (uint64_t)n_layers * ((uint64_t)2 * page_size * head_dim * elem + 2 * head_dim * sizeof(float));
 }
 
 int pt_kv_pool_init_accounting(pt_kv_pool *kv, uint32_t n_layers, uint32_t head_dim, uint32_t page_size,
                                uint32_t n_slots, pt_dtype dtype, pt_err *err) {
     memset(kv, 0, sizeof(*kv));
-    if (dtype != PT_DTYPE_F32 && dtype != PT_DTYPE_F16)
-        return pt_err_set(err, PT_ERR_UNSUPPORTED, "KV dtype %s is not supported (f32 or f16)", pt_dtype_name(dtype));
+    if (dtype != PT_DTYPE_F32 && dtype != PT_DTYPE_F16 && dtype != PT_DTYPE_BF16)
+        return pt_err_set(err, PT_ERR_UNSUPPORTED, "KV dtype %s is not supported (f32, f16 or bf16)",
+                          pt_dtype_name(dtype));
     kv->n_layers = n_layers;
     kv->head_dim = head_dim;
     kv->page_size = page_size;
     kv->n_slots = kv->n_enabled = n_slots;
     kv->dtype = dtype;
-    kv->elem = dtype == PT_DTYPE_F16 ? 2 : 4;
+    kv->elem = dtype == PT_DTYPE_F32 ? 4 : 2;
     kv->page_bytes = pt_kv_page_bytes(n_layers, head_dim, page_size, dtype);
     kv->free_slots = malloc(((size_t)n_slots + 1) * sizeof(uint32_t));
     kv->retired = malloc(((size_t)n_slots + 1) * sizeof(uint32_t));
@@ -199,6 +200,13 @@ void pt_kv_append(pt_kv_pool *kv, uint32_t layer, uint32_t slot, uint32_t off, c
             kd[i] = pt_f32_to_f16(k[i]);
             vd[i] = pt_f32_to_f16(v[i]);
             kr[i] = pt_f16_to_f32(kd[i]);
+        }
+    } else if (kv->dtype == PT_DTYPE_BF16) {
+        pt_bf16 *kd = (pt_bf16 *)pt_kv_k(kv, layer, slot) + off * hd, *vd = (pt_bf16 *)pt_kv_v(kv, layer, slot) + off * hd;
+        for (size_t i = 0; i < hd; i++) {
+            kd[i] = pt_f32_to_bf16(k[i]);
+            vd[i] = pt_f32_to_bf16(v[i]);
+            kr[i] = pt_bf16_to_f32(kd[i]);
         }
     } else {
         memcpy((float *)pt_kv_k(kv, layer, slot) + off * hd, k, hd * sizeof(float));

@@ -7,9 +7,9 @@
  * over the valid tokens: the page's bounding box for query-aware selection.
  *
  * Layout: data    (layer, slot, {K, V}, page_size, head_dim) elements of dtype
- *                 (F32, or F16 to halve the memory)
+ *                 (F32, or F16 / BF16 to halve the memory)
  *         minmax  (layer, slot, {min, max}, head_dim)        floats, of the
- *                 keys as stored (after rounding to F16)
+ *                 keys as stored (after rounding to F16 / BF16)
  *
  * A pool belongs to a device, not to an instance: a TP transformation hands
  * it from the instance that used the device to the one that uses it next,
@@ -44,7 +44,7 @@ typedef struct pt_kv_pool {
     uint32_t page_size;
     uint32_t n_slots;   /* capacity: slot ids are below it */
     uint32_t n_enabled; /* pages charged to the device: in use or free */
-    pt_dtype dtype;   /* PT_DTYPE_F32 or PT_DTYPE_F16 */
+    pt_dtype dtype;   /* PT_DTYPE_F32, F16 or BF16 */
     size_t elem;      /* bytes per element */
     uint64_t page_bytes; /* one slot across all layers, min/max included */
     pt_device *dev;   /* where enabled pages are accounted (PT_MEM_KV), or NULL: the heap */

@@ -39,7 +39,8 @@ serverlib.skip_unless_ready(BIN, need_openai=True)
 import openai  # noqa: E402
 
 COST_FILE = os.path.join(tempfile.mkdtemp(prefix="proteus-e2e-sched-"), "cost.json")
-COMMON = ["--devices", "cpu:2", "--threads", "2", "--kv-memory-mb", "4", "--max-running", "4"]
+# The page counts above are of F32 pages.
+COMMON = ["--devices", "cpu:2", "--threads", "2", "--kv-memory-mb", "4", "--kv-dtype", "f32", "--max-running", "4"]
 DYNAMIC = COMMON + ["--policy", "dynamic", "--scheduler-allowed-tp", "1,2", "--hysteresis", "2",
                     "--log-level", "debug", "--save-cost", COST_FILE]
 STATIC_TP2 = COMMON + ["--layout", "2", "--cost-file", COST_FILE]

@@ -59,7 +59,7 @@ static void test_defaults(void) {
     CHECK_EQ_INT(c.allowed_tp.n, 0); /* derived by finalize */
     CHECK_EQ_INT(c.plan.n_devices, 0);
     CHECK_EQ_INT(c.page_size, 16);
-    CHECK_EQ_INT(c.kv_dtype, PT_DTYPE_F32);
+    CHECK_EQ_INT(c.kv_dtype, PT_DTYPE_F16);
     CHECK_EQ_INT(c.kv_memory_mb, 0);
     CHECK_EQ_INT(c.max_running, 32);
     CHECK_EQ_INT(c.max_batch_tokens, 512);
@@ -551,7 +551,7 @@ static const struct {
     {"{\"server\": {\"port\": 0}}", NULL, "'server.port' must be an integer in [1, 65535], got 0"},
     {"{\"engine\": {\"page_size\": 24}}", NULL, "'engine.page_size' must be a power of two in [1, 256], got 24"},
     {"{\"engine\": {\"page_size\": 512}}", NULL, "'engine.page_size' must be a power of two in [1, 256], got 512"},
-    {"{\"engine\": {\"kv_dtype\": \"bf16\"}}", NULL, "'engine.kv_dtype' must be one of \"f32\" or \"f16\", got \"bf16\""},
+    {"{\"engine\": {\"kv_dtype\": \"q8\"}}", NULL, "'engine.kv_dtype' must be one of \"f32\", \"f16\" or \"bf16\", got \"q8\""},
     {"{\"engine\": {\"devices\": \"gpu\"}}", NULL,
      "'engine.devices' must be \"cpu\", \"cuda\", \"cpu:N\" or \"cuda:N\" with N in [1, 64], or a list of device "
      "objects, got \"gpu\""},
@@ -637,7 +637,7 @@ static const struct {
     {NULL, "--page-size 3", "--page-size: must be a power of two in [1, 256], got \"3\""},
     {NULL, "-t 0", "-t: must be an integer in [1, 1024], got \"0\""},
     {NULL, "--threads 4x", "--threads: must be an integer in [1, 1024], got \"4x\""},
-    {NULL, "--kv-dtype q8", "--kv-dtype: must be one of \"f32\" or \"f16\", got \"q8\""},
+    {NULL, "--kv-dtype q8", "--kv-dtype: must be one of \"f32\", \"f16\" or \"bf16\", got \"q8\""},
     {NULL, "--prot 9000", "unknown option '--prot' (did you mean '--port'?)"},
     {NULL, "--devices tpu",
      "--devices: must be \"cpu\", \"cuda\", \"cpu:N\" or \"cuda:N\" with N in [1, 64], got \"tpu\""},

@@ -203,10 +203,10 @@ static void test_run_and_sparse_match_single(void) {
     const uint32_t P = 16, pos0 = 37, n_tok = 29, n_ctx = pos0 + n_tok;
     pool p;
     pool_init(&p, PT_DTYPE_F16, hd, P, n_ctx, 3.0f);
-    size_t sl = kcpu_attn_state_len(n_q, hd), qw = n_q * hd, ld = qw + 5;
+    size_t qw = n_q * hd, ld = qw + 5;
     float *q = malloc(n_tok * ld * sizeof(float)), *out = malloc(n_tok * ld * sizeof(float));
     float *one = malloc(qw * sizeof(float)), *sp = malloc(qw * sizeof(float));
-    float *state = malloc(n_tok * sl * sizeof(float));
+    float *state = malloc(kcpu_attn_run_scratch_len(n_tok, n_q, hd, P) * sizeof(float));
     for (size_t i = 0; i < n_tok * ld; i++) q[i] = frand();
     float scale = 0.125f;
     kcpu_attn_paged_run(out, ld, q, ld, n_tok, pos0, n_q, hd, p.kv, p.type, p.slot_stride, (size_t)P * hd, p.pages,

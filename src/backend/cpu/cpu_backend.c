@@ -186,7 +186,7 @@ int pt_backend_cpu_create(pt_backend **out, pt_instance *e, pt_err *err) {
     size_t d = e->w.cfg.d_model;
     /* Per-thread scratch: the softmax states of one attention run or a
      * folded row (d), and for page selection a score and an index per page. */
-    size_t states = PT_CPU_ATTN_RUN * kcpu_attn_state_len(e->w.q_per_kv, e->w.cfg.head_dim);
+    size_t states = kcpu_attn_run_scratch_len(PT_CPU_ATTN_RUN, e->w.q_per_kv, e->w.cfg.head_dim, e->opts.page_size);
     e->scratch_len = (states > d ? states : d) + 2 * (size_t)e->pages_per_seq;
 
     cpu_backend *cb = calloc(1, sizeof(*cb));
