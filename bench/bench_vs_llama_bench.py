@@ -15,9 +15,15 @@ vendors:
 (GGML_NATIVE=ON also enables AMX on CPUs that report it; on the VMs these
 benchmarks ran on, AMX tiles are reported but not usable: SIGILL.)
 
+Each test runs as llama-bench runs it: a prompt of P tokens in micro-batches
+of 512 (-ub 512; Proteus: perf --ubatch 512), and generation of TG tokens
+after D tokens of context (-d D; Proteus: perf --depth D), the context
+evaluated untimed.
+
 Usage:
     python3 bench/bench_vs_llama_bench.py --llama-bench PATH [--proteus LABEL=PATH ...]
-        [-m MODEL] [--threads 1,2] [--pp 512] [--tg 128] [--rounds 3] [--out results.json]
+        [-m MODEL] [--threads 1,2] [--pp 512,2048] [--depth 0,4096] [--tg 128] [--rounds 3]
+        [--kv-dtype f16] [--out results.json]
 """
 
 import argparse
@@ -30,24 +36,30 @@ DEFAULT_MODEL = os.path.join(os.path.expanduser("~"), ".cache", "proteus", "mode
                              "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def proteus_once(path, model, t, pp, tg):
-    out = subprocess.run([path, "perf", "-m", model, "-t", str(t), "--pp", str(pp), "--tg", str(tg),
-                          "--reps", "1"], check=True, capture_output=True, text=True).stdout
-    d = json.loads(out.strip().splitlines()[-1])
-    return d["pp_tok_s"], d["tg_tok_s"]
+UBATCH = 512
 
 
-def llama_once(path, model, t, pp, tg):
-    out = subprocess.run([path, "-m", model, "-t", str(t), "-p", str(pp), "-n", str(tg), "-r", "1",
-                          "-o", "jsonl"], check=True, capture_output=True, text=True).stdout
-    pp_ts = tg_ts = None
-    for line in out.splitlines():
-        d = json.loads(line)
-        if d["n_prompt"] > 0:
-            pp_ts = d["avg_ts"]
-        else:
-            tg_ts = d["avg_ts"]
-    return pp_ts, tg_ts
+def proteus_once(path, model, t, test, tg, kv_dtype):
+    kind, n = test
+    cmd = [path, "perf", "-m", model, "-t", str(t), "--ubatch", str(UBATCH), "--reps", "1"]
+    if kv_dtype:
+        cmd += ["--kv-dtype", kv_dtype]
+    cmd += ["--pp", str(n), "--tg", "0"] if kind == "pp" else ["--depth", str(n), "--pp", "1", "--tg", str(tg)]
+    d = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    return d["pp_tok_s"] if kind == "pp" else d["tg_tok_s"]
+
+
+def llama_once(path, model, t, test, tg):
+    kind, n = test
+    cmd = [path, "-m", model, "-t", str(t), "-ub", str(UBATCH), "-r", "1", "-o", "jsonl"]
+    cmd += ["-p", str(n), "-n", "0"] if kind == "pp" else ["-p", "0", "-n", str(tg), "-d", str(n)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["avg_ts"]
+
+
+def name(test, tg):
+    kind, n = test
+    return f"prompt {n}" if kind == "pp" else f"generation {tg} at depth {n}"
 
 
 def main():
@@ -56,32 +68,39 @@ def main():
     ap.add_argument("--proteus", action="append", default=[], help="LABEL=PATH, repeatable")
     ap.add_argument("-m", "--model", default=DEFAULT_MODEL)
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--pp", type=int, default=512)
+    ap.add_argument("--pp", default="512", help="prompt lengths, comma-separated (empty: none)")
+    ap.add_argument("--depth", default="0", help="context depths of the generation tests (empty: none)")
     ap.add_argument("--tg", type=int, default=128)
+    ap.add_argument("--kv-dtype", default=None, help="Proteus's KV type (default: its default)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out")
     args = ap.parse_args()
     builds = [p.split("=", 1) for p in (args.proteus or ["proteus=build/proteus"])]
     threads = [int(x) for x in args.threads.split(",")]
-    runs = {(label, t): [] for label, _ in builds + [("llama.cpp", None)] for t in threads}
+    tests = [("pp", int(x)) for x in args.pp.split(",") if x] + [("tg", int(x)) for x in args.depth.split(",") if x]
+    engines = builds + [("llama.cpp", args.llama_bench)]
+    runs = {(label, t, test): [] for label, _ in engines for t in threads for test in tests}
     for _ in range(args.rounds):
+        for test in tests:
+            for t in threads:
+                for label, path in engines:
+                    v = (llama_once(path, args.model, t, test, args.tg) if label == "llama.cpp"
+                         else proteus_once(path, args.model, t, test, args.tg, args.kv_dtype))
+                    runs[(label, t, test)].append(v)
+                    print(f"# {label} t={t} {name(test, args.tg)}: {v:.1f} tok/s", flush=True)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    print(f"\n{os.path.basename(args.model)}, median of {args.rounds} interleaved rounds, tok/s\n")
+    print("| test | threads | llama.cpp | " + " | ".join(f"{b} | ratio" for b, _ in builds) + " |")
+    print("|---|---|---|" + "---|---|" * len(builds))
+    for test in tests:
         for t in threads:
-            for label, path in builds:
-                runs[(label, t)].append(proteus_once(path, args.model, t, args.pp, args.tg))
-            runs[("llama.cpp", t)].append(llama_once(args.llama_bench, args.model, t, args.pp, args.tg))
-    med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v)) for k, v in runs.items()}
-    print(f"{os.path.basename(args.model)}, pp {args.pp}, tg {args.tg}, median of {args.rounds} interleaved rounds\n")
-    print("| threads | engine | pp tok/s | tg tok/s | pp ratio | tg ratio |")
-    print("|---|---|---|---|---|---|")
-    for t in threads:
-        lp, lt = med[("llama.cpp", t)]
-        print(f"| {t} | llama.cpp | {lp:.1f} | {lt:.1f} | | |")
-        for label, _ in builds:
-            p, g = med[(label, t)]
-            print(f"| {t} | {label} | {p:.1f} | {g:.1f} | {p / lp:.2f} | {g / lt:.2f} |")
+            ref = med[("llama.cpp", t, test)]
+            cells = " | ".join(f"{med[(b, t, test)]:.1f} | {med[(b, t, test)] / ref:.2f}" for b, _ in builds)
+            print(f"| {name(test, args.tg)} | {t} | {ref:.1f} | {cells} |")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "runs": {f"{k[0]}@{k[1]}": v for k, v in runs.items()}}, f, indent=1)
+            json.dump({"args": vars(args), "runs": {f"{k[0]}@{k[1]}@{k[2][0]}{k[2][1]}": v for k, v in runs.items()}},
+                      f, indent=1)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ typedef struct {
     uint64_t kv_bytes;    /* KV budget per rank when kv_pages is 0; 0 = what the rank's device has
                              left after weights and scratch, or 1 GiB when it has no budget */
     uint32_t max_ctx;     /* context limit (0 = the model's) */
+    bool ctx_beyond_model; /* max_ctx may exceed the model's trained context: for speed measurements
+                              only (as llama-bench allows), outputs there are not what the model learned */
     uint32_t max_seqs;    /* concurrent sequences (default 64) */
     uint32_t max_batch_tokens; /* tokens per step (default 512) */
     bool exact_activations;    /* F32 activations with dequantized weights: the arithmetic of a

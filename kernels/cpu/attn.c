@@ -156,7 +156,7 @@ static kv_view view_of(const void *kv, int kv_type, size_t slot_stride, size_t v
     return (kv_view){kv, es, slot_stride * es, v_offset * es, hd * es};
 }
 
-/* Page j of the block table, its first n rows. */
+/* The first n rows of the page in slot `slot`. */
 static void update(page_fn *fn, float *st, const float *q, size_t n_q, size_t hd, const kv_view *w, int kv_type,
                    uint32_t slot, uint32_t n, float scale) {
     const uint8_t *k = w->kv + (size_t)slot * w->slot_bytes;

@@ -50,7 +50,7 @@ typedef struct {
     float *gate;      /* (T, ff) */
     float *up;        /* (T, ff) */
     uint8_t *h_act;   /* (T, M, row bytes of a down chunk) */
-    float *scores;    /* (nth, scratch_len) per-thread scratch: attention states, a folded row */
+    float *thread_scratch; /* (nth, scratch_len): attention states, a folded row, page selection */
 } pt_rank;
 
 typedef struct {

@@ -187,7 +187,7 @@ int pt_engine_create_ranks(pt_engine **out, const pt_model_file *mf, pt_fabric *
     if (o->page_size == 0) o->page_size = 16;
     if (o->max_seqs == 0) o->max_seqs = 64;
     if (o->max_batch_tokens == 0) o->max_batch_tokens = 512;
-    if (o->max_ctx == 0 || o->max_ctx > c->max_ctx) o->max_ctx = c->max_ctx ? c->max_ctx : 4096;
+    if (o->max_ctx == 0 || (o->max_ctx > c->max_ctx && !o->ctx_beyond_model)) o->max_ctx = c->max_ctx ? c->max_ctx : 4096;
     if ((uint32_t)tp > e->in.w.n_groups || (uint32_t)tp > e->in.w.n_mlp_chunks) {
         rc = pt_err_set(err, PT_ERR_INVALID,
                         "TP %d exceeds the model's %u KV heads or %u MLP chunks (every rank needs at least one of "

@@ -36,6 +36,15 @@ printf 'not a model at all' >"$tmp/junk.gguf"
 expect_exit 1 "junk.gguf" -- "$BIN" generate -m "$tmp/junk.gguf" -p hi
 [ "$(wc -l <"$tmp/err")" -eq 1 ] && ok || bad "junk model error is not one line"
 
+# perf: a prompt after --depth tokens of context, in --ubatch steps, on each KV type.
+for kv in f32 f16 bf16; do
+    expect_exit 0 "" -- "$BIN" perf -m synthetic:tiny-llama -t 1 --pp 20 --tg 3 --depth 37 --ubatch 16 --reps 1 --kv-dtype $kv
+    grep -q "\"depth\":37,\"pp_tokens\":20" "$tmp/out" && grep -qi "\"kv_dtype\":\"$kv\"" "$tmp/out" && ok ||
+        bad "perf --depth 37 --kv-dtype $kv: $(cat "$tmp/out")"
+done
+expect_exit 2 "--kv-dtype must be f32, f16 or bf16" -- "$BIN" perf -m synthetic:tiny-llama --kv-dtype q8
+expect_exit 2 "--depth" -- "$BIN" perf -m synthetic:tiny-llama --depth -1
+
 # Synthetic model: generation runs and reports speed (no tokenizer: bytes).
 expect_exit 0 "generation: 5 tokens" -- "$BIN" generate -m synthetic:tiny-llama -p "hello" -n 5 --ignore-eos
 

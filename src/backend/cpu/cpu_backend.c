@@ -139,7 +139,7 @@ static size_t layout_scratch(pt_instance *e, pt_rank *r, uint8_t *base) {
     CARVE(r->gate, Tm * ff);
     CARVE(r->up, Tm * ff);
     CARVE(r->h_act, Tm * ff);
-    CARVE(r->scores, (size_t)pt_device_threads(r->dev) * e->scratch_len);
+    CARVE(r->thread_scratch, (size_t)pt_device_threads(r->dev) * e->scratch_len);
 #undef CARVE
     if (base && r->rank == 0) r->logits = e->out_scratch;
     return off;

@@ -132,7 +132,7 @@ static void norm_phase(void *arg, int tid, int nth) {
     float *x = r->x;
     long lo, hi;
     pt_pool_split((long)T, tid, nth, &lo, &hi);
-    float *acc = r->scores + (size_t)tid * e->scratch_len; /* scratch, max_ctx >= d */
+    float *acc = r->thread_scratch + (size_t)tid * e->scratch_len; /* scratch_len >= d */
     for (long t = lo; t < hi; t++) {
         if (c->part) fold_into(x + t * d, c->part, c->n_chunks, T, (size_t)t, d, acc);
         float *xn = r->xn + t * d;
@@ -269,7 +269,7 @@ static void attn_phase(void *arg, int tid, int nth) {
     phase_ctx *c = arg;
     pt_instance *e = c->e;
     pt_rank *r = c->r;
-    float *scratch = r->scores + (size_t)tid * e->scratch_len;
+    float *scratch = r->thread_scratch + (size_t)tid * e->scratch_len;
     long item = 0;
     for (size_t t0 = 0; t0 < e->T;) {
         size_t t1 = attn_run_end(e, c->layer, t0);
@@ -309,7 +309,7 @@ static void final_phase(void *arg, int tid, int nth) {
     const pt_weights *w = &e->w;
     size_t d = w->cfg.d_model, T = e->T;
     float *x = r->x;
-    float *acc = r->scores + (size_t)tid * e->scratch_len;
+    float *acc = r->thread_scratch + (size_t)tid * e->scratch_len;
     size_t rb = act_row_bytes(e, w->output.type, d);
     long lo, hi;
     pt_pool_split((long)e->n_out, tid, nth, &lo, &hi);
