@@ -821,13 +821,10 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     }
 }
 
-static void on_connection(uv_stream_t *ls, int status) {
-    pt_http_server *s = ls->data;
-    if (status < 0) {
-        pt_log(PT_LOG_WARN, "http: accept: %s", uv_strerror(status));
-        return;
-    }
-    if (s->closing) return;
+
+/* A connection with its TCP handle and idle timer initialised (not yet
+ * accepted), linked into the server's list. */
+static pt_http_conn *conn_new(pt_http_server *s) {
     pt_http_conn *c = pt_xcalloc(1, sizeof *c);
     c->srv = s;
     c->in = pt_xmalloc(CONN_IN_CAP);
@@ -840,6 +837,16 @@ static void on_connection(uv_stream_t *ls, int status) {
     if (s->conns) s->conns->prev = c;
     s->conns = c;
     s->nconns++;
+    return c;
+}
+static void on_connection(uv_stream_t *ls, int status) {
+    pt_http_server *s = ls->data;
+    if (status < 0) {
+        pt_log(PT_LOG_WARN, "http: accept: %s", uv_strerror(status));
+        return;
+    }
+    if (s->closing) return;
+    pt_http_conn *c = conn_new(s);
     s->stats.connections_open = s->nconns;
     s->stats.connections_total++;
     int rc = uv_accept(ls, (uv_stream_t *)&c->tcp);

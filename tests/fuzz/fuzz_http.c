@@ -102,18 +102,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
     /* A connection as on_connection leaves it, on one end of the pair. */
     pt_http_server *s = server;
-    pt_http_conn *c = pt_xcalloc(1, sizeof *c);
-    c->srv = s;
-    c->in = pt_xmalloc(CONN_IN_CAP);
-    uv_tcp_init(s->loop, &c->tcp);
-    uv_timer_init(s->loop, &c->timer);
-    c->tcp.data = c;
-    c->timer.data = c;
-    c->handles_open = 2;
-    c->next = s->conns;
-    if (s->conns) s->conns->prev = c;
-    s->conns = c;
-    s->nconns++;
+    pt_http_conn *c = conn_new(s);
     if (uv_tcp_open(&c->tcp, fds[0]) != 0) abort();
     llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);
     c->parser.data = c;
