@@ -75,6 +75,11 @@ typedef struct {
     uint64_t preemptions_movable;      /* of them, of a request a smaller instance could serve */
     uint64_t prefix_queries, prefix_hits; /* prompt tokens looked up in its prefix cache, and found */
     uint64_t prefix_pages;             /* cached pages (one head page per KV head each) */
+    /* Its communication (pt_engine_comm_get_stats), when comm_known: steps
+     * that failed on a comm error, moves to a new comm world, the last error. */
+    bool comm_known;
+    uint64_t comm_failures, comm_renewals;
+    char comm_last_error[256];
 } pt_instance_report;
 
 typedef struct {
@@ -91,7 +96,8 @@ void pt_histogram_observe(pt_histogram *h, double v);
 
 /* Renders everything plus the gauges of the layout (running and waiting in
  * all and per instance, KV pages and memory per device, each instance's TP
- * degree and first device) and the transformations as a malloc'd string. */
+ * degree and first device) and the transformations as a malloc'd string;
+ * NULL when out of memory. */
 char *pt_metrics_render(const pt_metrics *m, const pt_layout_report *r, const char *model_name);
 
 #endif

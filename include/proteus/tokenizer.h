@@ -116,7 +116,7 @@ int pt_tokenizer_decode(const pt_tokenizer *t, const int32_t *ids, size_t n, boo
  * tokens: their text). Writes min(len, cap) bytes, returns len (0 for a bad id). */
 size_t pt_tokenizer_piece(const pt_tokenizer *t, int32_t id, char *buf, size_t cap);
 /* The piece as a malloc'd NUL-terminated string (length in *len, may be
- * NULL); "" for a bad id. */
+ * NULL); "" for a bad id; NULL when out of memory. */
 char *pt_tokenizer_piece_dup(const pt_tokenizer *t, int32_t id, size_t *len);
 /* Largest value pt_tokenizer_piece can return. */
 size_t pt_tokenizer_max_piece(const pt_tokenizer *t);

@@ -45,6 +45,18 @@ char *pt_xstrdup(const char *s);
 void *pt_aligned_alloc(size_t size);
 void pt_aligned_free(void *p);
 
+/* A growing text (metrics pages): printf appends; once an allocation
+ * fails it stays failed and pt_text_take gives NULL. */
+typedef struct {
+    char *s;
+    size_t len, cap;
+    bool failed;
+} pt_text;
+void pt_text_printf(pt_text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The NUL-terminated text for the caller to free; NULL when an append
+ * failed (what was built is freed). */
+char *pt_text_take(pt_text *t);
+
 /* Monotonic clock in seconds. */
 double pt_now(void);
 

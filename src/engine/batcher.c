@@ -159,7 +159,8 @@ int pt_batcher_submit(pt_batcher *b, const pt_gen_params *p, uint64_t *id, pt_er
         if (p->prompt[i] < 0 || (uint32_t)p->prompt[i] >= b->V)
             return pt_err_set(err, PT_ERR_INVALID, "prompt token %d is outside the vocabulary [0, %u)", p->prompt[i],
                               b->V);
-    req *r = pt_xcalloc(1, sizeof(*r));
+    req *r = calloc(1, sizeof(*r));
+    if (!r) return pt_err_set(err, PT_ERR_NOMEM, "out of memory");
     r->seq = -1;
     r->n_prompt = (uint32_t)p->n_prompt;
     r->max_tokens = p->max_tokens;
@@ -463,24 +464,27 @@ static bool sample_and_emit(pt_batcher *b, req *r, const float *logits) {
     r->tokens[r->n_prompt + r->n_gen++] = tok;
     pt_stop_result sr;
     pt_finish_reason fin = PT_FINISH_NONE;
+    /* Out of memory in the sampler's penalty counts, the stop matcher or the
+     * text: the request ends with an error rather than go on without them. */
     bool text_ok = true;
     if (!r->ignore_eos && pt_tokenizer_is_eog(b->tok, tok)) {
         fin = PT_FINISH_STOP;
     } else {
-        pt_sampler_accept(&r->sampler, tok, NULL);
+        text_ok = pt_sampler_accept(&r->sampler, tok, NULL) == PT_OK;
         size_t len = pt_detok_push(&r->detok, tok, b->piece, b->piece_cap);
-        if (pt_stop_matcher_feed(&r->stop, b->piece, len, &sr, NULL) == 0) text_ok &= out_append(r, sr.text, sr.len);
-        if (sr.stop >= 0) fin = PT_FINISH_STOP;
+        text_ok = text_ok && pt_stop_matcher_feed(&r->stop, b->piece, len, &sr, NULL) == PT_OK &&
+                  out_append(r, sr.text, sr.len);
+        if (text_ok && sr.stop >= 0) fin = PT_FINISH_STOP;
         else if (r->n_gen == r->max_tokens) fin = PT_FINISH_LENGTH;
     }
-    if (fin != PT_FINISH_NONE && r->stop.stop < 0) {
+    if (text_ok && fin != PT_FINISH_NONE && r->stop.stop < 0) {
         /* Release what was held back: a partial character, a stop prefix. */
         size_t len = pt_detok_flush(&r->detok, b->piece, b->piece_cap);
-        if (pt_stop_matcher_feed(&r->stop, b->piece, len, &sr, NULL) == 0) text_ok &= out_append(r, sr.text, sr.len);
-        if (sr.stop < 0) {
+        text_ok = pt_stop_matcher_feed(&r->stop, b->piece, len, &sr, NULL) == PT_OK && out_append(r, sr.text, sr.len);
+        if (text_ok && sr.stop < 0) {
             pt_stop_matcher_flush(&r->stop, &sr);
             text_ok &= out_append(r, sr.text, sr.len);
-        } else {
+        } else if (text_ok) {
             fin = PT_FINISH_STOP;
         }
     }

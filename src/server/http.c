@@ -110,6 +110,14 @@ struct pt_http_server {
     pt_http_conn *conns; /* doubly linked, every connection until its close callback */
     size_t nconns, nactive; /* all / not rejected */
     bool closing, listener_closed;
+    /* Out of memory at accept: a connection's memory is taken ahead (spare),
+     * so that one failed allocation never refuses a client; when there is
+     * none, the client is accepted into the sink, told 503 and closed (an
+     * unaccepted client would stop libuv from accepting any other). */
+    pt_http_conn *spare;     /* calloc'd with its input buffer; not a libuv handle yet */
+    uv_tcp_t sink;
+    bool sink_open;          /* its close callback has not run */
+    bool accept_waiting;     /* a client waits for the sink (libuv paused accepting) */
     void (*on_closed)(void *);
     void *on_closed_arg;
     pt_http_stats stats;
@@ -185,9 +193,10 @@ static const char *status_text(int status) {
 
 /* ---- Requests ---- */
 
+/* NULL when out of memory. */
 static pt_http_request *req_new(void) {
-    pt_http_request *r = pt_xcalloc(1, sizeof *r);
-    r->t_start = pt_now();
+    pt_http_request *r = calloc(1, sizeof *r);
+    if (r) r->t_start = pt_now();
     return r;
 }
 
@@ -254,7 +263,7 @@ void pt_http_request_set_callbacks(pt_http_request *r, void (*on_drain)(void *),
 
 void pt_http_request_set_log_extra(pt_http_request *r, const char *extra) {
     free(r->log_extra);
-    r->log_extra = extra ? pt_xstrdup(extra) : NULL;
+    r->log_extra = extra ? strdup(extra) : NULL; /* out of memory: the access log goes without it */
 }
 
 /* ---- Parser callbacks ---- */
@@ -275,10 +284,18 @@ static bool head_count(pt_http_conn *c, size_t n, int status) {
     return true;
 }
 
+/* A parser callback out of memory: the request gets 503 and the connection closes. */
+static int out_of_memory(pt_http_conn *c) {
+    c->err_status = 503;
+    c->err_msg = "out of memory";
+    return -1;
+}
+
 static int on_message_begin(llhttp_t *p) {
     pt_http_conn *c = conn_of(p);
     req_free(c->cur);
     c->cur = req_new();
+    if (!c->cur) return out_of_memory(c);
     c->in_message = true;
     conn_timer_start(c, TIMER_HEADER, c->srv->lim.header_timeout_ms);
     return 0;
@@ -301,14 +318,15 @@ static int on_url(llhttp_t *p, const char *at, size_t len) {
     pt_http_conn *c = conn_of(p);
     pt_http_request *r = c->cur;
     if (!head_count(c, len, 414)) return -1;
-    if (!buf_reserve(&r->url, &r->url_cap, r->url_len + len + 2)) return -1;
+    if (!buf_reserve(&r->url, &r->url_cap, r->url_len + len + 2)) return out_of_memory(c);
     memcpy(r->url + r->url_len, at, len);
     r->url_len += len;
     return 0;
 }
 
-static int hbuf_append(pt_http_request *r, const char *at, size_t len) {
-    if (!buf_reserve(&r->hbuf, &r->hcap, r->hlen + len + 1)) return -1;
+static int hbuf_append(pt_http_conn *c, const char *at, size_t len) {
+    pt_http_request *r = c->cur;
+    if (!buf_reserve(&r->hbuf, &r->hcap, r->hlen + len + 1)) return out_of_memory(c);
     memcpy(r->hbuf + r->hlen, at, len);
     r->hlen += len;
     return 0;
@@ -322,21 +340,21 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len) {
         if (r->nhdrs == r->hdrs_cap) {
             size_t n = r->hdrs_cap ? 2 * r->hdrs_cap : 16;
             http_hdr *h = realloc(r->hdrs, n * sizeof *h);
-            if (!h) return -1;
+            if (!h) return out_of_memory(c);
             r->hdrs = h;
             r->hdrs_cap = n;
         }
         r->hdrs[r->nhdrs].name = (uint32_t)r->hlen;
         r->in_field = true;
     }
-    return hbuf_append(r, at, len);
+    return hbuf_append(c, at, len);
 }
 
 static int on_header_field_complete(llhttp_t *p) {
-    pt_http_request *r = conn_of(p)->cur;
-    if (!r->in_field) return -1; /* llhttp reports a name before its value; be defensive */
-    r->in_field = false;
-    return hbuf_append(r, "", 1);
+    pt_http_conn *c = conn_of(p);
+    if (!c->cur->in_field) return -1; /* llhttp reports a name before its value; be defensive */
+    c->cur->in_field = false;
+    return hbuf_append(c, "", 1);
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len) {
@@ -347,7 +365,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
         r->hdrs[r->nhdrs].val = (uint32_t)r->hlen;
         r->in_value = true;
     }
-    return hbuf_append(r, at, len);
+    return hbuf_append(c, at, len);
 }
 
 static int on_header_value_complete(llhttp_t *p) {
@@ -360,7 +378,7 @@ static int on_header_value_complete(llhttp_t *p) {
         r->hlen--;
     r->in_value = false;
     r->nhdrs++;
-    return hbuf_append(r, "", 1);
+    return hbuf_append(c, "", 1);
 }
 
 /* Splits the request target into path and query. Absolute-form targets
@@ -413,11 +431,7 @@ static int on_headers_complete(llhttp_t *p) {
     if (has_len && p->content_length > 0) {
         size_t want = (size_t)p->content_length + 1;
         r->body = malloc(want);
-        if (!r->body) {
-            c->err_status = 413;
-            c->err_msg = "request body too large";
-            return -1;
-        }
+        if (!r->body) return out_of_memory(c);
         r->body_cap = want;
     }
     /* A client that waits for "100 Continue" before sending its body gets it
@@ -441,11 +455,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
         c->err_msg = "request body too large";
         return -1;
     }
-    if (!buf_reserve(&r->body, &r->body_cap, r->body_len + len + 1)) {
-        c->err_status = 413;
-        c->err_msg = "request body too large";
-        return -1;
-    }
+    if (!buf_reserve(&r->body, &r->body_cap, r->body_len + len + 1)) return out_of_memory(c);
     memcpy(r->body + r->body_len, at, len);
     r->body_len += len;
     r->body[r->body_len] = 0;
@@ -552,12 +562,19 @@ static int conn_send(pt_http_conn *c, const uv_buf_t *bufs, unsigned nbufs) {
     return 0;
 }
 
-/* Formats a status line plus headers; caller frees. */
-static char *format_head(int status, const char *content_type, const char *length_hdr,
+/* Room on the stack for a response head: every head the server writes
+ * fits, so that answering needs no allocation (a 500 "out of memory" too). */
+enum { HEAD_STACK = 1024 };
+
+/* Formats a status line plus headers into stack (HEAD_STACK bytes) when
+ * they fit, else into memory the caller frees (the result != stack); NULL
+ * when out of memory. */
+static char *format_head(char *stack, int status, const char *content_type, const char *length_hdr,
                          bool keep_alive, const char *extra, size_t *len) {
     size_t cap = 160 + (content_type ? strlen(content_type) : 0) + strlen(length_hdr) +
                  (extra ? strlen(extra) : 0);
-    char *h = pt_xmalloc(cap);
+    char *h = cap <= HEAD_STACK ? stack : malloc(cap);
+    if (!h) return NULL;
     int n = snprintf(h, cap, "HTTP/1.1 %d %s\r\n%s%s%s%sConnection: %s\r\n%s\r\n", status,
                      status_text(status), content_type ? "Content-Type: " : "",
                      content_type ? content_type : "", content_type ? "\r\n" : "", length_hdr,
@@ -620,10 +637,27 @@ static void conn_timer_stop(pt_http_conn *c) {
     uv_timer_stop(&c->timer);
 }
 
+/* A connection's memory (zeroed, with its input buffer); NULL when out of memory. */
+static pt_http_conn *conn_alloc(void) {
+    pt_http_conn *c = calloc(1, sizeof *c);
+    if (c && !(c->in = malloc(CONN_IN_CAP))) {
+        free(c);
+        c = NULL;
+    }
+    return c;
+}
+
+static void conn_free_memory(pt_http_conn *c) {
+    if (!c) return;
+    free(c->in);
+    free(c);
+}
+
 static void server_maybe_finished(pt_http_server *s) {
-    if (!s->closing || !s->listener_closed || s->nconns > 0) return;
+    if (!s->closing || !s->listener_closed || s->nconns > 0 || s->sink_open) return;
     void (*cb)(void *) = s->on_closed;
     void *arg = s->on_closed_arg;
+    conn_free_memory(s->spare);
     free(s);
     if (cb) cb(arg);
 }
@@ -647,8 +681,7 @@ static void conn_closed_cb(uv_handle_t *h) {
     s->nconns--;
     if (!c->rejected) s->nactive--;
     s->stats.connections_open = s->nconns;
-    free(c->in);
-    free(c);
+    conn_free_memory(c);
     if (r && r->on_abort) r->on_abort(r->ctx); /* r stays valid until the app releases it */
     server_maybe_finished(s);
 }
@@ -711,17 +744,18 @@ static void conn_fail(pt_http_conn *c, int status, const char *msg) {
     char length_hdr[64];
     snprintf(length_hdr, sizeof length_hdr, "Content-Length: %zu\r\n", blen);
     size_t hlen;
-    char *head = format_head(status, "application/json", length_hdr, false, NULL, &hlen);
-    uv_buf_t b[2] = {uv_buf_init(head, (unsigned)hlen), uv_buf_init(body, (unsigned)blen)};
-    pt_http_request *r = c->cur ? c->cur : req_new();
-    if (r->url && !r->path) url_split(r); /* for the log line */
+    char stack[HEAD_STACK];
+    char *head = format_head(stack, status, "application/json", length_hdr, false, NULL, &hlen);
+    pt_http_request none = {.t_start = pt_now()}; /* for the log line when no request began */
+    pt_http_request *r = c->cur ? c->cur : &none;
+    if (r->url && !r->path) url_split(r);
     r->status = status;
     r->bytes_out = hlen + blen;
     access_log(r, msg);
-    if (r != c->cur) req_free(r);
     s->stats.errors_sent++;
+    uv_buf_t b[2] = {uv_buf_init(head, (unsigned)hlen), uv_buf_init(body, (unsigned)blen)};
     conn_send(c, b, 2);
-    free(head);
+    if (head != stack) free(head);
     conn_shutdown(c);
 }
 
@@ -823,11 +857,13 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
 
 
 /* A connection with its TCP handle and idle timer initialised (not yet
- * accepted), linked into the server's list. */
+ * accepted), linked into the server's list; its memory is the spare when
+ * there is one. NULL when out of memory. */
 static pt_http_conn *conn_new(pt_http_server *s) {
-    pt_http_conn *c = pt_xcalloc(1, sizeof *c);
+    pt_http_conn *c = s->spare ? s->spare : conn_alloc();
+    s->spare = NULL;
+    if (!c) return NULL;
     c->srv = s;
-    c->in = pt_xmalloc(CONN_IN_CAP);
     uv_tcp_init(s->loop, &c->tcp);
     uv_timer_init(s->loop, &c->timer);
     c->tcp.data = c;
@@ -839,6 +875,53 @@ static pt_http_conn *conn_new(pt_http_server *s) {
     s->nconns++;
     return c;
 }
+/* What a client accepted into the sink reads: no request of its was read. */
+#define SINK_BODY "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":503}}"
+static const char SINK_RESPONSE[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                    "Content-Length: 83\r\nConnection: close\r\n\r\n" SINK_BODY;
+_Static_assert(sizeof(SINK_BODY) - 1 == 83, "SINK_RESPONSE's Content-Length is its body's");
+
+static void on_connection(uv_stream_t *ls, int status);
+
+static void sink_closed_cb(uv_handle_t *h) {
+    pt_http_server *s = h->data;
+    s->sink_open = false;
+    if (s->accept_waiting && !s->closing) {
+        s->accept_waiting = false;
+        on_connection((uv_stream_t *)&s->tcp, 0); /* the client libuv holds for us */
+    }
+    server_maybe_finished(s);
+}
+
+/* No memory for a connection: the client is accepted into the sink, gets a
+ * 503 if its socket takes it at once, and is closed. While the sink is in
+ * use, the next client waits in libuv (which stops accepting until
+ * uv_accept) and is taken when the sink is closed. */
+static void accept_into_sink(pt_http_server *s) {
+    s->stats.connections_rejected++;
+    if (s->sink_open) {
+        s->accept_waiting = true;
+        return;
+    }
+    uv_tcp_init(s->loop, &s->sink);
+    s->sink.data = s;
+    s->sink_open = true;
+    if (uv_accept((uv_stream_t *)&s->tcp, (uv_stream_t *)&s->sink) == 0) {
+        /* What the client sent first is read and dropped, so that the close
+         * does not reset the connection before it reads the answer. */
+        uv_os_fd_t fd;
+        char drop[4096];
+        if (uv_fileno((uv_handle_t *)&s->sink, &fd) == 0)
+            while (recv(fd, drop, sizeof drop, MSG_DONTWAIT) > 0) {
+            }
+        uv_buf_t b = uv_buf_init((char *)SINK_RESPONSE, sizeof(SINK_RESPONSE) - 1);
+        uv_try_write((uv_stream_t *)&s->sink, &b, 1);
+        if (uv_fileno((uv_handle_t *)&s->sink, &fd) == 0) shutdown(fd, SHUT_WR);
+    }
+    pt_log(PT_LOG_ERROR, "http: out of memory accepting a connection: answered 503");
+    uv_close((uv_handle_t *)&s->sink, sink_closed_cb);
+}
+
 static void on_connection(uv_stream_t *ls, int status) {
     pt_http_server *s = ls->data;
     if (status < 0) {
@@ -847,6 +930,11 @@ static void on_connection(uv_stream_t *ls, int status) {
     }
     if (s->closing) return;
     pt_http_conn *c = conn_new(s);
+    if (!c) {
+        accept_into_sink(s);
+        return;
+    }
+    if (!s->spare) s->spare = conn_alloc(); /* NULL: the next client allocates its own */
     s->stats.connections_open = s->nconns;
     s->stats.connections_total++;
     int rc = uv_accept(ls, (uv_stream_t *)&c->tcp);
@@ -906,13 +994,18 @@ void pt_http_respond(pt_http_request *r, int status, const char *content_type, c
         bool keep = r->keep_alive && !c->srv->closing;
         r->keep_alive = keep;
         size_t hlen;
-        char *head = format_head(status, has_body ? content_type : NULL, length_hdr, keep,
+        char stack[HEAD_STACK];
+        char *head = format_head(stack, status, has_body ? content_type : NULL, length_hdr, keep,
                                  extra_headers, &hlen);
         size_t blen = has_body && !r->is_head ? len : 0;
-        uv_buf_t b[2] = {uv_buf_init(head, (unsigned)hlen), uv_buf_init((char *)body, (unsigned)blen)};
-        conn_send(c, b, blen ? 2 : 1);
-        r->bytes_out = hlen + blen;
-        free(head);
+        if (!head) {
+            conn_close(c); /* out of memory for headers that big: nothing can be sent */
+        } else {
+            uv_buf_t b[2] = {uv_buf_init(head, (unsigned)hlen), uv_buf_init((char *)body, (unsigned)blen)};
+            conn_send(c, b, blen ? 2 : 1);
+            r->bytes_out = hlen + blen;
+            if (head != stack) free(head);
+        }
     }
     request_finish(r);
 }
@@ -936,13 +1029,17 @@ void pt_http_stream_begin(pt_http_request *r, int status, const char *content_ty
     if (!c || c->closing || c->lingering) return;
     if (c->srv->closing) r->keep_alive = false;
     size_t hlen;
-    char *head = format_head(status, content_type,
-                             r->chunked ? "Transfer-Encoding: chunked\r\n" : "", r->keep_alive,
-                             extra_headers, &hlen);
+    char stack[HEAD_STACK];
+    char *head = format_head(stack, status, content_type, r->chunked ? "Transfer-Encoding: chunked\r\n" : "",
+                             r->keep_alive, extra_headers, &hlen);
+    if (!head) {
+        conn_close(c); /* the writes that follow see the connection gone */
+        return;
+    }
     uv_buf_t b = uv_buf_init(head, (unsigned)hlen);
     conn_send(c, &b, 1);
     r->bytes_out += hlen;
-    free(head);
+    if (head != stack) free(head);
 }
 
 int pt_http_stream_write(pt_http_request *r, const char *data, size_t len) {

@@ -43,6 +43,15 @@ static cJSON *instance_json(const pt_layout_report *r, int id) {
     cJSON_AddNumberToObject(o, "kv_pages_total", (double)in->kv_pages_total);
     cJSON_AddNumberToObject(o, "kv_pages_free", (double)in->kv_pages_free);
     cJSON_AddItemToObject(o, "weight_bytes", weights);
+    if (in->comm_known && in->tp > 1) {
+        /* What its ranks' exchanges went through: a failed step fails its
+         * requests, and the instance goes on over a new comm world. */
+        cJSON *c = cJSON_AddObjectToObject(o, "comm");
+        cJSON_AddNumberToObject(c, "failures", (double)in->comm_failures);
+        cJSON_AddNumberToObject(c, "renewals", (double)in->comm_renewals);
+        if (in->comm_last_error[0]) cJSON_AddStringToObject(c, "last_error", in->comm_last_error);
+        else cJSON_AddNullToObject(c, "last_error");
+    }
     return o;
 }
 
@@ -181,8 +190,7 @@ static cJSON *xform_json(const pt_layout_xform_view *x) {
 static char *print_json(cJSON *root) {
     char *out = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
-    if (!out) out = pt_xstrdup("{}"); /* cJSON ran out of memory */
-    return out;
+    return out; /* NULL when cJSON ran out of memory: the caller answers 500 */
 }
 
 static cJSON *sched_json(const pt_layout_sched_view *sv) {

@@ -36,7 +36,7 @@ typedef struct {
  * "scheduler": {...}, "transformation": {...}} (README.md, "Layouts",
  * "Changing the layout of a running server" and "Choosing a layout and
  * tuning the scheduler"); no "transformation" when x is NULL, no
- * "scheduler" when sv is NULL. malloc'd. */
+ * "scheduler" when sv is NULL. malloc'd; NULL when out of memory. */
 char *pt_layout_json(const pt_layout_report *r, const pt_layout_xform_view *x, const pt_layout_sched_view *sv);
 
 /* The body of POST /v1/layout, {"layout": [2, 1, 1]}: the degrees into
@@ -47,7 +47,7 @@ char *pt_layout_json(const pt_layout_report *r, const pt_layout_xform_view *x, c
 int pt_layout_parse_request(const char *body, size_t len, int *tp, int *n, pt_err *err);
 
 /* The 202 answer to an accepted POST: the run's id, from, to, plan and
- * operations, where to follow it. malloc'd. */
+ * operations, where to follow it. malloc'd; NULL when out of memory. */
 char *pt_layout_accepted_json(const pt_relayout_result *run);
 
 /* "3 instances: [1] cpu0, [1] cpu1, [2] cpu2+cpu3". */

@@ -1,6 +1,5 @@
 #include "proteus/metrics.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,67 +49,45 @@ void pt_histogram_observe(pt_histogram *h, double v) {
     h->count++;
 }
 
-typedef struct {
-    char *s;
-    size_t len, cap;
-} sbuf;
-
-static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(sbuf *b, const char *fmt, ...) {
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->s + b->len, b->cap - b->len, fmt, ap);
-        va_end(ap);
-        if (n >= 0 && (size_t)n < b->cap - b->len) {
-            b->len += (size_t)n;
-            return;
-        }
-        b->cap = b->cap * 2 + (size_t)(n > 0 ? n : 64);
-        b->s = realloc(b->s, b->cap);
-        if (!b->s) abort();
-    }
-}
-
-static void render_hist(sbuf *b, const pt_histogram *h, const char *model) {
-    sb_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", h->name, h->help, h->name);
+static void render_hist(pt_text *b, const pt_histogram *h, const char *model) {
+    pt_text_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", h->name, h->help, h->name);
     uint64_t cum = 0;
     for (size_t i = 0; i < h->n_bounds; i++) {
         cum += h->counts[i];
-        sb_printf(b, "%s_bucket{model_name=\"%s\",le=\"%g\"} %llu\n", h->name, model, h->bounds[i],
+        pt_text_printf(b, "%s_bucket{model_name=\"%s\",le=\"%g\"} %llu\n", h->name, model, h->bounds[i],
                   (unsigned long long)cum);
     }
     cum += h->counts[h->n_bounds];
-    sb_printf(b, "%s_bucket{model_name=\"%s\",le=\"+Inf\"} %llu\n", h->name, model, (unsigned long long)cum);
-    sb_printf(b, "%s_sum{model_name=\"%s\"} %.9g\n", h->name, model, h->sum);
-    sb_printf(b, "%s_count{model_name=\"%s\"} %llu\n", h->name, model, (unsigned long long)h->count);
+    pt_text_printf(b, "%s_bucket{model_name=\"%s\",le=\"+Inf\"} %llu\n", h->name, model, (unsigned long long)cum);
+    pt_text_printf(b, "%s_sum{model_name=\"%s\"} %.9g\n", h->name, model, h->sum);
+    pt_text_printf(b, "%s_count{model_name=\"%s\"} %llu\n", h->name, model, (unsigned long long)h->count);
 }
 
 /* Per device: KV pages (where the instance's stats cover the rank), memory
  * by class and the budget. */
-static void render_devices(sbuf *b, const pt_layout_report *r, const char *model) {
-    sb_printf(b, "# HELP proteus_kv_pages_used KV head pages in use per device.\n"
+static void render_devices(pt_text *b, const pt_layout_report *r, const char *model) {
+    pt_text_printf(b, "# HELP proteus_kv_pages_used KV head pages in use per device.\n"
                  "# TYPE proteus_kv_pages_used gauge\n");
     for (int i = 0; i < r->n_devices; i++)
         if (r->devices[i].kv_known)
-            sb_printf(b, "proteus_kv_pages_used{model_name=\"%s\",device=\"%s\"} %llu\n", model, r->devices[i].name,
+            pt_text_printf(b, "proteus_kv_pages_used{model_name=\"%s\",device=\"%s\"} %llu\n", model, r->devices[i].name,
                       (unsigned long long)(r->devices[i].kv_pages_total - r->devices[i].kv_pages_free));
-    sb_printf(b, "# HELP proteus_kv_pages_free KV head pages free per device.\n"
+    pt_text_printf(b, "# HELP proteus_kv_pages_free KV head pages free per device.\n"
                  "# TYPE proteus_kv_pages_free gauge\n");
     for (int i = 0; i < r->n_devices; i++)
         if (r->devices[i].kv_known)
-            sb_printf(b, "proteus_kv_pages_free{model_name=\"%s\",device=\"%s\"} %llu\n", model, r->devices[i].name,
+            pt_text_printf(b, "proteus_kv_pages_free{model_name=\"%s\",device=\"%s\"} %llu\n", model, r->devices[i].name,
                       (unsigned long long)r->devices[i].kv_pages_free);
-    sb_printf(b, "# HELP proteus_device_memory_bytes Device memory held, by class.\n"
+    pt_text_printf(b, "# HELP proteus_device_memory_bytes Device memory held, by class.\n"
                  "# TYPE proteus_device_memory_bytes gauge\n");
     for (int i = 0; i < r->n_devices; i++)
         for (int c = 0; c < PT_MEM_CLASS_COUNT; c++)
-            sb_printf(b, "proteus_device_memory_bytes{device=\"%s\",class=\"%s\"} %llu\n", r->devices[i].name,
+            pt_text_printf(b, "proteus_device_memory_bytes{device=\"%s\",class=\"%s\"} %llu\n", r->devices[i].name,
                       pt_mem_class_name((pt_mem_class)c), (unsigned long long)r->devices[i].used[c]);
-    sb_printf(b, "# HELP proteus_device_memory_budget_bytes Device memory budget (0 = no limit).\n"
+    pt_text_printf(b, "# HELP proteus_device_memory_budget_bytes Device memory budget (0 = no limit).\n"
                  "# TYPE proteus_device_memory_budget_bytes gauge\n");
     for (int i = 0; i < r->n_devices; i++)
-        sb_printf(b, "proteus_device_memory_budget_bytes{device=\"%s\"} %llu\n", r->devices[i].name,
+        pt_text_printf(b, "proteus_device_memory_budget_bytes{device=\"%s\"} %llu\n", r->devices[i].name,
                   (unsigned long long)r->devices[i].budget_bytes);
 }
 
@@ -124,41 +101,41 @@ static uint64_t f_requests(const pt_instance_report *in) { return in->requests_t
 /* Layout changes: operations by kind and result, their pauses and
  * pre-copies, bytes moved; and the layout itself, one sample per instance
  * named by its first device (stable across changes elsewhere). */
-static void render_transformations(sbuf *b, const pt_metrics *m, const pt_layout_report *r, const char *model) {
+static void render_transformations(pt_text *b, const pt_metrics *m, const pt_layout_report *r, const char *model) {
     static const char *kinds[PT_METRICS_XFORM_KINDS] = {"merge", "split", "reshape"};
-    sb_printf(b, "# HELP proteus_transformations_total Transformation operations, by kind and result.\n"
+    pt_text_printf(b, "# HELP proteus_transformations_total Transformation operations, by kind and result.\n"
                  "# TYPE proteus_transformations_total counter\n");
     for (int k = 0; k < PT_METRICS_XFORM_KINDS; k++)
         for (int res = 0; res < 2; res++)
-            sb_printf(b, "proteus_transformations_total{kind=\"%s\",result=\"%s\"} %llu\n", kinds[k],
+            pt_text_printf(b, "proteus_transformations_total{kind=\"%s\",result=\"%s\"} %llu\n", kinds[k],
                       res ? "failed" : "ok", (unsigned long long)m->xforms[k][res]);
     render_hist(b, &m->xform_pause, model);
     render_hist(b, &m->xform_precopy, model);
-    sb_printf(b, "# HELP proteus_transformation_bytes_moved_total Bytes transformations moved: KV pages copied, "
+    pt_text_printf(b, "# HELP proteus_transformation_bytes_moved_total Bytes transformations moved: KV pages copied, "
                  "weight shards built.\n# TYPE proteus_transformation_bytes_moved_total counter\n"
                  "proteus_transformation_bytes_moved_total{what=\"kv\"} %llu\n"
                  "proteus_transformation_bytes_moved_total{what=\"weights\"} %llu\n",
               (unsigned long long)m->xform_kv_bytes, (unsigned long long)m->xform_weight_bytes);
-    sb_printf(b, "# HELP proteus_transformation_in_progress 1 while a layout change runs.\n"
+    pt_text_printf(b, "# HELP proteus_transformation_in_progress 1 while a layout change runs.\n"
                  "# TYPE proteus_transformation_in_progress gauge\nproteus_transformation_in_progress %d\n",
               m->xform_in_progress ? 1 : 0);
-    sb_printf(b, "# HELP proteus_layout_instance_tp The current layout: each instance's TP degree.\n"
+    pt_text_printf(b, "# HELP proteus_layout_instance_tp The current layout: each instance's TP degree.\n"
                  "# TYPE proteus_layout_instance_tp gauge\n");
     for (int i = 0; i < r->n_instances; i++)
-        sb_printf(b, "proteus_layout_instance_tp{instance=\"%d\",first_device=\"%d\"} %d\n", i,
+        pt_text_printf(b, "proteus_layout_instance_tp{instance=\"%d\",first_device=\"%d\"} %d\n", i,
                   r->instances[i].first, r->instances[i].tp);
 }
 
-static void render_instances(sbuf *b, const pt_layout_report *r) {
+static void render_instances(pt_text *b, const pt_layout_report *r) {
     /* The layout itself: each instance's TP degree, its devices in a label. */
-    sb_printf(b, "# HELP proteus_instance_tp TP degree of each instance; devices lists its ranks' devices.\n"
+    pt_text_printf(b, "# HELP proteus_instance_tp TP degree of each instance; devices lists its ranks' devices.\n"
                  "# TYPE proteus_instance_tp gauge\n");
     for (int i = 0; i < r->n_instances; i++) {
         const pt_instance_report *in = &r->instances[i];
-        sb_printf(b, "proteus_instance_tp{instance=\"%d\",devices=\"", i);
+        pt_text_printf(b, "proteus_instance_tp{instance=\"%d\",devices=\"", i);
         for (int k = 0; k < in->tp && in->first + k < r->n_devices; k++)
-            sb_printf(b, "%s%s", k ? "," : "", r->devices[in->first + k].name);
-        sb_printf(b, "\"} %d\n", in->tp);
+            pt_text_printf(b, "%s%s", k ? "," : "", r->devices[in->first + k].name);
+        pt_text_printf(b, "\"} %d\n", in->tp);
     }
     static const struct {
         const char *name, *type, *help;
@@ -170,22 +147,21 @@ static void render_instances(sbuf *b, const pt_layout_report *r) {
         {"proteus_instance_requests_total", "counter", "Requests routed to each instance.", f_requests},
     };
     for (size_t g = 0; g < sizeof(G) / sizeof(G[0]); g++) {
-        sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", G[g].name, G[g].help, G[g].name, G[g].type);
+        pt_text_printf(b, "# HELP %s %s\n# TYPE %s %s\n", G[g].name, G[g].help, G[g].name, G[g].type);
         for (int i = 0; i < r->n_instances; i++)
-            sb_printf(b, "%s{instance=\"%d\"} %llu\n", G[g].name, i, (unsigned long long)G[g].f(&r->instances[i]));
+            pt_text_printf(b, "%s{instance=\"%d\"} %llu\n", G[g].name, i, (unsigned long long)G[g].f(&r->instances[i]));
     }
 }
 
 /* One metric with a single sample labelled by the model. */
-static void render_scalar(sbuf *b, const char *name, const char *type, const char *help, const char *model,
+static void render_scalar(pt_text *b, const char *name, const char *type, const char *help, const char *model,
                           uint64_t v) {
-    sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s{model_name=\"%s\"} %llu\n", name, help, name, type, name, model,
+    pt_text_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s{model_name=\"%s\"} %llu\n", name, help, name, type, name, model,
               (unsigned long long)v);
 }
 
 char *pt_metrics_render(const pt_metrics *m, const pt_layout_report *r, const char *model) {
-    sbuf b = {pt_xmalloc(4096), 0, 4096};
-    b.s[0] = 0;
+    pt_text b = {0};
     render_hist(&b, &m->ttft, model);
     render_hist(&b, &m->itl, model);
     render_hist(&b, &m->e2e, model);
@@ -208,10 +184,10 @@ char *pt_metrics_render(const pt_metrics *m, const pt_layout_report *r, const ch
     render_scalar(&b, "proteus_prompt_tokens_total", "counter", "Prompt tokens processed.", model, m->prompt_tokens);
     render_scalar(&b, "proteus_generation_tokens_total", "counter", "Tokens generated.", model, m->generation_tokens);
     static const char *reasons[PT_REASON_COUNT] = {"stop", "length", "abort", "error"};
-    sb_printf(&b, "# HELP proteus_request_success_total Finished requests by finish reason.\n"
+    pt_text_printf(&b, "# HELP proteus_request_success_total Finished requests by finish reason.\n"
                   "# TYPE proteus_request_success_total counter\n");
     for (int i = 0; i < PT_REASON_COUNT; i++)
-        sb_printf(&b, "proteus_request_success_total{model_name=\"%s\",finished_reason=\"%s\"} %llu\n", model,
+        pt_text_printf(&b, "proteus_request_success_total{model_name=\"%s\",finished_reason=\"%s\"} %llu\n", model,
                   reasons[i], (unsigned long long)m->finished[i]);
     render_scalar(&b, "proteus_requests_rejected_total", "counter", "Requests refused because the queue was full.",
                   model, m->rejected_busy);
@@ -223,5 +199,5 @@ char *pt_metrics_render(const pt_metrics *m, const pt_layout_report *r, const ch
                   "Prompt tokens found in the prefix cache (not computed).", model, hits);
     render_scalar(&b, "proteus_prefix_cache_pages", "gauge",
                   "Pages the prefix cache holds (each one head page per KV head).", model, cached);
-    return b.s;
+    return pt_text_take(&b);
 }

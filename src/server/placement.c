@@ -2,17 +2,9 @@
  * does with its decisions (placement.h). */
 #include "server/placement.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* realloc that, like pt_xmalloc, does not return NULL. */
-static void *xrealloc(void *p, size_t n) {
-    void *q = realloc(p, n);
-    if (!q) abort();
-    return q;
-}
 
 pt_sched_req pt_place_sched_req(const pt_place_req *r) {
     return (pt_sched_req){.id = r->id, .prompt_len = r->prompt_len, .max_tokens = r->max_tokens,
@@ -38,18 +30,22 @@ static void effective_pages(const pt_place_inst *in, uint32_t page_size, uint32_
     *total = bound;
 }
 
-void pt_place_build(pt_place_state *ps, double now, int n_devices, const pt_place_inst *inst, int n_inst,
-                    const pt_place_req *reqs, size_t n_reqs, uint32_t page_size, uint32_t n_kv_heads,
-                    bool xform_in_flight, uint64_t offered) {
+int pt_place_build(pt_place_state *ps, double now, int n_devices, const pt_place_inst *inst, int n_inst,
+                   const pt_place_req *reqs, size_t n_reqs, uint32_t page_size, uint32_t n_kv_heads,
+                   bool xform_in_flight, uint64_t offered) {
     if (n_inst > PT_SCHED_MAX_DEVICES) n_inst = PT_SCHED_MAX_DEVICES;
     if (n_reqs > ps->cap) {
         size_t cap = n_reqs > 2 * ps->cap ? n_reqs : 2 * ps->cap;
-        ps->reqs = xrealloc(ps->reqs, cap * sizeof(*ps->reqs));
+        pt_sched_req *grown = realloc(ps->reqs, cap * sizeof(*ps->reqs));
+        if (grown) ps->reqs = grown;
+        const pt_place_req **order = grown ? realloc(ps->order, cap * sizeof(*ps->order)) : NULL;
+        if (!order) return PT_ERR_NOMEM; /* the state of the last build stays */
+        ps->order = order;
         ps->cap = cap;
     }
-    const pt_place_req **order = pt_xmalloc((n_reqs ? n_reqs : 1) * sizeof(*order));
+    const pt_place_req **order = ps->order;
     for (size_t k = 0; k < n_reqs; k++) order[k] = &reqs[k];
-    qsort(order, n_reqs, sizeof(*order), by_arrival);
+    if (n_reqs) qsort(order, n_reqs, sizeof(*order), by_arrival); /* order is NULL before the first */
 
     size_t used = 0;
     for (int i = 0; i < n_inst; i++) {
@@ -95,15 +91,17 @@ void pt_place_build(pt_place_state *ps, double now, int n_devices, const pt_plac
         if (placed || r->id == offered) continue;
         ps->reqs[used++] = pt_place_sched_req(r);
     }
-    free(order);
     ps->st = (pt_sched_state){.now = now, .n_devices = n_devices, .inst = ps->inst, .n_inst = n_inst,
                               .held = &ps->reqs[held_start], .n_held = used - held_start,
                               .xform_in_flight = xform_in_flight};
+    return PT_OK;
 }
 
 void pt_place_free(pt_place_state *ps) {
     free(ps->reqs);
+    free(ps->order);
     ps->reqs = NULL;
+    ps->order = NULL;
     ps->cap = 0;
 }
 
@@ -139,44 +137,21 @@ int pt_place_target_layout(const int *cur, int n_cur, const pt_sched_xform *x, i
 
 /* ---- metrics ---- */
 
-typedef struct {
-    char *buf;
-    size_t len, cap;
-} text;
-
-static void put(text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(text *t, const char *fmt, ...) {
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int w = vsnprintf(t->buf + t->len, t->cap - t->len, fmt, ap);
-        va_end(ap);
-        if (w < 0) return;
-        if ((size_t)w < t->cap - t->len) {
-            t->len += (size_t)w;
-            return;
-        }
-        t->cap = (t->cap + (size_t)w + 1) * 2;
-        t->buf = xrealloc(t->buf, t->cap);
-    }
-}
-
 char *pt_place_metrics(const pt_sched_stats *st, size_t n_held, bool dynamic) {
-    text t = {pt_xmalloc(1024), 0, 1024};
-    t.buf[0] = '\0';
-    put(&t, "# HELP proteus_scheduler_decisions_total Scheduler decisions, by decision and reason.\n"
+    pt_text t = {0};
+    pt_text_printf(&t, "# HELP proteus_scheduler_decisions_total Scheduler decisions, by decision and reason.\n"
             "# TYPE proteus_scheduler_decisions_total counter\n");
     for (int r = 0; r < PT_SCHED_N_REASONS; r++) {
         uint64_t v = st->by_reason[r];
-        put(&t, "proteus_scheduler_decisions_total{decision=\"%s\",reason=\"%s\"} %llu\n",
+        pt_text_printf(&t, "proteus_scheduler_decisions_total{decision=\"%s\",reason=\"%s\"} %llu\n",
             pt_sched_reason_decision((pt_sched_reason)r), pt_sched_reason_name((pt_sched_reason)r),
             (unsigned long long)v);
     }
-    put(&t, "# HELP proteus_scheduler_held_requests Requests held for a layout that can serve them.\n"
+    pt_text_printf(&t, "# HELP proteus_scheduler_held_requests Requests held for a layout that can serve them.\n"
             "# TYPE proteus_scheduler_held_requests gauge\nproteus_scheduler_held_requests %zu\n", n_held);
-    put(&t, "# HELP proteus_scheduler_policy The scheduler's policy (1 for the one in force).\n"
+    pt_text_printf(&t, "# HELP proteus_scheduler_policy The scheduler's policy (1 for the one in force).\n"
             "# TYPE proteus_scheduler_policy gauge\n"
             "proteus_scheduler_policy{policy=\"static\"} %d\nproteus_scheduler_policy{policy=\"dynamic\"} %d\n",
         !dynamic, dynamic);
-    return t.buf;
+    return pt_text_take(&t);
 }

@@ -47,6 +47,7 @@ typedef struct {
     pt_sched_state st;
     pt_sched_instance inst[PT_SCHED_MAX_DEVICES];
     pt_sched_req *reqs;     /* (cap) every instance's running and queued, then the held */
+    const pt_place_req **order; /* (cap) the requests in arrival order, while building */
     size_t cap;
 } pt_place_state;
 
@@ -63,10 +64,11 @@ typedef struct {
  *    instance (SmolLM2's 3 heads at TP2 are 1 + 2: its pages sum to twice a
  *    TP1 instance's, but a sequence fits in 1.5 times), so pages_total is
  *    what seq_capacity tokens take and pages_free is scaled alike.
- * A request whose instance index is out of range counts as held. */
-void pt_place_build(pt_place_state *ps, double now, int n_devices, const pt_place_inst *inst, int n_inst,
-                    const pt_place_req *reqs, size_t n_reqs, uint32_t page_size, uint32_t n_kv_heads,
-                    bool xform_in_flight, uint64_t offered);
+ * A request whose instance index is out of range counts as held.
+ * PT_ERR_NOMEM when out of memory (the storage grows with the requests). */
+int pt_place_build(pt_place_state *ps, double now, int n_devices, const pt_place_inst *inst, int n_inst,
+                   const pt_place_req *reqs, size_t n_reqs, uint32_t page_size, uint32_t n_kv_heads,
+                   bool xform_in_flight, uint64_t offered);
 void pt_place_free(pt_place_state *ps);
 
 /* The scheduler's view of one request. */
@@ -82,7 +84,7 @@ int pt_place_target_layout(const int *cur, int n_cur, const pt_sched_xform *x, i
 /* /metrics lines of the scheduler (README "Configuration"):
  * proteus_scheduler_decisions_total{decision,reason} for every reason,
  * proteus_scheduler_held_requests and proteus_scheduler_policy{policy}.
- * malloc'd. */
+ * malloc'd; NULL when out of memory. */
 char *pt_place_metrics(const pt_sched_stats *st, size_t n_held, bool dynamic);
 
 #endif

@@ -25,6 +25,7 @@
 
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +52,7 @@ _Static_assert(PT_XFORM_RESHAPE + 1 == PT_METRICS_XFORM_KINDS, "metrics count ev
 
 typedef struct serve serve;
 typedef struct call call;
+typedef struct event event;
 
 typedef struct {
     call *c;
@@ -74,6 +76,12 @@ typedef struct {
     bool sent_role;
     size_t text_sent;     /* streaming: bytes of text sent so far (completions' text_offset) */
     double t_last;
+    /* Out of memory on the batcher thread: the final event's memory is
+     * taken ahead, so that the end of a choice always gets through; an
+     * event that could not be copied sets `lost`, and the choice then ends
+     * with an error instead of with text that misses a piece. */
+    event *last;
+    atomic_bool lost;
 } choice;
 
 struct call {
@@ -98,8 +106,8 @@ struct call {
 };
 
 /* One batcher event copied for the loop thread. */
-typedef struct event {
-    struct event *next;
+struct event {
+    event *next;
     choice *ch;
     char *text;
     size_t text_len;
@@ -111,7 +119,8 @@ typedef struct event {
     uint32_t prompt_tokens, completion_tokens;
     double t_admitted;
     char *error;
-} event;
+    const char *why;      /* a fixed message, when error is NULL (out of memory) */
+};
 
 /* One instance: an engine over devices [first, first + tp) of the fabric,
  * and its batching loop. */
@@ -153,6 +162,8 @@ struct serve {
     bool dynamic;
     uv_timer_t plan_timer; /* dynamic: asks pt_sched_plan every PLAN_INTERVAL_MS */
     pt_place_state place; /* the state handed to the scheduler, rebuilt for each question */
+    pt_place_req *place_reqs; /* (place_cap) the open choices, while building it */
+    size_t place_cap;
     uint64_t next_sched_id;
     size_t n_held;        /* choices held, over all calls */
     uint64_t sched_xform_id; /* the layout change the scheduler started (xf-N), 0 when none runs */
@@ -172,8 +183,12 @@ struct serve {
 
 /* The answer when a JSON body could not be built (the builders return NULL
  * when out of memory): a 500 in the OpenAI shape that needs no allocation. */
-static const char NOMEM_JSON[] =
-    "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":500}}";
+#define NOMEM_JSON_TEXT \
+    "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":500}}"
+static const char NOMEM_JSON[] = NOMEM_JSON_TEXT;
+/* The same as one SSE event, when a stream's next event cannot be built. */
+static const char NOMEM_SSE[] = "data: " NOMEM_JSON_TEXT "\n\n";
+static const char NOMEM[] = "out of memory";
 
 static void send_json_extra(pt_http_request *req, int status, char *body, const char *extra_headers) {
     if (!body) {
@@ -218,27 +233,39 @@ static pt_oai_limits limits_of(serve *s) {
     return lim;
 }
 
+static void params_free(pt_gen_params *c);
+
 /* A held choice keeps its request until the scheduler places it: a deep
  * copy (the parsed request it pointed into is freed when the HTTP handler
- * returns). */
+ * returns). NULL when out of memory. */
 static pt_gen_params *params_copy(const pt_gen_params *p) {
-    pt_gen_params *c = pt_xcalloc(1, sizeof(*c));
+    pt_gen_params *c = calloc(1, sizeof(*c));
+    if (!c) return NULL;
     *c = *p;
-    int32_t *prompt = pt_xmalloc((p->n_prompt ? p->n_prompt : 1) * sizeof(int32_t));
-    memcpy(prompt, p->prompt, p->n_prompt * sizeof(int32_t));
-    c->prompt = prompt;
     c->stops = NULL;
+    c->n_stops = 0;
     c->sampling.logit_bias = NULL;
-    c->cache_salt = p->cache_salt ? pt_xstrdup(p->cache_salt) : NULL;
-    if (p->n_stops) {
-        char **stops = pt_xcalloc(p->n_stops, sizeof(char *));
-        for (size_t i = 0; i < p->n_stops; i++) stops[i] = pt_xstrdup(p->stops[i]);
+    c->cache_salt = NULL;
+    int32_t *prompt = malloc((p->n_prompt ? p->n_prompt : 1) * sizeof(int32_t));
+    c->prompt = prompt;
+    bool ok = prompt != NULL;
+    if (ok) memcpy(prompt, p->prompt, p->n_prompt * sizeof(int32_t));
+    if (ok && p->cache_salt) ok = (c->cache_salt = strdup(p->cache_salt)) != NULL;
+    if (ok && p->n_stops) {
+        char **stops = calloc(p->n_stops, sizeof(char *));
         c->stops = (const char *const *)stops;
+        ok = stops != NULL;
+        for (size_t i = 0; ok && i < p->n_stops; i++, c->n_stops++) ok = (stops[i] = strdup(p->stops[i])) != NULL;
     }
-    if (p->sampling.n_logit_bias) {
-        pt_logit_bias *b = pt_xmalloc(p->sampling.n_logit_bias * sizeof(*b));
-        memcpy(b, p->sampling.logit_bias, p->sampling.n_logit_bias * sizeof(*b));
+    if (ok && p->sampling.n_logit_bias) {
+        pt_logit_bias *b = malloc(p->sampling.n_logit_bias * sizeof(*b));
         c->sampling.logit_bias = b;
+        ok = b != NULL;
+        if (ok) memcpy(b, p->sampling.logit_bias, p->sampling.n_logit_bias * sizeof(*b));
+    }
+    if (!ok) {
+        params_free(c);
+        return NULL;
     }
     return c;
 }
@@ -267,24 +294,30 @@ static void unhold(serve *s, choice *ch) {
 
 /* ---- call lifetime ---- */
 
-static void call_free(call *c) {
-    serve *s = c->s;
-    if (c->prev) c->prev->next = c->next;
-    else s->calls = c->next;
-    if (c->next) c->next->prev = c->prev;
+/* What a call holds; its choices are no longer held. */
+static void call_free_memory(call *c) {
     for (uint32_t i = 0; i < c->n_choices; i++) {
         choice *ch = &c->choices[i];
-        if (ch->held) s->n_held--;
         params_free(ch->pending);
         free(ch->text);
         for (size_t k = 0; k < ch->n_lps; k++) free((char *)ch->lps[k].chosen.text);
         for (size_t k = 0; k < ch->n_lps * (size_t)c->top_logprobs; k++) free((char *)ch->lp_top[k].text);
         free(ch->lps);
         free(ch->lp_top);
+        free(ch->last);
     }
     free(c->choices);
     free(c->model);
     free(c);
+}
+
+static void call_free(call *c) {
+    serve *s = c->s;
+    if (c->prev) c->prev->next = c->next;
+    else s->calls = c->next;
+    if (c->next) c->next->prev = c->prev;
+    for (uint32_t i = 0; i < c->n_choices; i++) s->n_held -= c->choices[i].held;
+    call_free_memory(c);
 }
 
 /* Frees the call once nothing refers to it any more. */
@@ -329,12 +362,23 @@ static void set_log_extra(call *c) {
 static void on_batch_event(void *user, const pt_gen_event *ev) {
     choice *ch = user;
     serve *s = ch->c->s;
-    event *e = pt_xcalloc(1, sizeof(*e));
+    bool final = ev->finish != PT_FINISH_NONE;
+    event *e = final ? ch->last : atomic_load(&ch->lost) ? NULL : calloc(1, sizeof(*e));
+    if (final) ch->last = NULL; /* the loop thread frees it with the others */
+    if (!e) {
+        atomic_store(&ch->lost, true);
+        return;
+    }
     e->ch = ch;
-    if (ev->text_len) {
-        e->text = pt_xmalloc(ev->text_len);
+    if (ev->text_len && (e->text = malloc(ev->text_len))) {
         memcpy(e->text, ev->text, ev->text_len);
         e->text_len = ev->text_len;
+    } else if (ev->text_len) {
+        atomic_store(&ch->lost, true);
+        if (!final) {
+            free(e);
+            return;
+        }
     }
     e->token = ev->token;
     e->logprob = ev->logprob;
@@ -344,7 +388,11 @@ static void on_batch_event(void *user, const pt_gen_event *ev) {
     e->prompt_tokens = ev->prompt_tokens;
     e->completion_tokens = ev->completion_tokens;
     e->t_admitted = ev->t_admitted;
-    if (ev->error) e->error = pt_xstrdup(ev->error);
+    if (ev->error) e->error = strdup(ev->error); /* NULL: handle_event says "generation failed" */
+    if (final && atomic_load(&ch->lost) && (e->finish == PT_FINISH_STOP || e->finish == PT_FINISH_LENGTH)) {
+        e->finish = PT_FINISH_ERROR;
+        e->why = "out of memory: part of the generated text was lost";
+    }
     pthread_mutex_lock(&s->mu);
     if (s->ev_tail) s->ev_tail->next = e;
     else s->ev_head = e;
@@ -353,26 +401,57 @@ static void on_batch_event(void *user, const pt_gen_event *ev) {
     uv_async_send(&s->async);
 }
 
-static void fill_lp(serve *s, const event *e, int top_n, pt_oai_token_lp *lp, pt_oai_lp_entry *top) {
-    size_t len;
-    char *t = pt_tokenizer_piece_dup(s->tok, e->token, &len);
-    lp->chosen = (pt_oai_lp_entry){t, len, e->logprob};
-    size_t n = e->n_top < (size_t)top_n ? e->n_top : (size_t)top_n;
-    for (size_t k = 0; k < n; k++) {
-        char *tt = pt_tokenizer_piece_dup(s->tok, e->top[k].token, &len);
-        top[k] = (pt_oai_lp_entry){tt, len, e->top[k].logprob};
-    }
-    for (size_t k = n; k < (size_t)top_n; k++) top[k] = (pt_oai_lp_entry){pt_xstrdup(""), 0, -9999.0f};
-    lp->top = top;
-    lp->n_top = (size_t)top_n;
+static void lp_free(pt_oai_token_lp *lp) {
+    free((char *)lp->chosen.text);
+    for (size_t k = 0; k < lp->n_top; k++) free((char *)lp->top[k].text);
 }
 
-static void stream_write(call *c, char *json) {
+/* The token's logprob with top_n alternatives (placeholders past those
+ * the batcher gave); false when out of memory (nothing is left to free). */
+static bool fill_lp(serve *s, const event *e, int top_n, pt_oai_token_lp *lp, pt_oai_lp_entry *top) {
     size_t len;
-    char *frame = pt_oai_sse_frame(json ? json : NOMEM_JSON, &len);
+    char *t = pt_tokenizer_piece_dup(s->tok, e->token, &len);
+    *lp = (pt_oai_token_lp){.chosen = {t, len, e->logprob}, .top = top, .n_top = 0};
+    size_t n = e->n_top < (size_t)top_n ? e->n_top : (size_t)top_n;
+    bool ok = t != NULL;
+    for (size_t k = 0; ok && k < (size_t)top_n; k++, lp->n_top++) {
+        if (k < n) top[k] = (pt_oai_lp_entry){pt_tokenizer_piece_dup(s->tok, e->top[k].token, &len), len,
+                                              e->top[k].logprob};
+        else top[k] = (pt_oai_lp_entry){strdup(""), 0, -9999.0f};
+        ok = top[k].text != NULL;
+    }
+    if (!ok) lp_free(lp);
+    return ok;
+}
+
+/* One SSE event from json (a builder's result, NULL when it ran out of
+ * memory); false when out of memory (nothing was written): the caller
+ * fails the call. */
+static bool stream_write(call *c, char *json) {
+    size_t len;
+    char *frame = json ? pt_oai_sse_frame(json, &len) : NULL;
     free(json);
     if (c->req && frame) pt_http_stream_write(c->req, frame, len);
     free(frame);
+    return frame != NULL;
+}
+
+/* Tells the client once that the call failed (a plain error, or an error
+ * event once the stream began) and cancels its choices; the call stays
+ * (call_fail also ends it). */
+static void call_report_error(call *c, int status, const char *type, const char *code, const char *msg) {
+    if (c->req && !c->failed) {
+        if (c->stream_begun) {
+            pt_oai_error e;
+            pt_oai_error_set(&e, status, type, code, NULL, "%s", msg);
+            if (!stream_write(c, pt_oai_error_json(&e))) pt_http_stream_write(c->req, NOMEM_SSE, sizeof(NOMEM_SSE) - 1);
+        } else {
+            send_error(c->req, status, type, code, NULL, msg, NULL);
+            c->req = NULL;
+        }
+    }
+    c->failed = true;
+    call_cancel_all(c);
 }
 
 /* Streaming: the SSE headers go out once no choice is held (a held request
@@ -395,14 +474,20 @@ static void call_complete(call *c) {
     set_log_extra(c);
     if (c->stream) {
         call_begin_stream(c);
-        if (c->include_usage && !c->failed) stream_write(c, pt_oai_usage_chunk_json(&meta, c->kind, &u));
+        if (c->include_usage && !c->failed && !stream_write(c, pt_oai_usage_chunk_json(&meta, c->kind, &u)))
+            call_report_error(c, 500, "server_error", NULL, NOMEM);
         pt_http_stream_write(c->req, PT_OAI_SSE_DONE, strlen(PT_OAI_SSE_DONE));
         pt_http_stream_end(c->req);
         c->req = NULL;
         return;
     }
     if (c->failed) return;
-    pt_oai_choice *oc = pt_xcalloc(c->n_choices, sizeof(*oc));
+    pt_oai_choice *oc = calloc(c->n_choices, sizeof(*oc));
+    if (!oc) {
+        send_json(c->req, 500, NULL); /* the out-of-memory error */
+        c->req = NULL;
+        return;
+    }
     for (uint32_t i = 0; i < c->n_choices; i++) {
         choice *ch = &c->choices[i];
         oc[i] = (pt_oai_choice){.index = i, .text = ch->text ? ch->text : "", .len = ch->text_len,
@@ -413,6 +498,42 @@ static void call_complete(call *c) {
     free(oc);
     send_json(c->req, 200, body);
     c->req = NULL;
+}
+
+/* Non-streaming: the event's text added to the choice's; false when out of memory. */
+static bool append_text(choice *ch, const event *e) {
+    if (!e->text_len) return true;
+    if (ch->text_len + e->text_len + 1 > ch->text_cap) {
+        size_t cap = (ch->text_len + e->text_len + 1) * 2;
+        char *grown = realloc(ch->text, cap);
+        if (!grown) return false;
+        ch->text = grown;
+        ch->text_cap = cap;
+    }
+    memcpy(ch->text + ch->text_len, e->text, e->text_len);
+    ch->text_len += e->text_len;
+    ch->text[ch->text_len] = 0;
+    return true;
+}
+
+/* Non-streaming: the event's logprobs added to the choice's; false when out of memory. */
+static bool append_lp(serve *s, choice *ch, const event *e) {
+    size_t top_n = (size_t)ch->c->top_logprobs;
+    if (ch->n_lps == ch->cap_lps) {
+        size_t cap = ch->cap_lps ? ch->cap_lps * 2 : 16;
+        pt_oai_token_lp *lps = realloc(ch->lps, cap * sizeof(*lps));
+        if (!lps) return false;
+        ch->lps = lps;
+        pt_oai_lp_entry *top = realloc(ch->lp_top, cap * (top_n + 1) * sizeof(*top));
+        if (!top) return false;
+        ch->lp_top = top;
+        ch->cap_lps = cap;
+        /* lp_top moved: re-point every entry's top list. */
+        for (size_t k = 0; k < ch->n_lps; k++) ch->lps[k].top = ch->lp_top + k * top_n;
+    }
+    if (!fill_lp(s, e, (int)top_n, &ch->lps[ch->n_lps], ch->lp_top + ch->n_lps * top_n)) return false;
+    ch->n_lps++;
+    return true;
 }
 
 static void handle_event(serve *s, event *e) {
@@ -445,28 +566,22 @@ static void handle_event(serve *s, event *e) {
     }
     if (c->req && !c->failed && (e->finish == PT_FINISH_ERROR || e->finish == PT_FINISH_CANCELLED)) {
         /* The engine could not finish it (or the server is stopping): tell the client once. */
-        c->failed = true;
-        call_cancel_all(c);
-        const char *msg = e->finish == PT_FINISH_ERROR ? (e->error ? e->error : "generation failed")
+        const char *msg = e->finish == PT_FINISH_ERROR ? (e->error ? e->error : e->why ? e->why : "generation failed")
                           : c->timed_out ? "the request exceeded the server's request timeout"
                                          : "the request was cancelled: the server is shutting down";
-        if (c->stream_begun) {
-            pt_oai_error err;
-            pt_oai_error_set(&err, 500, "server_error", NULL, NULL, "%s", msg);
-            stream_write(c, pt_oai_error_json(&err));
-        } else {
-            int status = e->finish == PT_FINISH_ERROR ? 500 : c->timed_out ? 504 : 503;
-            send_error(c->req, status, "server_error", NULL, NULL, msg, NULL);
-            c->req = NULL;
-        }
+        int status = e->finish == PT_FINISH_ERROR || c->stream_begun ? 500 : c->timed_out ? 504 : 503;
+        call_report_error(c, status, "server_error", NULL, msg);
     } else if (c->req && !c->failed) {
         pt_oai_token_lp lp;
         pt_oai_lp_entry top[PT_LOGPROBS_MAX];
         bool has_lp = c->logprobs && e->token >= 0;
+        bool oom = false;
         if (c->stream) {
             call_begin_stream(c);
-            if (e->text_len || final || has_lp || !ch->sent_role) {
-                if (has_lp) fill_lp(s, e, c->top_logprobs, &lp, top);
+            bool lp_ok = has_lp && fill_lp(s, e, c->top_logprobs, &lp, top);
+            if (has_lp && !lp_ok) {
+                oom = true;
+            } else if (e->text_len || final || has_lp || !ch->sent_role) {
                 pt_oai_choice oc = {.index = ch->index, .text = e->text ? e->text : "", .len = e->text_len,
                                     .role = c->kind == PT_OAI_CHAT && !ch->sent_role,
                                     .finish = final ? oai_finish(e->finish) : PT_OAI_FINISH_NONE,
@@ -475,36 +590,13 @@ static void handle_event(serve *s, event *e) {
                 ch->sent_role = true;
                 ch->text_sent += e->text_len;
                 pt_oai_meta meta = {c->id, c->created, c->model};
-                stream_write(c, pt_oai_chunk_json(&meta, c->kind, &oc, c->include_usage));
-                if (has_lp) {
-                    free((char *)lp.chosen.text);
-                    for (size_t k = 0; k < lp.n_top; k++) free((char *)top[k].text);
-                }
+                oom = !stream_write(c, pt_oai_chunk_json(&meta, c->kind, &oc, c->include_usage));
             }
+            if (lp_ok) lp_free(&lp);
         } else {
-            if (e->text_len) {
-                if (ch->text_len + e->text_len + 1 > ch->text_cap) {
-                    ch->text_cap = (ch->text_len + e->text_len + 1) * 2;
-                    ch->text = realloc(ch->text, ch->text_cap);
-                    if (!ch->text) abort();
-                }
-                memcpy(ch->text + ch->text_len, e->text, e->text_len);
-                ch->text_len += e->text_len;
-                ch->text[ch->text_len] = 0;
-            }
-            if (has_lp) {
-                if (ch->n_lps == ch->cap_lps) {
-                    ch->cap_lps = ch->cap_lps ? ch->cap_lps * 2 : 16;
-                    ch->lps = realloc(ch->lps, ch->cap_lps * sizeof(*ch->lps));
-                    ch->lp_top = realloc(ch->lp_top, ch->cap_lps * (size_t)(c->top_logprobs + 1) * sizeof(*ch->lp_top));
-                    if (!ch->lps || !ch->lp_top) abort();
-                    /* lp_top moved: re-point every entry's top list. */
-                    for (size_t k = 0; k < ch->n_lps; k++) ch->lps[k].top = ch->lp_top + k * (size_t)c->top_logprobs;
-                }
-                fill_lp(s, e, c->top_logprobs, &ch->lps[ch->n_lps], ch->lp_top + ch->n_lps * (size_t)c->top_logprobs);
-                ch->n_lps++;
-            }
+            oom = !append_text(ch, e) || (has_lp && !append_lp(s, ch, e));
         }
+        if (oom) call_report_error(c, 500, "server_error", NULL, NOMEM);
     }
     if (final && c->n_done == c->n_choices) call_complete(c);
     call_maybe_free(c);
@@ -561,7 +653,7 @@ static bool xform_touches(const pt_relayout_progress *p, const instance *in) {
  * snapshot and every open choice; `offered` is the choice being placed
  * (not also listed as held), `p` its request (for what each instance's
  * prefix cache holds of its prompt; NULL when none is placed). Valid until
- * the next call. */
+ * the next call; NULL when out of memory. */
 static const pt_sched_state *sched_state(serve *s, uint64_t offered, const pt_gen_params *p) {
     pt_relayout_progress prog;
     bool busy = pt_relayout_progress_get(&s->relayout, &prog);
@@ -583,23 +675,23 @@ static const pt_sched_state *sched_state(serve *s, uint64_t offered, const pt_ge
             pi->pages_free += st.kv_pages_free[r];
         }
     }
-    size_t n = 0, cap = 64;
-    pt_place_req *reqs = pt_xmalloc(cap * sizeof(*reqs));
+    size_t n = 0;
     for (call *c = s->calls; c; c = c->next)
         for (uint32_t i = 0; i < c->n_choices; i++) {
             const choice *ch = &c->choices[i];
             if (!ch->held && !(ch->submitted && !ch->done && ch->inst >= 0)) continue;
-            if (n == cap) {
-                cap *= 2;
-                pt_place_req *grown = realloc(reqs, cap * sizeof(*reqs));
-                if (!grown) abort();
-                reqs = grown;
+            if (n == s->place_cap) {
+                size_t cap = s->place_cap ? 2 * s->place_cap : 64;
+                pt_place_req *grown = realloc(s->place_reqs, cap * sizeof(*grown));
+                if (!grown) return NULL;
+                s->place_reqs = grown;
+                s->place_cap = cap;
             }
-            reqs[n++] = place_req_of(ch);
+            s->place_reqs[n++] = place_req_of(ch);
         }
-    pt_place_build(&s->place, pt_now(), pt_fabric_size(s->fabric), in, s->n_inst, reqs, n, s->page_size,
-                   s->n_kv_heads, busy, offered);
-    free(reqs);
+    if (pt_place_build(&s->place, pt_now(), pt_fabric_size(s->fabric), in, s->n_inst, s->place_reqs, n, s->page_size,
+                       s->n_kv_heads, busy, offered))
+        return NULL;
     return &s->place.st;
 }
 
@@ -623,6 +715,7 @@ static int submit_to(serve *s, choice *ch, int i, const pt_gen_params *p, pt_err
  * the instance's queue is full). */
 static int place_choice(serve *s, choice *ch, const pt_gen_params *p, pt_sched_reason *why, pt_err *err) {
     const pt_sched_state *st = sched_state(s, ch->sched_id, p);
+    if (!st) return pt_err_set(err, PT_ERR_NOMEM, NOMEM);
     pt_place_req me = place_req_of(ch);
     pt_sched_req r = pt_place_sched_req(&me);
     pt_sched_placement pl;
@@ -636,8 +729,8 @@ static int place_choice(serve *s, choice *ch, const pt_gen_params *p, pt_sched_r
                               pl.instance, s->n_inst);
         return submit_to(s, ch, pl.instance, p, err);
     case PT_SCHED_HOLD:
+        if (!(ch->pending = params_copy(p))) return pt_err_set(err, PT_ERR_NOMEM, NOMEM);
         ch->held = true;
-        ch->pending = params_copy(p);
         ch->c->n_held++;
         s->n_held++;
         return PT_OK;
@@ -655,19 +748,7 @@ static int place_choice(serve *s, choice *ch, const pt_gen_params *p, pt_sched_r
  * error chunk once the stream began), its choices are cancelled or given
  * up. The call may be freed. */
 static void call_fail(call *c, int status, const char *type, const char *code, const char *msg) {
-    if (c->req && !c->failed) {
-        c->failed = true;
-        if (c->stream_begun) {
-            pt_oai_error e;
-            pt_oai_error_set(&e, status, type, code, NULL, "%s", msg);
-            stream_write(c, pt_oai_error_json(&e));
-        } else {
-            send_error(c->req, status, type, code, NULL, msg, NULL);
-            c->req = NULL;
-        }
-    }
-    c->failed = true;
-    call_cancel_all(c);
+    call_report_error(c, status, type, code, msg);
     if (c->n_done == c->n_choices) call_complete(c);
     call_maybe_free(c);
 }
@@ -676,6 +757,7 @@ static void call_fail(call *c, int status, const char *type, const char *code, c
 static void offer_held(serve *s, choice *ch) {
     call *c = ch->c;
     const pt_sched_state *st = sched_state(s, ch->sched_id, ch->pending);
+    if (!st) return; /* out of memory: offered again at the next change */
     pt_place_req me = place_req_of(ch);
     pt_sched_req r = pt_place_sched_req(&me);
     r.held_before = true; /* held again: one decision, counted once */
@@ -700,7 +782,8 @@ static void offer_held(serve *s, choice *ch) {
         return; /* offered again at the next change */
     }
     if (rc) {
-        call_fail(c, 400, "invalid_request_error", NULL, err.msg);
+        if (rc == PT_ERR_NOMEM) call_fail(c, 500, "server_error", NULL, err.msg);
+        else call_fail(c, 400, "invalid_request_error", NULL, err.msg);
         return;
     }
     ch->held = false;
@@ -781,6 +864,7 @@ static void start_sched_xform(serve *s, const pt_sched_xform *x) {
 static void sched_plan(serve *s) {
     if (!s->dynamic || s->shutting_down || !s->http || pt_now() < s->retry_after) return;
     const pt_sched_state *st = sched_state(s, 0, NULL);
+    if (!st) return; /* out of memory: asked again at the next timer or change */
     pt_sched_stats before, after;
     pt_sched_get_stats(s->sched, &before);
     pt_sched_xform x;
@@ -811,9 +895,27 @@ static void sched_after_change(serve *s) {
 static int tokenize_text(serve *s, const char *text, bool add_bos, int32_t **ids, size_t *n, pt_oai_error *oe) {
     pt_err err;
     /* Special-token strings become special tokens, as Hugging Face's tokenizer does by default. */
-    if (pt_tokenizer_encode(s->tok, text, strlen(text), add_bos, true, ids, n, &err) != 0)
-        return pt_oai_error_set(oe, 400, "invalid_request_error", NULL, "prompt", "%s", err.msg);
+    int rc = pt_tokenizer_encode(s->tok, text, strlen(text), add_bos, true, ids, n, &err);
+    if (rc == PT_ERR_NOMEM) return pt_oai_error_set(oe, 500, "server_error", NULL, NULL, NOMEM);
+    if (rc) return pt_oai_error_set(oe, 400, "invalid_request_error", NULL, "prompt", "%s", err.msg);
     return 0;
+}
+
+/* A generation call with its choices (each with its final event's memory),
+ * not yet in the server's list; NULL when out of memory. */
+static call *call_new(serve *s, const char *model, uint32_t n_choices) {
+    call *c = calloc(1, sizeof(*c));
+    if (!c) return NULL;
+    c->s = s;
+    c->n_choices = n_choices;
+    bool ok = (c->model = strdup(model)) && (c->choices = calloc(n_choices, sizeof(choice)));
+    for (uint32_t i = 0; ok && i < n_choices; i++) ok = (c->choices[i].last = calloc(1, sizeof(event))) != NULL;
+    if (!ok) {
+        if (!c->choices) c->n_choices = 0;
+        call_free_memory(c);
+        return NULL;
+    }
+    return c;
 }
 
 static void handle_generate(serve *s, pt_http_request *req, pt_oai_kind kind) {
@@ -828,10 +930,13 @@ static void handle_generate(serve *s, pt_http_request *req, pt_oai_kind kind) {
     }
     /* Prompts as token ids: one per completion prompt, or the rendered chat. */
     size_t n_prompts = kind == PT_OAI_CHAT ? 1 : r.n_prompts;
-    int32_t **ids = pt_xcalloc(n_prompts, sizeof(int32_t *));
-    size_t *lens = pt_xcalloc(n_prompts, sizeof(size_t));
+    int32_t **ids = calloc(n_prompts, sizeof(int32_t *));
+    size_t *lens = calloc(n_prompts, sizeof(size_t));
     int rc = 0;
-    if (kind == PT_OAI_CHAT) {
+    if (!ids || !lens) {
+        n_prompts = 0; /* nothing to free in ids */
+        rc = pt_oai_error_set(&oe, 500, "server_error", NULL, NULL, NOMEM);
+    } else if (kind == PT_OAI_CHAT) {
         char *text = NULL;
         if (!s->have_ct) {
             rc = pt_oai_error_set(&oe, 400, "invalid_request_error", NULL, "messages",
@@ -845,8 +950,9 @@ static void handle_generate(serve *s, pt_http_request *req, pt_oai_kind kind) {
         for (size_t i = 0; i < n_prompts && rc == 0; i++) {
             if (r.prompts[i].text) {
                 rc = tokenize_text(s, r.prompts[i].text, pt_tokenizer_add_bos(s->tok), &ids[i], &lens[i], &oe);
+            } else if (!(ids[i] = malloc((r.prompts[i].n_tokens ? r.prompts[i].n_tokens : 1) * sizeof(int32_t)))) {
+                rc = pt_oai_error_set(&oe, 500, "server_error", NULL, NULL, NOMEM);
             } else {
-                ids[i] = pt_xmalloc(r.prompts[i].n_tokens * sizeof(int32_t));
                 memcpy(ids[i], r.prompts[i].tokens, r.prompts[i].n_tokens * sizeof(int32_t));
                 lens[i] = r.prompts[i].n_tokens;
             }
@@ -871,21 +977,21 @@ static void handle_generate(serve *s, pt_http_request *req, pt_oai_kind kind) {
         goto out;
     }
 
-    call *c = pt_xcalloc(1, sizeof(*c));
-    c->s = s;
+    call *c = call_new(s, r.model ? r.model : s->model_name, (uint32_t)(n_prompts * (size_t)r.n));
+    if (!c) {
+        send_json(req, 500, NULL); /* the out-of-memory error */
+        goto out;
+    }
     c->req = req;
     c->kind = kind;
     c->stream = r.stream;
     c->include_usage = r.include_usage;
     c->logprobs = r.logprobs;
     c->top_logprobs = r.logprobs ? r.top_logprobs : 0;
-    c->model = pt_xstrdup(r.model ? r.model : s->model_name);
     c->created = (int64_t)time(NULL);
     c->t_submit = pt_now();
     pt_oai_make_id(c->id, kind, pt_rng_next(&s->rng), pt_rng_next(&s->rng));
-    c->n_choices = (uint32_t)(n_prompts * (size_t)r.n);
     c->n_per_prompt = (uint32_t)r.n;
-    c->choices = pt_xcalloc(c->n_choices, sizeof(choice));
     c->next = s->calls;
     if (s->calls) s->calls->prev = c;
     s->calls = c;
@@ -947,6 +1053,8 @@ static void handle_generate(serve *s, pt_http_request *req, pt_oai_kind kind) {
             send_error(req, 429, "rate_limit_error", NULL, NULL, err.msg, "Retry-After: 1\r\n");
         } else if (busy == ERR_REJECTED) {
             send_error(req, 400, "invalid_request_error", pt_sched_reason_name(why), NULL, err.msg, NULL);
+        } else if (busy == PT_ERR_NOMEM) {
+            send_error(req, 500, "server_error", NULL, NULL, err.msg, NULL);
         } else {
             send_error(req, 400, "invalid_request_error", NULL, NULL, err.msg, NULL);
         }
@@ -985,8 +1093,8 @@ static void handle_tokenize(serve *s, pt_http_request *req) {
         else
             rc = pt_oai_render_messages(r.messages, r.n_messages, r.add_generation_prompt, &s->ct, &text, &oe);
         add_bos = false; /* the template writes its own */
-    } else {
-        text = pt_xstrdup(r.prompt ? r.prompt : "");
+    } else if (!(text = strdup(r.prompt ? r.prompt : ""))) {
+        rc = pt_oai_error_set(&oe, 500, "server_error", NULL, NULL, NOMEM);
     }
     int32_t *ids = NULL;
     size_t n = 0;
@@ -1076,19 +1184,25 @@ static void sched_stats(serve *s, const pt_layout_report *r, pt_sched_stats *st)
 }
 
 static void handle_metrics(serve *s, pt_http_request *req) {
-    pt_layout_report *r = pt_xmalloc(sizeof(*r));
-    layout_report(s, r);
-    pt_relayout_progress p;
-    s->metrics.xform_in_progress = pt_relayout_progress_get(&s->relayout, &p);
-    char *t = pt_metrics_render(&s->metrics, r, s->model_name);
-    pt_sched_stats st;
-    sched_stats(s, r, &st);
-    char *sm = pt_place_metrics(&st, s->n_held, s->dynamic);
-    size_t lt = strlen(t), ls = strlen(sm);
-    char *all = pt_xmalloc(lt + ls + 1);
-    memcpy(all, t, lt);
-    memcpy(all + lt, sm, ls + 1);
-    pt_http_respond(req, 200, "text/plain; version=0.0.4", all, lt + ls, NULL);
+    pt_layout_report *r = malloc(sizeof(*r));
+    char *t = NULL, *sm = NULL, *all = NULL;
+    if (r) {
+        layout_report(s, r);
+        pt_relayout_progress p;
+        s->metrics.xform_in_progress = pt_relayout_progress_get(&s->relayout, &p);
+        t = pt_metrics_render(&s->metrics, r, s->model_name);
+        pt_sched_stats st;
+        sched_stats(s, r, &st);
+        sm = pt_place_metrics(&st, s->n_held, s->dynamic);
+    }
+    size_t lt = t ? strlen(t) : 0, ls = sm ? strlen(sm) : 0;
+    if (t && sm && (all = malloc(lt + ls + 1))) {
+        memcpy(all, t, lt);
+        memcpy(all + lt, sm, ls + 1);
+        pt_http_respond(req, 200, "text/plain; version=0.0.4", all, lt + ls, NULL);
+    } else {
+        send_json(req, 500, NULL); /* the out-of-memory error */
+    }
     free(all);
     free(sm);
     free(t);
@@ -1214,11 +1328,13 @@ static void relayout_done(void *user, const pt_relayout_result *res) {
     refresh_max_ctx(s); /* the targets' pools grew when the sources were freed */
     if (res->ok) s->relayouts_ok++;
     else s->relayouts_failed++;
-    pt_layout_report *r = pt_xmalloc(sizeof(*r));
-    layout_report(s, r);
-    char layout[512];
-    pt_layout_describe(r, layout, sizeof(layout));
-    free(r);
+    pt_layout_report *r = malloc(sizeof(*r));
+    char layout[512] = "(out of memory describing the layout)";
+    if (r) {
+        layout_report(s, r);
+        pt_layout_describe(r, layout, sizeof(layout));
+        free(r);
+    }
     if (res->ok)
         pt_log(PT_LOG_INFO, "transformation xf-%llu done in %.3f s: %d operation%s, KV %.2f MiB and weights %.2f MiB "
                "moved, paused %.2f ms; now %s", (unsigned long long)res->id, res->duration_s, res->plan.n_ops,
@@ -1244,7 +1360,11 @@ static void relayout_done(void *user, const pt_relayout_result *res) {
 /* ---- layout routes ---- */
 
 static void handle_layout_get(serve *s, pt_http_request *req) {
-    pt_layout_report *r = pt_xmalloc(sizeof(*r));
+    pt_layout_report *r = malloc(sizeof(*r));
+    if (!r) {
+        send_json(req, 500, NULL); /* the out-of-memory error */
+        return;
+    }
     layout_report(s, r);
     pt_relayout_progress p;
     bool running = pt_relayout_progress_get(&s->relayout, &p);
@@ -1294,9 +1414,8 @@ static void handle_layout_post(serve *s, pt_http_request *req) {
             send_error(req, 500, "server_error", NULL, NULL, err.msg, NULL);
     } else {
         pt_relayout_progress_get(&s->relayout, &p);
-        char *json = pt_layout_accepted_json(p.run);
-        pt_http_respond(req, 202, "application/json", json, strlen(json), "Location: /v1/layout\r\n");
-        free(json);
+        /* Out of memory for the answer: 500, though the change was started (GET /v1/layout shows it). */
+        send_json_extra(req, 202, pt_layout_accepted_json(p.run), "Location: /v1/layout\r\n");
     }
     free(plan);
 }
@@ -1724,6 +1843,7 @@ static void serve_close(serve *s) {
     free(s->inst);
     pt_sched_free(s->sched);
     pt_place_free(&s->place);
+    free(s->place_reqs);
     pt_fabric_free(s->fabric);
     pt_tokenizer_free(s->tok);
     pt_model_file_close(&s->mf);

@@ -267,6 +267,11 @@ int pt_chat_template_init_tok(pt_chat_template *ct, const char *jinja, const cha
                               pt_err *err) {
     char *bos = pt_tokenizer_bos(tok) >= 0 ? pt_tokenizer_piece_dup(tok, pt_tokenizer_bos(tok), NULL) : NULL;
     char *eos = pt_tokenizer_eos(tok) >= 0 ? pt_tokenizer_piece_dup(tok, pt_tokenizer_eos(tok), NULL) : NULL;
+    if ((pt_tokenizer_bos(tok) >= 0 && !bos) || (pt_tokenizer_eos(tok) >= 0 && !eos)) {
+        free(bos);
+        free(eos);
+        return pt_err_set(err, PT_ERR_NOMEM, "chat template: out of memory");
+    }
     int rc = pt_chat_template_init(ct, jinja, name, bos, eos, err);
     free(bos);
     free(eos);

@@ -618,7 +618,9 @@ int pt_tokenizer_encode(const pt_tokenizer *t, const char *text, size_t len, boo
         free(o.v);
         return pt_err_set(err, rc, "tokenizer: encode failed (%s)", rc == PT_ERR_NOMEM ? "out of memory" : "pre-tokenizer");
     }
-    *ids = o.v ? o.v : pt_xcalloc(1, sizeof(int32_t));
+    /* No token at all: still a buffer the caller frees. */
+    *ids = o.v ? o.v : calloc(1, sizeof(int32_t));
+    if (!*ids) return pt_err_set(err, PT_ERR_NOMEM, "tokenizer: encode failed (out of memory)");
     *n = o.n;
     return PT_OK;
 }
@@ -666,7 +668,8 @@ size_t pt_tokenizer_max_piece(const pt_tokenizer *t) { return t->max_dec; }
 
 char *pt_tokenizer_piece_dup(const pt_tokenizer *t, int32_t id, size_t *len) {
     size_t n = pt_tokenizer_piece(t, id, NULL, 0);
-    char *s = pt_xmalloc(n + 1);
+    char *s = malloc(n + 1);
+    if (!s) return NULL;
     pt_tokenizer_piece(t, id, s, n);
     s[n] = 0;
     if (len) *len = n;

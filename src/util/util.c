@@ -35,6 +35,39 @@ void *pt_aligned_alloc(size_t size) {
 }
 void pt_aligned_free(void *p) { free(p); }
 
+void pt_text_printf(pt_text *t, const char *fmt, ...) {
+    while (!t->failed) {
+        va_list ap;
+        va_start(ap, fmt);
+        int w = t->s ? vsnprintf(t->s + t->len, t->cap - t->len, fmt, ap) : 0;
+        va_end(ap);
+        if (w < 0) return;
+        if (t->s && (size_t)w < t->cap - t->len) {
+            t->len += (size_t)w;
+            return;
+        }
+        size_t cap = (t->cap + (size_t)w + 1) * 2;
+        if (cap < 1024) cap = 1024;
+        char *grown = realloc(t->s, cap);
+        if (!grown) {
+            t->failed = true;
+            return;
+        }
+        t->s = grown;
+        t->cap = cap;
+    }
+}
+
+char *pt_text_take(pt_text *t) { /* NULL too when nothing was appended */
+    char *s = t->s;
+    if (t->failed || !s) {
+        free(s);
+        s = NULL;
+    }
+    *t = (pt_text){0};
+    return s;
+}
+
 double pt_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -103,7 +103,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     /* A connection as on_connection leaves it, on one end of the pair. */
     pt_http_server *s = server;
     pt_http_conn *c = conn_new(s);
-    if (uv_tcp_open(&c->tcp, fds[0]) != 0) abort();
+    if (!c || uv_tcp_open(&c->tcp, fds[0]) != 0) abort();
     llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);
     c->parser.data = c;
     s->nactive++;

@@ -27,10 +27,8 @@
  * tokenize, detokenize).
  * Not walked: the tokenizer and chat template set-up (pt_xstrdup of the
  * bos/eos texts and the vocabulary tables are load-time bookkeeping, done
- * before arming); pt_tokenizer_encode's pt_xcalloc of 4 bytes for a text
- * that gives no token at all (bookkeeping; the prompt here gives tokens);
- * serve.c's copies of a parsed request into the engine's parameters (pt_x*,
- * outside this walk). */
+ * before arming). The whole server (HTTP, scheduler, batcher, engine, on
+ * every thread) has its own walk: test_serve_alloc_fail.c. */
 #define _GNU_SOURCE
 #include <cjson/cJSON.h>
 #include <stdbool.h>
