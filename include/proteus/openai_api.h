@@ -304,6 +304,13 @@ char *pt_oai_detokenize_json(const char *text, size_t len);
  * ill-formed UTF-8 becomes U+FFFD, '"' '\\' and control characters are
  * escaped (NUL as \u0000). *out_len (may be NULL) gets its length. */
 char *pt_oai_json_string(const char *s, size_t len, size_t *out_len);
+/* cJSON says nothing when an allocation fails while building: an object
+ * just lacks the member. Its allocations are watched per thread (cJSON's
+ * hooks, installed at the first call): pt_json_nomem_begin() before
+ * building, pt_json_nomem() after tells whether anything was dropped. */
+void pt_json_nomem_begin(void);
+bool pt_json_nomem(void);
+
 /* Bytes of s that form valid UTF-8, from the start: s[0, n) is valid and
  * either n == len or s[n] begins an ill-formed (or truncated) sequence. */
 size_t pt_oai_utf8_valid_prefix(const char *s, size_t len);

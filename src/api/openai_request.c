@@ -292,16 +292,22 @@ static void json_hooks_install(void) {
     cJSON_InitHooks(&h);
 }
 
+void pt_json_nomem_begin(void) {
+    static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;
+    pthread_once(&hooks_once, json_hooks_install);
+    json_nomem = false;
+}
+
+bool pt_json_nomem(void) { return json_nomem; }
+
 /* Parses body into *root, an object. *seed (may be NULL) gets the raw text of
  * the top-level "seed" number. */
 static int parse_body(const char *body, size_t len, cJSON **root, const char **seed, size_t *seed_len,
                       pt_oai_error *e) {
-    static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;
-    pthread_once(&hooks_once, json_hooks_install);
+    pt_json_nomem_begin();
     *root = NULL;
     if (!body || len == 0) return BAD(e, NULL, "request body is empty; expected a JSON object");
     const char *end = NULL;
-    json_nomem = false;
     cJSON *v = cJSON_ParseWithLengthOpts(body, len, &end, false);
     if (!v && json_nomem) return pt_oai_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
     size_t at = end && end >= body && end <= body + len ? (size_t)(end - body) : 0;

@@ -610,7 +610,8 @@ static void *batcher_main(void *arg) {
 int pt_batcher_create(pt_batcher **out, pt_engine *e, const pt_tokenizer *tok, const pt_batcher_opts *o, pt_err *err) {
     *out = NULL;
     const pt_engine_opts *eo = pt_engine_get_opts(e);
-    pt_batcher *b = pt_xcalloc(1, sizeof(*b));
+    pt_batcher *b = calloc(1, sizeof(*b));
+    if (!b) return pt_err_set(err, PT_ERR_NOMEM, "out of memory for a batcher");
     b->e = e;
     b->tok = tok;
     b->o = *o;
@@ -625,15 +626,15 @@ int pt_batcher_create(pt_batcher **out, pt_engine *e, const pt_tokenizer *tok, c
     atomic_init(&b->kv_ctx, pt_engine_seq_capacity(e));
     b->page_size = eo->page_size;
     b->publish_decoded = eo->select_budget == 0;
-    b->running = pt_xcalloc(b->o.max_running, sizeof(req *));
-    b->entries = pt_xcalloc(b->o.max_running, sizeof(pt_batch_entry));
-    b->entry_req = pt_xcalloc(b->o.max_running, sizeof(req *));
+    b->running = calloc(b->o.max_running, sizeof(req *));
+    b->entries = calloc(b->o.max_running, sizeof(pt_batch_entry));
+    b->entry_req = calloc(b->o.max_running, sizeof(req *));
     b->logits = malloc((size_t)b->o.max_running * b->V * sizeof(float));
     b->piece_cap = pt_tokenizer_max_piece(tok) * 3 + 16;
-    b->piece = pt_xmalloc(b->piece_cap);
+    b->piece = malloc(b->piece_cap);
     int rc;
-    if (!b->logits) {
-        rc = pt_err_set(err, PT_ERR_NOMEM, "out of memory for %u logit rows", b->o.max_running);
+    if (!b->running || !b->entries || !b->entry_req || !b->logits || !b->piece) {
+        rc = pt_err_set(err, PT_ERR_NOMEM, "out of memory for a batcher of %u sequences", b->o.max_running);
         goto fail;
     }
     if ((rc = pt_sample_work_init(&b->work, b->V, err))) goto fail;

@@ -7,7 +7,15 @@
 
 #include <cjson/cJSON.h>
 
+#include "proteus/openai_api.h"
 #include "proteus/util.h"
+
+/* Adds item to an object (under key) or to an array (key NULL); when it
+ * cannot (out of memory: `to` or a key copy missing), item is freed, and
+ * print_json answers NULL as pt_json_nomem() tells. */
+static void attach(cJSON *to, const char *key, cJSON *item) {
+    if (!(key ? cJSON_AddItemToObject(to, key, item) : cJSON_AddItemToArray(to, item))) cJSON_Delete(item);
+}
 
 static cJSON *device_json(const pt_device_report *d) {
     cJSON *o = cJSON_CreateObject();
@@ -31,18 +39,18 @@ static cJSON *instance_json(const pt_layout_report *r, int id) {
     cJSON *weights = cJSON_CreateArray();
     for (int k = 0; k < in->tp && in->first + k < r->n_devices; k++) {
         const pt_device_report *d = &r->devices[in->first + k];
-        cJSON_AddItemToArray(devs, cJSON_CreateString(d->name));
+        attach(devs, NULL, cJSON_CreateString(d->name));
         cJSON *w = cJSON_CreateObject();
         cJSON_AddNumberToObject(w, "shard", (double)d->weight_shard);
         cJSON_AddNumberToObject(w, "replicated", (double)d->weight_replicated);
-        cJSON_AddItemToArray(weights, w);
+        attach(weights, NULL, w);
     }
     cJSON_AddNumberToObject(o, "running", in->running);
     cJSON_AddNumberToObject(o, "waiting", in->waiting);
     cJSON_AddNumberToObject(o, "requests_total", (double)in->requests_total);
     cJSON_AddNumberToObject(o, "kv_pages_total", (double)in->kv_pages_total);
     cJSON_AddNumberToObject(o, "kv_pages_free", (double)in->kv_pages_free);
-    cJSON_AddItemToObject(o, "weight_bytes", weights);
+    attach(o, "weight_bytes", weights);
     if (in->comm_known && in->tp > 1) {
         /* What its ranks' exchanges went through: a failed step fails its
          * requests, and the instance goes on over a new comm world. */
@@ -66,8 +74,8 @@ static void add_id(cJSON *o, uint64_t id) {
 /* id, from, to, plan, and each operation's kind, devices and description. */
 static void add_run_plan(cJSON *o, const pt_relayout_result *run) {
     add_id(o, run->id);
-    cJSON_AddItemToObject(o, "from", cJSON_CreateIntArray(run->from, run->n_from));
-    cJSON_AddItemToObject(o, "to", cJSON_CreateIntArray(run->to, run->n_to));
+    attach(o, "from", cJSON_CreateIntArray(run->from, run->n_from));
+    attach(o, "to", cJSON_CreateIntArray(run->to, run->n_to));
     cJSON_AddStringToObject(o, "plan", run->summary);
 }
 
@@ -77,11 +85,11 @@ static cJSON *op_plan_json(const pt_relayout_result *run, int k) {
     cJSON_AddStringToObject(o, "kind", pt_xform_kind_name(op->kind));
     cJSON_AddStringToObject(o, "what", run->ops[k].what);
     int devs[2] = {op->first_device, op->first_device + op->n_devices - 1};
-    cJSON_AddItemToObject(o, "devices", cJSON_CreateIntArray(devs, 2));
-    cJSON_AddItemToObject(o, "from", cJSON_CreateIntArray(op->src_tp, op->n_src));
+    attach(o, "devices", cJSON_CreateIntArray(devs, 2));
+    attach(o, "from", cJSON_CreateIntArray(op->src_tp, op->n_src));
     int to[PT_FABRIC_MAX_DEVICES];
     for (int t = 0; t < op->n_dst; t++) to[t] = op->dst[t].tp;
-    cJSON_AddItemToObject(o, "to", cJSON_CreateIntArray(to, op->n_dst));
+    attach(o, "to", cJSON_CreateIntArray(to, op->n_dst));
     return o;
 }
 
@@ -159,7 +167,7 @@ static cJSON *last_json(const pt_relayout_result *run) {
     }
     add_totals(o, &sum);
     cJSON *ops = cJSON_AddArrayToObject(o, "operations");
-    for (int k = 0; k < run->plan.n_ops; k++) cJSON_AddItemToArray(ops, op_result_json(run, k));
+    for (int k = 0; k < run->plan.n_ops; k++) attach(ops, NULL, op_result_json(run, k));
     return o;
 }
 
@@ -171,32 +179,39 @@ static cJSON *running_json(const pt_relayout_progress *p) {
     cJSON_AddNumberToObject(o, "ops", p->n_ops);
     cJSON_AddNumberToObject(o, "elapsed_s", p->elapsed_s);
     cJSON *ops = cJSON_AddArrayToObject(o, "operations");
-    for (int k = 0; k < p->n_ops; k++) cJSON_AddItemToArray(ops, op_plan_json(p->run, k));
+    for (int k = 0; k < p->n_ops; k++) attach(ops, NULL, op_plan_json(p->run, k));
     return o;
 }
 
 static cJSON *xform_json(const pt_layout_xform_view *x) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddBoolToObject(o, "in_progress", x->running != NULL);
-    if (x->running) cJSON_AddItemToObject(o, "current", running_json(x->running));
+    if (x->running) attach(o, "current", running_json(x->running));
     else cJSON_AddNullToObject(o, "current");
-    if (x->last) cJSON_AddItemToObject(o, "last", last_json(x->last));
+    if (x->last) attach(o, "last", last_json(x->last));
     else cJSON_AddNullToObject(o, "last");
     cJSON_AddNumberToObject(o, "completed", (double)x->runs_ok);
     cJSON_AddNumberToObject(o, "failed", (double)x->runs_failed);
     return o;
 }
 
+/* The text of root, built since pt_json_nomem_begin(); NULL when an
+ * allocation failed on the way (a member may be missing): the caller
+ * answers 500. */
 static char *print_json(cJSON *root) {
     char *out = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
-    return out; /* NULL when cJSON ran out of memory: the caller answers 500 */
+    if (out && pt_json_nomem()) {
+        free(out);
+        out = NULL;
+    }
+    return out;
 }
 
 static cJSON *sched_json(const pt_layout_sched_view *sv) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "policy", sv->dynamic ? "dynamic" : "static");
-    cJSON_AddItemToObject(o, "allowed_tp", cJSON_CreateIntArray(sv->allowed_tp, sv->n_allowed));
+    attach(o, "allowed_tp", cJSON_CreateIntArray(sv->allowed_tp, sv->n_allowed));
     cJSON *slo = cJSON_AddObjectToObject(o, "slo");
     if (sv->ttft_ms > 0) cJSON_AddNumberToObject(slo, "ttft_ms", sv->ttft_ms);
     else cJSON_AddNullToObject(slo, "ttft_ms");
@@ -220,26 +235,28 @@ static cJSON *sched_json(const pt_layout_sched_view *sv) {
 }
 
 char *pt_layout_json(const pt_layout_report *r, const pt_layout_xform_view *x, const pt_layout_sched_view *sv) {
+    pt_json_nomem_begin();
     cJSON *root = cJSON_CreateObject();
     cJSON *devs = cJSON_AddArrayToObject(root, "devices");
-    for (int i = 0; i < r->n_devices; i++) cJSON_AddItemToArray(devs, device_json(&r->devices[i]));
+    for (int i = 0; i < r->n_devices; i++) attach(devs, NULL, device_json(&r->devices[i]));
     cJSON *insts = cJSON_AddArrayToObject(root, "instances");
-    for (int i = 0; i < r->n_instances; i++) cJSON_AddItemToArray(insts, instance_json(r, i));
+    for (int i = 0; i < r->n_instances; i++) attach(insts, NULL, instance_json(r, i));
     int layout[PT_FABRIC_MAX_DEVICES];
     for (int i = 0; i < r->n_instances; i++) layout[i] = r->instances[i].tp;
-    cJSON_AddItemToObject(root, "layout", cJSON_CreateIntArray(layout, r->n_instances));
-    cJSON_AddItemToObject(root, "allowed_tp", cJSON_CreateIntArray(r->allowed_tp, r->n_allowed));
-    if (sv) cJSON_AddItemToObject(root, "scheduler", sched_json(sv));
-    if (x) cJSON_AddItemToObject(root, "transformation", xform_json(x));
+    attach(root, "layout", cJSON_CreateIntArray(layout, r->n_instances));
+    attach(root, "allowed_tp", cJSON_CreateIntArray(r->allowed_tp, r->n_allowed));
+    if (sv) attach(root, "scheduler", sched_json(sv));
+    if (x) attach(root, "transformation", xform_json(x));
     return print_json(root);
 }
 
 char *pt_layout_accepted_json(const pt_relayout_result *run) {
+    pt_json_nomem_begin();
     cJSON *root = cJSON_CreateObject();
     add_run_plan(root, run);
     cJSON_AddStringToObject(root, "status", "accepted");
     cJSON *ops = cJSON_AddArrayToObject(root, "operations");
-    for (int k = 0; k < run->plan.n_ops; k++) cJSON_AddItemToArray(ops, op_plan_json(run, k));
+    for (int k = 0; k < run->plan.n_ops; k++) attach(ops, NULL, op_plan_json(run, k));
     cJSON_AddStringToObject(root, "progress", "/v1/layout");
     return print_json(root);
 }
@@ -274,7 +291,9 @@ static int parse_layout_array(const cJSON *arr, int *tp, int *n, pt_err *err) {
 int pt_layout_parse_request(const char *body, size_t len, int *tp, int *n, pt_err *err) {
     *n = 0;
     if (!body || len == 0) return pt_err_set(err, PT_ERR_INVALID, "the body is empty: send {\"layout\": [2, 1, 1]}");
+    pt_json_nomem_begin();
     cJSON *root = cJSON_ParseWithLength(body, len);
+    if (!root && pt_json_nomem()) return pt_err_set(err, PT_ERR_NOMEM, "out of memory");
     if (!root) return pt_err_set(err, PT_ERR_INVALID, "the body is not valid JSON");
     int rc = PT_OK;
     const cJSON *layout = NULL;

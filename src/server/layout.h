@@ -42,7 +42,8 @@ char *pt_layout_json(const pt_layout_report *r, const pt_layout_xform_view *x, c
 /* The body of POST /v1/layout, {"layout": [2, 1, 1]}: the degrees into
  * tp[0..*n) (room for PT_FABRIC_MAX_DEVICES). Fails with PT_ERR_INVALID and
  * a reason for the client: not JSON, not an object, an unknown key, no
- * "layout", not an array of integers, too long. Whether the layout fits
+ * "layout", not an array of integers, too long; PT_ERR_NOMEM when out of
+ * memory. Whether the layout fits
  * the server is pt_xform_plan_make's to say. */
 int pt_layout_parse_request(const char *body, size_t len, int *tp, int *n, pt_err *err);
 

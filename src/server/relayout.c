@@ -183,19 +183,19 @@ static void answer_commit(pt_relayout *r, pt_live_xform *x, int k, bool abort_no
                        : pt_live_xform_commit(x, &err);
     int src_rc = 0;
     pt_live_instance *next = NULL;
-    if (rc == 0) {
-        r->host.install(r->host.user, &plan->ops[k], x);
-        if (k + 1 < plan->n_ops) {
-            next = pt_xcalloc(PT_FABRIC_MAX_DEVICES, sizeof(*next));
-            src_rc = r->host.sources(r->host.user, &plan->ops[k + 1], next, &serr);
-        }
+    bool more = rc == 0 && k + 1 < plan->n_ops;
+    if (rc == 0) r->host.install(r->host.user, &plan->ops[k], x);
+    if (more) {
+        next = calloc(PT_FABRIC_MAX_DEVICES, sizeof(*next));
+        src_rc = next ? r->host.sources(r->host.user, &plan->ops[k + 1], next, &serr)
+                      : pt_err_set(&serr, PT_ERR_NOMEM, "out of memory for the next operation's sources");
     }
     pthread_mutex_lock(&r->mu);
     r->commit_answered = true;
     r->commit_rc = rc;
     snprintf(r->commit_msg, sizeof(r->commit_msg), "%s", err.msg);
-    if (next) {
-        memcpy(r->src, next, sizeof(r->src));
+    if (more) { /* the next operation fails when src_rc says so */
+        if (next) memcpy(r->src, next, sizeof(r->src));
         r->src_rc = src_rc;
         snprintf(r->src_msg, sizeof(r->src_msg), "%s", serr.msg);
     }
@@ -278,8 +278,9 @@ int pt_relayout_start(pt_relayout *r, const pt_xform_plan *plan, const int *from
 
     pt_relayout_result *res = calloc(1, sizeof(*res));
     if (!res) return pt_err_set(err, PT_ERR_NOMEM, "out of memory for a transformation");
-    pt_live_instance *src = pt_xcalloc(PT_FABRIC_MAX_DEVICES, sizeof(*src));
-    int rc = r->host.sources(r->host.user, &plan->ops[0], src, err);
+    pt_live_instance *src = calloc(PT_FABRIC_MAX_DEVICES, sizeof(*src));
+    int rc = src ? r->host.sources(r->host.user, &plan->ops[0], src, err)
+                 : pt_err_set(err, PT_ERR_NOMEM, "out of memory for a transformation");
     if (rc) {
         free(src);
         free(res);

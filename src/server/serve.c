@@ -838,9 +838,10 @@ static void start_sched_xform(serve *s, const pt_sched_xform *x) {
     int cur[PT_FABRIC_MAX_DEVICES], want[PT_FABRIC_MAX_DEVICES], n_want = 0;
     current_layout(s, cur);
     pt_err err = {{0}};
-    pt_xform_plan *plan = pt_xmalloc(sizeof(*plan));
+    pt_xform_plan *plan = malloc(sizeof(*plan));
     uint64_t id = 0;
-    int rc = pt_place_target_layout(cur, s->n_inst, x, want, &n_want, &err);
+    int rc = plan ? pt_place_target_layout(cur, s->n_inst, x, want, &n_want, &err)
+                  : pt_err_set(&err, PT_ERR_NOMEM, NOMEM);
     if (rc == PT_OK) {
         pt_xform_plan_input in = {cur, s->n_inst, want, n_want, pt_fabric_size(s->fabric), s->plan.allowed_tp,
                                   s->plan.n_allowed, (int)s->n_kv_heads};
@@ -1386,7 +1387,12 @@ static void handle_layout_post(serve *s, pt_http_request *req) {
     const char *body = pt_http_body(req, &blen);
     int want[PT_FABRIC_MAX_DEVICES], n_want, cur[PT_FABRIC_MAX_DEVICES];
     pt_err err = {{0}};
-    if (pt_layout_parse_request(body, blen, want, &n_want, &err)) {
+    int prc = pt_layout_parse_request(body, blen, want, &n_want, &err);
+    if (prc == PT_ERR_NOMEM) {
+        send_error(req, 500, "server_error", NULL, NULL, err.msg, NULL);
+        return;
+    }
+    if (prc) {
         send_error(req, 400, "invalid_request_error", "invalid_layout", "layout", err.msg, NULL);
         return;
     }
@@ -1399,7 +1405,11 @@ static void handle_layout_post(serve *s, pt_http_request *req) {
         return;
     }
     current_layout(s, cur);
-    pt_xform_plan *plan = pt_xmalloc(sizeof(*plan));
+    pt_xform_plan *plan = malloc(sizeof(*plan));
+    if (!plan) {
+        send_json(req, 500, NULL); /* the out-of-memory error */
+        return;
+    }
     pt_xform_plan_input in = {cur, s->n_inst, want, n_want, pt_fabric_size(s->fabric), s->plan.allowed_tp,
                               s->plan.n_allowed, (int)s->n_kv_heads};
     uint64_t id;
@@ -1414,8 +1424,12 @@ static void handle_layout_post(serve *s, pt_http_request *req) {
             send_error(req, 500, "server_error", NULL, NULL, err.msg, NULL);
     } else {
         pt_relayout_progress_get(&s->relayout, &p);
-        /* Out of memory for the answer: 500, though the change was started (GET /v1/layout shows it). */
-        send_json_extra(req, 202, pt_layout_accepted_json(p.run), "Location: /v1/layout\r\n");
+        /* Out of memory for the plan's description: still 202, the change runs (GET /v1/layout shows it). */
+        static const char ACCEPTED[] = "{\"status\":\"accepted\"}";
+        char *json = pt_layout_accepted_json(p.run);
+        pt_http_respond(req, 202, "application/json", json ? json : ACCEPTED, json ? strlen(json) : sizeof(ACCEPTED) - 1,
+                        "Location: /v1/layout\r\n");
+        free(json);
     }
     free(plan);
 }

@@ -30,7 +30,10 @@ with the checks above, 413/400 for the bad ones, 429 with Retry-After or
 503 under load, the client's own cancellation, 202/409 for a layout change)
 or unintended (anything else). At the end: wait until idle, then every
 instance must have kv_pages_free == kv_pages_total, no transformation may
-have failed, the server must still answer, and SIGTERM must exit 0. Prints
+have failed (but a merge refused because a device's KV pages were all in
+use, which rolls back by design), the peak RSS of the second half of the
+run may be at most 1.25 times that of the first (the layout changes move
+it up and down), the server must still answer, and SIGTERM must exit 0. Prints
 the outcomes by kind, p50/p99 latency per kind, RSS over time, the pages at
 the end, and "N passed, N failed" last; exits 1 on any unintended outcome,
 77 when the default model or the openai package is missing.
@@ -41,6 +44,7 @@ import http.client
 import json
 import os
 import random
+import re
 import socket
 import sys
 import threading
@@ -374,7 +378,8 @@ def relayout_loop(port, every, stop_at, stats, log):
             i += 1
         elif r.status == 409:
             stats.add("layout", "409")
-        elif r.status == 400 and b"current layout" in data:
+        elif r.status == 400 and b"is already" in data:
+            # A merge that rolled back leaves the layout as it was.
             stats.add("layout", "400-same")
             i += 1
         else:
@@ -475,6 +480,15 @@ def main():
     xf = lay["transformation"]
     print("layout changes asked: %d, transformations completed %d, failed %d; final layout %s"
           % (len(relayouts), xf["completed"], xf["failed"], lay["layout"]))
+    # A merge whose pre-copy or commit finds a device's KV pages all in use
+    # is refused by design (rolled back, nothing lost): expected under a
+    # load that fills the pools. Any other failure is not.
+    failures = re.findall(r"transformation xf-\d+ failed after [0-9.]+ s: (.*?); now", srv.stderr())
+    no_pages = [f for f in failures if "has no free KV page" in f]
+    other_failures = [f for f in failures if f not in no_pages]
+    if failures:
+        print("transformations rolled back: %d for lack of KV pages (expected under load), %d otherwise%s"
+              % (len(no_pages), len(other_failures), "".join("\n  " + f for f in failures[:10])))
     print("KV pages at the end: " + ", ".join("instance %d (TP%d): %d/%d free, running %d, waiting %d"
                                               % (i["id"], i["tp"], i["kv_pages_free"], i["kv_pages_total"],
                                                  i["running"], i["waiting"]) for i in lay["instances"]))
@@ -491,7 +505,11 @@ def main():
             dict(stats.outcomes))
     if a.relayout_every > 0 and a.seconds > 2 * a.relayout_every:
         t.check("soak: the layout changed at least once", xf["completed"] >= 1, xf)
-    t.eq("soak: failed transformations", xf["failed"], 0)
+    t.eq("soak: every failed transformation is accounted for in the log", len(failures), xf["failed"])
+    if len(rss) >= 4:
+        t.check("soak: RSS flat after warm-up (second half's peak <= 1.25 x the first's)", peak2 <= 1.25 * peak1,
+                (peak1 // 1024, peak2 // 1024))
+    t.eq("soak: transformations failed for another reason than full KV pools", other_failures, [])
     t.check("soak: idle at the end, every KV page free",
             not xf["in_progress"] and all(i["running"] == 0 and i["waiting"] == 0
                                           and i["kv_pages_free"] == i["kv_pages_total"] for i in lay["instances"]),

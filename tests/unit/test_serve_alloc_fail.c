@@ -340,6 +340,142 @@ static void walk(const request_kind *k, bool after) {
     CHECK_MSG(n > 20, "%s: only %ld allocations (is the wrap linked?)", k->name, n - 1);
 }
 
+/* ---------------------------------------------------------------------------
+ * Routes that answer what the server is (not the same twice), and layout
+ * changes. */
+
+/* GET /v1/layout: the two instances' layout, or a clean error. */
+static const char *layout_answer(const reply *r, char *out, size_t cap) {
+    fingerprint(r, false, out, cap);
+    if (!strcmp(out, "error")) return out;
+    out[0] = 0;
+    cJSON *j = r->status == 200 && r->body ? cJSON_Parse(r->body) : NULL;
+    const cJSON *l = cJSON_GetObjectItemCaseSensitive(j, "layout");
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "transformation");
+    char *ls = cJSON_IsArray(l) && cJSON_IsObject(t) ? cJSON_PrintUnformatted(l) : NULL;
+    if (ls) snprintf(out, cap, "%s%s", ls,
+                     cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(t, "in_progress")) ? " moving" : "");
+    free(ls);
+    cJSON_Delete(j);
+    return out;
+}
+
+/* GET /metrics: the whole page (its last family ends it), or a clean error. */
+static const char *metrics_answer(const reply *r, char *out, size_t cap) {
+    fingerprint(r, false, out, cap);
+    if (!strcmp(out, "error")) return out;
+    bool whole = r->status == 200 && r->body && strstr(r->body, "proteus_request_success_total") &&
+                 strstr(r->body, "proteus_scheduler_policy{policy=\"dynamic\"}");
+    snprintf(out, cap, "%s", whole ? "metrics" : "");
+    return out;
+}
+
+typedef const char *(*answer_fn)(const reply *r, char *out, size_t cap);
+
+static void walk_get(const char *path, answer_fn answer, const char *want) {
+    static char got[FP_CAP], why[512];
+    long n;
+    int errors = 0, ok = 0, bad = 0;
+    for (n = 1; n < 100000; n++) {
+        arm(n, false);
+        reply r = http("GET", path, NULL);
+        disarm();
+        bool hit = atomic_load(&fired);
+        answer(&r, got, sizeof(got));
+        if (!strcmp(got, "error")) errors++;
+        else if (!strcmp(got, want)) ok += hit;
+        else if (bad++ < 10) CHECK_MSG(0, "GET %s: allocation %ld failed: HTTP %d, %.300s", path, n, r.status,
+                                       r.body ? r.body : "(none)");
+        free(r.body);
+        if (!hit) break;
+    }
+    CHECK(idle_with_pages_free(why, sizeof(why)));
+    printf("GET %-32s %-13s %5ld allocations: %d clean errors, %d whole answers, %d wrong\n", path, "the Nth only",
+           n - 1, errors, ok, bad);
+    CHECK_MSG(n > 5, "GET %s: only %ld allocations", path, n - 1);
+}
+
+/* The layout, once no change runs ("" when it cannot be read). */
+static void settled_layout(char *out, size_t cap) {
+    for (int tries = 0; tries < 3000; tries++) {
+        reply r = http("GET", "/v1/layout", NULL);
+        layout_answer(&r, out, cap);
+        free(r.body);
+        if (out[0] && strcmp(out, "error") && !strstr(out, "moving")) return;
+        usleep(10000);
+    }
+    out[0] = 0;
+}
+
+/* Until no layout change runs, asking /metrics (its page takes few
+ * allocations, so that an armed walk hits mostly the change's own). */
+static void wait_no_change(void) {
+    for (int tries = 0; tries < 3000; tries++) {
+        reply r = http("GET", "/metrics", NULL);
+        bool running = r.status != 200 || !r.body || !strstr(r.body, "proteus_transformation_in_progress 0");
+        free(r.body);
+        if (!running) return;
+        usleep(20000);
+    }
+}
+
+static bool post_layout(const char *body) {
+    reply r = http("POST", "/v1/layout", body);
+    bool ok = r.status == 202;
+    free(r.body);
+    return ok;
+}
+
+/* A merge of [1,1] into [2] with the Nth allocation failing, until it
+ * finishes (the worker's allocations, building the TP2 engine, moving the
+ * pages, count too): POST answers 202 or a clean error; the layout ends
+ * as [2] (done) or [1,1] (rolled back); either way the server is idle with
+ * its pages free and answers the reference request the same (TP2 gives the
+ * bits of TP1). Then [1,1] again, unarmed. */
+static void walk_merge(const request_kind *k) {
+    static char ref[FP_CAP], got[FP_CAP], lay[256], why[512];
+    reply r = http("POST", k->path, k->body);
+    fingerprint(&r, k->stream, ref, sizeof(ref));
+    free(r.body);
+    long n;
+    int done = 0, rolled_back = 0, refused = 0, bad = 0;
+    for (n = 1; n < 100000; n++) {
+        arm(n, false);
+        r = http("POST", "/v1/layout", "{\"layout\":[2]}");
+        fingerprint(&r, false, got, sizeof(got));
+        bool accepted = r.status == 202, error = !strcmp(got, "error");
+        int post_status = r.status;
+        free(r.body);
+        wait_no_change();
+        disarm();
+        bool hit = atomic_load(&fired);
+        settled_layout(lay, sizeof(lay));
+        if (accepted && !strcmp(lay, "[2]")) done++;
+        else if ((accepted || error) && !strcmp(lay, "[1,1]")) *(accepted ? &rolled_back : &refused) += 1;
+        else if (bad++ < 10) CHECK_MSG(0, "merge: allocation %ld failed: POST answered %d (%s), layout then %s", n,
+                                       post_status, error ? "a clean error" : "not a clean error",
+                                       lay[0] ? lay : "(unreadable)");
+        if (!idle_with_pages_free(why, sizeof(why))) {
+            CHECK_MSG(0, "merge: after allocation %ld failed, not idle with its pages free: %s", n, why);
+            break;
+        }
+        r = http("POST", k->path, k->body);
+        fingerprint(&r, k->stream, got, sizeof(got));
+        free(r.body);
+        CHECK_MSG(!strcmp(got, ref), "merge: after allocation %ld failed (layout %s), the request is answered "
+                  "differently", n, lay);
+        if (!strcmp(lay, "[2]")) {
+            CHECK_MSG(post_layout("{\"layout\":[1,1]}"), "merge: the split back was not accepted");
+            settled_layout(lay, sizeof(lay));
+            CHECK_MSG(!strcmp(lay, "[1,1]"), "merge: the split back left %s", lay);
+        }
+        if (!hit || bad) break;
+    }
+    printf("POST /v1/layout [1,1] -> [2]      %-13s %5ld allocations: %d done, %d rolled back, %d refused, %d wrong\n",
+           "the Nth only", n - 1, done, rolled_back, refused, bad);
+    CHECK_MSG(n > 20, "merge: only %ld allocations", n - 1);
+}
+
 /* With every allocation failing, two clients in a row: the first gets the
  * connection memory taken ahead (and no request memory: 503), the second
  * none at all and is answered from the sink (503). Then the server serves. */
@@ -366,6 +502,9 @@ static void test_walks(void) {
         walk(&KINDS[i], false);
         walk(&KINDS[i], true);
     }
+    walk_get("/v1/layout", layout_answer, "[1,1]");
+    walk_get("/metrics", metrics_answer, "metrics");
+    walk_merge(&KINDS[0]);
 }
 
 int main(void) {
@@ -375,7 +514,7 @@ int main(void) {
     char port_s[16];
     snprintf(port_s, sizeof(port_s), "%d", port);
     char *argv[] = {"serve", "--model", "synthetic:tiny-llama", "--chat-template", "chatml", "--port", port_s,
-                    "--devices", "cpu:2", "--layout", "1,1", "--log-level", "error", NULL};
+                    "--devices", "cpu:2", "--layout", "1,1", "--allowed-tp", "1,2", "--log-level", "error", NULL};
     pt_server_config cfg;
     pt_server_config_default(&cfg);
     pt_err err = {{0}};
