@@ -496,7 +496,7 @@ static bool sample_and_emit(pt_batcher *b, req *r, const float *logits) {
     /* The last token and the finish reason travel in one event. */
     pt_engine_seq_free(b->e, r->seq);
     r->seq = -1;
-    emit(b, r, tok, lp, n_top, fin, text_ok ? NULL : "out of memory holding the generated text");
+    emit(b, r, tok, lp, n_top, fin, text_ok ? NULL : "out of memory (sampler penalties, stop strings or the text)");
     req_free(r);
     return true;
 }

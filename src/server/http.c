@@ -110,10 +110,11 @@ struct pt_http_server {
     pt_http_conn *conns; /* doubly linked, every connection until its close callback */
     size_t nconns, nactive; /* all / not rejected */
     bool closing, listener_closed;
-    /* Out of memory at accept: a connection's memory is taken ahead (spare),
-     * so that one failed allocation never refuses a client; when there is
-     * none, the client is accepted into the sink, told 503 and closed (an
-     * unaccepted client would stop libuv from accepting any other). */
+    /* Out of memory at accept: a connection's memory is taken ahead (the
+     * spare, refilled after each accept), so that a passing shortage does
+     * not refuse a client; when there is none either, the client is
+     * accepted into the sink, told 503 and closed, because a client left
+     * unaccepted would stop libuv from accepting any other. */
     pt_http_conn *spare;     /* calloc'd with its input buffer; not a libuv handle yet */
     uv_tcp_t sink;
     bool sink_open;          /* its close callback has not run */
@@ -898,17 +899,18 @@ static void sink_closed_cb(uv_handle_t *h) {
  * use, the next client waits in libuv (which stops accepting until
  * uv_accept) and is taken when the sink is closed. */
 static void accept_into_sink(pt_http_server *s) {
-    s->stats.connections_rejected++;
     if (s->sink_open) {
         s->accept_waiting = true;
         return;
     }
+    s->stats.connections_rejected++;
     uv_tcp_init(s->loop, &s->sink);
     s->sink.data = s;
     s->sink_open = true;
     if (uv_accept((uv_stream_t *)&s->tcp, (uv_stream_t *)&s->sink) == 0) {
-        /* What the client sent first is read and dropped, so that the close
-         * does not reset the connection before it reads the answer. */
+        /* What the client has sent so far is read and dropped: unread input
+         * at the close would reset the connection before it reads the
+         * answer (bytes that come later still can). */
         uv_os_fd_t fd;
         char drop[4096];
         if (uv_fileno((uv_handle_t *)&s->sink, &fd) == 0)
@@ -1157,6 +1159,7 @@ int pt_http_server_start(pt_http_server **out, uv_loop_t *loop, const char *host
     s->handler = handler;
     s->user = user;
     s->port = bound_port;
+    s->spare = conn_alloc(); /* NULL: the first client allocates its own */
     uv_tcp_init(loop, &s->tcp);
     s->tcp.data = s;
     int rc = uv_tcp_open(&s->tcp, fd);

@@ -36,11 +36,13 @@ int pt_place_build(pt_place_state *ps, double now, int n_devices, const pt_place
     if (n_inst > PT_SCHED_MAX_DEVICES) n_inst = PT_SCHED_MAX_DEVICES;
     if (n_reqs > ps->cap) {
         size_t cap = n_reqs > 2 * ps->cap ? n_reqs : 2 * ps->cap;
-        pt_sched_req *grown = realloc(ps->reqs, cap * sizeof(*ps->reqs));
-        if (grown) ps->reqs = grown;
-        const pt_place_req **order = grown ? realloc(ps->order, cap * sizeof(*ps->order)) : NULL;
-        if (!order) return PT_ERR_NOMEM; /* the state of the last build stays */
+        /* order first: ps->st points into reqs, which may move only when both grew */
+        const pt_place_req **order = realloc(ps->order, cap * sizeof(*ps->order));
+        if (!order) return PT_ERR_NOMEM;
         ps->order = order;
+        pt_sched_req *grown = realloc(ps->reqs, cap * sizeof(*ps->reqs));
+        if (!grown) return PT_ERR_NOMEM; /* order is larger than cap says: harmless */
+        ps->reqs = grown;
         ps->cap = cap;
     }
     const pt_place_req **order = ps->order;

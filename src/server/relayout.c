@@ -182,26 +182,21 @@ static void answer_commit(pt_relayout *r, pt_live_xform *x, int k, bool abort_no
     int rc = abort_now ? pt_err_set(&err, PT_ERR_INVALID, "the server is shutting down")
                        : pt_live_xform_commit(x, &err);
     int src_rc = 0;
-    pt_live_instance *next = NULL;
+    pt_live_instance next[PT_FABRIC_MAX_DEVICES] = {{0}};
     bool more = rc == 0 && k + 1 < plan->n_ops;
     if (rc == 0) r->host.install(r->host.user, &plan->ops[k], x);
-    if (more) {
-        next = calloc(PT_FABRIC_MAX_DEVICES, sizeof(*next));
-        src_rc = next ? r->host.sources(r->host.user, &plan->ops[k + 1], next, &serr)
-                      : pt_err_set(&serr, PT_ERR_NOMEM, "out of memory for the next operation's sources");
-    }
+    if (more) src_rc = r->host.sources(r->host.user, &plan->ops[k + 1], next, &serr);
     pthread_mutex_lock(&r->mu);
     r->commit_answered = true;
     r->commit_rc = rc;
     snprintf(r->commit_msg, sizeof(r->commit_msg), "%s", err.msg);
-    if (more) { /* the next operation fails when src_rc says so */
-        if (next) memcpy(r->src, next, sizeof(r->src));
+    if (more) {
+        memcpy(r->src, next, sizeof(r->src));
         r->src_rc = src_rc;
         snprintf(r->src_msg, sizeof(r->src_msg), "%s", serr.msg);
     }
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
-    free(next);
 }
 
 /* The worker is over: its result becomes the last one. */
@@ -278,11 +273,9 @@ int pt_relayout_start(pt_relayout *r, const pt_xform_plan *plan, const int *from
 
     pt_relayout_result *res = calloc(1, sizeof(*res));
     if (!res) return pt_err_set(err, PT_ERR_NOMEM, "out of memory for a transformation");
-    pt_live_instance *src = calloc(PT_FABRIC_MAX_DEVICES, sizeof(*src));
-    int rc = src ? r->host.sources(r->host.user, &plan->ops[0], src, err)
-                 : pt_err_set(err, PT_ERR_NOMEM, "out of memory for a transformation");
+    pt_live_instance src[PT_FABRIC_MAX_DEVICES] = {{0}};
+    int rc = r->host.sources(r->host.user, &plan->ops[0], src, err);
     if (rc) {
-        free(src);
         free(res);
         return rc;
     }
@@ -307,7 +300,6 @@ int pt_relayout_start(pt_relayout *r, const pt_xform_plan *plan, const int *from
     r->src_rc = 0;
     r->commit_wanted = r->commit_answered = false;
     pthread_mutex_unlock(&r->mu);
-    free(src);
     char a[256], b[256];
     layout_str(from, n_from, a, sizeof(a));
     layout_str(to, n_to, b, sizeof(b));

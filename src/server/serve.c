@@ -199,16 +199,25 @@ static void send_json_extra(pt_http_request *req, int status, char *body, const 
     free(body);
 }
 
+/* A body that could not be built: the 500 above. */
+static void send_nomem(pt_http_request *req) { send_json_extra(req, 500, NULL, NULL); }
+
+/* Out of memory for the error's JSON: the HTTP layer's own, built on the
+ * stack, keeps the status and headers (a 429 its Retry-After). */
+static void send_oai_error_extra(pt_http_request *req, const pt_oai_error *e, const char *extra_headers) {
+    char *json = pt_oai_error_json(e);
+    if (json) send_json_extra(req, e->status, json, extra_headers);
+    else pt_http_respond_error(req, e->status, e->type, e->message, extra_headers);
+}
+
 static void send_error(pt_http_request *req, int status, const char *type, const char *code, const char *param,
                        const char *msg, const char *extra_headers) {
     pt_oai_error e;
     pt_oai_error_set(&e, status, type, code, param, "%s", msg);
-    send_json_extra(req, status, pt_oai_error_json(&e), extra_headers);
+    send_oai_error_extra(req, &e, extra_headers);
 }
 
-static void send_oai_error(pt_http_request *req, const pt_oai_error *e) {
-    send_json_extra(req, e->status, pt_oai_error_json(e), NULL);
-}
+static void send_oai_error(pt_http_request *req, const pt_oai_error *e) { send_oai_error_extra(req, e, NULL); }
 
 static void send_json(pt_http_request *req, int status, char *body) {
     send_json_extra(req, status, body, NULL);
@@ -484,7 +493,7 @@ static void call_complete(call *c) {
     if (c->failed) return;
     pt_oai_choice *oc = calloc(c->n_choices, sizeof(*oc));
     if (!oc) {
-        send_json(c->req, 500, NULL); /* the out-of-memory error */
+        send_nomem(c->req);
         c->req = NULL;
         return;
     }
@@ -980,7 +989,7 @@ static void handle_generate(serve *s, pt_http_request *req, pt_oai_kind kind) {
 
     call *c = call_new(s, r.model ? r.model : s->model_name, (uint32_t)(n_prompts * (size_t)r.n));
     if (!c) {
-        send_json(req, 500, NULL); /* the out-of-memory error */
+        send_nomem(req);
         goto out;
     }
     c->req = req;
@@ -1202,7 +1211,7 @@ static void handle_metrics(serve *s, pt_http_request *req) {
         memcpy(all + lt, sm, ls + 1);
         pt_http_respond(req, 200, "text/plain; version=0.0.4", all, lt + ls, NULL);
     } else {
-        send_json(req, 500, NULL); /* the out-of-memory error */
+        send_nomem(req);
     }
     free(all);
     free(sm);
@@ -1363,7 +1372,7 @@ static void relayout_done(void *user, const pt_relayout_result *res) {
 static void handle_layout_get(serve *s, pt_http_request *req) {
     pt_layout_report *r = malloc(sizeof(*r));
     if (!r) {
-        send_json(req, 500, NULL); /* the out-of-memory error */
+        send_nomem(req);
         return;
     }
     layout_report(s, r);
@@ -1407,7 +1416,7 @@ static void handle_layout_post(serve *s, pt_http_request *req) {
     current_layout(s, cur);
     pt_xform_plan *plan = malloc(sizeof(*plan));
     if (!plan) {
-        send_json(req, 500, NULL); /* the out-of-memory error */
+        send_nomem(req);
         return;
     }
     pt_xform_plan_input in = {cur, s->n_inst, want, n_want, pt_fabric_size(s->fabric), s->plan.allowed_tp,
@@ -1424,10 +1433,12 @@ static void handle_layout_post(serve *s, pt_http_request *req) {
             send_error(req, 500, "server_error", NULL, NULL, err.msg, NULL);
     } else {
         pt_relayout_progress_get(&s->relayout, &p);
-        /* Out of memory for the plan's description: still 202, the change runs (GET /v1/layout shows it). */
-        static const char ACCEPTED[] = "{\"status\":\"accepted\"}";
+        /* Out of memory for the plan's description: still 202 with the id, the change runs (GET /v1/layout). */
+        char brief[96];
         char *json = pt_layout_accepted_json(p.run);
-        pt_http_respond(req, 202, "application/json", json ? json : ACCEPTED, json ? strlen(json) : sizeof(ACCEPTED) - 1,
+        if (!json) snprintf(brief, sizeof(brief), "{\"id\":\"xf-%llu\",\"status\":\"accepted\"}",
+                            (unsigned long long)p.run->id);
+        pt_http_respond(req, 202, "application/json", json ? json : brief, strlen(json ? json : brief),
                         "Location: /v1/layout\r\n");
         free(json);
     }

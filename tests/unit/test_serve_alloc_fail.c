@@ -1,30 +1,38 @@
-/* Allocation-failure walk over the whole server: every allocation a request
- * makes, on every thread (HTTP loop, scheduler, batcher, engine), fails in
+/* Allocation-failure walk over the whole server: the allocations a request
+ * makes, on every thread (HTTP loop, scheduler, batcher, engine), fail in
  * turn, and the server must answer cleanly and keep serving.
  *
  * This program runs pt_serve_run in a thread of its own process on
- * synthetic:tiny-llama (two TP1 instances, the chatml template) and talks
- * to it over TCP. It is linked with --wrap=malloc,calloc,realloc,strdup
- * (CMakeLists.txt, "allocation-failure injection"): once armed, the Nth
- * allocation made by any thread but the client's fails (and only that one).
- * libuv, llhttp, cJSON and pcre2 are shared libraries the wrap does not
- * reach; cJSON's allocations are counted all the same, through the hooks
- * pt_oai_parse installs.
+ * synthetic:tiny-llama (two TP1 instances, the chatml template, TP 1 and 2
+ * allowed) and talks to it over TCP. It is linked with
+ * --wrap=malloc,calloc,realloc,strdup (CMakeLists.txt, "allocation-failure
+ * injection"): once armed, the Nth allocation made by any thread but the
+ * client's fails -- only that one, or (the "from N on" walks) every one
+ * from the Nth until the answer is in. Not injected: posix_memalign
+ * (pt_aligned_alloc: weights and KV pools), mmap, and the allocations inside
+ * libuv, pcre2 and cJSON; cJSON's are counted all the same, through the
+ * hooks pt_json_nomem_begin installs.
  *
- * Each walk sends one request with N = 1, 2, ... until a run reaches no Nth
- * allocation. Every run must give either
+ * Each generation walk sends one request with N = 1, 2, ... until a run
+ * reaches no Nth allocation (that last run must give the unarmed answer).
+ * Every run must give either
  *   - the unarmed run's answer (the failure had a fallback), or
  *   - a clean error: HTTP 500 or 503 with a body in the OpenAI error shape,
  *     or, once a stream began, a stream that carries an error object and
  *     ends with [DONE];
  * never a dropped connection, a hang, a crash or an abort. After each run
  * the server must be idle with every KV page free, and answer the request
- * again exactly as before. ASan's leak check at exit covers the failure
- * paths (the server is stopped with SIGTERM and frees everything).
- *
- * Which allocation is the Nth depends on how the threads interleave, so a
- * walk covers every allocation count, not a fixed list of sites; it is run
- * twice per request kind to vary that. */
+ * again exactly as before. Each request kind is walked twice with only the
+ * Nth failing (which allocation is the Nth depends on how the threads
+ * interleave) and once from N on. Then: GET /v1/layout and /metrics (a
+ * whole answer or a clean error), a merge [1,1] -> [2] (POST answers 202
+ * or a clean error; the change ends done or rolled back, never half-way;
+ * the server then answers as before), and two clients with no memory at
+ * all (the second is answered from the HTTP layer's sink). ASan's leak
+ * check at exit covers the failure paths (the server is stopped with
+ * SIGTERM and frees everything). Not walked: /tokenize, /detokenize,
+ * /v1/models, and requests the scheduler holds (the static policy never
+ * holds one). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
@@ -311,7 +319,7 @@ static void walk(const request_kind *k, bool after) {
         disarm();
         bool hit = atomic_load(&fired);
         fingerprint(&r, k->stream, got, sizeof(got));
-        if (!strcmp(got, "error")) {
+        if (!strcmp(got, "error") && hit) {
             errors++;
         } else if (got[0] && !strcmp(got, ref)) {
             same += hit;
