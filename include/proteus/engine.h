@@ -161,8 +161,23 @@ typedef struct {
 } pt_batch_entry;
 
 /* Runs one forward step over all entries together. Fails without changing any
- * sequence when pages or context run out (PT_ERR_NOMEM / PT_ERR_INVALID). */
+ * sequence when pages or context run out (PT_ERR_NOMEM / PT_ERR_INVALID), or
+ * when the exchange between the ranks of a TP instance fails (PT_ERR_COMM,
+ * PT_ERR_COMM_TIMEOUT, PT_ERR_COMM_ABORTED of src/comm/comm.h): then the comm
+ * world is aborted, and the next step first takes a group of a new world
+ * from the fabric (comm.h: never a retry on the broken one) -- so a comm
+ * failure fails the steps that were running, not the instance. The
+ * sequences of a failed step may be stepped again or freed. */
 int pt_engine_step(pt_engine *e, const pt_batch_entry *entries, size_t n_entries, pt_err *err);
+
+/* What a TP instance's communication went through (zeros at TP 1). Safe to
+ * read from any thread while steps run. */
+typedef struct {
+    uint64_t failures;  /* steps that failed on a comm error */
+    uint64_t renewals;  /* times it moved to a new comm world after one */
+    char last_error[512]; /* the last comm error's message; "" when none */
+} pt_engine_comm_stats;
+void pt_engine_comm_get_stats(const pt_engine *e, pt_engine_comm_stats *s);
 
 /* Convenience for tests: a fresh sequence, prefill `tokens`, logits of every
  * position into logits[n * vocab], sequence freed. */

@@ -10,7 +10,9 @@
  *   pt_engine_create_on(&e, mf, f, 2, 2, &opts, &err); // TP2 over devices 2, 3
  *
  * All devices are of one kind. CPU devices are connected by a local world
- * (shared memory); CUDA devices by NCCL when a TP degree above 1 is allowed. */
+ * (shared memory); CUDA devices by NCCL when a TP degree above 1 is allowed.
+ * A world that a failed operation aborted is replaced by a new one when an
+ * instance next asks for a group (src/device/fabric_internal.h). */
 #ifndef PROTEUS_FABRIC_H
 #define PROTEUS_FABRIC_H
 
@@ -34,6 +36,10 @@ pt_device *pt_fabric_device(pt_fabric *f, int i);
 /* Whether an instance may span devices [first, first + tp): tp is allowed
  * and the range is one group of the world (aligned to tp). */
 bool pt_fabric_group_ok(const pt_fabric *f, int first, int tp);
+/* Comm worlds created to replace one that a failed operation aborted (an
+ * instance that held a group of it takes one of the new world at its next
+ * step: see pt_engine_step). */
+uint64_t pt_fabric_comm_renewals(pt_fabric *f);
 /* MLP chunks per weight tensor that serve every allowed degree: their least
  * common multiple, at least 4 (so TP 1, 2 and 4 give the same bits). */
 uint32_t pt_fabric_tp_chunks(const pt_fabric *f);

@@ -1,6 +1,9 @@
 /* The comm interface's generic half: queries, the aborted state, argument
- * validation, and dispatch to the world's implementation (comm_impl.h). */
+ * validation, injected failures (tests), and dispatch to the world's
+ * implementation (comm_impl.h). */
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "comm/comm_impl.h"
@@ -25,6 +28,30 @@ int pt_comm_config_check(const pt_comm_config *cfg, pt_err *err) {
     return pt_comm_layout(n, cfg->tp_degrees, cfg->n_tp_degrees, NULL, 0, err);
 }
 
+/* Whether a world was armed by PROTEUS_COMM_FAIL=N,once already. */
+static atomic_bool env_once_used;
+
+/* PROTEUS_COMM_FAIL (tests, comm.h): the operation of a new world that is
+ * to fail, N >= 1; 0 when unset or empty, when the value is not "N" or
+ * "N,once" (with a warning), or when ",once" armed a world already. */
+static int64_t fail_env(bool *once) {
+    *once = false;
+    const char *v = getenv("PROTEUS_COMM_FAIL");
+    if (!v || !*v) return 0;
+    /* Digits only: strtoll would take a sign, spaces and a trailing word. */
+    size_t digits = strspn(v, "0123456789");
+    bool ok = digits > 0 && (v[digits] == 0 || strcmp(v + digits, ",once") == 0);
+    errno = 0;
+    long long n = ok ? strtoll(v, NULL, 10) : 0;
+    if (!ok || errno || n < 1) {
+        pt_log(PT_LOG_WARN, "PROTEUS_COMM_FAIL=%s is not an operation number (N or N,once with N >= 1); ignored", v);
+        return 0;
+    }
+    *once = v[digits] != 0;
+    if (*once && atomic_exchange(&env_once_used, true)) return 0;
+    return n;
+}
+
 int pt_comm_world_init(pt_comm_world *w, const pt_comm_iface *iface, const pt_comm_config *cfg, int *devices,
                        pt_comm_group *groups, int n_groups, pt_err *err) {
     w->iface = iface;
@@ -35,6 +62,7 @@ int pt_comm_world_init(pt_comm_world *w, const pt_comm_iface *iface, const pt_co
     w->timeout_s = cfg->timeout_s > 0 ? cfg->timeout_s : PT_COMM_DEFAULT_TIMEOUT_S;
     atomic_init(&w->aborting, false);
     atomic_init(&w->aborted, false);
+    atomic_init(&w->fail_after, -1);
     pt_comm_group_desc desc[PT_COMM_MAX_RANKS * 8];
     int n_desc = pt_comm_layout(w->n, cfg->tp_degrees, cfg->n_tp_degrees, desc,
                                 (int)(sizeof(desc) / sizeof(desc[0])), err);
@@ -42,7 +70,35 @@ int pt_comm_world_init(pt_comm_world *w, const pt_comm_iface *iface, const pt_co
     if (n_desc > n_groups) return pt_err_set(err, PT_ERR_INVALID, "comm: %d groups exceed the %d planned", n_desc, n_groups);
     w->n_groups = n_desc;
     for (int gi = 0; gi < n_desc; gi++) groups[gi] = (pt_comm_group){w, desc[gi].first, desc[gi].size, NULL};
+    bool once;
+    int64_t nth = fail_env(&once);
+    if (nth > 0) {
+        atomic_store(&w->fail_after, nth - 1);
+        pt_log(PT_LOG_WARN, "PROTEUS_COMM_FAIL=%s: operation %lld of this %s world of %d devices will fail (testing%s)",
+               getenv("PROTEUS_COMM_FAIL"), (long long)nth, iface->name, w->n,
+               once ? "; worlds created later are not armed" : "; so will every world created later");
+    }
     return PT_OK;
+}
+
+/* ---- injected failures ---- */
+
+void pt_comm_world_fail_after(pt_comm_world *w, int64_t n) {
+    if (w) atomic_store(&w->fail_after, n < 0 ? -1 : n);
+}
+
+/* Counts one operation that is about to reach the implementation; the one
+ * that finds the count at 0 fails as a broken link would: nothing is
+ * issued, the world is aborted, PT_ERR_COMM. Atomic because groups of
+ * disjoint ranks may be driven from different threads at once. */
+static int injected(pt_comm_group *g, const char *what, pt_err *err) {
+    pt_comm_world *w = g->world;
+    int64_t left = atomic_load(&w->fail_after);
+    while (left >= 0 && !atomic_compare_exchange_weak(&w->fail_after, &left, left - 1)) {}
+    if (left != 0) return 0;
+    pt_err_set(err, PT_ERR_COMM, "comm: %s on group [%d, %d) of the %s world failed (injected fault)", what, g->first,
+               g->first + g->size, w->iface->name);
+    return pt_comm_fail(w, PT_ERR_COMM, err);
 }
 
 /* ---- queries ---- */
@@ -64,6 +120,7 @@ pt_comm_group *pt_comm_group_find(pt_comm_world *w, int first, int size) {
 }
 int pt_comm_group_first(const pt_comm_group *g) { return g ? g->first : -1; }
 int pt_comm_group_size(const pt_comm_group *g) { return g ? g->size : 0; }
+pt_comm_world *pt_comm_group_world(const pt_comm_group *g) { return g ? g->world : NULL; }
 
 /* ---- abort ---- */
 
@@ -128,7 +185,7 @@ int pt_comm_all_reduce(pt_comm_group *g, void *const *send, void *const *recv, s
     if (!rc && (op < 0 || op >= PT_COMM_OP_COUNT))
         rc = pt_err_set(err, PT_ERR_INVALID, "comm: all-reduce with op %d", (int)op);
     if (!rc) rc = buffers_check(g, send, recv, count, dtype, 1, "all-reduce", err);
-    if (rc || count == 0) return rc;
+    if (rc || count == 0 || (rc = injected(g, "all-reduce", err))) return rc;
     return g->world->iface->all_reduce(g, send, recv, count, dtype, op, streams, err);
 }
 
@@ -138,7 +195,7 @@ int pt_comm_all_gather(pt_comm_group *g, void *const *send, void *const *recv, s
     if (!err) err = &local;
     int rc = op_check(g, streams, "all-gather", err);
     if (!rc) rc = buffers_check(g, send, recv, count, dtype, (uint64_t)g->size, "all-gather", err);
-    if (rc || count == 0) return rc;
+    if (rc || count == 0 || (rc = injected(g, "all-gather", err))) return rc;
     return g->world->iface->all_gather(g, send, recv, count, dtype, streams, err);
 }
 
@@ -158,6 +215,7 @@ int pt_comm_all_gather_v(pt_comm_group *g, void *const *bufs, const size_t *offs
             if (counts[i] && counts[j] && offsets[i] < offsets[j] + counts[j] && offsets[j] < end)
                 return pt_err_set(err, PT_ERR_INVALID, "comm: all-gather-v segments of ranks %d and %d overlap", j, i);
     }
+    if ((rc = injected(g, "all-gather-v", err))) return rc;
     return g->world->iface->all_gather_v(g, bufs, offsets, counts, dtype, streams, err);
 }
 
@@ -169,7 +227,7 @@ int pt_comm_broadcast(pt_comm_group *g, void *const *bufs, size_t count, pt_comm
     if (!rc && (root < 0 || root >= g->size))
         rc = pt_err_set(err, PT_ERR_INVALID, "comm: broadcast from rank %d in a group of %d", root, g->size);
     if (!rc) rc = buffers_check(g, bufs, bufs, count, dtype, 1, "broadcast", err);
-    if (rc || count == 0) return rc;
+    if (rc || count == 0 || (rc = injected(g, "broadcast", err))) return rc;
     return g->world->iface->broadcast(g, bufs, count, dtype, root, streams, err);
 }
 
@@ -194,6 +252,7 @@ int pt_comm_send_recv(pt_comm_group *g, const pt_comm_transfer *t, size_t n, voi
         if (t[k].src_rank == t[k].dst_rank && t[k].src != t[k].dst && ranges_overlap(t[k].src, t[k].dst, t[k].bytes))
             return pt_err_set(err, PT_ERR_INVALID, "comm: transfer %zu copies between overlapping ranges", k);
     }
+    if ((rc = injected(g, "send/recv", err))) return rc;
     return g->world->iface->send_recv(g, t, n, streams, err);
 }
 
@@ -205,11 +264,18 @@ int pt_comm_check(pt_comm_world *w, pt_err *err) {
     return w->iface->check(w, err);
 }
 
-int pt_comm_wait(pt_comm_group *g, void *const *streams, double timeout_s, pt_err *err) {
+static int wait_op(pt_comm_group *g, void *const *streams, double timeout_s, const char *what, pt_err *err) {
     pt_err local;
     if (!err) err = &local;
-    int rc = op_check(g, streams, "wait", err);
-    return rc ? rc : g->world->iface->wait(g, streams, timeout_s, err);
+    int rc = op_check(g, streams, what, err);
+    if (rc || (rc = injected(g, what, err))) return rc;
+    return g->world->iface->wait(g, streams, timeout_s, err);
 }
 
-int pt_comm_barrier(pt_comm_group *g, void *const *streams, pt_err *err) { return pt_comm_wait(g, streams, 0, err); }
+int pt_comm_wait(pt_comm_group *g, void *const *streams, double timeout_s, pt_err *err) {
+    return wait_op(g, streams, timeout_s, "wait", err);
+}
+
+int pt_comm_barrier(pt_comm_group *g, void *const *streams, pt_err *err) {
+    return wait_op(g, streams, 0, "barrier", err);
+}

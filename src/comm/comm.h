@@ -180,12 +180,30 @@ int pt_comm_world_create_nccl(pt_comm_world **out, const pt_comm_config *cfg, pt
 /* Creates a world over CPU virtual devices of this process (devices are
  * ids only; the same validation as NCCL). Never touches a GPU. */
 int pt_comm_world_create_local(pt_comm_world **out, const pt_comm_config *cfg, pt_err *err);
-/* Tests of the failure rules (local worlds only): the (n + 1)-th operation
- * from now fails as a broken link would, and aborts the world; n < 0 = off. */
-void pt_comm_local_fail_after(pt_comm_world *w, int64_t n);
 
 /* "local" or "nccl". */
 const char *pt_comm_world_kind(const pt_comm_world *w);
+
+/* Injected failures, for tests of the failure rules on any implementation:
+ * the next n operations of the world succeed and the (n + 1)-th fails as a
+ * broken link would -- nothing of it is issued, the world is aborted, it
+ * returns PT_ERR_COMM naming the fault ("injected"), and every later
+ * operation PT_ERR_COMM_ABORTED. n < 0 turns it off (an abort stays). An
+ * operation is a call of all-reduce, all-gather, all-gather-v, broadcast,
+ * send/recv, wait or barrier, on any group of the world, that gets past
+ * the argument checks with something to do (a count of 0 is not one);
+ * pt_comm_check is not. Ranks driven from several threads share the one
+ * count, so which thread's operation fails is then a race.
+ *
+ * The environment variable PROTEUS_COMM_FAIL arms worlds when they are
+ * created, with n = N - 1, and a warning says so:
+ *   N        every world fails its N-th operation (N >= 1): a link that
+ *            breaks again and again -- the world that replaces an aborted
+ *            one, a transformation's own world, all fail the same way;
+ *   N,once   only the first world created with this setting does: one
+ *            failure, after which a new world works.
+ * Any other value is ignored with a warning that names it. */
+void pt_comm_world_fail_after(pt_comm_world *w, int64_t n);
 
 /* Releases every communicator and all memory; NULL is a no-op. A healthy
  * world is finalized (outstanding operations flushed, bounded by the world's
@@ -206,6 +224,8 @@ pt_comm_group *pt_comm_group_at(pt_comm_world *w, int index);
 pt_comm_group *pt_comm_group_find(pt_comm_world *w, int first, int size);
 int pt_comm_group_first(const pt_comm_group *g);
 int pt_comm_group_size(const pt_comm_group *g);
+/* The world the group belongs to; NULL for a NULL group. */
+pt_comm_world *pt_comm_group_world(const pt_comm_group *g);
 
 /* recv[i] = op over all ranks j of send[j], count elements per rank.
  * send[i] == recv[i] is in place. */

@@ -51,6 +51,7 @@ struct pt_comm_world {
     atomic_bool aborting;  /* won by the one caller that aborts */
     atomic_bool aborted;   /* set (release) once abort_reason is written */
     char abort_reason[sizeof(((pt_err *)0)->msg)];
+    _Atomic int64_t fail_after; /* operations left before an injected failure; < 0 = off (pt_comm_world_fail_after) */
     void *impl;
 };
 
@@ -63,7 +64,8 @@ int pt_comm_config_check(const pt_comm_config *cfg, pt_err *err);
 
 /* Fills the shared part of a world allocated by an implementation: n,
  * devices (copied into `devices`, room for n ints), groups (room for
- * n_groups, in pt_comm_layout order), timeout. */
+ * n_groups, in pt_comm_layout order), timeout; and arms the injected
+ * failure that PROTEUS_COMM_FAIL asks for. */
 int pt_comm_world_init(pt_comm_world *w, const pt_comm_iface *iface, const pt_comm_config *cfg, int *devices,
                        pt_comm_group *groups, int n_groups, pt_err *err);
 

@@ -145,7 +145,10 @@ void pt_engine_free(pt_engine *e) {
     free(e->stage_pos);
     free(e->stage_prompt);
     free(e->stage_out);
+    free(e->stage_pages);
     pt_weights_free(&e->in.w);
+    pt_fabric_group_put(e->fabric, e->in.group);
+    pthread_mutex_destroy(&e->comm_mu);
     pt_fabric_free(e->own_fabric);
     free(e);
 }
@@ -168,6 +171,7 @@ int pt_engine_create_ranks(pt_engine **out, const pt_model_file *mf, pt_fabric *
                           tp, first, first + tp, pt_fabric_size(f));
     pt_engine *e = calloc(1, sizeof(*e));
     if (!e) return pt_err_set(err, PT_ERR_NOMEM, "out of memory creating an engine");
+    pthread_mutex_init(&e->comm_mu, NULL);
     e->mf = mf;
     e->in.opts = *opts;
     e->fabric = f;
@@ -202,7 +206,10 @@ int pt_engine_create_ranks(pt_engine **out, const pt_model_file *mf, pt_fabric *
         pt_engine_free(e);
         return rc;
     }
-    if (tp > 1) e->in.group = pt_fabric_group(f, first, tp);
+    if (tp > 1 && (rc = pt_fabric_group_get(f, first, tp, &e->in.group, err))) {
+        pt_engine_free(e);
+        return rc;
+    }
     size_t Tm = o->max_batch_tokens, V = c->vocab_size;
     e->in.max_out = o->max_seqs > 64 ? o->max_seqs : 64;
     e->in.pages_per_seq = (o->max_ctx + o->page_size - 1) / o->page_size;
@@ -213,9 +220,10 @@ int pt_engine_create_ranks(pt_engine **out, const pt_model_file *mf, pt_fabric *
     e->stage_pos = malloc(Tm * sizeof(uint32_t));
     e->stage_prompt = malloc(Tm);
     e->stage_out = malloc(e->in.max_out * sizeof(uint32_t));
+    e->stage_pages = malloc((size_t)o->max_seqs * sizeof(uint32_t));
     e->in.seqs = calloc(o->max_seqs, sizeof(pt_seq));
     bool ok = e->in.ranks && e->stage_tok && e->stage_seq && e->stage_pos && e->stage_prompt && e->stage_out &&
-              e->in.seqs;
+              e->stage_pages && e->in.seqs;
     for (int i = 0; ok && i < tp; i++) {
         pt_rank *r = &e->in.ranks[i];
         r->rank = i;
@@ -358,8 +366,47 @@ static bool seq_reserve(pt_engine *e, pt_seq *s, uint32_t len) {
     return true;
 }
 
+static void comm_failed(pt_engine *e, const char *msg) {
+    pthread_mutex_lock(&e->comm_mu);
+    e->comm.failures++;
+    snprintf(e->comm.last_error, sizeof(e->comm.last_error), "%s", msg);
+    pthread_mutex_unlock(&e->comm_mu);
+}
+
+void pt_engine_comm_get_stats(const pt_engine *e, pt_engine_comm_stats *s) {
+    pthread_mutex_lock((pthread_mutex_t *)&e->comm_mu);
+    *s = e->comm;
+    pthread_mutex_unlock((pthread_mutex_t *)&e->comm_mu);
+}
+
+/* A TP instance whose comm world was aborted (a step of its own failed, or
+ * one of another instance on the same world) takes a group of a new world
+ * before it steps again. What the ranks hold -- weights, KV pages, the
+ * sequences -- never depended on the broken world: a failed step appended
+ * nothing (pt_engine_step gives its pages back). */
+static int renew_group(pt_engine *e, pt_err *err) {
+    if (!e->in.group || !pt_comm_is_aborted(pt_comm_group_world(e->in.group))) return PT_OK;
+    pt_comm_group *g;
+    pt_err why = {{0}};
+    if (pt_fabric_group_get(e->fabric, e->first, e->in.tp, &g, &why)) {
+        comm_failed(e, why.msg);
+        return pt_err_set(err, PT_ERR_COMM_ABORTED,
+                          "the comm world of the instance on devices [%d, %d) was aborted and no new one could be "
+                          "made: %s", e->first, e->first + e->in.tp, why.msg);
+    }
+    pt_fabric_group_put(e->fabric, e->in.group);
+    e->in.group = g;
+    pthread_mutex_lock(&e->comm_mu);
+    uint64_t n = ++e->comm.renewals;
+    pthread_mutex_unlock(&e->comm_mu);
+    pt_log(PT_LOG_WARN, "instance on devices [%d, %d): continues on a new comm world (renewal %llu)", e->first,
+           e->first + e->in.tp, (unsigned long long)n);
+    return PT_OK;
+}
+
 int pt_engine_step(pt_engine *e, const pt_batch_entry *entries, size_t n_entries, pt_err *err) {
     const pt_model_config *c = &e->in.w.cfg;
+    int rc;
     uint32_t T = 0, n_out = 0;
     for (size_t i = 0; i < n_entries; i++) {
         const pt_batch_entry *b = &entries[i];
@@ -386,19 +433,21 @@ int pt_engine_step(pt_engine *e, const pt_batch_entry *entries, size_t n_entries
     if (n_out > e->in.max_out)
         return pt_err_set(err, PT_ERR_INVALID, "%u logit rows exceed the step limit of %u", n_out, e->in.max_out);
 
-    /* Reserve pages for every entry first, so that a failure changes nothing. */
-    uint32_t *old_pages = malloc(n_entries * sizeof(uint32_t) + 1);
-    if (!old_pages) return pt_err_set(err, PT_ERR_NOMEM, "out of memory staging a step");
+    if ((rc = renew_group(e, err))) return rc;
+
+    /* Reserve pages for every entry first, so that a failure changes nothing.
+     * The entries are distinct sequences: at most max_seqs of them. No
+     * allocation here, so that PT_ERR_NOMEM means KV pages (the batcher
+     * preempts on it). */
+    uint32_t *old_pages = e->stage_pages;
     for (size_t i = 0; i < n_entries; i++) {
         pt_seq *s = &e->in.seqs[entries[i].seq];
         old_pages[i] = s->n_pages;
         if (!seq_reserve(e, s, s->len + entries[i].n_tokens)) {
             for (size_t j = 0; j < i; j++) seq_trim_pages(e, &e->in.seqs[entries[j].seq], old_pages[j]);
-            free(old_pages);
             return pt_err_set(err, PT_ERR_NOMEM, "out of KV pages for sequence %d", entries[i].seq);
         }
     }
-    free(old_pages);
 
     uint32_t t = 0, o = 0;
     for (size_t i = 0; i < n_entries; i++) {
@@ -420,8 +469,10 @@ int pt_engine_step(pt_engine *e, const pt_batch_entry *entries, size_t n_entries
     e->in.n_out = n_out;
     e->in.out_row = e->stage_out;
 
-    int rc = e->backend->step(e->backend, &e->in, err);
+    rc = e->backend->step(e->backend, &e->in, err);
     if (rc) {
+        if (rc == PT_ERR_COMM || rc == PT_ERR_COMM_TIMEOUT || rc == PT_ERR_COMM_ABORTED)
+            comm_failed(e, err ? err->msg : "comm error");
         /* The step's tokens were not appended: give back the pages reserved for them. */
         for (size_t i = 0; i < n_entries; i++) {
             pt_seq *s = &e->in.seqs[entries[i].seq];

@@ -4,9 +4,12 @@
 #ifndef PROTEUS_ENGINE_INTERNAL_H
 #define PROTEUS_ENGINE_INTERNAL_H
 
+#include <pthread.h>
+
 #include "backend/backend.h"
 #include "backend/instance.h"
 #include "kv/prefix_cache.h"
+#include "proteus/engine.h"
 
 struct pt_engine {
     pt_instance in;       /* what the backend computes on */
@@ -21,7 +24,12 @@ struct pt_engine {
     uint32_t *stage_pos;
     uint8_t *stage_prompt;
     uint32_t *stage_out;
+    uint32_t *stage_pages; /* (max_seqs) each entry's page count before a step reserves more */
     pt_prefix_cache *prefix; /* NULL when opts.prefix_cache is off */
+    /* Comm failures (pt_engine_comm_get_stats); comm_mu guards them, so
+     * that other threads may read them while steps run. */
+    pthread_mutex_t comm_mu;
+    pt_engine_comm_stats comm;
 };
 
 /* The KV pool of each group (KV head): what the prefix cache references. */

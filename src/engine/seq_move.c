@@ -93,8 +93,11 @@ int pt_engine_seq_attach(pt_engine *e, pt_seq_state *st, int *seq_out, pt_err *e
             n += pt_page_transfers(t + n, src->in.ranks[rs].kv, src->first + rs, st->slots[(size_t)h * st->n_pages + q],
                                 e->in.ranks[rd].kv, e->first + rd, s->pages[h][q]);
     }
-    pt_comm_world *w = e->fabric->world;
-    rc = pt_comm_send_recv(pt_comm_group_find(w, 0, pt_comm_world_size(w)), t, n, NULL, err);
+    /* The whole world's group, held for the copy (a new world when the last one was aborted). */
+    pt_comm_group *g;
+    rc = pt_fabric_group_get(e->fabric, 0, pt_fabric_size(e->fabric), &g, err);
+    if (!rc) rc = pt_comm_send_recv(g, t, n, NULL, err);
+    pt_fabric_group_put(e->fabric, g);
     free(t);
     if (rc) goto undo_rc;
     s->len = st->len;

@@ -97,6 +97,7 @@ static uint64_t f_running(const pt_instance_report *in) { return in->running; }
 static uint64_t f_waiting(const pt_instance_report *in) { return in->waiting; }
 static uint64_t f_pages_free(const pt_instance_report *in) { return in->kv_pages_free; }
 static uint64_t f_requests(const pt_instance_report *in) { return in->requests_total; }
+static uint64_t f_comm_failures(const pt_instance_report *in) { return in->comm_failures; }
 
 /* Layout changes: operations by kind and result, their pauses and
  * pre-copies, bytes moved; and the layout itself, one sample per instance
@@ -145,6 +146,8 @@ static void render_instances(pt_text *b, const pt_layout_report *r) {
         {"proteus_instance_waiting", "gauge", "Requests queued for admission per instance.", f_waiting},
         {"proteus_instance_kv_pages_free", "gauge", "KV head pages free over an instance's ranks.", f_pages_free},
         {"proteus_instance_requests_total", "counter", "Requests routed to each instance.", f_requests},
+        {"proteus_instance_comm_failures_total", "counter",
+         "Steps of each instance that failed on a communication error (their requests failed).", f_comm_failures},
     };
     for (size_t g = 0; g < sizeof(G) / sizeof(G[0]); g++) {
         pt_text_printf(b, "# HELP %s %s\n# TYPE %s %s\n", G[g].name, G[g].help, G[g].name, G[g].type);

@@ -1166,6 +1166,13 @@ static void layout_report(serve *s, pt_layout_report *r) {
                                    .preemptions_movable = st.preemptions_movable,
                                    .prefix_queries = st.prefix.queries, .prefix_hits = st.prefix.hits,
                                    .prefix_pages = st.prefix.pages};
+        pt_engine_comm_stats cs;
+        pt_engine_comm_get_stats(in->engine, &cs);
+        ir->comm_known = true;
+        ir->comm_failures = cs.failures;
+        ir->comm_renewals = cs.renewals;
+        snprintf(ir->comm_last_error, sizeof(ir->comm_last_error), "%.*s", (int)sizeof(ir->comm_last_error) - 1,
+                 cs.last_error);
         for (int k = 0; k < in->tp; k++) {
             pt_device_report *dr = &r->devices[in->first + k];
             dr->instance = i;

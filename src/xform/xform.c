@@ -100,7 +100,7 @@ static uint32_t n_groups(const pt_xform *x) { return x->src[0]->in.w.n_groups; }
 static int transfer(pt_xform *x, pt_comm_transfer *t, size_t n, pt_xform_fail injected, pt_err *err) {
     if (injected != PT_XFORM_FAIL_NONE && x->fail == injected) {
         x->fail = PT_XFORM_FAIL_NONE;
-        pt_comm_local_fail_after(x->world, 0);
+        pt_comm_world_fail_after(x->world, 0);
     }
     pt_comm_group *g = pt_comm_group_find(x->world, 0, pt_comm_world_size(x->world));
     int rc = pt_comm_send_recv(g, t, n, x->cuda ? x->streams : NULL, err);

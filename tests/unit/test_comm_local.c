@@ -328,7 +328,7 @@ static void test_argument_errors(void) {
     void *p_null[4] = {a[0], NULL, a[2], a[3]};
     size_t off[4] = {0, 1, 2, 3}, cnt[4] = {1, 1, 1, 1};
     pt_err err;
-    pt_comm_local_fail_after(w, 0); /* an argument error must not consume the injected fault */
+    pt_comm_world_fail_after(w, 0); /* an argument error must not consume the injected fault */
     CHECK_EQ_INT(pt_comm_all_reduce(NULL, p, p, 2, PT_COMM_F32, PT_COMM_SUM, NULL, &err), PT_ERR_INVALID);
     CHECK_EQ_INT(pt_comm_all_reduce(g, p, p, 2, PT_COMM_DTYPE_COUNT, PT_COMM_SUM, NULL, &err), PT_ERR_INVALID);
     CHECK_EQ_INT(pt_comm_all_reduce(g, p, p, 2, (pt_comm_dtype)-1, PT_COMM_SUM, NULL, &err), PT_ERR_INVALID);
@@ -371,7 +371,7 @@ static void test_failure_rules(void) {
     float a[4][2] = {{1, 2}, {3, 4}, {5, 6}, {7, 8}};
     void *p[4] = {a[0], a[1], a[2], a[3]};
     pt_err err = {{0}};
-    pt_comm_local_fail_after(w, 1);
+    pt_comm_world_fail_after(w, 1);
     CHECK_MSG(pt_comm_all_reduce(g4, p, p, 2, PT_COMM_F32, PT_COMM_SUM, NULL, &err) == 0, "%s", err.msg);
     float sum[2] = {16, 20};
     CHECK(memcmp(a[3], sum, sizeof(sum)) == 0);
@@ -405,7 +405,7 @@ static void test_failure_rules(void) {
     float after[4][2] = {{16, 20}, {16, 20}, {16, 20}, {16, 20}};
     CHECK(memcmp(a, after, sizeof(a)) == 0);
     /* Turning injection off or aborting again does not revive it. */
-    pt_comm_local_fail_after(w, -1);
+    pt_comm_world_fail_after(w, -1);
     pt_comm_abort(w, "again");
     CHECK(pt_comm_is_aborted(w));
     CHECK_EQ_INT(pt_comm_all_reduce(g4, p, p, 2, PT_COMM_F32, PT_COMM_SUM, NULL, &err), PT_ERR_COMM_ABORTED);

@@ -11,8 +11,8 @@
  *      representable; all-gather order; grouped send/recv in a ring, between
  *      pairs, within one rank, and in lists longer than one batch; health
  *      checks; a wait that times out and an explicit abort, after which every
- *      operation fails at once; repeated create/destroy that leaves device
- *      memory where it was.
+ *      operation fails at once; an injected fault (the same rules);
+ *      repeated create/destroy that leaves device memory where it was.
  * R = world rank, i = group rank, k = element. */
 #include "comm/comm.h"
 #include "test.h"
@@ -691,6 +691,25 @@ static void abort_body(fixture *f) {
 }
 static void test_abort(void) { on_both_worlds(abort_body); }
 
+/* An injected fault (pt_comm_world_fail_after, the generic layer's) on an
+ * NCCL world: the operation fails with PT_ERR_COMM before anything is
+ * enqueued (the buffers are never touched), the communicators are aborted,
+ * and everything after fails at once -- the rules a real failure follows. */
+static void inject_body(fixture *f) {
+    pt_comm_group *g = pt_comm_group_find(f->w, 0, f->n);
+    check_all_reduce_on(f, g); /* connected first, as in test_abort */
+    void *streams[PT_COMM_MAX_RANKS], *bufs[PT_COMM_MAX_RANKS];
+    group_streams(f, g, streams);
+    for (int r = 0; r < f->n; r++) bufs[r] = (void *)64; /* never touched */
+    pt_comm_world_fail_after(f->w, 0);
+    pt_err err = {{0}};
+    CHECK_EQ_INT(pt_comm_all_gather(g, bufs, bufs, 16, PT_COMM_F32, streams, &err), PT_ERR_COMM);
+    CHECK_MSG(strstr(err.msg, "all-gather") && strstr(err.msg, "nccl world") && strstr(err.msg, "injected"), "%s",
+              err.msg);
+    check_everything_fails(f, "injected");
+}
+static void test_injected_fault(void) { on_both_worlds(inject_body); }
+
 /* Create, use, destroy, three times: device memory after the third round
  * equals what it was after the first (NCCL and CUDA keep a little
  * process-wide state on first use, hence not before the first). */
@@ -732,7 +751,7 @@ int main(void) {
     static const test_case gpu_tests[] = {
         TEST(test_pool), TEST(test_create_rejects_missing_device), TEST(test_all_reduce), TEST(test_all_gather),
         TEST(test_send_recv_ring), TEST(test_send_recv_many), TEST(test_wait_timeout_aborts), TEST(test_abort),
-        TEST(test_destroy_releases),
+        TEST(test_injected_fault), TEST(test_destroy_releases),
     };
     return test_run_all(gpu_tests, sizeof(gpu_tests) / sizeof(gpu_tests[0]));
 }

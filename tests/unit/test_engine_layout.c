@@ -1,8 +1,10 @@
 /* Instances over a fabric of devices (DESIGN.md sections 2, 3, 11): the
  * same tokens whatever the layout; each rank holds and is charged only its
  * shard; budgets and allocation failures give errors, not crashes; a comm
- * failure fails the step and changes no sequence. */
+ * failure fails the step and changes no sequence, and the instances go on
+ * over a new comm world with unchanged bits. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "device/fabric_internal.h"
 #include "proteus/engine.h"
@@ -224,35 +226,92 @@ static void test_allocation_failures(void) {
 }
 
 /* A failed exchange between ranks fails the step without changing the
- * sequence; the broken group fails every later step (NCCL's rule). */
+ * sequence, and aborts the fabric's world (NCCL's rule); the next step of
+ * each instance on it runs on a new world, and the run goes on to the bits
+ * of a run that never failed. */
 static void test_comm_failure(void) {
     pt_model_file mf;
     pt_err err = {{0}};
     CHECK(pt_model_file_open(&mf, "synthetic:tiny-llama", &err) == 0);
     int allowed[] = {1, 2};
-    pt_fabric *f = fabric_of(2, 1, 0, allowed, 2);
+    pt_fabric *f = fabric_of(4, 1, 0, allowed, 2);
     pt_engine_opts o = small_opts();
-    pt_engine *e = NULL;
+    pt_engine *e = NULL, *other = NULL;
     CHECK_MSG(pt_engine_create_on(&e, &mf, f, 0, 2, &o, &err) == 0, "%s", err.msg);
-    if (!e) {
+    CHECK_MSG(pt_engine_create_on(&other, &mf, f, 2, 2, &o, &err) == 0, "%s", err.msg);
+    if (!e || !other) {
+        pt_engine_free(e);
+        pt_engine_free(other);
         pt_fabric_free(f);
         pt_model_file_close(&mf);
         return;
     }
+    uint32_t V = mf.config.vocab_size;
+    size_t sz = (size_t)(GEN + 1) * V;
+    float *ref = calloc(sz, sizeof(float)), *got = calloc(sz, sizeof(float)), *scratch = calloc(V, sizeof(float));
+    run_greedy(e, ref);
+
+    int32_t prompt[N_PROMPT];
+    for (uint32_t i = 0; i < N_PROMPT; i++) prompt[i] = (int32_t)((i * 40503u + 7) % V);
     int s = pt_engine_seq_new(e);
-    int32_t toks[5] = {1, 2, 3, 4, 5};
-    pt_batch_entry b = {s, toks, 5, NULL, false, false};
-    CHECK(pt_engine_step(e, &b, 1, &err) == 0);
+    for (uint32_t i = 0; i < N_PROMPT; i += 7) {
+        uint32_t m = N_PROMPT - i < 7 ? N_PROMPT - i : 7;
+        pt_batch_entry b = {s, prompt + i, m, i + m == N_PROMPT ? got : NULL, false, false};
+        CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
+    }
+    decode_steps(e, s, got, 0, 1);
+    pt_comm_world *broken = f->world;
     uint64_t total, free_before, free_after;
     pt_engine_kv_pages(e, 0, &total, &free_before);
-    pt_comm_local_fail_after(f->world, 1);
-    b.n_tokens = 1;
+
+    /* The second exchange of the next step fails. */
+    pt_comm_world_fail_after(broken, 1);
+    int32_t best = 0;
+    for (uint32_t v = 1; v < V; v++)
+        if (got[V + v] > got[V + best]) best = (int32_t)v;
+    pt_batch_entry b = {s, &best, 1, got + 2 * (size_t)V, false, false};
     CHECK_EQ_INT(pt_engine_step(e, &b, 1, &err), PT_ERR_COMM);
     CHECK_MSG(strstr(err.msg, "injected") != NULL, "%s", err.msg);
-    CHECK_EQ_INT(pt_engine_seq_len(e, s), 5);
+    CHECK(pt_comm_is_aborted(broken));
+    CHECK_EQ_INT(pt_engine_seq_len(e, s), N_PROMPT + 1);
     pt_engine_kv_pages(e, 0, &total, &free_after);
     CHECK_EQ_INT(free_after, free_before);
-    CHECK_EQ_INT(pt_engine_step(e, &b, 1, &err), PT_ERR_COMM_ABORTED);
+    pt_engine_comm_stats cs;
+    pt_engine_comm_get_stats(e, &cs);
+    CHECK_EQ_INT(cs.failures, 1);
+    CHECK_EQ_INT(cs.renewals, 0);
+    CHECK_MSG(strstr(cs.last_error, "injected") != NULL, "%s", cs.last_error);
+    CHECK_EQ_INT(pt_fabric_comm_renewals(f), 0); /* nothing asked for a group yet */
+
+    /* The same step again: on a new world, and the run ends with the reference's bits. */
+    CHECK_MSG(pt_engine_step(e, &b, 1, &err) == 0, "%s", err.msg);
+    CHECK(f->world != broken && !pt_comm_is_aborted(f->world));
+    CHECK_EQ_INT(pt_fabric_comm_renewals(f), 1);
+    decode_steps(e, s, got, 2, GEN);
+    CHECK(memcmp(got, ref, sz * sizeof(float)) == 0);
+    pt_engine_comm_get_stats(e, &cs);
+    CHECK_EQ_INT(cs.failures, 1);
+    CHECK_EQ_INT(cs.renewals, 1);
+
+    /* The other instance held a group of the broken world too: it moves to
+     * the same new world at its next step, which fails nothing. */
+    int s2 = pt_engine_seq_new(other);
+    pt_batch_entry b2 = {s2, prompt, 5, scratch, false, false};
+    CHECK_MSG(pt_engine_step(other, &b2, 1, &err) == 0, "%s", err.msg);
+    pt_engine_comm_get_stats(other, &cs);
+    CHECK_EQ_INT(cs.failures, 0);
+    CHECK_EQ_INT(cs.renewals, 1);
+    CHECK_EQ_INT(pt_fabric_comm_renewals(f), 1);
+    /* A TP1 instance has nothing to renew. */
+    pt_engine_free(other);
+    CHECK_MSG(pt_engine_create_on(&other, &mf, f, 2, 1, &o, &err) == 0, "%s", err.msg);
+    pt_engine_comm_get_stats(other, &cs);
+    CHECK(cs.failures == 0 && cs.renewals == 0 && cs.last_error[0] == 0);
+
+    free(ref);
+    free(got);
+    free(scratch);
+    pt_engine_free(other);
     pt_engine_free(e);
     pt_fabric_free(f);
     pt_model_file_close(&mf);

@@ -80,6 +80,32 @@ static void test_layout_json(void) {
           cJSON_GetArrayItem(lay, 1)->valueint == 2);
     CHECK(cJSON_GetObjectItemCaseSensitive(root, "transformation") == NULL); /* no view given */
     CHECK(cJSON_GetObjectItemCaseSensitive(root, "scheduler") == NULL);
+    CHECK(cJSON_GetObjectItemCaseSensitive(i1, "comm") == NULL); /* not known */
+    cJSON_Delete(root);
+    free(text);
+
+    /* A TP instance's comm failures, when known; never at TP 1. */
+    r.instances[1].comm_known = r.instances[0].comm_known = true;
+    r.instances[1].comm_failures = 3;
+    r.instances[1].comm_renewals = 2;
+    snprintf(r.instances[1].comm_last_error, sizeof(r.instances[1].comm_last_error), "comm: all-gather-v failed");
+    text = pt_layout_json(&r, NULL, NULL);
+    root = cJSON_Parse(text);
+    insts = cJSON_GetObjectItemCaseSensitive(root, "instances");
+    const cJSON *c1 = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(insts, 1), "comm");
+    CHECK(num(c1, "failures") == 3 && num(c1, "renewals") == 2 &&
+          !strcmp(str(c1, "last_error"), "comm: all-gather-v failed"));
+    CHECK(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(insts, 0), "comm") == NULL);
+    r.instances[1].comm_failures = 0;
+    r.instances[1].comm_last_error[0] = 0;
+    cJSON_Delete(root);
+    free(text);
+    text = pt_layout_json(&r, NULL, NULL);
+    root = cJSON_Parse(text);
+    c1 = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(root, "instances"), 1),
+                                          "comm");
+    CHECK(num(c1, "failures") == 0 && cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(c1, "last_error")));
+    r.instances[1].comm_known = r.instances[0].comm_known = false;
     cJSON_Delete(root);
     free(text);
 

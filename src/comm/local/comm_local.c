@@ -4,30 +4,15 @@
  * operation is a set of copies done by the calling thread and complete when
  * it returns (streams are ignored). Reductions fold the ranks left to
  * right, in rank order, so that a sum has the same bits on every rank and
- * at every call. The failure rules are NCCL's: an injected fault (tests)
- * aborts the world, and every later operation returns PT_ERR_COMM_ABORTED. */
+ * at every call. Nothing here fails once the arguments are checked, short
+ * of memory (and a 16-bit all-reduce, which is not supported); an injected
+ * fault (comm.c, tests) fails an operation before it gets here. The
+ * failure rules are NCCL's: a failure aborts the world, and every later
+ * operation returns PT_ERR_COMM_ABORTED. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "comm/comm_impl.h"
-
-typedef struct {
-    _Atomic int64_t fail_after; /* operations left before an injected failure; < 0 = off */
-} local_world;
-
-static int injected(pt_comm_group *g, const char *what, pt_err *err) {
-    local_world *lw = g->world->impl;
-    int64_t left = atomic_load(&lw->fail_after);
-    while (left >= 0 && !atomic_compare_exchange_weak(&lw->fail_after, &left, left - 1)) {}
-    if (left != 0) return 0;
-    pt_err_set(err, PT_ERR_COMM, "comm: %s on group [%d, %d) failed (injected fault)", what, g->first,
-               g->first + g->size);
-    return pt_comm_fail(g->world, PT_ERR_COMM, err);
-}
-
-void pt_comm_local_fail_after(pt_comm_world *w, int64_t n) {
-    if (w && strcmp(w->iface->name, "local") == 0) atomic_store(&((local_world *)w->impl)->fail_after, n < 0 ? -1 : n);
-}
 
 #define FOLD(T, op)                                                                                                   \
     do {                                                                                                             \
@@ -62,8 +47,6 @@ static int local_all_reduce(pt_comm_group *g, void *const *send, void *const *re
                             pt_comm_op op, void *const *streams, pt_err *err) {
     if (dtype == PT_COMM_F16 || dtype == PT_COMM_BF16)
         return pt_err_set(err, PT_ERR_UNSUPPORTED, "comm: local all-reduce of 16-bit floats is not supported");
-    int rc = injected(g, "all-reduce", err);
-    if (rc) return rc;
     size_t bytes = count * pt_comm_dtype_size(dtype);
     /* The fold goes into a scratch buffer: recv may alias any rank's send. */
     void *acc = malloc(bytes);
@@ -80,8 +63,6 @@ static int local_all_reduce(pt_comm_group *g, void *const *send, void *const *re
 
 static int local_all_gather(pt_comm_group *g, void *const *send, void *const *recv, size_t count, pt_comm_dtype dtype,
                             void *const *streams, pt_err *err) {
-    int rc = injected(g, "all-gather", err);
-    if (rc) return rc;
     size_t bytes = count * pt_comm_dtype_size(dtype);
     for (int i = 0; i < g->size; i++)
         for (int j = 0; j < g->size; j++) {
@@ -93,8 +74,6 @@ static int local_all_gather(pt_comm_group *g, void *const *send, void *const *re
 
 static int local_all_gather_v(pt_comm_group *g, void *const *bufs, const size_t *offsets, const size_t *counts,
                               pt_comm_dtype dtype, void *const *streams, pt_err *err) {
-    int rc = injected(g, "all-gather-v", err);
-    if (rc) return rc;
     size_t es = pt_comm_dtype_size(dtype);
     for (int i = 0; i < g->size; i++)
         for (int j = 0; j < g->size; j++)
@@ -106,16 +85,12 @@ static int local_all_gather_v(pt_comm_group *g, void *const *bufs, const size_t 
 
 static int local_broadcast(pt_comm_group *g, void *const *bufs, size_t count, pt_comm_dtype dtype, int root,
                            void *const *streams, pt_err *err) {
-    int rc = injected(g, "broadcast", err);
-    if (rc) return rc;
     for (int i = 0; i < g->size; i++)
         if (i != root && bufs[i] != bufs[root]) memcpy(bufs[i], bufs[root], count * pt_comm_dtype_size(dtype));
     return 0;
 }
 
 static int local_send_recv(pt_comm_group *g, const pt_comm_transfer *t, size_t n, void *const *streams, pt_err *err) {
-    int rc = injected(g, "send/recv", err);
-    if (rc) return rc;
     for (size_t k = 0; k < n; k++)
         if (t[k].bytes && t[k].src != t[k].dst) memcpy(t[k].dst, t[k].src, t[k].bytes);
     return 0;
@@ -138,15 +113,12 @@ int pt_comm_world_create_local(pt_comm_world **out, const pt_comm_config *cfg, p
     *out = NULL;
     int n_groups = pt_comm_config_check(cfg, err);
     if (n_groups < 0) return n_groups;
-    /* One block: the world, its state, its groups, the device list. */
-    size_t bytes = sizeof(pt_comm_world) + sizeof(local_world) + (size_t)n_groups * sizeof(pt_comm_group) +
-                   (size_t)cfg->n_devices * sizeof(int);
+    /* One block: the world, its groups, the device list. */
+    size_t bytes =
+        sizeof(pt_comm_world) + (size_t)n_groups * sizeof(pt_comm_group) + (size_t)cfg->n_devices * sizeof(int);
     pt_comm_world *w = calloc(1, bytes);
     if (!w) return pt_err_set(err, PT_ERR_NOMEM, "comm: out of memory for the world");
-    local_world *lw = (local_world *)(w + 1);
-    atomic_init(&lw->fail_after, -1);
-    w->impl = lw;
-    pt_comm_group *groups = (pt_comm_group *)(lw + 1);
+    pt_comm_group *groups = (pt_comm_group *)(w + 1);
     int rc = pt_comm_world_init(w, &local_iface, cfg, (int *)(groups + n_groups), groups, n_groups, err);
     if (rc) {
         free(w);
