@@ -55,7 +55,7 @@ static void render_hist(pt_text *b, const pt_histogram *h, const char *model) {
     for (size_t i = 0; i < h->n_bounds; i++) {
         cum += h->counts[i];
         pt_text_printf(b, "%s_bucket{model_name=\"%s\",le=\"%g\"} %llu\n", h->name, model, h->bounds[i],
-                  (unsigned long long)cum);
+                       (unsigned long long)cum);
     }
     cum += h->counts[h->n_bounds];
     pt_text_printf(b, "%s_bucket{model_name=\"%s\",le=\"+Inf\"} %llu\n", h->name, model, (unsigned long long)cum);
@@ -67,28 +67,28 @@ static void render_hist(pt_text *b, const pt_histogram *h, const char *model) {
  * by class and the budget. */
 static void render_devices(pt_text *b, const pt_layout_report *r, const char *model) {
     pt_text_printf(b, "# HELP proteus_kv_pages_used KV head pages in use per device.\n"
-                 "# TYPE proteus_kv_pages_used gauge\n");
+                   "# TYPE proteus_kv_pages_used gauge\n");
     for (int i = 0; i < r->n_devices; i++)
         if (r->devices[i].kv_known)
             pt_text_printf(b, "proteus_kv_pages_used{model_name=\"%s\",device=\"%s\"} %llu\n", model, r->devices[i].name,
-                      (unsigned long long)(r->devices[i].kv_pages_total - r->devices[i].kv_pages_free));
+                           (unsigned long long)(r->devices[i].kv_pages_total - r->devices[i].kv_pages_free));
     pt_text_printf(b, "# HELP proteus_kv_pages_free KV head pages free per device.\n"
-                 "# TYPE proteus_kv_pages_free gauge\n");
+                   "# TYPE proteus_kv_pages_free gauge\n");
     for (int i = 0; i < r->n_devices; i++)
         if (r->devices[i].kv_known)
             pt_text_printf(b, "proteus_kv_pages_free{model_name=\"%s\",device=\"%s\"} %llu\n", model, r->devices[i].name,
-                      (unsigned long long)r->devices[i].kv_pages_free);
+                           (unsigned long long)r->devices[i].kv_pages_free);
     pt_text_printf(b, "# HELP proteus_device_memory_bytes Device memory held, by class.\n"
-                 "# TYPE proteus_device_memory_bytes gauge\n");
+                   "# TYPE proteus_device_memory_bytes gauge\n");
     for (int i = 0; i < r->n_devices; i++)
         for (int c = 0; c < PT_MEM_CLASS_COUNT; c++)
             pt_text_printf(b, "proteus_device_memory_bytes{device=\"%s\",class=\"%s\"} %llu\n", r->devices[i].name,
-                      pt_mem_class_name((pt_mem_class)c), (unsigned long long)r->devices[i].used[c]);
+                           pt_mem_class_name((pt_mem_class)c), (unsigned long long)r->devices[i].used[c]);
     pt_text_printf(b, "# HELP proteus_device_memory_budget_bytes Device memory budget (0 = no limit).\n"
-                 "# TYPE proteus_device_memory_budget_bytes gauge\n");
+                   "# TYPE proteus_device_memory_budget_bytes gauge\n");
     for (int i = 0; i < r->n_devices; i++)
         pt_text_printf(b, "proteus_device_memory_budget_bytes{device=\"%s\"} %llu\n", r->devices[i].name,
-                  (unsigned long long)r->devices[i].budget_bytes);
+                       (unsigned long long)r->devices[i].budget_bytes);
 }
 
 /* One gauge (or counter) per instance; `f` picks the value. */
@@ -105,32 +105,32 @@ static uint64_t f_comm_failures(const pt_instance_report *in) { return in->comm_
 static void render_transformations(pt_text *b, const pt_metrics *m, const pt_layout_report *r, const char *model) {
     static const char *kinds[PT_METRICS_XFORM_KINDS] = {"merge", "split", "reshape"};
     pt_text_printf(b, "# HELP proteus_transformations_total Transformation operations, by kind and result.\n"
-                 "# TYPE proteus_transformations_total counter\n");
+                   "# TYPE proteus_transformations_total counter\n");
     for (int k = 0; k < PT_METRICS_XFORM_KINDS; k++)
         for (int res = 0; res < 2; res++)
             pt_text_printf(b, "proteus_transformations_total{kind=\"%s\",result=\"%s\"} %llu\n", kinds[k],
-                      res ? "failed" : "ok", (unsigned long long)m->xforms[k][res]);
+                           res ? "failed" : "ok", (unsigned long long)m->xforms[k][res]);
     render_hist(b, &m->xform_pause, model);
     render_hist(b, &m->xform_precopy, model);
     pt_text_printf(b, "# HELP proteus_transformation_bytes_moved_total Bytes transformations moved: KV pages copied, "
-                 "weight shards built.\n# TYPE proteus_transformation_bytes_moved_total counter\n"
-                 "proteus_transformation_bytes_moved_total{what=\"kv\"} %llu\n"
-                 "proteus_transformation_bytes_moved_total{what=\"weights\"} %llu\n",
-              (unsigned long long)m->xform_kv_bytes, (unsigned long long)m->xform_weight_bytes);
+                   "weight shards built.\n# TYPE proteus_transformation_bytes_moved_total counter\n"
+                   "proteus_transformation_bytes_moved_total{what=\"kv\"} %llu\n"
+                   "proteus_transformation_bytes_moved_total{what=\"weights\"} %llu\n",
+                   (unsigned long long)m->xform_kv_bytes, (unsigned long long)m->xform_weight_bytes);
     pt_text_printf(b, "# HELP proteus_transformation_in_progress 1 while a layout change runs.\n"
-                 "# TYPE proteus_transformation_in_progress gauge\nproteus_transformation_in_progress %d\n",
-              m->xform_in_progress ? 1 : 0);
+                   "# TYPE proteus_transformation_in_progress gauge\nproteus_transformation_in_progress %d\n",
+                   m->xform_in_progress ? 1 : 0);
     pt_text_printf(b, "# HELP proteus_layout_instance_tp The current layout: each instance's TP degree.\n"
-                 "# TYPE proteus_layout_instance_tp gauge\n");
+                   "# TYPE proteus_layout_instance_tp gauge\n");
     for (int i = 0; i < r->n_instances; i++)
         pt_text_printf(b, "proteus_layout_instance_tp{instance=\"%d\",first_device=\"%d\"} %d\n", i,
-                  r->instances[i].first, r->instances[i].tp);
+                       r->instances[i].first, r->instances[i].tp);
 }
 
 static void render_instances(pt_text *b, const pt_layout_report *r) {
     /* The layout itself: each instance's TP degree, its devices in a label. */
     pt_text_printf(b, "# HELP proteus_instance_tp TP degree of each instance; devices lists its ranks' devices.\n"
-                 "# TYPE proteus_instance_tp gauge\n");
+                   "# TYPE proteus_instance_tp gauge\n");
     for (int i = 0; i < r->n_instances; i++) {
         const pt_instance_report *in = &r->instances[i];
         pt_text_printf(b, "proteus_instance_tp{instance=\"%d\",devices=\"", i);
@@ -160,7 +160,7 @@ static void render_instances(pt_text *b, const pt_layout_report *r) {
 static void render_scalar(pt_text *b, const char *name, const char *type, const char *help, const char *model,
                           uint64_t v) {
     pt_text_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s{model_name=\"%s\"} %llu\n", name, help, name, type, name, model,
-              (unsigned long long)v);
+                   (unsigned long long)v);
 }
 
 char *pt_metrics_render(const pt_metrics *m, const pt_layout_report *r, const char *model) {
@@ -188,10 +188,10 @@ char *pt_metrics_render(const pt_metrics *m, const pt_layout_report *r, const ch
     render_scalar(&b, "proteus_generation_tokens_total", "counter", "Tokens generated.", model, m->generation_tokens);
     static const char *reasons[PT_REASON_COUNT] = {"stop", "length", "abort", "error"};
     pt_text_printf(&b, "# HELP proteus_request_success_total Finished requests by finish reason.\n"
-                  "# TYPE proteus_request_success_total counter\n");
+                   "# TYPE proteus_request_success_total counter\n");
     for (int i = 0; i < PT_REASON_COUNT; i++)
         pt_text_printf(&b, "proteus_request_success_total{model_name=\"%s\",finished_reason=\"%s\"} %llu\n", model,
-                  reasons[i], (unsigned long long)m->finished[i]);
+                       reasons[i], (unsigned long long)m->finished[i]);
     render_scalar(&b, "proteus_requests_rejected_total", "counter", "Requests refused because the queue was full.",
                   model, m->rejected_busy);
     render_scalar(&b, "proteus_preemptions_total", "counter", "Sequences preempted for lack of KV pages.",

@@ -142,18 +142,18 @@ int pt_place_target_layout(const int *cur, int n_cur, const pt_sched_xform *x, i
 char *pt_place_metrics(const pt_sched_stats *st, size_t n_held, bool dynamic) {
     pt_text t = {0};
     pt_text_printf(&t, "# HELP proteus_scheduler_decisions_total Scheduler decisions, by decision and reason.\n"
-            "# TYPE proteus_scheduler_decisions_total counter\n");
+                   "# TYPE proteus_scheduler_decisions_total counter\n");
     for (int r = 0; r < PT_SCHED_N_REASONS; r++) {
         uint64_t v = st->by_reason[r];
         pt_text_printf(&t, "proteus_scheduler_decisions_total{decision=\"%s\",reason=\"%s\"} %llu\n",
-            pt_sched_reason_decision((pt_sched_reason)r), pt_sched_reason_name((pt_sched_reason)r),
-            (unsigned long long)v);
+                       pt_sched_reason_decision((pt_sched_reason)r), pt_sched_reason_name((pt_sched_reason)r),
+                       (unsigned long long)v);
     }
     pt_text_printf(&t, "# HELP proteus_scheduler_held_requests Requests held for a layout that can serve them.\n"
-            "# TYPE proteus_scheduler_held_requests gauge\nproteus_scheduler_held_requests %zu\n", n_held);
+                   "# TYPE proteus_scheduler_held_requests gauge\nproteus_scheduler_held_requests %zu\n", n_held);
     pt_text_printf(&t, "# HELP proteus_scheduler_policy The scheduler's policy (1 for the one in force).\n"
-            "# TYPE proteus_scheduler_policy gauge\n"
-            "proteus_scheduler_policy{policy=\"static\"} %d\nproteus_scheduler_policy{policy=\"dynamic\"} %d\n",
-        !dynamic, dynamic);
+                   "# TYPE proteus_scheduler_policy gauge\n"
+                   "proteus_scheduler_policy{policy=\"static\"} %d\nproteus_scheduler_policy{policy=\"dynamic\"} %d\n",
+                   !dynamic, dynamic);
     return pt_text_take(&t);
 }
