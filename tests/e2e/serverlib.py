@@ -212,6 +212,36 @@ class Server:
                 found = True
         return total if found else None
 
+    def layout(self, headers=None):
+        """GET /v1/layout as JSON (headers: the API key where the server has one)."""
+        st, _, body = self.request("GET", "/v1/layout", headers=headers, timeout=30)
+        if st != 200:
+            raise ServerError("/v1/layout answered %d: %r" % (st, body[:200]))
+        return json.loads(body)
+
+    def wait_change(self, timeout=300, headers=None):
+        """The layout once no change runs (the last one's result in it), or the last one seen."""
+        deadline = time.time() + timeout
+        lay = self.layout(headers)
+        while lay["transformation"]["in_progress"] and time.time() < deadline:
+            time.sleep(0.05)
+            lay = self.layout(headers)
+        return lay
+
+    def wait_idle(self, timeout=120, headers=None):
+        """The layout once no change runs, no instance runs or queues anything and every KV page is
+        free, or the last one seen."""
+        deadline = time.time() + timeout
+        lay = self.layout(headers)
+        while time.time() < deadline:
+            if not lay["transformation"]["in_progress"] and all(
+                    i["running"] == 0 and i["waiting"] == 0 and i["kv_pages_free"] == i["kv_pages_total"]
+                    for i in lay["instances"]):
+                break
+            time.sleep(0.1)
+            lay = self.layout(headers)
+        return lay
+
     def wait_metric(self, name, value, timeout=30, **labels):
         deadline = time.time() + timeout
         v = None

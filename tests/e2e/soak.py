@@ -395,26 +395,6 @@ def rss_loop(srv, stop, samples, t0):
         stop.wait(2.0)
 
 
-def get_layout(srv):
-    st, _, body = srv.request("GET", "/v1/layout", timeout=30)
-    if st != 200:
-        raise serverlib.ServerError("/v1/layout answered %d" % st)
-    return json.loads(body)
-
-
-def wait_idle(srv, timeout):
-    deadline = time.time() + timeout
-    lay = get_layout(srv)
-    while time.time() < deadline:
-        if not lay["transformation"]["in_progress"] and all(
-                i["running"] == 0 and i["waiting"] == 0 and i["kv_pages_free"] == i["kv_pages_total"]
-                for i in lay["instances"]):
-            break
-        time.sleep(0.25)
-        lay = get_layout(srv)
-    return lay
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("binary", nargs="?", default="")
@@ -451,7 +431,7 @@ def main():
     t.check("soak: every client finished", not any(th.is_alive() for th in threads))
     load_s = time.time() - t0
 
-    lay = wait_idle(srv, 120)
+    lay = srv.wait_idle(120)
     stop_rss.set()
     sampler.join()
 

@@ -143,23 +143,7 @@ def run_all(srv, js, extra=()):
 
 
 def layout(srv):
-    st, _, body = srv.request("GET", "/v1/layout", headers=AUTH, timeout=30)
-    if st != 200:
-        raise serverlib.ServerError("/v1/layout answered %d" % st)
-    return json.loads(body)
-
-
-def wait_idle(srv, timeout=60):
-    deadline = time.time() + timeout
-    lay = layout(srv)
-    while time.time() < deadline:
-        if not lay["transformation"]["in_progress"] and all(
-                i["running"] == 0 and i["waiting"] == 0 and i["kv_pages_free"] == i["kv_pages_total"]
-                for i in lay["instances"]):
-            break
-        time.sleep(0.1)
-        lay = layout(srv)
-    return lay
+    return srv.layout(AUTH)
 
 
 def requests_per_instance(srv):
@@ -228,7 +212,7 @@ def test_transient_fault(t, ref):
         compare(t, "round 1", got, ref, may_fail=failed)
         t.check("round 1: every request of the TP1 instances succeeded",
                 sum(1 for r in got.values() if r[0] == "ok") >= per_inst[1] + per_inst[2], (failed, per_inst))
-        lay = wait_idle(srv)
+        lay = srv.wait_idle(60, AUTH)
         t.check("after the fault: server up, layout unchanged, every KV page free",
                 srv.alive() and lay["layout"] == [2, 1, 1] and all(
                     i["kv_pages_free"] == i["kv_pages_total"] > 0 for i in lay["instances"]), lay["instances"])
@@ -269,15 +253,6 @@ def post_layout(srv, want):
     return st, json.loads(body)
 
 
-def wait_change(srv, timeout=60):
-    deadline = time.time() + timeout
-    lay = layout(srv)
-    while lay["transformation"]["in_progress"] and time.time() < deadline:
-        time.sleep(0.05)
-        lay = layout(srv)
-    return lay
-
-
 def merge_while_running(srv):
     """POSTs [2] once requests run; (the POST's status, whether requests were running)."""
     deadline = time.time() + 10
@@ -293,7 +268,7 @@ def test_merge_fails(t, ref):
         js = jobs(long=True)
         got, posted = run_all(srv, js, [lambda: merge_while_running(srv)])
         compare(t, "merge that fails", got, ref)
-        lay = wait_idle(srv)
+        lay = srv.wait_idle(60, AUTH)
         last = lay["transformation"]["last"] or {}
         t.eq("merge: POST accepted while requests ran", posted, [(202, True)])
         t.check("merge: failed in its transfer, rolled back, layout [1,1]",
@@ -321,7 +296,7 @@ def test_merged_instance_fails(t, ref):
     srv = start(TWO + ["--cost-file", COST_EVEN], "merged-fails", {"PROTEUS_COMM_FAIL": "12,once"})
     try:
         got, posted = run_all(srv, jobs(long=True), [lambda: merge_while_running(srv)])
-        lay = wait_change(srv)
+        lay = srv.wait_change(60, AUTH)
         last = lay["transformation"]["last"] or {}
         t.check("merge: went through while requests ran, moving them", posted == [(202, True)]
                 and lay["layout"] == [2] and last.get("result") == "ok" and last.get("requests_moved", 0) > 0,
@@ -332,7 +307,7 @@ def test_merged_instance_fails(t, ref):
         compare(t, "merged instance", got, ref, may_fail=failed)
         got2, _ = run_all(srv, jobs())
         compare(t, "merged instance, on a new comm world", got2, ref)
-        lay = wait_idle(srv)
+        lay = srv.wait_idle(60, AUTH)
         t.check("merged instance: up, layout [2], every KV page free", srv.alive() and lay["layout"] == [2] and all(
             i["kv_pages_free"] == i["kv_pages_total"] > 0 for i in lay["instances"]), lay["instances"])
         t.eq("metrics: the failed requests counted as errors",

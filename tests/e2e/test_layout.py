@@ -39,27 +39,11 @@ MAX_TOKENS = 8
 
 
 def layout(srv):
-    st, _, body = srv.request("GET", "/v1/layout", headers=AUTH, timeout=30)
-    if st != 200:
-        raise serverlib.ServerError("/v1/layout answered %d: %r" % (st, body[:200]))
-    return json.loads(body)
+    return srv.layout(AUTH)
 
 
 def served_per_instance(srv):
     return [i["requests_total"] for i in layout(srv)["instances"]]
-
-
-def wait_idle(srv, timeout=60):
-    """The layout once no instance runs or queues anything and every page is free (or the last one seen)."""
-    deadline = time.time() + timeout
-    lay = layout(srv)
-    while time.time() < deadline:
-        if all(i["running"] == 0 and i["waiting"] == 0 and i["kv_pages_free"] == i["kv_pages_total"]
-               for i in lay["instances"]):
-            break
-        time.sleep(0.2)
-        lay = layout(srv)
-    return lay
 
 
 # ---------------------------------------------------------------------------
@@ -116,7 +100,7 @@ def test_n_choices_spread(t, srv, cl):
 
 def test_concurrent_identical(t, srv, cl):
     """Concurrent greedy requests land on several instances and give the same text for the same prompt."""
-    wait_idle(srv)
+    srv.wait_idle(60, AUTH)
     before = served_per_instance(srv)
     jobs = [PROMPTS[k % 2] for k in range(6)]
 
@@ -143,7 +127,7 @@ def test_concurrent_identical(t, srv, cl):
 
 
 def test_metrics(t, srv, cl):
-    lay = wait_idle(srv)
+    lay = srv.wait_idle(60, AUTH)
     m = srv.metrics()
 
     def val(name, **labels):
@@ -171,7 +155,7 @@ def test_metrics(t, srv, cl):
 
 def test_cancel_reaches_instance(t, srv, cl):
     """A client that goes away cancels each choice on the instance it went to (ids are per instance)."""
-    wait_idle(srv)
+    srv.wait_idle(60, AUTH)
     aborted = srv.metric("proteus_request_success_total", finished_reason="abort") or 0
     length = srv.metric("proteus_request_success_total", finished_reason="length") or 0
     body = json.dumps({"model": srv.model_name, "prompt": PROMPTS[1], "max_tokens": 100, "temperature": 0, "n": 3,
@@ -194,7 +178,7 @@ def test_cancel_reaches_instance(t, srv, cl):
          (srv.metric("proteus_request_success_total", finished_reason="abort") or 0) - aborted, 3)
     t.eq("cancel: none ran to its length",
          (srv.metric("proteus_request_success_total", finished_reason="length") or 0) - length, 0)
-    lay = wait_idle(srv)
+    lay = srv.wait_idle(60, AUTH)
     t.check("cancel: every instance idle with its pages back",
             all(i["running"] == 0 and i["kv_pages_free"] == i["kv_pages_total"] for i in lay["instances"]),
             lay["instances"])

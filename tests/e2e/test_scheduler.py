@@ -85,10 +85,7 @@ def complete(cl, srv, prompt, max_tokens, stream=False):
 
 
 def layout(srv):
-    st, _, body = srv.request("GET", "/v1/layout", timeout=30)
-    if st != 200:
-        raise serverlib.ServerError("/v1/layout answered %d" % st)
-    return json.loads(body)
+    return srv.layout()
 
 
 def client(srv):

@@ -196,10 +196,7 @@ def pipelined_posts(srv, bodies):
 
 
 def layout(srv):
-    st, _, body = srv.request("GET", "/v1/layout", headers=AUTH, timeout=30)
-    if st != 200:
-        raise serverlib.ServerError("/v1/layout answered %d: %r" % (st, body[:200]))
-    return json.loads(body)
+    return srv.layout(AUTH)
 
 
 def post_layout(srv, want, headers=AUTH):
@@ -209,29 +206,6 @@ def post_layout(srv, want, headers=AUTH):
         return st, h, json.loads(body)
     except ValueError:
         return st, h, body
-
-
-def wait_change(srv, timeout=300):
-    """The layout once no change runs (the last one's result in it)."""
-    deadline = time.time() + timeout
-    lay = layout(srv)
-    while lay["transformation"]["in_progress"] and time.time() < deadline:
-        time.sleep(0.05)
-        lay = layout(srv)
-    return lay
-
-
-def wait_idle(srv, timeout=120):
-    deadline = time.time() + timeout
-    lay = layout(srv)
-    while time.time() < deadline:
-        if not lay["transformation"]["in_progress"] and all(
-                i["running"] == 0 and i["waiting"] == 0 and i["kv_pages_free"] == i["kv_pages_total"]
-                for i in lay["instances"]):
-            break
-        time.sleep(0.2)
-        lay = layout(srv)
-    return lay
 
 
 def error_of(body):
@@ -294,7 +268,7 @@ def test_refusals(t, srv):
             not cur["in_progress"] or (cur["current"]["id"] == "xf-1" and cur["current"]["to"] == [2, 2]
                                        and cur["current"]["stage"] in ("build", "precopy", "commit", "finish", "done")),
             cur)
-    lay = wait_change(srv)
+    lay = srv.wait_change(300, AUTH)
     last = lay["transformation"]["last"]
     t.eq("idle merge: layout [2,2]", lay["layout"], [2, 2])
     t.check("idle merge: result ok, two merges, weights built, nothing moved",
@@ -305,7 +279,7 @@ def test_refusals(t, srv):
          [(2, ["cpu0", "cpu1"]), (2, ["cpu2", "cpu3"])])
     st, _, _ = post_layout(srv, [1, 1, 1, 1])
     t.eq("split back: 202", st, 202)
-    lay = wait_change(srv)
+    lay = srv.wait_change(300, AUTH)
     t.check("split back: [1,1,1,1], ok, two splits", lay["layout"] == [1, 1, 1, 1]
             and lay["transformation"]["last"]["kind"] == "split" and lay["transformation"]["last"]["result"] == "ok"
             and lay["transformation"]["completed"] == 2, lay["transformation"])
@@ -338,7 +312,7 @@ def test_changes_under_load(t, srv, cl, ref):
         while not done.is_set():
             st, _, body = post_layout(srv, CYCLE[k % len(CYCLE)])
             if st == 202:
-                runs.append(wait_change(srv)["transformation"]["last"])
+                runs.append(srv.wait_change(300, AUTH)["transformation"]["last"])
                 done.wait(0.02)  # let the requests advance between changes
             elif st != 400:  # 400: the layout is already that one (the cycle wrapped)
                 runs.append({"result": "POST answered %d" % st, "body": body})
@@ -367,7 +341,7 @@ def test_changes_under_load(t, srv, cl, ref):
                                                             [round(r["pause_s"] * 1e3, 2) for r in ok]), flush=True)
     # Every abandoned stream ends: cancelled where its request had been moved, or (its client being
     # slower than the model) run to its length before the client went away.
-    lay = wait_idle(srv)
+    lay = srv.wait_idle(120, AUTH)
     cancelled = (srv.metric("proteus_request_success_total", finished_reason="abort") or 0) - aborted
     ran_out = ((srv.metric("proteus_request_success_total", finished_reason="length") or 0) - lengths
                - sum(1 for r in ref.values() if r[1] == "length"))
@@ -416,7 +390,7 @@ def test_injected_failure(t, point, ref):
 
         got, _ = run_all(cl, srv.model_name, js, [change_when_running])
         compare(t, "%s" % point, got, {j["i"]: ref[j["i"]] for j in js})
-        lay = wait_idle(srv)
+        lay = srv.wait_idle(120, AUTH)
         last = lay["transformation"]["last"] or {}
         stage = point.split("_")[0]
         t.eq("%s: POST accepted" % point, posted, [202])
@@ -433,7 +407,7 @@ def test_injected_failure(t, point, ref):
         # The server still changes its layout once the fault is gone? The
         # injection is for every change: a second one fails the same way.
         st, _, _ = post_layout(srv, [2])
-        lay = wait_change(srv)
+        lay = srv.wait_change(300, AUTH)
         t.check("%s: a second change fails the same way, the server serves on" % point,
                 st == 202 and lay["layout"] == [1, 1] and lay["transformation"]["failed"] == 2
                 and run_job(cl, srv.model_name, js[0]) == ref[js[0]["i"]], lay["transformation"]["last"])
