@@ -117,7 +117,10 @@ struct pt_http_server {
      * unaccepted would stop libuv from accepting any other. */
     pt_http_conn *spare;     /* calloc'd with its input buffer; not a libuv handle yet */
     uv_tcp_t sink;
-    bool sink_open;          /* its close callback has not run */
+    uv_timer_t sink_timer;   /* bounds how long the sink waits for the client to close */
+    int sink_handles;        /* of the two, those whose close callback has not run */
+    char sink_drop[1024];    /* what the sink reads, dropped */
+    bool sink_open;          /* a client is in the sink */
     bool accept_waiting;     /* a client waits for the sink (libuv paused accepting) */
     void (*on_closed)(void *);
     void *on_closed_arg;
@@ -886,6 +889,7 @@ static void on_connection(uv_stream_t *ls, int status);
 
 static void sink_closed_cb(uv_handle_t *h) {
     pt_http_server *s = h->data;
+    if (--s->sink_handles > 0) return;
     s->sink_open = false;
     if (s->accept_waiting && !s->closing) {
         s->accept_waiting = false;
@@ -894,10 +898,29 @@ static void sink_closed_cb(uv_handle_t *h) {
     server_maybe_finished(s);
 }
 
+static void sink_close(pt_http_server *s) {
+    if (!uv_is_closing((uv_handle_t *)&s->sink)) uv_close((uv_handle_t *)&s->sink, sink_closed_cb);
+    if (!uv_is_closing((uv_handle_t *)&s->sink_timer)) uv_close((uv_handle_t *)&s->sink_timer, sink_closed_cb);
+}
+
+static void sink_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+    pt_http_server *s = h->data;
+    *buf = uv_buf_init(s->sink_drop, sizeof s->sink_drop);
+}
+
+static void sink_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
+    if (nread < 0) sink_close(st->data); /* the client closed (or failed): done */
+}
+
+static void sink_timer_cb(uv_timer_t *t) { sink_close(t->data); }
+
 /* No memory for a connection: the client is accepted into the sink, gets a
- * 503 if its socket takes it at once, and is closed. While the sink is in
- * use, the next client waits in libuv (which stops accepting until
- * uv_accept) and is taken when the sink is closed. */
+ * 503 if its socket takes it at once, and our side is shut down; what it
+ * sends is read and dropped until it closes (closing with its request
+ * unread would reset the connection before it reads the answer), for at
+ * most LINGER_MS. While the sink is in use, the next client waits in libuv
+ * (which stops accepting until uv_accept) and is taken when the sink is
+ * free. */
 static void accept_into_sink(pt_http_server *s) {
     if (s->sink_open) {
         s->accept_waiting = true;
@@ -905,23 +928,22 @@ static void accept_into_sink(pt_http_server *s) {
     }
     s->stats.connections_rejected++;
     uv_tcp_init(s->loop, &s->sink);
-    s->sink.data = s;
+    uv_timer_init(s->loop, &s->sink_timer);
+    s->sink.data = s->sink_timer.data = s;
     s->sink_open = true;
-    if (uv_accept((uv_stream_t *)&s->tcp, (uv_stream_t *)&s->sink) == 0) {
-        /* What the client has sent so far is read and dropped: unread input
-         * at the close would reset the connection before it reads the
-         * answer (bytes that come later still can). */
-        uv_os_fd_t fd;
-        char drop[4096];
-        if (uv_fileno((uv_handle_t *)&s->sink, &fd) == 0)
-            while (recv(fd, drop, sizeof drop, MSG_DONTWAIT) > 0) {
-            }
-        uv_buf_t b = uv_buf_init((char *)SINK_RESPONSE, sizeof(SINK_RESPONSE) - 1);
-        uv_try_write((uv_stream_t *)&s->sink, &b, 1);
-        if (uv_fileno((uv_handle_t *)&s->sink, &fd) == 0) shutdown(fd, SHUT_WR);
-    }
+    s->sink_handles = 2;
     pt_log(PT_LOG_ERROR, "http: out of memory accepting a connection: answered 503");
-    uv_close((uv_handle_t *)&s->sink, sink_closed_cb);
+    uv_os_fd_t fd;
+    if (uv_accept((uv_stream_t *)&s->tcp, (uv_stream_t *)&s->sink) != 0 ||
+        uv_fileno((uv_handle_t *)&s->sink, &fd) != 0) {
+        sink_close(s);
+        return;
+    }
+    uv_buf_t b = uv_buf_init((char *)SINK_RESPONSE, sizeof(SINK_RESPONSE) - 1);
+    uv_try_write((uv_stream_t *)&s->sink, &b, 1);
+    shutdown(fd, SHUT_WR);
+    uv_read_start((uv_stream_t *)&s->sink, sink_alloc_cb, sink_read_cb);
+    uv_timer_start(&s->sink_timer, sink_timer_cb, LINGER_MS, 0);
 }
 
 static void on_connection(uv_stream_t *ls, int status) {
