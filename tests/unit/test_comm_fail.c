@@ -325,10 +325,13 @@ static void test_threads(void) {
     for (int t = 0; t < started; t++) pthread_join(th[t], NULL);
     CHECK_EQ_INT(args[0].failed + args[1].failed, 1);
     CHECK_EQ_INT(args[0].other + args[1].other, 0);
-    /* N - 1 went through before the failure; one that passed the entry
-     * check just before the abort may finish after it (local only). */
+    /* N - 1 went through before the failure. Operations on the other
+     * group that start while the failing thread is still aborting the world
+     * (between its count reaching 0 and the aborted flag) may also go
+     * through on a local world: how many depends on the scheduler (22 on a
+     * loaded CI machine), so there is no upper bound. */
     int ok = args[0].ok + args[1].ok;
-    CHECK_MSG(ok >= N - 1 && ok <= N, "%d operations succeeded", ok);
+    CHECK_MSG(ok >= N - 1, "%d operations succeeded", ok);
     CHECK(pt_comm_is_aborted(w));
     pt_comm_world_destroy(w);
 }
